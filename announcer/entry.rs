@@ -1,0 +1,227 @@
+//! One announcement entry and its bytes: an envelope (kind announcement,
+//! to-version = seq) around an `Announcement` message of
+//! `schema/burrow.capnp`.
+
+use crate::error::FormatError;
+use crate::schema::burrow_capnp::announcement;
+use crate::schema::envelope::{frame, BlobKind, Envelope};
+
+/// What an entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceKind {
+    /// A producer published `version`.
+    Announce,
+    /// Consumers should move to `pinned_version` and stay there.
+    Pin,
+    /// The pin is lifted.
+    Unpin,
+}
+
+impl AnnounceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnounceKind::Announce => "announce",
+            AnnounceKind::Pin => "pin",
+            AnnounceKind::Unpin => "unpin",
+        }
+    }
+}
+
+/// One entry of the log. Every entry carries the log's whole resolved
+/// state, so the newest entry alone says where consumers should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub seq: u64,
+    pub kind: AnnounceKind,
+    /// Newest version the producer published.
+    pub version: u64,
+    /// The version `version`'s delta starts from; 0 if it has none (the
+    /// first version).
+    pub from_version: u64,
+    /// Nearest version at or below `version` that has a snapshot.
+    pub snapshot_version: u64,
+    /// Whether `snapshot/<version>` exists.
+    pub has_snapshot: bool,
+    /// Consumers should be at this version instead of `version`.
+    pub pinned_version: Option<u64>,
+    pub producer_id: String,
+    pub timestamp_micros: i64,
+    pub snapshot_bytes: u64,
+    pub delta_bytes: u64,
+    pub reverse_bytes: u64,
+}
+
+impl Announcement {
+    /// The version consumers should be at: the pin if there is one.
+    pub fn target(&self) -> u64 {
+        self.pinned_version.unwrap_or(self.version)
+    }
+
+    /// The next entry after this one, of another kind, with the same
+    /// published state.
+    pub fn follow_up(&self, kind: AnnounceKind, pinned: Option<u64>, writer_id: &str) -> Self {
+        Announcement {
+            seq: self.seq + 1,
+            kind,
+            pinned_version: pinned,
+            producer_id: writer_id.to_string(),
+            timestamp_micros: now_micros(),
+            ..self.clone()
+        }
+    }
+
+    /// The entry's bytes: envelope and message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut message = capnp::message::Builder::new_default();
+        {
+            let mut a = message.init_root::<announcement::Builder>();
+            a.set_seq(self.seq);
+            a.set_kind(match self.kind {
+                AnnounceKind::Announce => announcement::Kind::Announce,
+                AnnounceKind::Pin => announcement::Kind::Pin,
+                AnnounceKind::Unpin => announcement::Kind::Unpin,
+            });
+            a.set_version(self.version);
+            a.set_from_version(self.from_version);
+            a.set_snapshot_version(self.snapshot_version);
+            a.set_has_snapshot(self.has_snapshot);
+            a.set_pinned_version(self.pinned_version.unwrap_or(0));
+            a.set_producer_id(self.producer_id.as_str());
+            a.set_timestamp_micros(self.timestamp_micros);
+            a.set_snapshot_bytes(self.snapshot_bytes);
+            a.set_delta_bytes(self.delta_bytes);
+            a.set_reverse_bytes(self.reverse_bytes);
+        }
+        let body = capnp::serialize::write_message_to_words(&message);
+        frame(BlobKind::Announcement, 0, self.seq, &body)
+    }
+
+    /// Decodes and checks an entry; `blob` names it in errors.
+    pub fn decode(bytes: &[u8], blob: &str) -> Result<Self, FormatError> {
+        let (envelope, body) = Envelope::open(bytes, blob)?;
+        let corrupt = |reason: String| FormatError::Corrupt {
+            blob: blob.to_string(),
+            reason,
+        };
+        if envelope.kind != BlobKind::Announcement {
+            return Err(corrupt(format!(
+                "expected an announcement, found a {}",
+                envelope.kind.as_str()
+            )));
+        }
+        let options = capnp::message::ReaderOptions {
+            traversal_limit_in_words: Some(1 << 16),
+            nesting_limit: 8,
+        };
+        let words = aligned_words(body);
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut capnp::Word::words_to_bytes(&words),
+            options,
+        )
+        .map_err(|e| FormatError::capnp(blob, "announcement message", e))?;
+        let a = message
+            .get_root::<announcement::Reader>()
+            .map_err(|e| FormatError::capnp(blob, "announcement root", e))?;
+        let kind = match a.get_kind() {
+            Ok(announcement::Kind::Announce) => AnnounceKind::Announce,
+            Ok(announcement::Kind::Pin) => AnnounceKind::Pin,
+            Ok(announcement::Kind::Unpin) => AnnounceKind::Unpin,
+            Err(e) => return Err(corrupt(format!("unknown announcement kind {}", e.0))),
+        };
+        if a.get_seq() != envelope.to_version {
+            return Err(corrupt(format!(
+                "entry says seq {} but its envelope says {}",
+                a.get_seq(),
+                envelope.to_version
+            )));
+        }
+        let producer_id = a
+            .get_producer_id()
+            .and_then(|t| t.to_string().map_err(Into::into))
+            .map_err(|e| FormatError::capnp(blob, "producer id", e))?;
+        let pinned = a.get_pinned_version();
+        let entry = Announcement {
+            seq: a.get_seq(),
+            kind,
+            version: a.get_version(),
+            from_version: a.get_from_version(),
+            snapshot_version: a.get_snapshot_version(),
+            has_snapshot: a.get_has_snapshot(),
+            pinned_version: (pinned != 0).then_some(pinned),
+            producer_id,
+            timestamp_micros: a.get_timestamp_micros(),
+            snapshot_bytes: a.get_snapshot_bytes(),
+            delta_bytes: a.get_delta_bytes(),
+            reverse_bytes: a.get_reverse_bytes(),
+        };
+        if entry.from_version >= entry.version && entry.from_version != 0 {
+            return Err(corrupt(format!(
+                "version {} claims a delta from the later version {}",
+                entry.version, entry.from_version
+            )));
+        }
+        if entry.snapshot_version > entry.version {
+            return Err(corrupt(format!(
+                "nearest snapshot {} is after version {}",
+                entry.snapshot_version, entry.version
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+/// Copies a small body into word-aligned memory (entries are tiny; blobs
+/// that are mapped are aligned by construction and never copied).
+fn aligned_words(body: &[u8]) -> Vec<capnp::Word> {
+    let mut words = capnp::Word::allocate_zeroed_vec(body.len() / 8);
+    let len = words.len() * 8;
+    capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(&body[..len]);
+    words
+}
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Announcement {
+        Announcement {
+            seq: 7,
+            kind: AnnounceKind::Announce,
+            version: 70,
+            from_version: 60,
+            snapshot_version: 50,
+            has_snapshot: false,
+            pinned_version: None,
+            producer_id: "p1".into(),
+            timestamp_micros: 123,
+            snapshot_bytes: 1,
+            delta_bytes: 2,
+            reverse_bytes: 3,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = entry();
+        assert_eq!(Announcement::decode(&e.encode(), "a").unwrap(), e);
+        let pinned = e.follow_up(AnnounceKind::Pin, Some(50), "op");
+        let back = Announcement::decode(&pinned.encode(), "a").unwrap();
+        assert_eq!(back.target(), 50);
+        assert_eq!(back.seq, 8);
+    }
+
+    #[test]
+    fn truncated_entries_are_errors() {
+        let bytes = entry().encode();
+        for len in 0..bytes.len() {
+            assert!(Announcement::decode(&bytes[..len], "a").is_err(), "len {len}");
+        }
+    }
+}

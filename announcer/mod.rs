@@ -1,0 +1,238 @@
+//! The announcement log: how consumers learn versions, and the producer's
+//! leader election, with nothing but the blob store behind it.
+//!
+//! Entry `announce/<seq>` is created with a create-only put, so when two
+//! producers race for the same `seq` exactly one wins; the other gets
+//! [`AnnounceError::NotPrimary`] and must restore before it publishes
+//! again. Entries are dense: a writer only ever creates `seq + 1` after
+//! reading `seq`. Every entry carries the whole resolved state (newest
+//! version, its chain link, nearest snapshot, active pin), so a reader needs
+//! only the newest entry to know where consumers should be.
+//!
+//! `announce/latest` is a best-effort hint naming the newest seq. A reader
+//! starts from the hint (or, if it is missing or unreadable, from a LIST of
+//! `announce/`) and probes `seq + 1, seq + 2, ...` until one is missing. A
+//! [`Watcher`] that already knows a seq probes only the next one: one small
+//! GET per poll when nothing changed, no LIST.
+
+mod entry;
+mod watcher;
+
+pub use entry::{AnnounceKind, Announcement};
+pub use watcher::Watcher;
+
+use crate::blobstore::{BlobName, BlobStore, StoreError};
+use crate::error::{Error, FormatError};
+use bytes::Bytes;
+
+/// Errors of the announcement log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnnounceError {
+    /// Another writer created this entry first.
+    #[error(
+        "not the primary producer: announcement {seq} was already written by another producer; \
+         restore from the log before publishing again"
+    )]
+    NotPrimary { seq: u64 },
+    /// A pin named a version that the log never announced.
+    #[error("version {version} was never announced, so it cannot be pinned")]
+    NotAnnounced { version: u64 },
+    /// The operation needs at least one announcement.
+    #[error("the announcement log is empty: nothing has been announced yet")]
+    Empty,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+impl AnnounceError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AnnounceError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+impl From<Error> for AnnounceError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(e) => AnnounceError::Store(e),
+            Error::Format(e) => AnnounceError::Format(e),
+            Error::Announce(e) => e,
+            other => AnnounceError::Format(FormatError::Corrupt {
+                blob: "announce".to_string(),
+                reason: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// The log of one dataset.
+#[derive(Debug, Clone)]
+pub struct AnnouncementLog {
+    store: BlobStore,
+}
+
+impl AnnouncementLog {
+    pub fn new(store: BlobStore) -> Self {
+        AnnouncementLog { store }
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// Reads entry `seq`; `None` if it does not exist.
+    pub async fn read(&self, seq: u64) -> Result<Option<Announcement>, AnnounceError> {
+        let name = BlobName::Announce(seq);
+        match self.store.get(&name).await {
+            Ok(bytes) => Ok(Some(Announcement::decode(&bytes, &name.to_string())?)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where to start probing: the hint, or a LIST when the hint is missing
+    /// or unreadable. `None` when the log is empty.
+    async fn start_seq(&self) -> Result<Option<u64>, AnnounceError> {
+        match self.store.get(&BlobName::Latest).await {
+            Ok(bytes) => match parse_hint(&bytes) {
+                Some(seq) => return Ok(Some(seq)),
+                None => tracing::warn!(
+                    "announce/latest does not hold a sequence number; listing announce/ instead"
+                ),
+            },
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let listed = self.store.list("announce").await?;
+        Ok(listed
+            .iter()
+            .filter_map(|m| match m.name {
+                BlobName::Announce(seq) => Some(seq),
+                _ => None,
+            })
+            .max())
+    }
+
+    /// The newest entry, or `None` if nothing was announced yet.
+    pub async fn latest(&self) -> Result<Option<Announcement>, AnnounceError> {
+        let Some(start) = self.start_seq().await? else {
+            return Ok(None);
+        };
+        let mut newest = match self.read(start).await? {
+            Some(entry) => entry,
+            // A hint ahead of the log (it is written after the entry, so
+            // only a hand edit does this): fall back to listing.
+            None => {
+                let listed = self.store.list("announce").await?;
+                let max = listed
+                    .iter()
+                    .filter_map(|m| match m.name {
+                        BlobName::Announce(seq) => Some(seq),
+                        _ => None,
+                    })
+                    .max();
+                match max {
+                    Some(seq) => self
+                        .read(seq)
+                        .await?
+                        .ok_or(AnnounceError::Empty)?,
+                    None => return Ok(None),
+                }
+            }
+        };
+        while let Some(next) = self.read(newest.seq + 1).await? {
+            newest = next;
+        }
+        Ok(Some(newest))
+    }
+
+    /// Appends `entry` at `entry.seq` with a create-only put, then updates
+    /// the hint. If the seq is taken, [`AnnounceError::NotPrimary`].
+    ///
+    /// The hint is best effort: the entry is durable once this returns, and
+    /// a failed hint write only makes the next reader probe further (it is
+    /// logged at warn level, with the error).
+    pub async fn append(&self, entry: &Announcement) -> Result<(), AnnounceError> {
+        let name = BlobName::Announce(entry.seq);
+        match self.store.create(&name, vec![Bytes::from(entry.encode())]).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(AnnounceError::NotPrimary { seq: entry.seq })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(error) = self
+            .store
+            .overwrite(&BlobName::Latest, Bytes::from(entry.seq.to_string()))
+            .await
+        {
+            tracing::warn!(seq = entry.seq, %error, "announced, but could not update announce/latest");
+        }
+        Ok(())
+    }
+
+    /// Every entry from `from_seq` (inclusive) to the newest, in order.
+    pub async fn entries_from(&self, from_seq: u64) -> Result<Vec<Announcement>, AnnounceError> {
+        let mut out = Vec::new();
+        let mut seq = from_seq;
+        while let Some(entry) = self.read(seq).await? {
+            out.push(entry);
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    /// Finds the announce entry that published `version`, walking back from
+    /// `newest`. `None` if the log never announced it.
+    pub async fn find_version(
+        &self,
+        newest: &Announcement,
+        version: u64,
+    ) -> Result<Option<Announcement>, AnnounceError> {
+        let mut entry = newest.clone();
+        loop {
+            if entry.kind == AnnounceKind::Announce && entry.version == version {
+                return Ok(Some(entry));
+            }
+            if entry.version < version || entry.seq <= 1 {
+                return Ok(None);
+            }
+            match self.read(entry.seq - 1).await? {
+                Some(prev) => entry = prev,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Pins consumers to `version`, which must have been announced.
+    pub async fn pin(&self, version: u64, writer_id: &str) -> Result<Announcement, AnnounceError> {
+        let newest = self.latest().await?.ok_or(AnnounceError::Empty)?;
+        if self.find_version(&newest, version).await?.is_none() {
+            return Err(AnnounceError::NotAnnounced { version });
+        }
+        let entry = newest.follow_up(AnnounceKind::Pin, Some(version), writer_id);
+        self.append(&entry).await?;
+        Ok(entry)
+    }
+
+    /// Lifts a pin: consumers follow the newest announced version again.
+    pub async fn unpin(&self, writer_id: &str) -> Result<Announcement, AnnounceError> {
+        let newest = self.latest().await?.ok_or(AnnounceError::Empty)?;
+        let entry = newest.follow_up(AnnounceKind::Unpin, None, writer_id);
+        self.append(&entry).await?;
+        Ok(entry)
+    }
+}
+
+fn parse_hint(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    text.parse().ok()
+}

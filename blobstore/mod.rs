@@ -1,0 +1,270 @@
+//! The blob store: burrow's view of an `object_store::ObjectStore` under one
+//! dataset prefix.
+//!
+//! # Contract
+//!
+//! - Blobs (snapshots, deltas, reverse deltas, announcement entries) are
+//!   written with [`PutMode::Create`] and never overwritten: a second write
+//!   of a name gives [`StoreError::AlreadyExists`] on every backend. Only the
+//!   `announce/latest` hint is overwritten.
+//! - A put is atomic: a reader sees all of an object or none of it.
+//! - A missing object is [`StoreError::NotFound`], never an empty body.
+//! - Backend errors keep the backend's error as their `source`; whether the
+//!   call may succeed on retry is [`StoreError::is_retryable`].
+//!
+//! Fetching into a local cache (stream to a temp file while hashing, fsync,
+//! verify, rename, fsync the directory) lives in [`cache`].
+
+pub mod cache;
+mod names;
+
+pub use cache::BlobCache;
+pub use names::BlobName;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{name}: not found in the blob store")]
+    NotFound { name: String },
+    #[error("{name}: already exists in the blob store, and blobs are never overwritten")]
+    AlreadyExists { name: String },
+    /// The backend failed; `source` says how.
+    #[error("blob store {op} of {name} failed: {source}")]
+    Backend {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation (the cache, a local store's directory) failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => false,
+            StoreError::Backend { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            ),
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    pub(crate) fn from_backend(op: &'static str, name: &str, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                name: name.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists {
+                name: name.to_string(),
+            },
+            source => StoreError::Backend {
+                op,
+                name: name.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+/// Metadata of one listed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub name: BlobName,
+    pub size: u64,
+}
+
+/// A dataset's objects in an `ObjectStore`, under a prefix.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    description: String,
+}
+
+impl BlobStore {
+    /// A blob store over any `ObjectStore`, keeping the dataset under
+    /// `prefix` ("" for the store's root).
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        let description = format!("{inner}/{prefix}");
+        BlobStore {
+            inner,
+            prefix: ObjectPath::from(prefix),
+            description,
+        }
+    }
+
+    /// A blob store in a local directory, created if missing.
+    pub fn local(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create store directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
+            StoreError::Backend {
+                op: "open",
+                name: dir.display().to_string(),
+                source,
+            }
+        })?;
+        let mut store = BlobStore::new(Arc::new(fs), "");
+        store.description = dir.display().to_string();
+        Ok(store)
+    }
+
+    /// An in-memory blob store, for unit tests.
+    pub fn memory() -> Self {
+        let mut store = BlobStore::new(Arc::new(object_store::memory::InMemory::new()), "");
+        store.description = "memory".to_string();
+        store
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// Where the store is, for messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn path(&self, name: &BlobName) -> ObjectPath {
+        self.path_of(&name.to_string())
+    }
+
+    fn path_of(&self, rel: &str) -> ObjectPath {
+        let mut path = self.prefix.clone();
+        for part in rel.split('/') {
+            path = path.clone().join(part);
+        }
+        path
+    }
+
+    /// Writes a new blob; [`StoreError::AlreadyExists`] if the name is taken.
+    /// `parts` are concatenated, so a caller can send an envelope and a body
+    /// without joining them first.
+    pub async fn create(&self, name: &BlobName, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        let payload: PutPayload = parts.into_iter().collect();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&self.path(name), payload, opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_backend("create", &name.to_string(), e))
+    }
+
+    /// Overwrites an object: only for the `announce/latest` hint.
+    pub async fn overwrite(&self, name: &BlobName, bytes: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.path(name), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_backend("put", &name.to_string(), e))
+    }
+
+    /// Reads a whole object into memory (for small objects: announcements).
+    pub async fn get(&self, name: &BlobName) -> Result<Bytes, StoreError> {
+        let label = name.to_string();
+        let result = self
+            .inner
+            .get(&self.path(name))
+            .await
+            .map_err(|e| StoreError::from_backend("get", &label, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| StoreError::from_backend("read", &label, e))
+    }
+
+    /// The size of an object, in bytes.
+    pub async fn size(&self, name: &BlobName) -> Result<u64, StoreError> {
+        self.inner
+            .head(&self.path(name))
+            .await
+            .map(|meta| meta.size)
+            .map_err(|e| StoreError::from_backend("head", &name.to_string(), e))
+    }
+
+    /// Lists burrow's objects under `dir` (`"snapshot"`, `"delta"`,
+    /// `"reverse"`, `"announce"`), sorted by name. Objects whose names are
+    /// not burrow's are skipped.
+    pub async fn list(&self, dir: &str) -> Result<Vec<BlobMeta>, StoreError> {
+        let base = self.path_of(dir);
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::from_backend("list", dir, e))?;
+        let mut out: Vec<BlobMeta> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let rel = meta
+                    .location
+                    .prefix_match(&self.prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some(BlobMeta {
+                    name: BlobName::parse(&rel)?,
+                    size: meta.size,
+                })
+            })
+            .collect();
+        out.sort_by_key(|m| m.name.to_string());
+        Ok(out)
+    }
+
+    /// Opens a streaming read of a blob: its size and a stream of chunks.
+    pub(crate) async fn stream(
+        &self,
+        name: &BlobName,
+    ) -> Result<
+        (
+            u64,
+            futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+        ),
+        StoreError,
+    > {
+        let result = self
+            .inner
+            .get(&self.path(name))
+            .await
+            .map_err(|e| StoreError::from_backend("get", &name.to_string(), e))?;
+        Ok((result.meta.size, result.into_stream()))
+    }
+}

@@ -1,0 +1,92 @@
+# burrow's blob and announcement format. schema/FORMAT.md describes the
+# envelope that precedes every message and the meaning of each field.
+#
+# Compatibility rule: fields are only ever added (with new ordinals); a
+# reader ignores fields it does not know. A change that old readers would
+# misread bumps the envelope's format version instead.
+
+@0x8e3c52f4e74758fd;
+
+using Schema = import "/capnp/schema.capnp";
+
+# Written once per blob. Snapshot, delta and reverse delta share it.
+struct Header {
+  fromVersion @0 :UInt64;      # 0 for a snapshot
+  toVersion @1 :UInt64;
+  producerId @2 :Text;
+  cycleStartMicros @3 :Int64;  # Unix time, microseconds, when the cycle began
+  schemaHash @4 :UInt64;       # xxh3-64 over the canonical bytes of `nodes`, sorted by id
+  nodes @5 :List(Schema.Node); # every struct and enum node the dataset's types reach
+  tags @6 :List(Tag);          # user header tags
+}
+
+struct Tag {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+# One type's records in a snapshot.
+#
+# Ordinal o's record is words[offsets[o] .. offsets[o + 1]], a canonical
+# single-segment Cap'n Proto message of the type (root pointer first). An
+# empty range is a hole: a free ordinal.
+struct TypeSnapshot {
+  typeId @0 :UInt64;           # the Cap'n Proto node id of the record struct
+  name @1 :Text;               # its display name, e.g. "movies.capnp:Movie"
+  keyFields @2 :List(Text);    # primary key field names, in key order; empty = no key
+  recordCount @3 :UInt32;      # number of non-empty ordinals
+  offsets @4 :List(UInt32);    # ordinalLimit + 1 word offsets into `words`
+  words @5 :List(UInt64);      # concatenated record messages
+  # Open-addressing key index: power-of-two slot count, linear probing from
+  # slot (keyHash & (len - 1)). A slot is (keyHash >> 32) << 32 | (ordinal + 1);
+  # 0 is an empty slot. Empty list when the type has no key.
+  keyIndex @6 :List(UInt64);
+}
+
+struct Snapshot {
+  header @0 :Header;
+  types @1 :List(TypeSnapshot);
+}
+
+# One type's changes between two versions. Applied in this order: clear every
+# ordinal in `removed`, then set every ordinal in `ordinals` to its record.
+struct TypeDelta {
+  typeId @0 :UInt64;
+  name @1 :Text;
+  keyFields @2 :List(Text);
+  removed @3 :List(UInt32);    # sorted, distinct
+  ordinals @4 :List(UInt32);   # sorted, distinct: records added or changed
+  offsets @5 :List(UInt32);    # ordinals.len + 1 word offsets into `words`
+  words @6 :List(UInt64);      # record i is words[offsets[i] .. offsets[i + 1]]
+  recordCountAfter @7 :UInt32; # the type's record count once applied
+  ordinalLimitAfter @8 :UInt32;# one past the highest ordinal in use once applied
+}
+
+# A delta (fromVersion -> toVersion) or a reverse delta (toVersion ->
+# fromVersion of the forward one); the envelope's kind says which.
+struct Delta {
+  header @0 :Header;
+  types @1 :List(TypeDelta);
+}
+
+# One entry of the announcement log, stored at announce/<seq>.
+struct Announcement {
+  seq @0 :UInt64;
+  kind @1 :Kind;
+  version @2 :UInt64;          # newest version the producer published
+  fromVersion @3 :UInt64;      # the version `version`'s delta starts from; 0 if none
+  snapshotVersion @4 :UInt64;  # nearest version at or below `version` with a snapshot
+  hasSnapshot @5 :Bool;        # snapshot/<version> exists
+  pinnedVersion @6 :UInt64;    # consumers should be here instead; 0 = not pinned
+  producerId @7 :Text;
+  timestampMicros @8 :Int64;
+  snapshotBytes @9 :UInt64;    # sizes of this version's blobs, for update planning
+  deltaBytes @10 :UInt64;
+  reverseBytes @11 :UInt64;
+
+  enum Kind {
+    announce @0;
+    pin @1;
+    unpin @2;
+  }
+}

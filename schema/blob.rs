@@ -38,7 +38,7 @@ impl DatasetSchema {
         let mut seen = std::collections::BTreeMap::new();
         let mut stack: Vec<TypeVariant> = types
             .iter()
-            .map(|t| TypeVariant::Struct(t.schema.into()))
+            .map(|t| TypeVariant::Struct(t.schema().into()))
             .collect();
         while let Some(ty) = stack.pop() {
             let node = match ty {
@@ -126,7 +126,11 @@ impl HeaderInfo<'_> {
 
     fn words(&self) -> usize {
         64 + self.schema.words()
-            + self.tags.iter().map(|(k, v)| 4 + (k.len() + v.len()) / 8).sum::<usize>()
+            + self
+                .tags
+                .iter()
+                .map(|(k, v)| 4 + (k.len() + v.len()) / 8)
+                .sum::<usize>()
     }
 }
 
@@ -138,8 +142,13 @@ pub struct SnapshotTypeSource<'a> {
     pub record_count: u32,
     /// Sum of the words of every record.
     pub total_words: usize,
+    pub records: &'a dyn SnapshotRecords,
+}
+
+/// Where the snapshot writer reads a type's records.
+pub trait SnapshotRecords {
     /// The record at an ordinal and its key hash; `None` for a hole.
-    pub record: &'a dyn Fn(u32) -> Option<(&'a [u64], u64)>,
+    fn record(&self, ordinal: u32) -> Option<(&[u64], u64)>;
 }
 
 /// One type's changes, as the producer hands them to the delta writer.
@@ -170,14 +179,22 @@ fn list_len(what: &'static str, len: usize) -> Result<u32, FormatError> {
     Ok(len as u32)
 }
 
-fn builder_for(words: usize) -> Result<capnp::message::Builder<capnp::message::HeapAllocator>, FormatError> {
-    let first = u32::try_from(words).map_err(|_| too_large("blob words", words, u32::MAX as usize))?;
+fn builder_for(
+    words: usize,
+) -> Result<capnp::message::Builder<capnp::message::HeapAllocator>, FormatError> {
+    let first =
+        u32::try_from(words).map_err(|_| too_large("blob words", words, u32::MAX as usize))?;
     Ok(capnp::message::Builder::new(
         capnp::message::HeapAllocator::new().first_segment_words(first.max(64)),
     ))
 }
 
-fn finish(kind: BlobKind, from: u64, to: u64, message: &capnp::message::Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
+fn finish(
+    kind: BlobKind,
+    from: u64,
+    to: u64,
+    message: &capnp::message::Builder<capnp::message::HeapAllocator>,
+) -> Vec<u8> {
     let body = capnp::serialize::write_message_to_words(message);
     frame(kind, from, to, &body)
 }
@@ -200,19 +217,24 @@ pub fn index_slots(count: u32) -> usize {
 }
 
 /// Writes a whole snapshot blob (envelope and body).
-pub fn write_snapshot(head: &HeaderInfo<'_>, types: &[SnapshotTypeSource<'_>]) -> Result<Vec<u8>, FormatError> {
+pub fn write_snapshot(
+    head: &HeaderInfo<'_>,
+    types: &[SnapshotTypeSource<'_>],
+) -> Result<Vec<u8>, FormatError> {
     let mut estimate = head.words() + 16;
     for t in types {
         estimate += 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
         if !t.key_fields.is_empty() {
             estimate += index_slots(t.record_count);
         }
-        estimate += t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
+        estimate +=
+            t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
     }
     let mut message = builder_for(estimate)?;
     {
         let mut root = message.init_root::<snapshot::Builder>();
-        head.write(root.reborrow().init_header()).map_err(capnp_write)?;
+        head.write(root.reborrow().init_header())
+            .map_err(capnp_write)?;
         let mut list = root.init_types(list_len("types", types.len())?);
         for (i, t) in types.iter().enumerate() {
             write_type_snapshot(list.reborrow().get(i as u32), t)?;
@@ -221,7 +243,10 @@ pub fn write_snapshot(head: &HeaderInfo<'_>, types: &[SnapshotTypeSource<'_>]) -
     Ok(finish(BlobKind::Snapshot, 0, head.to_version, &message))
 }
 
-fn write_type_snapshot(mut b: type_snapshot::Builder<'_>, t: &SnapshotTypeSource<'_>) -> Result<(), FormatError> {
+fn write_type_snapshot(
+    mut b: type_snapshot::Builder<'_>,
+    t: &SnapshotTypeSource<'_>,
+) -> Result<(), FormatError> {
     b.set_type_id(t.info.type_id);
     b.set_name(t.info.name.as_str());
     let mut keys = b.reborrow().init_key_fields(t.key_fields.len() as u32);
@@ -231,7 +256,14 @@ fn write_type_snapshot(mut b: type_snapshot::Builder<'_>, t: &SnapshotTypeSource
     b.set_record_count(t.record_count);
     let limit = t.ordinal_limit as usize;
     let keyed = !t.key_fields.is_empty();
-    let mut index = vec![0u64; if keyed { index_slots(t.record_count) } else { 0 }];
+    let mut index = vec![
+        0u64;
+        if keyed {
+            index_slots(t.record_count)
+        } else {
+            0
+        }
+    ];
     let mask = index.len().wrapping_sub(1);
     {
         let mut offsets = b.reborrow().init_offsets(list_len("ordinals", limit + 1)?);
@@ -240,7 +272,7 @@ fn write_type_snapshot(mut b: type_snapshot::Builder<'_>, t: &SnapshotTypeSource
         for o in 0..t.ordinal_limit {
             offsets[o as usize] = u32::try_from(at)
                 .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
-            if let Some((record, hash)) = (t.record)(o) {
+            if let Some((record, hash)) = t.records.record(o) {
                 at += record.len();
                 if keyed {
                     let mut slot = hash as usize & mask;
@@ -256,16 +288,21 @@ fn write_type_snapshot(mut b: type_snapshot::Builder<'_>, t: &SnapshotTypeSource
         if at != t.total_words {
             return Err(FormatError::Corrupt {
                 blob: "(being written)".into(),
-                reason: format!("{}: records fill {at} words, expected {}", t.info.name, t.total_words),
+                reason: format!(
+                    "{}: records fill {at} words, expected {}",
+                    t.info.name, t.total_words
+                ),
             });
         }
     }
     {
-        let mut words = b.reborrow().init_words(list_len("record words of one type", t.total_words)?);
+        let mut words = b
+            .reborrow()
+            .init_words(list_len("record words of one type", t.total_words)?);
         let words = words.as_slice().expect("UInt64 list is a slice");
         let mut at = 0usize;
         for o in 0..t.ordinal_limit {
-            if let Some((record, _)) = (t.record)(o) {
+            if let Some((record, _)) = t.records.record(o) {
                 words[at..at + record.len()].copy_from_slice(record);
                 at += record.len();
             }
@@ -273,7 +310,9 @@ fn write_type_snapshot(mut b: type_snapshot::Builder<'_>, t: &SnapshotTypeSource
     }
     if keyed {
         let mut list = b.init_key_index(list_len("key index slots", index.len())?);
-        list.as_slice().expect("UInt64 list is a slice").copy_from_slice(&index);
+        list.as_slice()
+            .expect("UInt64 list is a slice")
+            .copy_from_slice(&index);
     }
     Ok(())
 }
@@ -295,7 +334,8 @@ pub fn write_delta(
     let mut message = builder_for(estimate)?;
     {
         let mut root = message.init_root::<delta::Builder>();
-        head.write(root.reborrow().init_header()).map_err(capnp_write)?;
+        head.write(root.reborrow().init_header())
+            .map_err(capnp_write)?;
         let mut list = root.init_types(list_len("types", types.len())?);
         for (i, t) in types.iter().enumerate() {
             write_type_delta(list.reborrow().get(i as u32), t)?;
@@ -304,7 +344,10 @@ pub fn write_delta(
     Ok(finish(kind, head.from_version, head.to_version, &message))
 }
 
-fn write_type_delta(mut b: type_delta::Builder<'_>, t: &DeltaTypeSource<'_>) -> Result<(), FormatError> {
+fn write_type_delta(
+    mut b: type_delta::Builder<'_>,
+    t: &DeltaTypeSource<'_>,
+) -> Result<(), FormatError> {
     b.set_type_id(t.info.type_id);
     b.set_name(t.info.name.as_str());
     let mut keys = b.reborrow().init_key_fields(t.key_fields.len() as u32);
@@ -391,19 +434,22 @@ impl OpenBlob {
     /// were verified when they entered the cache; see
     /// [`crate::blobstore::cache`]).
     pub fn map(path: &Path, name: &str, verify: bool) -> Result<Self, crate::Error> {
-        let file = std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
-            op: "open cached blob",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file =
+            std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
+                op: "open cached blob",
+                path: path.to_path_buf(),
+                source,
+            })?;
         // SAFETY: cache files are created by rename after they are whole and
         // verified, and are never written again (the cache's contract), so
         // the mapped bytes do not change while mapped. Deleting the file
         // leaves the mapping valid.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| crate::blobstore::StoreError::Io {
-            op: "map cached blob",
-            path: path.to_path_buf(),
-            source,
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
+            crate::blobstore::StoreError::Io {
+                op: "map cached blob",
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         let envelope = Envelope::decode(&map, name)?;
         envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
@@ -422,7 +468,9 @@ impl OpenBlob {
         let (envelope, _) = Envelope::open(bytes, name)?;
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         // SAFETY: reinterpreting the u64 buffer as bytes of the same length.
-        let dst = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
+        };
         dst[..bytes.len()].copy_from_slice(bytes);
         Ok(OpenBlob {
             name: name.to_string(),
@@ -442,7 +490,8 @@ impl OpenBlob {
     fn bytes(&self) -> &[u8] {
         match &self.data {
             BlobBytes::Mapped(m) => m,
-            BlobBytes::Owned(w) => &crate::schema::record::words_as_bytes(w)[..ENVELOPE_LEN + self.envelope.body_len as usize],
+            BlobBytes::Owned(w) => &crate::schema::record::words_as_bytes(w)
+                [..ENVELOPE_LEN + self.envelope.body_len as usize],
         }
     }
 
@@ -479,25 +528,42 @@ impl OpenBlob {
     }
 
     /// A slice of the blob as `T`s, checked to lie inside the blob.
-    fn region<T: Copy>(self: &Arc<Self>, slice: Option<&[T]>, what: &str) -> Result<Region<T>, FormatError> {
-        let slice = slice.ok_or_else(|| self.corrupt(format!("{what} is not a list of the expected element size")))?;
+    fn region<T: Copy>(
+        self: &Arc<Self>,
+        slice: Option<&[T]>,
+        what: &str,
+    ) -> Result<Region<T>, FormatError> {
+        let slice = slice.ok_or_else(|| {
+            self.corrupt(format!("{what} is not a list of the expected element size"))
+        })?;
         let bytes = self.bytes();
         let start = slice.as_ptr() as usize;
         let end = start + std::mem::size_of_val(slice);
         let base = bytes.as_ptr() as usize;
         if slice.is_empty() {
-            return Ok(Region { ptr: std::ptr::NonNull::dangling().as_ptr(), len: 0, _blob: self.clone() });
+            return Ok(Region {
+                ptr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+                _blob: self.clone(),
+            });
         }
         if start < base || end > base + bytes.len() || start % std::mem::align_of::<T>() != 0 {
             return Err(self.corrupt(format!("{what} lies outside the blob")));
         }
-        Ok(Region { ptr: slice.as_ptr(), len: slice.len(), _blob: self.clone() })
+        Ok(Region {
+            ptr: slice.as_ptr(),
+            len: slice.len(),
+            _blob: self.clone(),
+        })
     }
 
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
         if self.envelope.kind != BlobKind::Snapshot {
-            return Err(self.corrupt(format!("expected a snapshot, found a {}", self.envelope.kind.as_str())));
+            return Err(self.corrupt(format!(
+                "expected a snapshot, found a {}",
+                self.envelope.kind.as_str()
+            )));
         }
         let message = self.message()?;
         let cap = |what: &str| {
@@ -505,16 +571,27 @@ impl OpenBlob {
             let what = what.to_string();
             move |e: capnp::Error| FormatError::capnp(&name, &what, e)
         };
-        let root = message.get_root::<snapshot::Reader>().map_err(cap("snapshot root"))?;
+        let root = message
+            .get_root::<snapshot::Reader>()
+            .map_err(cap("snapshot root"))?;
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
         for t in root.get_types().map_err(cap("types"))? {
             let name = text(t.get_name(), &self.name, "type name")?;
-            let offsets = self.region(t.get_offsets().map_err(cap("offsets"))?.as_slice(), "offsets")?;
+            let offsets = self.region(
+                t.get_offsets().map_err(cap("offsets"))?.as_slice(),
+                "offsets",
+            )?;
             let words = self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?;
-            let key_index = self.region(t.get_key_index().map_err(cap("key index"))?.as_slice(), "key index")?;
+            let key_index = self.region(
+                t.get_key_index().map_err(cap("key index"))?.as_slice(),
+                "key index",
+            )?;
             if !key_index.get().is_empty() && !key_index.get().len().is_power_of_two() {
-                return Err(self.corrupt(format!("{name}: key index has {} slots, not a power of two", key_index.get().len())));
+                return Err(self.corrupt(format!(
+                    "{name}: key index has {} slots, not a power of two",
+                    key_index.get().len()
+                )));
             }
             let ordinal_limit = offsets.get().len().saturating_sub(1);
             if ordinal_limit > u32::MAX as usize - 1 {
@@ -537,7 +614,10 @@ impl OpenBlob {
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
         if !matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse) {
-            return Err(self.corrupt(format!("expected a delta, found a {}", self.envelope.kind.as_str())));
+            return Err(self.corrupt(format!(
+                "expected a delta, found a {}",
+                self.envelope.kind.as_str()
+            )));
         }
         let message = self.message()?;
         let cap = |what: &str| {
@@ -545,7 +625,9 @@ impl OpenBlob {
             let what = what.to_string();
             move |e: capnp::Error| FormatError::capnp(&name, &what, e)
         };
-        let root = message.get_root::<delta::Reader>().map_err(cap("delta root"))?;
+        let root = message
+            .get_root::<delta::Reader>()
+            .map_err(cap("delta root"))?;
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
         for t in root.get_types().map_err(cap("types"))? {
@@ -553,11 +635,28 @@ impl OpenBlob {
             let section = DeltaSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
-                removed: self.region(t.get_removed().map_err(cap("removed"))?.as_slice(), "removed")?,
-                removed_hashes: self.region(t.get_removed_key_hashes().map_err(cap("removed key hashes"))?.as_slice(), "removed key hashes")?,
-                ordinals: self.region(t.get_ordinals().map_err(cap("ordinals"))?.as_slice(), "ordinals")?,
-                key_hashes: self.region(t.get_key_hashes().map_err(cap("key hashes"))?.as_slice(), "key hashes")?,
-                offsets: self.region(t.get_offsets().map_err(cap("offsets"))?.as_slice(), "offsets")?,
+                removed: self.region(
+                    t.get_removed().map_err(cap("removed"))?.as_slice(),
+                    "removed",
+                )?,
+                removed_hashes: self.region(
+                    t.get_removed_key_hashes()
+                        .map_err(cap("removed key hashes"))?
+                        .as_slice(),
+                    "removed key hashes",
+                )?,
+                ordinals: self.region(
+                    t.get_ordinals().map_err(cap("ordinals"))?.as_slice(),
+                    "ordinals",
+                )?,
+                key_hashes: self.region(
+                    t.get_key_hashes().map_err(cap("key hashes"))?.as_slice(),
+                    "key hashes",
+                )?,
+                offsets: self.region(
+                    t.get_offsets().map_err(cap("offsets"))?.as_slice(),
+                    "offsets",
+                )?,
                 words: self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
@@ -568,7 +667,9 @@ impl OpenBlob {
                 || section.key_hashes.get().len() != n
                 || section.offsets.get().len() != n + 1
             {
-                return Err(self.corrupt(format!("{}: delta lists disagree in length", section.name)));
+                return Err(
+                    self.corrupt(format!("{}: delta lists disagree in length", section.name))
+                );
             }
             sections.push(section);
         }
@@ -576,12 +677,19 @@ impl OpenBlob {
     }
 }
 
-fn text(t: capnp::Result<capnp::text::Reader<'_>>, blob: &str, what: &str) -> Result<String, FormatError> {
+fn text(
+    t: capnp::Result<capnp::text::Reader<'_>>,
+    blob: &str,
+    what: &str,
+) -> Result<String, FormatError> {
     t.and_then(|t| t.to_string().map_err(Into::into))
         .map_err(|e| FormatError::capnp(blob, what, e))
 }
 
-fn texts(t: capnp::Result<capnp::text_list::Reader<'_>>, blob: &str) -> Result<Vec<String>, FormatError> {
+fn texts(
+    t: capnp::Result<capnp::text_list::Reader<'_>>,
+    blob: &str,
+) -> Result<Vec<String>, FormatError> {
     let list = t.map_err(|e| FormatError::capnp(blob, "key fields", e))?;
     list.iter().map(|x| text(x, blob, "key field")).collect()
 }
@@ -624,8 +732,14 @@ pub struct BlobHeader {
 impl BlobHeader {
     fn read(h: header::Reader<'_>, blob: &str) -> Result<Self, FormatError> {
         let mut tags = Vec::new();
-        for t in h.get_tags().map_err(|e| FormatError::capnp(blob, "tags", e))? {
-            tags.push((text(t.get_key(), blob, "tag key")?, text(t.get_value(), blob, "tag value")?));
+        for t in h
+            .get_tags()
+            .map_err(|e| FormatError::capnp(blob, "tags", e))?
+        {
+            tags.push((
+                text(t.get_key(), blob, "tag key")?,
+                text(t.get_value(), blob, "tag value")?,
+            ));
         }
         Ok(BlobHeader {
             from_version: h.get_from_version(),
@@ -633,7 +747,10 @@ impl BlobHeader {
             producer_id: text(h.get_producer_id(), blob, "producer id")?,
             cycle_start_micros: h.get_cycle_start_micros(),
             schema_hash: h.get_schema_hash(),
-            node_count: h.get_nodes().map_err(|e| FormatError::capnp(blob, "nodes", e))?.len(),
+            node_count: h
+                .get_nodes()
+                .map_err(|e| FormatError::capnp(blob, "nodes", e))?
+                .len(),
             tags,
         })
     }
@@ -669,7 +786,12 @@ pub struct DeltaSection {
 /// Record `i` of a list of records stored as (offsets, words), bounds
 /// checked: `None` for an empty record (a hole).
 #[inline]
-pub fn record_at<'a>(offsets: &[u32], words: &'a [u64], i: usize, blob: &str) -> Result<Option<&'a [u64]>, FormatError> {
+pub fn record_at<'a>(
+    offsets: &[u32],
+    words: &'a [u64],
+    i: usize,
+    blob: &str,
+) -> Result<Option<&'a [u64]>, FormatError> {
     let (Some(&start), Some(&end)) = (offsets.get(i), offsets.get(i + 1)) else {
         return Err(FormatError::Corrupt {
             blob: blob.to_string(),
@@ -680,7 +802,10 @@ pub fn record_at<'a>(offsets: &[u32], words: &'a [u64], i: usize, blob: &str) ->
     if start > end || end > words.len() {
         return Err(FormatError::Corrupt {
             blob: blob.to_string(),
-            reason: format!("record {i} spans words {start}..{end}, outside 0..{}", words.len()),
+            reason: format!(
+                "record {i} spans words {start}..{end}, outside 0..{}",
+                words.len()
+            ),
         });
     }
     Ok((start < end).then(|| &words[start..end]))

@@ -41,13 +41,25 @@ where
 }
 
 /// What a type is: its node id, display name and schema.
+///
+/// Cap'n Proto's schema handles are not `Send`, so the info keeps a
+/// function that produces the (static) schema instead of the schema itself.
 #[derive(Clone)]
 pub struct TypeInfo {
     /// The Cap'n Proto node id of the struct; types are matched by it.
     pub type_id: u64,
     /// The node's display name, e.g. `examples/movies.capnp:Movie`.
     pub name: String,
-    pub schema: StructSchema,
+    schema_fn: fn() -> StructSchema,
+}
+
+fn schema_of<T: RecordType>() -> StructSchema {
+    match T::introspect().which() {
+        TypeVariant::Struct(raw) => StructSchema::new(raw),
+        // `RecordType` needs `Reader: Into<dynamic_value::Reader>`, which
+        // only generated struct types (and no list or primitive) have.
+        _ => unreachable!("RecordType is only implemented for generated structs"),
+    }
 }
 
 impl std::fmt::Debug for TypeInfo {
@@ -59,12 +71,7 @@ impl std::fmt::Debug for TypeInfo {
 impl TypeInfo {
     /// The info of a generated struct type.
     pub fn of<T: RecordType>() -> TypeInfo {
-        let schema = match T::introspect().which() {
-            TypeVariant::Struct(raw) => StructSchema::new(raw),
-            // `RecordType` needs `Reader: Into<dynamic_value::Reader>`, which
-            // only generated struct types (and no list or primitive) have.
-            _ => unreachable!("RecordType is only implemented for generated structs"),
-        };
+        let schema = schema_of::<T>();
         let proto = schema.get_proto();
         let name = proto
             .get_display_name()
@@ -75,8 +82,13 @@ impl TypeInfo {
         TypeInfo {
             type_id: proto.get_id(),
             name,
-            schema,
+            schema_fn: schema_of::<T>,
         }
+    }
+
+    /// The struct's schema.
+    pub fn schema(&self) -> StructSchema {
+        (self.schema_fn)()
     }
 }
 
@@ -102,10 +114,12 @@ impl KeyKind {
     }
 }
 
-/// A type's primary key, resolved against its schema.
+/// A type's primary key, resolved against its schema: field indices, their
+/// kinds and names.
 #[derive(Clone)]
 pub struct KeySpec {
-    fields: Vec<(Field, KeyKind, String)>,
+    fields: Vec<(u16, KeyKind, String)>,
+    schema_fn: fn() -> StructSchema,
 }
 
 impl std::fmt::Debug for KeySpec {
@@ -136,7 +150,7 @@ impl KeySpec {
                 return Err(bad("named twice in the key".into()));
             }
             let field = info
-                .schema
+                .schema()
                 .find_field_by_name(name)
                 .map_err(|e| bad(format!("cannot read the schema: {e}")))?
                 .ok_or_else(|| bad("no such field".into()))?;
@@ -181,50 +195,29 @@ impl KeySpec {
                 }
                 _ => {
                     return Err(bad(
-                        "is not an integer, bool, enum, text or data field".into(),
+                        "is not an integer, bool, enum, text or data field".into()
                     ))
                 }
             };
-            fields.push((field, kind, name.to_string()));
+            fields.push((field.get_index(), kind, name.to_string()));
         }
-        Ok(KeySpec { fields })
+        Ok(KeySpec {
+            fields,
+            schema_fn: info.schema_fn,
+        })
+    }
+
+    /// The key's fields as schema handles, for reading them from records.
+    pub fn resolved(&self) -> capnp::Result<ResolvedKey> {
+        let list = (self.schema_fn)().get_fields()?;
+        Ok(ResolvedKey {
+            fields: self.fields.iter().map(|(i, _, _)| list.get(*i)).collect(),
+        })
     }
 
     /// The key's field names, in key order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|(_, _, n)| n.as_str())
-    }
-
-    /// Appends the canonical key bytes of `record` to `out`.
-    pub fn encode_record(
-        &self,
-        record: capnp::dynamic_struct::Reader<'_>,
-        out: &mut KeyBuf,
-    ) -> capnp::Result<()> {
-        for (field, _, _) in &self.fields {
-            match record.get(*field)? {
-                dynamic_value::Reader::Bool(b) => out.push(&[b as u8]),
-                dynamic_value::Reader::Int8(v) => out.push(&i64::from(v).to_le_bytes()),
-                dynamic_value::Reader::Int16(v) => out.push(&i64::from(v).to_le_bytes()),
-                dynamic_value::Reader::Int32(v) => out.push(&i64::from(v).to_le_bytes()),
-                dynamic_value::Reader::Int64(v) => out.push(&v.to_le_bytes()),
-                dynamic_value::Reader::UInt8(v) => out.push(&u64::from(v).to_le_bytes()),
-                dynamic_value::Reader::UInt16(v) => out.push(&u64::from(v).to_le_bytes()),
-                dynamic_value::Reader::UInt32(v) => out.push(&u64::from(v).to_le_bytes()),
-                dynamic_value::Reader::UInt64(v) => out.push(&v.to_le_bytes()),
-                dynamic_value::Reader::Enum(e) => {
-                    out.push(&u64::from(e.get_value()).to_le_bytes())
-                }
-                dynamic_value::Reader::Text(t) => out.push_sized(t.as_bytes()),
-                dynamic_value::Reader::Data(d) => out.push_sized(d),
-                _ => {
-                    return Err(capnp::Error::failed(
-                        "key field changed kind under the schema".into(),
-                    ))
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Encodes a query key given by a caller, checking it against the key's
@@ -291,6 +284,44 @@ impl KeySpec {
             parts.push(format!("{name}={value}"));
         }
         parts.join(", ")
+    }
+}
+
+/// A [`KeySpec`]'s fields as schema handles (not `Send`: make one per
+/// thread or view).
+pub struct ResolvedKey {
+    fields: Vec<Field>,
+}
+
+impl ResolvedKey {
+    /// Appends the canonical key bytes of `record` to `out`.
+    pub fn encode_record(
+        &self,
+        record: capnp::dynamic_struct::Reader<'_>,
+        out: &mut KeyBuf,
+    ) -> capnp::Result<()> {
+        for field in &self.fields {
+            match record.get(*field)? {
+                dynamic_value::Reader::Bool(b) => out.push(&[b as u8]),
+                dynamic_value::Reader::Int8(v) => out.push(&i64::from(v).to_le_bytes()),
+                dynamic_value::Reader::Int16(v) => out.push(&i64::from(v).to_le_bytes()),
+                dynamic_value::Reader::Int32(v) => out.push(&i64::from(v).to_le_bytes()),
+                dynamic_value::Reader::Int64(v) => out.push(&v.to_le_bytes()),
+                dynamic_value::Reader::UInt8(v) => out.push(&u64::from(v).to_le_bytes()),
+                dynamic_value::Reader::UInt16(v) => out.push(&u64::from(v).to_le_bytes()),
+                dynamic_value::Reader::UInt32(v) => out.push(&u64::from(v).to_le_bytes()),
+                dynamic_value::Reader::UInt64(v) => out.push(&v.to_le_bytes()),
+                dynamic_value::Reader::Enum(e) => out.push(&u64::from(e.get_value()).to_le_bytes()),
+                dynamic_value::Reader::Text(t) => out.push_sized(t.as_bytes()),
+                dynamic_value::Reader::Data(d) => out.push_sized(d),
+                _ => {
+                    return Err(capnp::Error::failed(
+                        "key field changed kind under the schema".into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -527,9 +558,13 @@ pub fn append_canonical(
     out: &mut Vec<u64>,
 ) -> capnp::Result<usize> {
     let size = root.target_size()?.word_count + 1;
-    let size = usize::try_from(size).map_err(|_| capnp::Error::failed("record too large".into()))?;
+    let size =
+        usize::try_from(size).map_err(|_| capnp::Error::failed("record too large".into()))?;
     if scratch.len() < size {
-        scratch.resize(size.next_power_of_two(), capnp::word(0, 0, 0, 0, 0, 0, 0, 0));
+        scratch.resize(
+            size.next_power_of_two(),
+            capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+        );
     }
     let bytes = capnp::Word::words_to_bytes_mut(scratch);
     let mut message =
@@ -548,4 +583,10 @@ pub fn append_canonical(
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
     );
     Ok(out.len() - start)
+}
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<TypeInfo>();
+    is::<KeySpec>();
 }

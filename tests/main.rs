@@ -1,0 +1,3 @@
+//! burrow's integration tests: one binary.
+mod common;
+mod e2e;

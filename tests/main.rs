@@ -1,3 +1,4 @@
 //! burrow's integration tests: one binary.
 mod common;
 mod e2e;
+mod property;

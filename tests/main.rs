@@ -1,4 +1,5 @@
 //! burrow's integration tests: one binary.
 mod common;
 mod e2e;
+mod hostile;
 mod property;

@@ -137,7 +137,10 @@ impl AnnouncementLog {
                     })
                     .max();
                 match max {
-                    Some(seq) => self.read(seq).await?.ok_or(AnnounceError::Empty)?,
+                    Some(seq) => self
+                        .read(seq)
+                        .await?
+                        .ok_or(AnnounceError::Empty)?,
                     None => return Ok(None),
                 }
             }
@@ -156,11 +159,7 @@ impl AnnouncementLog {
     /// logged at warn level, with the error).
     pub async fn append(&self, entry: &Announcement) -> Result<(), AnnounceError> {
         let name = BlobName::Announce(entry.seq);
-        match self
-            .store
-            .create(&name, vec![Bytes::from(entry.encode())])
-            .await
-        {
+        match self.store.create(&name, vec![Bytes::from(entry.encode())]).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(AnnounceError::NotPrimary { seq: entry.seq })

@@ -1,0 +1,3 @@
+//! burrow's integration tests: one binary, one module per area.
+
+mod resilience;

@@ -444,3 +444,40 @@ impl MultipartUpload for GuardedUpload {
         core.call(self.upload.abort()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::faults::{FaultyStore, Op};
+    use crate::blobstore::resilience::ManualClock;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn resilience_streams_are_admitted_when_polled_and_judged_by_their_first_item() {
+        let faulty = Arc::new(FaultyStore::memory());
+        let config = BreakerConfig {
+            failure_threshold: 2,
+            ..BreakerConfig::default()
+        };
+        let store = CircuitBreakerStore::new(
+            Arc::clone(&faulty) as Arc<dyn ObjectStore>,
+            config,
+            Arc::new(ManualClock::new()),
+        );
+        faulty.set_down(true);
+        // Made but never polled: no call, no failure.
+        drop(store.list(None));
+        assert_eq!(faulty.calls(Op::List), 0);
+        assert_eq!(store.consecutive_failures(), 0);
+
+        for _ in 0..2 {
+            let listed: Result<Vec<_>> = store.list(None).try_collect().await;
+            assert!(listed.is_err());
+        }
+        assert_eq!(store.state(), BreakerState::Open);
+        let listed: Result<Vec<_>> = store.list(None).try_collect().await;
+        let err = listed.unwrap_err();
+        assert!(err.to_string().contains("circuit breaker is open"), "{err}");
+        assert_eq!(faulty.calls(Op::List), 2);
+    }
+}

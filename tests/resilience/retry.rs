@@ -238,3 +238,43 @@ async fn resilience_list_is_retried_only_before_its_first_item() {
     assert_eq!(listed.len(), 3);
     assert_eq!(r.faulty.calls(Op::List), 3);
 }
+
+#[tokio::test]
+async fn resilience_multipart_uploads_go_through_every_layer() {
+    let policy = RetryPolicy::default();
+    let r = rig(policy.clone(), lenient_breaker());
+    let store = &r.stack.store;
+    let path = Path::from("snapshot/1");
+    let mut upload = store.put_multipart(&path).await.unwrap();
+    upload
+        .put_part(PutPayload::from_static(b"hello "))
+        .await
+        .unwrap();
+    upload
+        .put_part(PutPayload::from_static(b"world"))
+        .await
+        .unwrap();
+    upload.complete().await.unwrap();
+    let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(stored, Bytes::from_static(b"hello world"));
+    assert_eq!(r.faulty.calls(Op::PutPart), 2);
+    assert_eq!(r.faulty.calls(Op::CompleteMultipart), 1);
+
+    // A part that hangs times out; parts are not retried.
+    let mut upload = store
+        .put_multipart(&Path::from("snapshot/2"))
+        .await
+        .unwrap();
+    r.faulty.hang_matching(|op, _| op == Op::PutPart);
+    let err = r
+        .clock
+        .drive(upload.put_part(PutPayload::from_static(b"x")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(kind(&err), ResilienceError::Timeout { after, .. } if *after == policy.call_timeout),
+        "{err}"
+    );
+    assert_eq!(r.faulty.calls(Op::PutPart), 3);
+    assert_eq!(r.faulty.hanging(), 0);
+}

@@ -179,7 +179,7 @@ fn aligned_words(body: &[u8]) -> Vec<capnp::Word> {
     words
 }
 
-pub(crate) fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -221,7 +221,10 @@ mod tests {
     fn truncated_entries_are_errors() {
         let bytes = entry().encode();
         for len in 0..bytes.len() {
-            assert!(Announcement::decode(&bytes[..len], "a").is_err(), "len {len}");
+            assert!(
+                Announcement::decode(&bytes[..len], "a").is_err(),
+                "len {len}"
+            );
         }
     }
 }

@@ -18,7 +18,7 @@
 mod entry;
 mod watcher;
 
-pub use entry::{AnnounceKind, Announcement};
+pub use entry::{now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 
 use crate::blobstore::{BlobName, BlobStore, StoreError};
@@ -137,10 +137,7 @@ impl AnnouncementLog {
                     })
                     .max();
                 match max {
-                    Some(seq) => self
-                        .read(seq)
-                        .await?
-                        .ok_or(AnnounceError::Empty)?,
+                    Some(seq) => self.read(seq).await?.ok_or(AnnounceError::Empty)?,
                     None => return Ok(None),
                 }
             }
@@ -159,7 +156,11 @@ impl AnnouncementLog {
     /// logged at warn level, with the error).
     pub async fn append(&self, entry: &Announcement) -> Result<(), AnnounceError> {
         let name = BlobName::Announce(entry.seq);
-        match self.store.create(&name, vec![Bytes::from(entry.encode())]).await {
+        match self
+            .store
+            .create(&name, vec![Bytes::from(entry.encode())])
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(AnnounceError::NotPrimary { seq: entry.seq })

@@ -1,3 +1,4 @@
-//! burrow's integration tests: one binary, one module per area.
-
+//! burrow's integration tests: one binary.
+mod common;
+mod e2e;
 mod resilience;

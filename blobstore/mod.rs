@@ -16,7 +16,9 @@
 //! verify, rename, fsync the directory) lives in [`cache`].
 
 pub mod cache;
+pub mod faults;
 mod names;
+pub mod resilience;
 
 pub use cache::BlobCache;
 pub use names::BlobName;

@@ -26,7 +26,10 @@ async fn with_mangled_v2(mangle: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, S
         mangle(&mut bytes);
         std::fs::write(&path, &bytes).unwrap();
     }
-    let err = consumer.refresh().await.expect_err("a mangled blob is refused");
+    let err = consumer
+        .refresh()
+        .await
+        .expect_err("a mangled blob is refused");
     assert_eq!(consumer.version(), Some(v1), "the consumer keeps its state");
     assert_eq!(snapshot_of(&consumer).len(), 50);
     // The planner remembers the bad blob and tries the other path, which
@@ -40,14 +43,20 @@ async fn with_mangled_v2(mangle: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, S
 fn assert_no_temp_files(cache: &Path) {
     for entry in std::fs::read_dir(cache).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        assert!(!name.contains(".tmp-"), "temp file {name} left in the cache");
+        assert!(
+            !name.contains(".tmp-"),
+            "temp file {name} left in the cache"
+        );
     }
 }
 
 #[tokio::test]
 async fn truncated_blob() {
     let (_d, err) = with_mangled_v2(|b| b.truncate(b.len() - 9)).await;
-    assert!(err.contains("the store says the blob is") || err.contains("body is"), "{err}");
+    assert!(
+        err.contains("the store says the blob is") || err.contains("body is"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +144,10 @@ async fn two_producers_one_store() {
         assert!(winners <= 1, "round {round}: both producers announced");
         for r in [&ra, &rb] {
             if let Err(e) = r {
-                assert!(e.to_string().contains("not the primary producer"), "round {round}: {e}");
+                assert!(
+                    e.to_string().contains("not the primary producer"),
+                    "round {round}: {e}"
+                );
             }
         }
         // Whoever lost restores and both carry on.
@@ -171,8 +183,16 @@ async fn duplicate_keys_and_bad_key_fields_are_named() {
         .to_string();
     assert!(err.contains("duplicate primary key id=42"), "{err}");
     assert!(err.contains("identify"), "{err}");
-    for (field, why) in [("nope", "no such field"), ("tags", "not an integer"), ("id", "named twice")] {
-        let fields: &[&str] = if why == "named twice" { &["id", "id"] } else { &[field] };
+    for (field, why) in [
+        ("nope", "no such field"),
+        ("tags", "not an integer"),
+        ("id", "named twice"),
+    ] {
+        let fields: &[&str] = if why == "named twice" {
+            &["id", "id"]
+        } else {
+            &[field]
+        };
         let err = burrow::producer::ProducerBuilder::new(store.clone())
             .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(fields)
             .build()
@@ -188,9 +208,15 @@ async fn duplicate_keys_and_bad_key_fields_are_named() {
 /// in CI it must run, elsewhere it is skipped with a message.
 #[tokio::test]
 async fn reference_tool_decodes_a_snapshot() {
-    let have_tool = std::process::Command::new("capnp").arg("--version").output().is_ok();
+    let have_tool = std::process::Command::new("capnp")
+        .arg("--version")
+        .output()
+        .is_ok();
     if !have_tool {
-        assert!(std::env::var("CI").is_err(), "CI must install capnproto for this test");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install capnproto for this test"
+        );
         eprintln!("skipping: install Debian's capnproto to run this test");
         return;
     }
@@ -205,13 +231,26 @@ async fn reference_tool_decodes_a_snapshot() {
     std::fs::write(&body, &blob[ENVELOPE_LEN..]).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let out = std::process::Command::new("capnp")
-        .args(["decode", "-I", "/usr/include", &format!("{root}/schema/burrow.capnp"), "Snapshot"])
+        .args([
+            "decode",
+            "-I",
+            "/usr/include",
+            &format!("{root}/schema/burrow.capnp"),
+            "Snapshot",
+        ])
         .stdin(std::fs::File::open(&body).unwrap())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "capnp decode failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "capnp decode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("producerId = \"p\""), "{text}");
-    assert!(text.contains("name = \"examples/movies.capnp:Movie\""), "{text}");
+    assert!(
+        text.contains("name = \"examples/movies.capnp:Movie\""),
+        "{text}"
+    );
     assert!(text.contains("recordCount = 3"), "{text}");
 }

@@ -1,6 +1,7 @@
 //! burrow's integration tests: one binary.
 mod common;
 mod e2e;
+mod failure;
 mod hostile;
 mod property;
 mod resilience;

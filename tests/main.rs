@@ -1,0 +1,3 @@
+//! burrow's integration tests: one binary.
+
+mod conformance;

@@ -221,7 +221,10 @@ mod tests {
     fn truncated_entries_are_errors() {
         let bytes = entry().encode();
         for len in 0..bytes.len() {
-            assert!(Announcement::decode(&bytes[..len], "a").is_err(), "len {len}");
+            assert!(
+                Announcement::decode(&bytes[..len], "a").is_err(),
+                "len {len}"
+            );
         }
     }
 }

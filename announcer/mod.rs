@@ -137,10 +137,7 @@ impl AnnouncementLog {
                     })
                     .max();
                 match max {
-                    Some(seq) => self
-                        .read(seq)
-                        .await?
-                        .ok_or(AnnounceError::Empty)?,
+                    Some(seq) => self.read(seq).await?.ok_or(AnnounceError::Empty)?,
                     None => return Ok(None),
                 }
             }

@@ -102,7 +102,8 @@ impl BlobCache {
             let mut body_bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-                file.write_all(&chunk).map_err(io("write temp file", &tmp))?;
+                file.write_all(&chunk)
+                    .map_err(io("write temp file", &tmp))?;
                 let mut rest = &chunk[..];
                 if envelope.is_none() {
                     let take = (ENVELOPE_LEN - head.len()).min(rest.len());
@@ -182,6 +183,10 @@ pub(crate) fn unique_suffix() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!(
         "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(&[std::process::id() as u64, nanos, n].map(u64::to_le_bytes).concat())
+        xxhash_rust::xxh3::xxh3_64(
+            &[std::process::id() as u64, nanos, n]
+                .map(u64::to_le_bytes)
+                .concat()
+        )
     )
 }

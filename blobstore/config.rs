@@ -275,7 +275,9 @@ impl BlobStore {
 fn s3(bucket: &str, _prefix: &str, _options: &StoreOptions) -> Result<BlobStore, Error> {
     Err(config(
         "store URL",
-        format!("s3://{bucket}: this build of burrow lacks S3 support (build it with the `s3` feature)"),
+        format!(
+            "s3://{bucket}: this build of burrow lacks S3 support (build it with the `s3` feature)"
+        ),
     ))
 }
 
@@ -303,7 +305,10 @@ fn s3(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<BlobStore, E
     }
     for (key, value) in &options.s3_settings {
         let parsed: AmazonS3ConfigKey = key.parse().map_err(|e| {
-            config("S3 setting", format!("`{key}` is not an object_store S3 setting: {e}"))
+            config(
+                "S3 setting",
+                format!("`{key}` is not an object_store S3 setting: {e}"),
+            )
         })?;
         builder = builder.with_config(parsed, value);
     }
@@ -400,13 +405,24 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        let mut o = StoreOptions::default();
-        o.validate().unwrap();
-        o.upload.part_size = 1024;
+        StoreOptions::default().validate().unwrap();
+        let o = StoreOptions {
+            upload: UploadOptions {
+                part_size: 1024,
+                ..UploadOptions::default()
+            },
+            ..StoreOptions::default()
+        };
         assert!(o.validate().unwrap_err().to_string().contains("part size"));
-        let mut o = StoreOptions::default();
-        o.request_timeout = Duration::ZERO;
-        assert!(o.validate().unwrap_err().to_string().contains("request timeout"));
+        let o = StoreOptions {
+            request_timeout: Duration::ZERO,
+            ..StoreOptions::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("request timeout"));
     }
 
     #[cfg(not(feature = "s3"))]

@@ -183,10 +183,9 @@ impl BlobWriter {
                 self.store.create(&self.name, chunks).await?;
             }
             State::Uploading { temp, upload } => {
-                upload
-                    .finish()
-                    .await
-                    .map_err(|e| StoreError::from_backend("complete multipart upload", &label, e))?;
+                upload.finish().await.map_err(|e| {
+                    StoreError::from_backend("complete multipart upload", &label, e)
+                })?;
                 let dest = self.store.path(&self.name);
                 let moved = self.store.inner.copy_if_not_exists(&temp, &dest).await;
                 if let Err(error) = self.store.inner.delete(&temp).await {
@@ -208,10 +207,9 @@ impl BlobWriter {
             },
         );
         if let State::Uploading { upload, .. } = state {
-            upload
-                .abort()
-                .await
-                .map_err(|e| StoreError::from_backend("abort multipart upload", &self.name.to_string(), e))?;
+            upload.abort().await.map_err(|e| {
+                StoreError::from_backend("abort multipart upload", &self.name.to_string(), e)
+            })?;
         }
         Ok(())
     }
@@ -227,7 +225,10 @@ impl BlobStore {
     /// Deletes temporary upload objects older than `older_than` (left by
     /// writers that died; see the [upload module docs](super::upload)).
     /// Returns how many it deleted. Blobs are never touched.
-    pub async fn sweep_uploads(&self, older_than: std::time::Duration) -> Result<usize, StoreError> {
+    pub async fn sweep_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StoreError> {
         let base = self.path_of(UPLOAD_DIR);
         let metas: Vec<_> = self
             .inner
@@ -246,7 +247,11 @@ impl BlobStore {
                 match self.inner.delete(&meta.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
                     Err(e) => {
-                        return Err(StoreError::from_backend("delete", meta.location.as_ref(), e))
+                        return Err(StoreError::from_backend(
+                            "delete",
+                            meta.location.as_ref(),
+                            e,
+                        ))
                     }
                 }
             }

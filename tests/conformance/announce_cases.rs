@@ -76,7 +76,12 @@ pub async fn race_rounds(b: &Backend, rounds: u64) {
                 Err(other) => panic!("{}: seq {seq}: unexpected {other:?}", b.name),
             }
         }
-        assert_eq!(winners.len(), 1, "{}: seq {seq}: winners {winners:?}", b.name);
+        assert_eq!(
+            winners.len(),
+            1,
+            "{}: seq {seq}: winners {winners:?}",
+            b.name
+        );
         let log = AnnouncementLog::new(b.store.clone());
         assert_eq!(log.read(seq).await.unwrap().as_ref(), Some(&winners[0]));
     }
@@ -95,7 +100,10 @@ pub async fn append_is_idempotent_for_its_own_entry(b: &Backend) {
     log.append(&mine).await.unwrap();
     let other = entry(1, 10, "q");
     let err = log.append(&other).await.unwrap_err();
-    assert!(matches!(err, AnnounceError::NotPrimary { seq: 1 }), "{err:?}");
+    assert!(
+        matches!(err, AnnounceError::NotPrimary { seq: 1 }),
+        "{err:?}"
+    );
 }
 
 /// A watcher that knows the newest seq spends one GET per idle poll: no
@@ -166,7 +174,10 @@ pub async fn corrupt_hint_is_ignored(b: &Backend) {
 pub async fn corrupt_entry_is_a_format_error(b: &Backend) {
     let log = log_with(b, 2).await;
     b.raw()
-        .put(&b.path(&BlobName::Announce(2).to_string()), PutPayload::from_static(b"BURROW\r\nbroken"))
+        .put(
+            &b.path(&BlobName::Announce(2).to_string()),
+            PutPayload::from_static(b"BURROW\r\nbroken"),
+        )
         .await
         .unwrap();
     let err = log.read(2).await.unwrap_err();

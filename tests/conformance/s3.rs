@@ -51,7 +51,10 @@ async fn startup_check_tells_bad_credentials_from_missing_bucket() {
         matches!(err, Error::Store(StoreError::CredentialsRejected { .. })),
         "wrong secret: {err:?}"
     );
-    assert!(err.to_string().contains("rejected the credentials"), "{err}");
+    assert!(
+        err.to_string().contains("rejected the credentials"),
+        "{err}"
+    );
 
     let err = check(&server.endpoint, "burrow-auth", "AKIANOSUCHKEY0000000", "x")
         .await
@@ -61,9 +64,14 @@ async fn startup_check_tells_bad_credentials_from_missing_bucket() {
         "unknown key: {err:?}"
     );
 
-    let err = check(&server.endpoint, "burrow-no-such-bucket", &server.key, &server.secret)
-        .await
-        .unwrap_err();
+    let err = check(
+        &server.endpoint,
+        "burrow-no-such-bucket",
+        &server.key,
+        &server.secret,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, Error::Store(StoreError::BucketNotFound { ref bucket, .. }) if bucket == "burrow-no-such-bucket"),
         "missing bucket: {err:?}"
@@ -75,10 +83,14 @@ async fn startup_check_tells_bad_credentials_from_missing_bucket() {
 /// credentials: a missing bucket is `BucketNotFound`.
 #[tokio::test]
 async fn startup_check_reports_a_missing_bucket() {
-    let Some(endpoint) = endpoint(super::support::s3::ENDPOINT_VAR) else { return };
+    let Some(endpoint) = endpoint(super::support::s3::ENDPOINT_VAR) else {
+        return;
+    };
     create_bucket(&endpoint, BUCKET).await;
     check(&endpoint, BUCKET, "test", "test").await.unwrap();
-    let err = check(&endpoint, "burrow-absent", "test", "test").await.unwrap_err();
+    let err = check(&endpoint, "burrow-absent", "test", "test")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::Store(StoreError::BucketNotFound { .. })),
         "{err:?}"
@@ -112,6 +124,8 @@ async fn startup_check_reports_an_unreachable_server() {
 /// winner per entry, the others get `NotPrimary`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_announcers_race_for_many_rounds() {
-    let Some(backend) = Backend::s3().await else { return };
+    let Some(backend) = Backend::s3().await else {
+        return;
+    };
     race_rounds(&backend, 25).await;
 }

@@ -29,7 +29,10 @@ pub async fn put_get_list(b: &Backend) {
         .await
         .unwrap();
     b.raw()
-        .put(&b.path("snapshot/not-a-version"), PutPayload::from_static(b"x"))
+        .put(
+            &b.path("snapshot/not-a-version"),
+            PutPayload::from_static(b"x"),
+        )
         .await
         .unwrap();
 
@@ -109,7 +112,13 @@ pub async fn large_blob_round_trips_through_multipart(b: &Backend) {
     let path = cache.fetch(&b.store, &name).await.unwrap();
     assert_eq!(std::fs::metadata(path).unwrap().len(), bytes.len() as u64);
 
-    assert_eq!(b.store.sweep_uploads(std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// A large blob stays create-only: a writer for a taken name fails before
@@ -144,7 +153,13 @@ pub async fn large_blob_is_create_only(b: &Backend) {
         b.name
     );
     assert_eq!(b.store.get(&name).await.unwrap(), "winner");
-    assert_eq!(b.store.sweep_uploads(std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// A blob that fits in one part is a single create-only put.
@@ -209,7 +224,12 @@ pub async fn fetch_verifies_and_rejects_corrupt_blobs(b: &Backend) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(files, [BlobName::Snapshot(1).cache_file_name()], "{}", b.name);
+    assert_eq!(
+        files,
+        [BlobName::Snapshot(1).cache_file_name()],
+        "{}",
+        b.name
+    );
 }
 
 /// Leftover temporary uploads are swept; blobs are not touched.
@@ -219,14 +239,26 @@ pub async fn sweep_removes_only_leftover_uploads(b: &Backend) {
         .await
         .unwrap();
     b.raw()
-        .put(&b.path("upload/snapshot-1.dead"), PutPayload::from_static(b"x"))
+        .put(
+            &b.path("upload/snapshot-1.dead"),
+            PutPayload::from_static(b"x"),
+        )
         .await
         .unwrap();
     assert_eq!(
-        b.store.sweep_uploads(std::time::Duration::from_secs(3600)).await.unwrap(),
+        b.store
+            .sweep_uploads(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
         0
     );
-    assert_eq!(b.store.sweep_uploads(std::time::Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(b.store.get(&BlobName::Snapshot(5)).await.unwrap(), "keep");
 }
 

@@ -362,7 +362,12 @@ pub mod s3 {
             let s3 = BlobStore::from_url(&url, &options(&endpoint, "test", "test"))
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
             s3.check().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            Some(Backend::wrap("s3", s3.object_store().clone(), &prefix, None))
+            Some(Backend::wrap(
+                "s3",
+                s3.object_store().clone(),
+                &prefix,
+                None,
+            ))
         }
     }
 }

@@ -42,12 +42,31 @@ impl FormatError {
     }
 }
 
+/// Errors about primary keys: a key that cannot be built from a schema, or
+/// a lookup value that does not fit the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("{type_name}: primary key field {field:?} {reason}")]
+    Spec {
+        type_name: String,
+        field: String,
+        reason: String,
+    },
+    #[error("{type_name}: bad key value: {reason}")]
+    Query { type_name: String, reason: String },
+    #[error("{type_name} has no primary key, so it cannot be looked up by key")]
+    NoKey { type_name: String },
+}
+
 /// Any error from burrow.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Format(#[from] FormatError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

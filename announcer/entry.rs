@@ -179,7 +179,7 @@ fn aligned_words(body: &[u8]) -> Vec<capnp::Word> {
     words
 }
 
-pub(crate) fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

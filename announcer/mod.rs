@@ -18,7 +18,7 @@
 mod entry;
 mod watcher;
 
-pub use entry::{AnnounceKind, Announcement};
+pub use entry::{now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 
 use crate::blobstore::{BlobName, BlobStore, StoreError};

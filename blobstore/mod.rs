@@ -61,7 +61,7 @@ pub enum StoreError {
         store: String,
         bucket: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The store refused the credentials (HTTP 401 or 403).
     #[error(
@@ -71,7 +71,7 @@ pub enum StoreError {
     CredentialsRejected {
         store: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
@@ -216,7 +216,10 @@ impl BlobStore {
             Ok(_) => return Ok(()),
             Err(source @ object_store::Error::PermissionDenied { .. })
             | Err(source @ object_store::Error::Unauthenticated { .. }) => {
-                return Err(StoreError::CredentialsRejected { store, source })
+                return Err(StoreError::CredentialsRejected {
+                    store,
+                    source: Box::new(source),
+                })
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => {
@@ -232,7 +235,7 @@ impl BlobStore {
             Err(source) if is_missing_bucket(&source) => Err(StoreError::BucketNotFound {
                 store,
                 bucket: self.bucket.clone().unwrap_or_default(),
-                source,
+                source: Box::new(source),
             }),
             Err(source) => Err(StoreError::Backend {
                 op: "check",

@@ -54,12 +54,14 @@ struct TypeDelta {
   typeId @0 :UInt64;
   name @1 :Text;
   keyFields @2 :List(Text);
-  removed @3 :List(UInt32);    # sorted, distinct
-  ordinals @4 :List(UInt32);   # sorted, distinct: records added or changed
-  offsets @5 :List(UInt32);    # ordinals.len + 1 word offsets into `words`
-  words @6 :List(UInt64);      # record i is words[offsets[i] .. offsets[i + 1]]
-  recordCountAfter @7 :UInt32; # the type's record count once applied
-  ordinalLimitAfter @8 :UInt32;# one past the highest ordinal in use once applied
+  removed @3 :List(UInt32);         # sorted, distinct
+  removedKeyHashes @4 :List(UInt64);# key hash of each removed record (parallel to `removed`)
+  ordinals @5 :List(UInt32);        # sorted, distinct: records added or changed
+  keyHashes @6 :List(UInt64);       # key hash of each record in `ordinals`
+  offsets @7 :List(UInt32);         # ordinals.len + 1 word offsets into `words`
+  words @8 :List(UInt64);           # record i is words[offsets[i] .. offsets[i + 1]]
+  recordCountAfter @9 :UInt32;      # the type's record count once applied
+  ordinalLimitAfter @10 :UInt32;    # one past the highest ordinal in use once applied
 }
 
 # A delta (fromVersion -> toVersion) or a reverse delta (toVersion ->

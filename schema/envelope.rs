@@ -265,7 +265,10 @@ mod tests {
         for bit in 0..blob.len() * 8 {
             let mut bad = blob.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(Envelope::open(&bad, "t").is_err(), "flip of bit {bit} passed");
+            assert!(
+                Envelope::open(&bad, "t").is_err(),
+                "flip of bit {bit} passed"
+            );
         }
     }
 
@@ -278,7 +281,10 @@ mod tests {
         assert!(err.to_string().contains("body is 6 bytes"), "{err}");
         let mut bad = blob.clone();
         bad[0] = b'X';
-        assert!(Envelope::open(&bad, "b").unwrap_err().to_string().contains("bad magic"));
+        assert!(Envelope::open(&bad, "b")
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
         let mut bad = blob;
         bad[8] = 9;
         let own = xxh3_64(&bad[0..56]).to_le_bytes();

@@ -1,7 +1,9 @@
 //! The blob format: the envelope, the generated Cap'n Proto code for
 //! `schema/burrow.capnp`, and the example dataset of the anchor workload.
 
+pub mod blob;
 pub mod envelope;
+pub mod record;
 
 #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
 pub mod burrow_capnp {

@@ -1,3 +1,5 @@
 //! burrow's integration tests: one binary.
 
+mod common;
 mod conformance;
+mod e2e;

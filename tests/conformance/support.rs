@@ -69,11 +69,23 @@ impl Seen {
     }
 }
 
+/// Runs before a put reaches the store (to stop a server at a chosen step).
+pub type BeforePut = Arc<dyn Fn(&Path) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Forwards every method (required and provided) to `inner`, counting.
-#[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counts: Arc<Counts>,
+    before_put: Option<BeforePut>,
+}
+
+impl fmt::Debug for CountingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountingStore")
+            .field("inner", &self.inner)
+            .field("counts", &self.counts)
+            .finish()
+    }
 }
 
 impl CountingStore {
@@ -83,9 +95,16 @@ impl CountingStore {
             CountingStore {
                 inner,
                 counts: counts.clone(),
+                before_put: None,
             },
             counts,
         )
+    }
+
+    /// Calls `hook` before every put, and waits for it.
+    pub fn with_before_put(mut self, hook: BeforePut) -> Self {
+        self.before_put = Some(hook);
+        self
     }
 
     fn bump(counter: &AtomicU64) {
@@ -109,6 +128,9 @@ impl ObjectStore for CountingStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         Self::bump(&self.counts.puts);
+        if let Some(hook) = &self.before_put {
+            hook(location).await;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 

@@ -1,0 +1,181 @@
+//! Update planning: which blobs take a consumer from where it is to the
+//! version it should be at.
+//!
+//! Only announced links are followed. Every announce entry names the
+//! version its delta starts from, so the chain of versions is read from the
+//! log, never guessed from blob names: a blob that no announcement names (an
+//! orphan of a failed cycle) is never used.
+
+use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog};
+use crate::blobstore::BlobName;
+use std::collections::HashSet;
+
+/// One blob to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Load `snapshot/<v>`.
+    Snapshot(u64),
+    /// Apply `delta/<from>-<to>`.
+    Delta(u64, u64),
+    /// Apply `reverse/<from>-<to>` (from > to).
+    Reverse(u64, u64),
+}
+
+impl Step {
+    pub fn blob(&self) -> BlobName {
+        match *self {
+            Step::Snapshot(v) => BlobName::Snapshot(v),
+            Step::Delta(a, b) => BlobName::Delta(a, b),
+            Step::Reverse(a, b) => BlobName::Reverse(a, b),
+        }
+    }
+}
+
+/// A plan and its cost in bytes to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub bytes: u64,
+}
+
+/// The announce entries from `from_version` (inclusive; omitted when 0) up
+/// to `head`, oldest first, each linked to the one before by its delta.
+/// Walks the log backwards from `head`.
+pub async fn chain_to(
+    log: &AnnouncementLog,
+    head: &Announcement,
+    from_version: u64,
+) -> Result<Vec<Announcement>, AnnounceError> {
+    let mut out = vec![head.clone()];
+    let mut entry = head.clone();
+    while entry.version > from_version {
+        if entry.from_version < from_version {
+            return Err(broken(head, from_version, &entry));
+        }
+        if entry.from_version == 0 {
+            if from_version == 0 {
+                break;
+            }
+            return Err(broken(head, from_version, &entry));
+        }
+        // Walk back to the announce entry of `entry.from_version`.
+        let want = entry.from_version;
+        let mut seq = entry.seq;
+        let prev = loop {
+            if seq <= 1 {
+                return Err(broken(head, from_version, &entry));
+            }
+            seq -= 1;
+            match log.read(seq).await? {
+                Some(e) if e.kind == AnnounceKind::Announce && e.version == want => break e,
+                Some(e) if e.version < want => return Err(broken(head, from_version, &entry)),
+                Some(_) => continue,
+                None => return Err(broken(head, from_version, &entry)),
+            }
+        };
+        out.push(prev.clone());
+        entry = prev;
+    }
+    out.reverse();
+    if out.first().map(|e| e.version) != Some(from_version) && from_version != 0 {
+        return Err(broken(head, from_version, &entry));
+    }
+    Ok(out)
+}
+
+fn broken(head: &Announcement, from: u64, at: &Announcement) -> AnnounceError {
+    AnnounceError::Format(crate::error::FormatError::Corrupt {
+        blob: format!("announce/{}", at.seq),
+        reason: format!(
+            "no announced delta chain from version {from} to {} (broken at version {}, which starts from {})",
+            head.version, at.version, at.from_version
+        ),
+    })
+}
+
+/// Plans from `current` to the version of `target` (an announce entry).
+/// Considers the delta chain forward, reverse deltas back, and the nearest
+/// snapshots at or below the target followed by deltas; takes the cheapest
+/// by bytes, avoiding `failed` blobs. `prefer_snapshot` (a state with many
+/// stacked deltas) rules out paths that keep the current state.
+pub async fn plan(
+    log: &AnnouncementLog,
+    newest: &Announcement,
+    target: &Announcement,
+    current: Option<u64>,
+    failed: &HashSet<BlobName>,
+    prefer_snapshot: bool,
+) -> Result<Option<Plan>, AnnounceError> {
+    let mut best: Option<Plan> = None;
+    let mut consider = |p: Plan| {
+        if p.steps.iter().any(|s| failed.contains(&s.blob())) {
+            return;
+        }
+        if best.as_ref().is_none_or(|b| p.bytes < b.bytes) {
+            best = Some(p);
+        }
+    };
+    let t = target.version;
+    if let (Some(c), false) = (current, prefer_snapshot) {
+        if c == t {
+            return Ok(Some(Plan {
+                steps: Vec::new(),
+                bytes: 0,
+            }));
+        }
+        if c < t {
+            if let Ok(chain) = chain_to(log, target, c).await {
+                consider(Plan {
+                    steps: chain
+                        .windows(2)
+                        .map(|w| Step::Delta(w[0].version, w[1].version))
+                        .collect(),
+                    bytes: chain[1..].iter().map(|e| e.delta_bytes).sum(),
+                });
+            }
+        } else if let Some(head) = log.find_version(newest, c).await? {
+            if let Ok(chain) = chain_to(log, &head, t).await {
+                consider(Plan {
+                    steps: chain
+                        .windows(2)
+                        .rev()
+                        .map(|w| Step::Reverse(w[1].version, w[0].version))
+                        .collect(),
+                    bytes: chain[1..].iter().map(|e| e.reverse_bytes).sum(),
+                });
+            }
+        }
+    }
+    // Snapshots at or below the target, nearest first. The chain is walked
+    // back only as far as the nearest snapshot, and one snapshot further
+    // each time the nearer one is known to be bad (at most three).
+    let mut chain = chain_to(log, target, target.snapshot_version).await?;
+    for _ in 0..3 {
+        let first = &chain[0];
+        if first.has_snapshot {
+            let mut steps = vec![Step::Snapshot(first.version)];
+            steps.extend(
+                chain
+                    .windows(2)
+                    .map(|w| Step::Delta(w[0].version, w[1].version)),
+            );
+            let bytes =
+                first.snapshot_bytes + chain[1..].iter().map(|x| x.delta_bytes).sum::<u64>();
+            let usable = !failed.contains(&BlobName::Snapshot(first.version));
+            consider(Plan { steps, bytes });
+            if usable {
+                break;
+            }
+        }
+        if first.from_version == 0 {
+            break;
+        }
+        let Some(prev) = log.find_version(newest, first.from_version).await? else {
+            break;
+        };
+        let mut older = chain_to(log, &prev, prev.snapshot_version).await?;
+        older.extend(chain);
+        chain = older;
+    }
+    Ok(best)
+}

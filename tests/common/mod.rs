@@ -1,0 +1,109 @@
+//! Shared helpers: the Movie workload and a model of what consumers should hold.
+#![allow(dead_code)]
+
+use burrow::blobstore::BlobStore;
+use burrow::consumer::{Consumer, ConsumerBuilder};
+use burrow::producer::{Producer, ProducerBuilder};
+use burrow::schema::examples::movies_capnp::movie;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The model: id → (title, year, tags).
+pub type Model = BTreeMap<u64, (String, u32, Vec<String>)>;
+
+pub const TAGS: [&str; 8] = [
+    "action", "drama", "comedy", "horror", "doc", "kids", "anime", "thriller",
+];
+
+pub fn movie_value(i: u64, generation: u64) -> (String, u32, Vec<String>) {
+    let title = if generation > 0 {
+        format!("Title number {i} v{generation}")
+    } else {
+        format!("Title number {i}")
+    };
+    let tags = vec![
+        TAGS[(i % 8) as usize].to_string(),
+        TAGS[((i / 8) % 8) as usize].to_string(),
+    ];
+    (title, 1950 + (i % 70) as u32, tags)
+}
+
+pub fn producer(store: &BlobStore, id: &str) -> Producer {
+    ProducerBuilder::new(store.clone())
+        .producer_id(id)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .expect("producer builds")
+}
+
+pub fn consumer(store: &BlobStore, cache: &Path) -> Consumer {
+    ConsumerBuilder::new(store.clone())
+        .cache_dir(cache)
+        .build()
+        .expect("consumer builds")
+}
+
+/// Publishes the model as one cycle.
+pub async fn publish(
+    producer: &Producer,
+    model: &Model,
+) -> burrow::Result<burrow::producer::CycleReport> {
+    producer
+        .run_cycle(|p| {
+            for (id, (title, year, tags)) in model {
+                p.add::<movie::Owned>(|mut m| {
+                    m.set_id(*id);
+                    m.set_title(title.as_str());
+                    m.set_year(*year);
+                    let mut t = m.init_tags(tags.len() as u32);
+                    for (i, tag) in tags.iter().enumerate() {
+                        t.set(i as u32, tag.as_str());
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Reads every record of a consumer's state into a model, checking that
+/// every record is also found by key at the same ordinal.
+pub fn snapshot_of(consumer: &Consumer) -> Model {
+    state_model(&consumer.state().expect("consumer has a state"))
+}
+
+pub fn state_model(state: &burrow::consumer::ReadState) -> Model {
+    let view = state.view::<movie::Owned>().expect("Movie view");
+    let mut out = Model::new();
+    for item in view.iter() {
+        let (ordinal, record) = item.expect("record reads");
+        let m = record.get().expect("movie reads");
+        let id = m.get_id();
+        let tags = m
+            .get_tags()
+            .unwrap()
+            .iter()
+            .map(|t| t.unwrap().to_string().unwrap())
+            .collect();
+        out.insert(
+            id,
+            (
+                m.get_title().unwrap().to_string().unwrap(),
+                m.get_year(),
+                tags,
+            ),
+        );
+        let (found, _) = view
+            .find(&id)
+            .expect("find works")
+            .expect("every id is found by key");
+        assert_eq!(found, ordinal, "key lookup of id {id} lands on its ordinal");
+    }
+    assert_eq!(
+        view.len() as usize,
+        out.len(),
+        "record count matches iteration"
+    );
+    out
+}

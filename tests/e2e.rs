@@ -1,0 +1,31 @@
+//! End to end on a local directory: publish cycles, follow them.
+
+use crate::common::*;
+use burrow::blobstore::BlobStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_follow_on_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let consumer = consumer(&store, &dir.path().join("cache"));
+    let mut model: Model = (0..100).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap();
+    assert!(v1.published);
+    consumer.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&consumer), model);
+
+    model.insert(5, movie_value(5, 2));
+    model.remove(&7);
+    model.insert(1000, movie_value(1000, 0));
+    let v2 = publish(&producer, &model).await.unwrap();
+    assert!(v2.version > v1.version);
+    let report = consumer.refresh().await.unwrap().expect("moved");
+    assert_eq!(report.to, v2.version);
+    assert_eq!(snapshot_of(&consumer), model);
+
+    // No change: no new version.
+    let same = publish(&producer, &model).await.unwrap();
+    assert!(!same.published);
+    assert_eq!(same.version, v2.version);
+}

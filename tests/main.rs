@@ -1,5 +1,7 @@
 //! burrow's integration tests: one binary.
+
 mod common;
+mod conformance;
 mod e2e;
 mod failure;
 mod hostile;

@@ -210,8 +210,7 @@ impl BlobStore {
         let stack = resilience.wrap(self.inner);
         BlobStore {
             inner: stack.store,
-            prefix: self.prefix,
-            description: self.description,
+            ..self
         }
     }
 }

@@ -5,8 +5,12 @@ pub mod announcer;
 pub mod blobstore;
 pub mod consumer;
 pub mod error;
+pub mod failpoint;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod producer;
 pub mod schema;
+pub mod verify;
 
 pub use error::{Error, FormatError, Result};
 

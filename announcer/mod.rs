@@ -89,7 +89,20 @@ impl AnnouncementLog {
     pub async fn read(&self, seq: u64) -> Result<Option<Announcement>, AnnounceError> {
         let name = BlobName::Announce(seq);
         match self.store.get(&name).await {
-            Ok(bytes) => Ok(Some(Announcement::decode(&bytes, &name.to_string())?)),
+            Ok(bytes) => {
+                let label = name.to_string();
+                let entry = Announcement::decode(&bytes, &label)?;
+                // An entry copied under another seq would send a reader
+                // probing `seq + 1` round in a circle: the name must match.
+                if entry.seq != seq {
+                    return Err(FormatError::Corrupt {
+                        blob: label,
+                        reason: format!("holds the entry of seq {}", entry.seq),
+                    }
+                    .into());
+                }
+                Ok(Some(entry))
+            }
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -170,6 +183,7 @@ impl AnnouncementLog {
             }
             Err(e) => return Err(e.into()),
         }
+        crate::failpoint::hit("after-announce-entry");
         if let Err(error) = self
             .store
             .overwrite(&BlobName::Latest, Bytes::from(entry.seq.to_string()))
@@ -177,6 +191,7 @@ impl AnnouncementLog {
         {
             tracing::warn!(seq = entry.seq, %error, "announced, but could not update announce/latest");
         }
+        crate::failpoint::hit("after-announce-hint");
         Ok(())
     }
 

@@ -102,7 +102,13 @@ impl BlobCache {
             let mut body_bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-                file.write_all(&chunk)
+                // Written in two halves so that a crash test can kill the
+                // process with part of a chunk in the temp file.
+                let half = chunk.len() / 2;
+                file.write_all(&chunk[..half])
+                    .map_err(io("write temp file", &tmp))?;
+                crate::failpoint::hit("fetch-mid-write");
+                file.write_all(&chunk[half..])
                     .map_err(io("write temp file", &tmp))?;
                 let mut rest = &chunk[..];
                 if envelope.is_none() {
@@ -125,6 +131,20 @@ impl BlobCache {
                     }
                 }
                 body_bytes += rest.len() as u64;
+                // A store that streams more than it said it holds is cut
+                // off here, not when the disk is full.
+                if let Some(env) = &envelope {
+                    if body_bytes > env.body_len {
+                        return Err(FormatError::Corrupt {
+                            blob: label.clone(),
+                            reason: format!(
+                                "the store sent more than the {} body bytes its envelope says",
+                                env.body_len
+                            ),
+                        }
+                        .into());
+                    }
+                }
                 hasher.update(rest);
             }
             let envelope = match envelope {
@@ -144,7 +164,9 @@ impl BlobCache {
             envelope.check_checksum(hasher.finish(), &label)?;
             file.sync_all().map_err(io("fsync temp file", &tmp))?;
             drop(file);
+            crate::failpoint::hit("fetch-before-rename");
             std::fs::rename(&tmp, &dest).map_err(io("rename into cache", &dest))?;
+            crate::failpoint::hit("fetch-after-rename");
             sync_dir(&self.dir)?;
             Ok::<_, Error>(())
         }

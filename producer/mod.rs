@@ -640,6 +640,7 @@ impl Producer {
             delta_bytes: size_of(|n| matches!(n, BlobName::Delta(..))),
             reverse_bytes: size_of(|n| matches!(n, BlobName::Reverse(..))),
         };
+        crate::failpoint::hit("before-announce");
         config
             .log
             .append(&entry)
@@ -775,8 +776,14 @@ impl Producer {
     }
 
     async fn publish(&self, blobs: &[(BlobName, Bytes)]) -> Result<(), Error> {
+        crate::failpoint::hit("before-publish");
         for (name, bytes) in blobs {
             self.config.store.create(name, vec![bytes.clone()]).await?;
+            crate::failpoint::hit(match name {
+                BlobName::Delta(..) => "after-delta-put",
+                BlobName::Reverse(..) => "after-reverse-put",
+                _ => "after-snapshot-put",
+            });
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 /// Cap'n Proto's bound on list elements (exclusive).
 pub const MAX_LIST_ELEMENTS: usize = (1 << 29) - 1;
+/// The most record types one blob may hold.
+pub const MAX_TYPES: u32 = 1 << 12;
 
 /// The schema nodes of a dataset's types, as canonical messages, and their
 /// hash. Computed once per producer.
@@ -517,8 +519,17 @@ impl OpenBlob {
     }
 
     fn message(&self) -> Result<capnp::message::Reader<NoAllocBufferSegments<&[u8]>>, FormatError> {
+        // The body is read once, at open, for its list positions: a well
+        // formed body is traversed about once. The limit stops a body whose
+        // pointers share targets, or whose lists of zero-sized structs claim
+        // 2^29 elements in no space, from making that read (and the
+        // sections it allocates) unbounded.
+        let words = self.envelope.body_len / 8;
         let options = ReaderOptions {
-            traversal_limit_in_words: None,
+            traversal_limit_in_words: Some(
+                usize::try_from(words.saturating_mul(2).saturating_add(1 << 12))
+                    .unwrap_or(usize::MAX),
+            ),
             nesting_limit: 16,
         };
         let mut body = self.body();
@@ -576,7 +587,16 @@ impl OpenBlob {
             .map_err(cap("snapshot root"))?;
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
-        for t in root.get_types().map_err(cap("types"))? {
+        let types = root.get_types().map_err(cap("types"))?;
+        if types.len() > MAX_TYPES {
+            return Err(FormatError::TooLarge {
+                blob: self.name.clone(),
+                what: "number of types",
+                value: types.len().into(),
+                limit: MAX_TYPES.into(),
+            });
+        }
+        for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let offsets = self.region(
                 t.get_offsets().map_err(cap("offsets"))?.as_slice(),
@@ -630,7 +650,16 @@ impl OpenBlob {
             .map_err(cap("delta root"))?;
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
-        for t in root.get_types().map_err(cap("types"))? {
+        let types = root.get_types().map_err(cap("types"))?;
+        if types.len() > MAX_TYPES {
+            return Err(FormatError::TooLarge {
+                blob: self.name.clone(),
+                what: "number of types",
+                value: types.len().into(),
+                limit: MAX_TYPES.into(),
+            });
+        }
+        for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {
                 type_id: t.get_type_id(),

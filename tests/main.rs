@@ -4,6 +4,8 @@ mod common;
 mod conformance;
 mod e2e;
 mod failure;
+#[cfg(feature = "fuzzing")]
+mod fuzz_seeds;
 mod hostile;
 mod property;
 mod resilience;

@@ -1,0 +1,507 @@
+//! Checking a whole store: every blob and the announcement log.
+//!
+//! [`verify_store`] reads everything a consumer could ever be asked to
+//! trust and reports each problem with the name of the blob it is in:
+//!
+//! - every blob under `snapshot/`, `delta/` and `reverse/`: its envelope,
+//!   its checksum, that its name matches what its envelope says (kind and
+//!   versions), that its body decodes, and that every record in it is a
+//!   readable Cap'n Proto message (bounds-checked, traversal-bounded); for a
+//!   snapshot also that its record count is right and that every key index
+//!   slot names a record and at least one slot is free;
+//! - the announcement log: every entry decodes, entries are dense from 1,
+//!   versions only grow, a pin names an announced version, and every
+//!   announced version is reachable: the log links it to its nearest
+//!   snapshot ([`chain_to`]) and either its snapshot or the delta from the
+//!   version before it exists, verifies and applies. Where both exist they
+//!   must hold the same records, and the reverse delta must take the state
+//!   back to the version before.
+//!
+//! The log is walked once, oldest first, carrying one [`ReadState`]
+//! forward, so each blob is fetched once and the cost is linear in the
+//! store's size. Blobs that no announcement names (orphans of failed
+//! cycles) are checked too, but are not problems for being orphans.
+
+use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog};
+use crate::blobstore::{BlobName, BlobStore};
+use crate::consumer::{chain_to, ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
+use crate::error::{Error, FormatError};
+use crate::schema::blob::{record_at, OpenBlob};
+use crate::schema::envelope::BlobKind;
+use crate::schema::record::record_message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// One thing wrong with a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The blob (or announcement entry) the problem is in, e.g.
+    /// `delta/00000000000000000001-00000000000000000002`.
+    pub blob: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.blob, self.reason)
+    }
+}
+
+/// What [`verify_store`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Blobs read and checked (announcement entries not included).
+    pub blobs_checked: usize,
+    /// Records read, over all blobs.
+    pub records_checked: u64,
+    /// Announcement entries read.
+    pub entries_checked: usize,
+    /// Announced versions found reachable.
+    pub versions_reachable: usize,
+    /// Blobs that no announcement names.
+    pub orphans: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// No problems found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, blob: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            blob: blob.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Checks every blob and the announcement log of `store`. Problems with the
+/// store's contents are in the report; `Err` only when the store itself
+/// cannot be listed or read (unreachable, refused).
+pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
+    let mut report = VerifyReport::default();
+    let mut listed = BTreeSet::new();
+    for dir in ["snapshot", "delta", "reverse"] {
+        for meta in store.list(dir).await? {
+            listed.insert(meta.name);
+        }
+    }
+    let mut checker = Checker {
+        store,
+        listed: &listed,
+        checked: BTreeMap::new(),
+        report: &mut report,
+    };
+    checker.walk_log().await?;
+    let unchecked: Vec<BlobName> = listed
+        .iter()
+        .filter(|n| !checker.checked.contains_key(n))
+        .copied()
+        .collect();
+    for name in unchecked {
+        checker.report.orphans.push(name.to_string());
+        checker.blob(name).await?;
+    }
+    Ok(report)
+}
+
+struct Checker<'a> {
+    store: &'a BlobStore,
+    listed: &'a BTreeSet<BlobName>,
+    /// Blobs checked so far, and whether each was good.
+    checked: BTreeMap<BlobName, bool>,
+    report: &'a mut VerifyReport,
+}
+
+impl Checker<'_> {
+    /// Fetches and checks one blob; `None` (with the problem reported
+    /// once) if it is missing or bad.
+    async fn blob(&mut self, name: BlobName) -> Result<Option<Arc<OpenBlob>>, Error> {
+        let label = name.to_string();
+        let first = match self.checked.get(&name) {
+            Some(false) => return Ok(None),
+            Some(true) => false,
+            None => true,
+        };
+        let bytes = if self.listed.contains(&name) {
+            match self.store.get(&name).await {
+                Ok(b) => Some(b),
+                Err(crate::blobstore::StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let Some(bytes) = bytes else {
+            self.report.problem(&label, "missing from the store");
+            self.checked.insert(name, false);
+            return Ok(None);
+        };
+        match check_blob(name, &bytes, &label) {
+            Ok((blob, records)) => {
+                if first {
+                    self.report.blobs_checked += 1;
+                    self.report.records_checked += records;
+                }
+                self.checked.insert(name, true);
+                Ok(Some(blob))
+            }
+            Err(e) => {
+                self.report
+                    .problem(&label, strip_name(&e.to_string(), &label));
+                self.checked.insert(name, false);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn walk_log(&mut self) -> Result<(), Error> {
+        let store = self.store.clone();
+        let log = AnnouncementLog::new(store.clone());
+        let mut seqs: Vec<u64> = store
+            .list("announce")
+            .await?
+            .into_iter()
+            .filter_map(|m| match m.name {
+                BlobName::Announce(seq) => Some(seq),
+                _ => None,
+            })
+            .collect();
+        seqs.sort_unstable();
+        let mut entries: BTreeMap<u64, Announcement> = BTreeMap::new();
+        let mut expected = 1;
+        for &seq in &seqs {
+            if seq != expected {
+                self.report.problem(
+                    BlobName::Announce(expected).to_string(),
+                    format!("missing: the log jumps from seq {} to {seq}", expected - 1),
+                );
+            }
+            expected = seq + 1;
+            self.report.entries_checked += 1;
+            match log.read(seq).await {
+                Ok(Some(entry)) => {
+                    entries.insert(seq, entry);
+                }
+                Ok(None) => self.report.problem(
+                    BlobName::Announce(seq).to_string(),
+                    "listed but could not be read",
+                ),
+                Err(e) => {
+                    let label = BlobName::Announce(seq).to_string();
+                    if !e.is_retryable() {
+                        self.report.problem(&label, strip_name(&e.to_string(), &label));
+                    } else {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        let mut prev: Option<(Announcement, Option<ReadState>)> = None;
+        let mut announced = BTreeSet::new();
+        for entry in entries.values() {
+            let label = BlobName::Announce(entry.seq).to_string();
+            if let Some((p, _)) = &prev {
+                if entry.version < p.version {
+                    self.report.problem(
+                        &label,
+                        format!(
+                            "version {} is older than the version {} announced before it",
+                            entry.version, p.version
+                        ),
+                    );
+                }
+            }
+            match entry.kind {
+                AnnounceKind::Pin => {
+                    let pinned = entry.pinned_version.unwrap_or(0);
+                    if !announced.contains(&pinned) {
+                        self.report.problem(
+                            &label,
+                            format!("pins version {pinned}, which was never announced"),
+                        );
+                    }
+                    continue;
+                }
+                AnnounceKind::Unpin => continue,
+                AnnounceKind::Announce => {}
+            }
+            if prev.as_ref().is_some_and(|(p, _)| p.version == entry.version) {
+                // A re-announcement of the same version (a restored
+                // producer): nothing new to check.
+                continue;
+            }
+            announced.insert(entry.version);
+            if let Err(e) = chain_to(&log, entry, entry.snapshot_version).await {
+                if e.is_retryable() {
+                    return Err(e.into());
+                }
+                self.report.problem(&label, e.to_string());
+            }
+            let state = self.reach(entry, prev.take()).await?;
+            if state.is_some() {
+                self.report.versions_reachable += 1;
+            }
+            prev = Some((entry.clone(), state));
+        }
+        Ok(())
+    }
+
+    /// The state of `entry`'s version, reached from the previous announced
+    /// state by the delta and from the snapshot, checked against each other
+    /// and against the reverse delta.
+    async fn reach(
+        &mut self,
+        entry: &Announcement,
+        prev: Option<(Announcement, Option<ReadState>)>,
+    ) -> Result<Option<ReadState>, Error> {
+        let v = entry.version;
+        let label = BlobName::Announce(entry.seq).to_string();
+        let mut by_delta = None;
+        let mut why = Vec::new();
+        if entry.from_version != 0 {
+            let name = BlobName::Delta(entry.from_version, v);
+            let blob = self.blob(name).await?;
+            match (&prev, blob) {
+                (Some((p, Some(base))), Some(blob)) if p.version == entry.from_version => {
+                    match base.apply(blob, entry.from_version, v) {
+                        Ok(s) => by_delta = Some(s),
+                        Err(e) => {
+                            let text = strip_name(&e.to_string(), &name.to_string());
+                            self.report.problem(
+                                name.to_string(),
+                                format!("does not apply to version {}: {text}", p.version),
+                            );
+                            why.push(format!("{name} does not apply"));
+                        }
+                    }
+                }
+                (_, None) => why.push(format!("{name} is missing or bad")),
+                (Some((p, _)), Some(_)) if p.version != entry.from_version => {
+                    self.report.problem(
+                        &label,
+                        format!(
+                            "version {v} starts from {}, but the version announced before it is {}",
+                            entry.from_version, p.version
+                        ),
+                    );
+                }
+                _ => why.push(format!(
+                    "version {} before it is unreachable",
+                    entry.from_version
+                )),
+            }
+        }
+        let mut by_snapshot = None;
+        if entry.has_snapshot {
+            let name = BlobName::Snapshot(v);
+            if let Some(blob) = self.blob(name).await? {
+                match ReadState::from_snapshot(blob, v) {
+                    Ok(s) => by_snapshot = Some(s),
+                    Err(e) => {
+                        self.report.problem(
+                            name.to_string(),
+                            strip_name(&e.to_string(), &name.to_string()),
+                        );
+                        why.push(format!("{name} is bad"));
+                    }
+                }
+            } else {
+                why.push(format!("{name} is missing or bad"));
+            }
+        } else if entry.from_version == 0 {
+            why.push("it has neither a snapshot nor a delta".to_string());
+        }
+        if let (Some(a), Some(b)) = (&by_delta, &by_snapshot) {
+            if let Some(diff) = differ(a, b) {
+                self.report.problem(
+                    BlobName::Snapshot(v).to_string(),
+                    format!("the delta chain and the snapshot disagree at version {v}: {diff}"),
+                );
+            }
+        }
+        let state = by_snapshot.or(by_delta);
+        if entry.from_version != 0 {
+            let name = BlobName::Reverse(v, entry.from_version);
+            let blob = self.blob(name).await?;
+            if let (Some(blob), Some(now), Some((p, Some(before)))) = (blob, &state, &prev) {
+                match now.apply(blob, v, p.version) {
+                    Ok(back) => {
+                        if let Some(diff) = differ(&back, before) {
+                            self.report.problem(
+                                name.to_string(),
+                                format!("does not lead back to version {}: {diff}", p.version),
+                            );
+                        }
+                    }
+                    Err(e) => self.report.problem(
+                        name.to_string(),
+                        format!(
+                            "does not apply to version {v}: {}",
+                            strip_name(&e.to_string(), &name.to_string())
+                        ),
+                    ),
+                }
+            }
+        }
+        if state.is_none() {
+            self.report.problem(
+                &label,
+                format!("announced version {v} is unreachable: {}", why.join("; ")),
+            );
+        }
+        Ok(state)
+    }
+}
+
+/// Checks one blob's bytes: envelope, checksum, name, body, every record.
+/// Returns the blob and the number of records read.
+pub fn check_blob(
+    name: BlobName,
+    bytes: &[u8],
+    label: &str,
+) -> Result<(Arc<OpenBlob>, u64), Error> {
+    let blob = Arc::new(OpenBlob::from_bytes(bytes, label)?);
+    let env = *blob.envelope();
+    let corrupt = |reason: String| -> Error {
+        FormatError::Corrupt {
+            blob: label.to_string(),
+            reason,
+        }
+        .into()
+    };
+    let (kind, from, to) = match name {
+        BlobName::Snapshot(v) => (BlobKind::Snapshot, 0, v),
+        BlobName::Delta(a, b) => (BlobKind::Delta, a, b),
+        BlobName::Reverse(a, b) => (BlobKind::Reverse, a, b),
+        other => return Err(corrupt(format!("{other} is not a blob name"))),
+    };
+    if env.kind != kind || env.from_version != from || env.to_version != to {
+        return Err(corrupt(format!(
+            "the envelope says this is a {} {} -> {}",
+            env.kind.as_str(),
+            env.from_version,
+            env.to_version
+        )));
+    }
+    let mut records = 0u64;
+    if kind == BlobKind::Snapshot {
+        let state = ReadState::from_snapshot(blob.clone(), to)?;
+        let (_, sections) = blob.snapshot()?;
+        for (t, section) in state.types().iter().zip(&sections) {
+            let mut present = 0u32;
+            for o in 0..t.ordinal_limit() {
+                if let Some(words) = t.record_words(o)? {
+                    check_record(words, label, t.name(), o)?;
+                    present += 1;
+                }
+            }
+            records += u64::from(present);
+            if present != t.record_count() {
+                return Err(corrupt(format!(
+                    "{}: says {} records, holds {present}",
+                    t.name(),
+                    t.record_count()
+                )));
+            }
+            let index = section.key_index.get();
+            if !t.key_fields().is_empty() {
+                let mut used = 0u32;
+                for &slot in index {
+                    if slot == 0 {
+                        continue;
+                    }
+                    used += 1;
+                    let o = (slot as u32).wrapping_sub(1);
+                    if t.record_words(o)?.is_none() {
+                        return Err(corrupt(format!(
+                            "{}: key index names ordinal {o}, which holds no record",
+                            t.name()
+                        )));
+                    }
+                }
+                if used != present || (present > 0 && used as usize >= index.len()) {
+                    return Err(corrupt(format!(
+                        "{}: key index has {used} entries in {} slots for {present} records",
+                        t.name(),
+                        index.len()
+                    )));
+                }
+            }
+        }
+    } else {
+        let (_, sections) = blob.delta()?;
+        for s in &sections {
+            let offsets = s.offsets.get();
+            let words = s.words.get();
+            for (i, &o) in s.ordinals.get().iter().enumerate() {
+                match record_at(offsets, words, i, label)? {
+                    Some(w) => check_record(w, label, &s.name, o)?,
+                    None => {
+                        return Err(corrupt(format!(
+                            "{}: sets ordinal {o} to an empty record",
+                            s.name
+                        )))
+                    }
+                }
+                records += 1;
+            }
+        }
+    }
+    Ok((blob, records))
+}
+
+/// Reads a record's whole message tree (every pointer followed, bounds and
+/// traversal checked).
+fn check_record(words: &[u64], blob: &str, type_name: &str, ordinal: u32) -> Result<(), Error> {
+    let message = record_message(words, DEFAULT_RECORD_TRAVERSAL_WORDS);
+    message
+        .get_root::<capnp::any_pointer::Reader<'_>>()
+        .and_then(|root| root.target_size())
+        .map_err(|e| FormatError::capnp(blob, &format!("{type_name}: record at ordinal {ordinal}"), e))?;
+    Ok(())
+}
+
+/// The first difference between two states' records, if any.
+fn differ(a: &ReadState, b: &ReadState) -> Option<String> {
+    for ta in a.types() {
+        let Some(tb) = b.raw_type(ta.type_id()) else {
+            if ta.record_count() > 0 {
+                return Some(format!("type {} is missing from one side", ta.name()));
+            }
+            continue;
+        };
+        if ta.record_count() != tb.record_count() {
+            return Some(format!(
+                "{}: {} records against {}",
+                ta.name(),
+                ta.record_count(),
+                tb.record_count()
+            ));
+        }
+        for o in 0..ta.ordinal_limit().max(tb.ordinal_limit()) {
+            let (Ok(ra), Ok(rb)) = (ta.record_words(o), tb.record_words(o)) else {
+                return Some(format!("{}: ordinal {o} is unreadable", ta.name()));
+            };
+            if ra != rb {
+                return Some(format!("{}: ordinal {o} differs", ta.name()));
+            }
+        }
+    }
+    for tb in b.types() {
+        if a.raw_type(tb.type_id()).is_none() && tb.record_count() > 0 {
+            return Some(format!("type {} is missing from one side", tb.name()));
+        }
+    }
+    None
+}
+
+/// Errors already start with the blob's name; a problem carries it apart.
+fn strip_name(text: &str, label: &str) -> String {
+    text.strip_prefix(label)
+        .and_then(|t| t.strip_prefix(": "))
+        .unwrap_or(text)
+        .to_string()
+}

@@ -2,10 +2,17 @@
 
 mod common;
 mod conformance;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod e2e;
 mod failure;
+mod full_disk;
 #[cfg(feature = "fuzzing")]
 mod fuzz_seeds;
 mod hostile;
+mod hostile_records;
+mod limits;
 mod property;
 mod resilience;
+#[cfg(feature = "cli")]
+mod verify;

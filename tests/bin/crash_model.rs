@@ -20,6 +20,7 @@ pub fn generation(g: u64) -> CrashModel {
 }
 
 /// The generation a state's record 0 names.
+#[allow(dead_code)] // used by the test, not the process
 pub fn generation_of(model: &CrashModel) -> Option<u64> {
     model.get(&0)?.0.strip_prefix("generation ")?.parse().ok()
 }

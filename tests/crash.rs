@@ -1,0 +1,329 @@
+//! Invariant: a producer or consumer process killed with SIGKILL at any
+//! point leaves a store and a cache from which a fresh producer continues
+//! the chain, and consumers (following, or starting fresh) reach a state
+//! equal to the model; a cache holds only whole, verified blobs after a
+//! restart, and the temp files of interrupted fetches are gone.
+//!
+//! The processes are `burrow-crashtest` (tests/bin/crashtest.rs): the real
+//! producer and consumer code. They are killed at failpoints
+//! (`BURROW_FAILPOINT`, see `burrow::failpoint`) and, to reach the points
+//! between failpoints, from outside after pseudo-random delays (a fixed
+//! seed, printed, so a failure can be replayed).
+
+#[path = "bin/crash_model.rs"]
+mod crash_model;
+
+use burrow::blobstore::{BlobCache, BlobStore};
+use burrow::consumer::{Consumer, ConsumerBuilder, ReadState};
+use burrow::schema::blob::OpenBlob;
+use burrow::schema::examples::movies_capnp::movie;
+use crash_model::{generation, generation_of, CrashModel};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow-crashtest");
+
+/// How a child process ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Killed,
+    Exited,
+}
+
+fn produce(store: &Path, from: u64, to: u64, failpoint: Option<&str>) -> End {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["produce", store.to_str().unwrap(), &from.to_string(), &to.to_string()]);
+    finish(cmd, failpoint, None)
+}
+
+fn consume(store: &Path, cache: &Path, failpoint: Option<&str>) -> End {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["consume", store.to_str().unwrap(), cache.to_str().unwrap()]);
+    finish(cmd, failpoint, None)
+}
+
+fn finish(mut cmd: Command, failpoint: Option<&str>, kill_after: Option<Duration>) -> End {
+    cmd.env("BURROW_FAILPOINT", failpoint.unwrap_or(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(delay) = kill_after {
+        // Not a wait for something to happen: the delay picks the moment
+        // of an asynchronous SIGKILL, as a machine failure would.
+        std::thread::sleep(delay);
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    match out.status.signal() {
+        Some(libc_sigkill) if libc_sigkill == 9 => End::Killed,
+        Some(other) => panic!("child died of signal {other}"),
+        None => {
+            assert!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            End::Exited
+        }
+    }
+}
+
+fn model_of(state: &ReadState) -> CrashModel {
+    let view = state.view::<movie::Owned>().unwrap();
+    let mut out = CrashModel::new();
+    for item in view.iter() {
+        let (ordinal, record) = item.unwrap();
+        let m = record.get().unwrap();
+        out.insert(
+            m.get_id(),
+            (m.get_title().unwrap().to_string().unwrap(), m.get_year()),
+        );
+        let (found, _) = view.find(&m.get_id()).unwrap().unwrap();
+        assert_eq!(found, ordinal);
+    }
+    assert_eq!(view.len() as usize, out.len());
+    out
+}
+
+/// Checks a consumer's state is whole: it equals the model of the
+/// generation its record 0 names. Returns that generation.
+fn consistent(consumer: &Consumer) -> Result<u64, String> {
+    let state = consumer.state().map_err(|e| e.to_string())?;
+    let model = model_of(&state);
+    let g = generation_of(&model).ok_or("no generation record")?;
+    if model != generation(g) {
+        return Err(format!("state at version {} is not generation {g}", state.version()));
+    }
+    Ok(g)
+}
+
+fn consumer(store: &BlobStore, cache: &Path) -> Consumer {
+    ConsumerBuilder::new(store.clone())
+        .cache_dir(cache)
+        .build()
+        .unwrap()
+}
+
+/// A small deterministic generator (xorshift64*), so runs can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One kill of the producer, then recovery; returns what was inconsistent.
+async fn kill_and_recover(
+    store_dir: &Path,
+    store: &BlobStore,
+    follower: &Consumer,
+    next_gen: &mut u64,
+    kill: impl FnOnce(u64) -> End,
+    scratch: &Path,
+) -> (End, Vec<String>) {
+    let mut bad = Vec::new();
+    let end = kill(*next_gen);
+    // A consumer following the store sees a whole version, whatever moment
+    // the producer died at.
+    match follower.refresh().await {
+        Ok(_) => {
+            if let Err(e) = consistent(follower) {
+                bad.push(format!("follower after the kill: {e}"));
+            }
+        }
+        Err(e) => bad.push(format!("follower refresh after the kill: {e}")),
+    }
+    // A fresh producer restores and continues; the generation the killed
+    // one may or may not have announced is published (or found unchanged).
+    let target = *next_gen + 1;
+    if produce(store_dir, *next_gen, target, None) != End::Exited {
+        bad.push("the recovering producer did not finish".into());
+    }
+    *next_gen = target + 1;
+    match follower.refresh().await {
+        Ok(_) => match consistent(follower) {
+            Ok(g) if g == target => {}
+            Ok(g) => bad.push(format!("follower at generation {g}, expected {target}")),
+            Err(e) => bad.push(format!("follower after recovery: {e}")),
+        },
+        Err(e) => bad.push(format!("follower refresh after recovery: {e}")),
+    }
+    let fresh = consumer(store, scratch);
+    match fresh.refresh().await {
+        Ok(_) => match consistent(&fresh) {
+            Ok(g) if g == target => {}
+            Ok(g) => bad.push(format!("fresh consumer at generation {g}, expected {target}")),
+            Err(e) => bad.push(format!("fresh consumer: {e}")),
+        },
+        Err(e) => bad.push(format!("fresh consumer refresh: {e}")),
+    }
+    match burrow::verify::verify_store(store).await {
+        Ok(report) if report.is_clean() => {}
+        Ok(report) => bad.push(format!("verify: {:?}", report.problems)),
+        Err(e) => bad.push(format!("verify: {e}")),
+    }
+    (end, bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_killed_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = BlobStore::local(&store_dir).unwrap();
+    assert_eq!(produce(&store_dir, 0, 1, None), End::Exited);
+    let follower = consumer(&store, &dir.path().join("follower"));
+    follower.refresh().await.unwrap();
+    let mut next_gen = 2;
+    let mut exercised = 0;
+    let mut not_reached = 0;
+    let mut inconsistent = Vec::new();
+    let producer_points = &burrow::failpoint::NAMES[..7];
+    let mut runs: Vec<String> = Vec::new();
+    for name in producer_points {
+        // The killed process publishes three generations: with a snapshot
+        // every third cycle, the n-th hit falls in cycles with and without
+        // a snapshot.
+        for n in 1..=3 {
+            runs.push(format!("{name}@{n}"));
+        }
+    }
+    for n in 1..=12 {
+        runs.push(format!("any@{n}"));
+    }
+    for (i, spec) in runs.iter().enumerate() {
+        let (end, bad) = kill_and_recover(
+            &store_dir,
+            &store,
+            &follower,
+            &mut next_gen,
+            |g| produce(&store_dir, g, g + 2, Some(spec)),
+            &dir.path().join(format!("fresh-{i}")),
+        )
+        .await;
+        match end {
+            End::Killed => exercised += 1,
+            End::Exited => not_reached += 1,
+        }
+        if !bad.is_empty() {
+            inconsistent.push(format!("{spec}: {bad:?}"));
+        }
+    }
+    // Kills from outside, at pseudo-random moments of a run of cycles.
+    let seed = 0x5eed_b0_b0;
+    let mut rng = Rng(seed);
+    let mut async_kills = 0;
+    for i in 0..16 {
+        let delay = Duration::from_micros(rng.next() % 40_000);
+        let (end, bad) = kill_and_recover(
+            &store_dir,
+            &store,
+            &follower,
+            &mut next_gen,
+            |g| {
+                let mut cmd = Command::new(BIN);
+                cmd.args(["produce", store_dir.to_str().unwrap(), &g.to_string()])
+                    .arg((g + 4).to_string());
+                finish(cmd, None, Some(delay))
+            },
+            &dir.path().join(format!("fresh-async-{i}")),
+        )
+        .await;
+        if end == End::Killed {
+            async_kills += 1;
+        }
+        if !bad.is_empty() {
+            inconsistent.push(format!("random kill {i} after {delay:?} (seed {seed:#x}): {bad:?}"));
+        }
+    }
+    eprintln!(
+        "crash figures: producer killed at {exercised} failpoint runs ({not_reached} runs ended \
+         before their point), {async_kills} kills at random moments; {} inconsistent",
+        inconsistent.len()
+    );
+    assert!(
+        exercised >= producer_points.len() + 12,
+        "only {exercised} failpoint kills happened"
+    );
+    assert!(inconsistent.is_empty(), "{inconsistent:#?}");
+}
+
+/// The files in a cache directory: (temp files, final names).
+fn cache_files(cache: &Path) -> (Vec<String>, Vec<String>) {
+    let mut tmp = Vec::new();
+    let mut done = Vec::new();
+    for entry in std::fs::read_dir(cache).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name.contains(".tmp-") {
+            tmp.push(name);
+        } else {
+            done.push(name);
+        }
+    }
+    (tmp, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_while_fetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = BlobStore::local(&store_dir).unwrap();
+    // Versions 1..=5: snapshots at 1 and 4, so a fresh consumer fetches
+    // the snapshot of 4 and the delta to 5.
+    assert_eq!(produce(&store_dir, 1, 5, None), End::Exited);
+    let mut exercised = 0;
+    let mut inconsistent = Vec::new();
+    let mut temp_files_left = 0;
+    for name in &burrow::failpoint::NAMES[7..] {
+        for n in 1..=2 {
+            let spec = format!("{name}@{n}");
+            let cache = dir.path().join(format!("cache-{name}-{n}"));
+            if consume(&store_dir, &cache, Some(&spec)) == End::Killed {
+                exercised += 1;
+            }
+            let (tmp, _) = cache_files(&cache);
+            temp_files_left += tmp.len();
+            if *name == "fetch-mid-write" && tmp.is_empty() {
+                inconsistent.push(format!("{spec}: the kill left no temp file to clean"));
+            }
+            // Restart: opening the cache removes the temp files; whatever
+            // has a final name is whole and verifies.
+            let mut bad = Vec::new();
+            BlobCache::open(&cache).unwrap();
+            let (tmp, done) = cache_files(&cache);
+            if !tmp.is_empty() {
+                bad.push(format!("temp files survive a restart: {tmp:?}"));
+            }
+            for file in &done {
+                if let Err(e) = OpenBlob::map(&cache.join(file), file, true) {
+                    bad.push(format!("{file} is in the cache but does not verify: {e}"));
+                }
+            }
+            let c = consumer(&store, &cache);
+            match c.refresh().await {
+                Ok(_) => match consistent(&c) {
+                    Ok(5) => {}
+                    Ok(g) => bad.push(format!("restarted consumer at generation {g}, expected 5")),
+                    Err(e) => bad.push(e),
+                },
+                Err(e) => bad.push(format!("restarted consumer: {e}")),
+            }
+            if !bad.is_empty() {
+                inconsistent.push(format!("{spec}: {bad:?}"));
+            }
+        }
+    }
+    eprintln!(
+        "crash figures: consumer killed at {exercised} fetch failpoints, {temp_files_left} temp \
+         files left by the kills and removed at restart; {} inconsistent",
+        inconsistent.len()
+    );
+    assert!(exercised >= 5, "only {exercised} consumer kills happened");
+    assert!(temp_files_left >= 2, "the mid-write kills left temp files");
+    assert!(inconsistent.is_empty(), "{inconsistent:#?}");
+}

@@ -1,0 +1,101 @@
+//! Invariant: a cache on a filesystem that fills up during a fetch gives a
+//! refresh error that says the disk is full and names the blob; the
+//! consumer keeps serving its state; nothing half-written is left that a
+//! later start would trust.
+//!
+//! The cache is a real size-limited tmpfs (`mount -t tmpfs -o size=1m`),
+//! which needs root. Where mounting is refused the test is skipped with a
+//! message, except in CI (`CI=true`), where it fails: CI runs as root.
+
+use crate::common::*;
+use burrow::blobstore::{BlobCache, BlobStore};
+use burrow::schema::blob::OpenBlob;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A mounted tmpfs, detached on drop (lazily: a consumer may still map a
+/// blob in it).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_during_a_fetch_leaves_the_consumer_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let _mount = match Tmpfs::mount(&cache, "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must be able to mount a 1 MiB tmpfs for the cache (run as root): {why}"
+            );
+            eprintln!("skipping: cannot mount a tmpfs here ({why}); run as root");
+            return;
+        }
+    };
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let p = producer(&store, "p");
+    let mut model: Model = (0..50).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&p, &model).await.unwrap().version;
+    let c = consumer(&store, &cache);
+    c.refresh().await.unwrap();
+    // Version 2: enough new records that neither its delta nor its
+    // snapshot fits in what is left of 1 MiB.
+    for i in 50..20_000 {
+        model.insert(i, movie_value(i, 0));
+    }
+    let report = publish(&p, &model).await.unwrap();
+    assert!(
+        report
+            .blobs
+            .iter()
+            .filter(|(n, _)| !matches!(n, burrow::blobstore::BlobName::Reverse(..)))
+            .all(|(_, size)| *size > 1 << 20),
+        "{:?}",
+        report.blobs
+    );
+    let err = c.refresh().await.expect_err("the disk is full").to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("write temp file"), "{err}");
+    assert!(err.contains("delta/") || err.contains("snapshot/"), "names the blob: {err}");
+    assert_eq!(c.version(), Some(v1), "the consumer keeps its state");
+    assert_eq!(snapshot_of(&c).len(), 50, "and keeps serving it");
+    // Nothing half-written: no temp file, and what a restart finds under
+    // a final name is whole and verifies.
+    let files: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(files.iter().all(|f| !f.contains(".tmp-")), "{files:?}");
+    BlobCache::open(&cache).unwrap();
+    for f in &files {
+        OpenBlob::map(&cache.join(f), f, true).unwrap();
+    }
+    // A full disk is not a bad blob: once there is room, the same
+    // consumer fetches version 2.
+    drop(_mount);
+    let c2 = consumer(&store, &cache);
+    c2.refresh().await.unwrap();
+    c.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&c), model);
+}

@@ -1,0 +1,90 @@
+//! Invariant: inputs beyond a configured limit (blob size at the consumer,
+//! record size at the producer, words one record read may traverse) are
+//! refused with an error that names the limit, and refusing leaves nothing
+//! behind: the consumer keeps its state, the producer its version.
+
+use crate::common::*;
+use burrow::blobstore::BlobStore;
+use burrow::consumer::ConsumerBuilder;
+use burrow::producer::ProducerBuilder;
+use burrow::schema::examples::movies_capnp::movie;
+
+#[tokio::test]
+async fn a_blob_over_max_blob_bytes_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let p = producer(&store, "p");
+    let mut model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&p, &model).await.unwrap().version;
+    let cache = dir.path().join("cache");
+    let c = ConsumerBuilder::new(store.clone())
+        .cache_dir(&cache)
+        .max_blob_bytes(64 << 10)
+        .build()
+        .unwrap();
+    c.refresh().await.unwrap();
+    // Version 2 adds enough records that its blobs pass 64 KiB.
+    for i in 5..2000 {
+        model.insert(i, movie_value(i, 0));
+    }
+    publish(&p, &model).await.unwrap();
+    let err = c.refresh().await.expect_err("over the limit").to_string();
+    assert!(err.contains("blob size") && err.contains("over the limit of 65536"), "{err}");
+    assert!(err.contains("delta/") || err.contains("snapshot/"), "names the blob: {err}");
+    assert_eq!(c.version(), Some(v1));
+    assert_eq!(snapshot_of(&c).len(), 5);
+    let names: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    assert_eq!(names.len(), 1, "only the snapshot of v1 is cached: {names:?}");
+}
+
+#[tokio::test]
+async fn a_record_over_max_record_bytes_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let p = ProducerBuilder::new(store.clone())
+        .max_record_bytes(256)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let long = "x".repeat(300);
+    let err = p
+        .run_cycle(|pop| {
+            pop.add::<movie::Owned>(|mut m| {
+                m.set_id(1);
+                m.set_title(long.as_str());
+                Ok(())
+            })
+        })
+        .await
+        .expect_err("too large")
+        .to_string();
+    assert!(err.contains("over the limit of 256 bytes"), "{err}");
+    assert!(err.contains("Movie"), "names the type: {err}");
+    assert_eq!(p.version().await, None, "nothing was published");
+}
+
+#[tokio::test]
+async fn a_record_read_past_the_traversal_limit_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let p = producer(&store, "p");
+    let mut model: Model = Model::new();
+    model.insert(1, ("t".repeat(4000), 2000, vec!["a".into(); 50]));
+    publish(&p, &model).await.unwrap();
+    let c = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .record_traversal_words(64)
+        .build()
+        .unwrap();
+    c.refresh().await.unwrap();
+    let state = c.state().unwrap();
+    let view = state.view::<movie::Owned>().unwrap();
+    let record = view.get(0).unwrap().unwrap();
+    let m = record.get().unwrap();
+    let err = m.get_title().err().expect("over the limit").to_string();
+    assert!(err.contains("limit"), "{err}");
+}

@@ -220,11 +220,20 @@ impl TypeData {
             count -= 1;
         }
         let mut last: Option<u32> = None;
-        for (&o, &h) in ordinals.iter().zip(hashes) {
+        for (i, (&o, &h)) in ordinals.iter().zip(hashes).enumerate() {
             if last.is_some_and(|l| o <= l) {
                 return Err(corrupt("set ordinals are not sorted and distinct".into()));
             }
             last = Some(o);
+            // A set record must be a whole, non-empty range of the delta's
+            // words: an empty one would read as a hole that the record
+            // count says is a record (found by fuzzing; see
+            // fuzz/corpus/delta/crash-empty-set-record).
+            match record_at(delta.offsets.get(), delta.words.get(), i, blob) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(corrupt(format!("sets ordinal {o} to an empty record"))),
+                Err(e) => return Err(e),
+            }
             if o >= next.ordinal_limit {
                 return Err(corrupt(format!(
                     "sets ordinal {o}, past the limit {limit_after}"

@@ -38,7 +38,12 @@ pub fn blob(data: &[u8]) {
         0 => rest.to_vec(),
         1 => frame(BlobKind::Snapshot, 0, 2, &pad(rest)),
         2 => frame(BlobKind::Delta, BASE_VERSION, BASE_VERSION + 1, &pad(rest)),
-        _ => frame(BlobKind::Reverse, BASE_VERSION, BASE_VERSION - 1, &pad(rest)),
+        _ => frame(
+            BlobKind::Reverse,
+            BASE_VERSION,
+            BASE_VERSION - 1,
+            &pad(rest),
+        ),
     };
     let Ok(blob) = OpenBlob::from_bytes(&bytes, "fuzz") else {
         return;
@@ -143,7 +148,10 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         let id = u64::from(op & 0x1f);
         match op >> 5 {
             0..=2 => {
-                model.insert(id, (format!("movie {id} at step {step}"), 1900 + u32::from(op)));
+                model.insert(
+                    id,
+                    (format!("movie {id} at step {step}"), 1900 + u32::from(op)),
+                );
             }
             3 | 4 => {
                 model.remove(&id);
@@ -180,7 +188,10 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
     }
 }
 
-async fn publish(producer: &Producer, model: &Model) -> crate::Result<crate::producer::CycleReport> {
+async fn publish(
+    producer: &Producer,
+    model: &Model,
+) -> crate::Result<crate::producer::CycleReport> {
     producer
         .run_cycle(|p| {
             for (id, (title, year)) in model {
@@ -239,7 +250,10 @@ fn read_all(state: &ReadState) {
             // the same key (a corrupt blob may hold duplicates).
             if found != ordinal {
                 let got = r.get().map(|x| x.get_id());
-                assert!(got.as_ref().map_or(true, |g| *g == id), "find({id}) gave id {got:?}");
+                assert!(
+                    got.as_ref().map_or(true, |g| *g == id),
+                    "find({id}) gave id {got:?}"
+                );
             }
         }
     }
@@ -355,4 +369,3 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
-

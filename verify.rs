@@ -192,7 +192,8 @@ impl Checker<'_> {
                 Err(e) => {
                     let label = BlobName::Announce(seq).to_string();
                     if !e.is_retryable() {
-                        self.report.problem(&label, strip_name(&e.to_string(), &label));
+                        self.report
+                            .problem(&label, strip_name(&e.to_string(), &label));
                     } else {
                         return Err(e.into());
                     }
@@ -228,7 +229,10 @@ impl Checker<'_> {
                 AnnounceKind::Unpin => continue,
                 AnnounceKind::Announce => {}
             }
-            if prev.as_ref().is_some_and(|(p, _)| p.version == entry.version) {
+            if prev
+                .as_ref()
+                .is_some_and(|(p, _)| p.version == entry.version)
+            {
                 // A re-announcement of the same version (a restored
                 // producer): nothing new to check.
                 continue;
@@ -460,7 +464,13 @@ fn check_record(words: &[u64], blob: &str, type_name: &str, ordinal: u32) -> Res
     message
         .get_root::<capnp::any_pointer::Reader<'_>>()
         .and_then(|root| root.target_size())
-        .map_err(|e| FormatError::capnp(blob, &format!("{type_name}: record at ordinal {ordinal}"), e))?;
+        .map_err(|e| {
+            FormatError::capnp(
+                blob,
+                &format!("{type_name}: record at ordinal {ordinal}"),
+                e,
+            )
+        })?;
     Ok(())
 }
 

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "burrow", version, about = "Publish and consume burrow datasets")]
+#[command(
+    name = "burrow",
+    version,
+    about = "Publish and consume burrow datasets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -34,7 +34,12 @@ enum End {
 
 fn produce(store: &Path, from: u64, to: u64, failpoint: Option<&str>) -> End {
     let mut cmd = Command::new(BIN);
-    cmd.args(["produce", store.to_str().unwrap(), &from.to_string(), &to.to_string()]);
+    cmd.args([
+        "produce",
+        store.to_str().unwrap(),
+        &from.to_string(),
+        &to.to_string(),
+    ]);
     finish(cmd, failpoint, None)
 }
 
@@ -57,7 +62,7 @@ fn finish(mut cmd: Command, failpoint: Option<&str>, kill_after: Option<Duration
     }
     let out = child.wait_with_output().unwrap();
     match out.status.signal() {
-        Some(libc_sigkill) if libc_sigkill == 9 => End::Killed,
+        Some(9) => End::Killed,
         Some(other) => panic!("child died of signal {other}"),
         None => {
             assert!(
@@ -94,7 +99,10 @@ fn consistent(consumer: &Consumer) -> Result<u64, String> {
     let model = model_of(&state);
     let g = generation_of(&model).ok_or("no generation record")?;
     if model != generation(g) {
-        return Err(format!("state at version {} is not generation {g}", state.version()));
+        return Err(format!(
+            "state at version {} is not generation {g}",
+            state.version()
+        ));
     }
     Ok(g)
 }
@@ -158,7 +166,9 @@ async fn kill_and_recover(
     match fresh.refresh().await {
         Ok(_) => match consistent(&fresh) {
             Ok(g) if g == target => {}
-            Ok(g) => bad.push(format!("fresh consumer at generation {g}, expected {target}")),
+            Ok(g) => bad.push(format!(
+                "fresh consumer at generation {g}, expected {target}"
+            )),
             Err(e) => bad.push(format!("fresh consumer: {e}")),
         },
         Err(e) => bad.push(format!("fresh consumer refresh: {e}")),
@@ -215,7 +225,7 @@ async fn producer_killed_at_every_step() {
         }
     }
     // Kills from outside, at pseudo-random moments of a run of cycles.
-    let seed = 0x5eed_b0_b0;
+    let seed = 0x5eed_b0b0;
     let mut rng = Rng(seed);
     let mut async_kills = 0;
     for i in 0..16 {
@@ -238,7 +248,9 @@ async fn producer_killed_at_every_step() {
             async_kills += 1;
         }
         if !bad.is_empty() {
-            inconsistent.push(format!("random kill {i} after {delay:?} (seed {seed:#x}): {bad:?}"));
+            inconsistent.push(format!(
+                "random kill {i} after {delay:?} (seed {seed:#x}): {bad:?}"
+            ));
         }
     }
     eprintln!(

@@ -77,7 +77,10 @@ async fn a_full_disk_during_a_fetch_leaves_the_consumer_serving() {
     let err = c.refresh().await.expect_err("the disk is full").to_string();
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("write temp file"), "{err}");
-    assert!(err.contains("delta/") || err.contains("snapshot/"), "names the blob: {err}");
+    assert!(
+        err.contains("delta/") || err.contains("snapshot/"),
+        "names the blob: {err}"
+    );
     assert_eq!(c.version(), Some(v1), "the consumer keeps its state");
     assert_eq!(snapshot_of(&c).len(), 50, "and keeps serving it");
     // Nothing half-written: no temp file, and what a restart finds under

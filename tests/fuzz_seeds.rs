@@ -65,7 +65,11 @@ fn real_blobs_decode_through_the_targets() {
     let body = |b: &[u8]| b[burrow::schema::envelope::ENVELOPE_LEN..].to_vec();
     let blob = burrow::schema::blob::OpenBlob::from_bytes(&delta, "d").unwrap();
     let next = state
-        .apply(std::sync::Arc::new(blob), fuzzing::BASE_VERSION, fuzzing::BASE_VERSION + 1)
+        .apply(
+            std::sync::Arc::new(blob),
+            fuzzing::BASE_VERSION,
+            fuzzing::BASE_VERSION + 1,
+        )
         .expect("the seed delta applies to the base state");
     assert_eq!(next.types()[0].record_count(), 10);
     fuzzing::delta(&body(&delta));
@@ -86,15 +90,35 @@ fn write_seeds() {
     };
     let (snapshot, delta, reverse) = fuzzing::base_blobs();
     let body = |b: &[u8]| b[burrow::schema::envelope::ENVELOPE_LEN..].to_vec();
-    write("blob", "seed-whole-snapshot", &[&[0u8][..], &snapshot].concat());
+    write(
+        "blob",
+        "seed-whole-snapshot",
+        &[&[0u8][..], &snapshot].concat(),
+    );
     write("blob", "seed-whole-delta", &[&[0u8][..], &delta].concat());
-    write("blob", "seed-snapshot-body", &[&[1u8][..], &body(&snapshot)].concat());
-    write("blob", "seed-delta-body", &[&[2u8][..], &body(&delta)].concat());
-    write("blob", "seed-reverse-body", &[&[3u8][..], &body(&reverse)].concat());
+    write(
+        "blob",
+        "seed-snapshot-body",
+        &[&[1u8][..], &body(&snapshot)].concat(),
+    );
+    write(
+        "blob",
+        "seed-delta-body",
+        &[&[2u8][..], &body(&delta)].concat(),
+    );
+    write(
+        "blob",
+        "seed-reverse-body",
+        &[&[3u8][..], &body(&reverse)].concat(),
+    );
     write("blob", "seed-empty-snapshot", &[1u8]);
     write("delta", "seed-delta", &body(&delta));
     write("delta", "seed-reverse-as-delta", &body(&reverse));
-    write("delta", "seed-half-delta", &body(&delta)[..body(&delta).len() / 2]);
+    write(
+        "delta",
+        "seed-half-delta",
+        &body(&delta)[..body(&delta).len() / 2],
+    );
     write("delta", "seed-empty", &[]);
     write("delta", "seed-snapshot-as-delta", &body(&snapshot));
     let entry = burrow::announcer::Announcement {
@@ -113,17 +137,32 @@ fn write_seeds() {
     };
     let bytes = entry.encode();
     write("announcement", "seed-whole", &[&[0u8][..], &bytes].concat());
-    write("announcement", "seed-body-seq7", &[&[7u8][..], &body(&bytes)].concat());
+    write(
+        "announcement",
+        "seed-body-seq7",
+        &[&[7u8][..], &body(&bytes)].concat(),
+    );
     let pin = entry.follow_up(burrow::announcer::AnnounceKind::Pin, Some(60), "op");
-    write("announcement", "seed-pin", &[&[0u8][..], &pin.encode()].concat());
-    write("announcement", "seed-pin-body", &[&[9u8][..], &body(&pin.encode())[..]].concat());
+    write(
+        "announcement",
+        "seed-pin",
+        &[&[0u8][..], &pin.encode()].concat(),
+    );
+    write(
+        "announcement",
+        "seed-pin-body",
+        &[&[9u8][..], &body(&pin.encode())[..]].concat(),
+    );
     write("announcement", "seed-short", &[0u8, 1, 2, 3]);
     for (name, ops) in [
         ("seed-adds", &[0u8, 1, 2, 3, 4, 5][..]),
         ("seed-add-remove", &[1, 1, 2, 3, 0x61, 0x62, 4][..]),
         ("seed-batch-restart", &[2, 0xa3, 0xc0, 0xe0, 0x05, 0x65][..]),
         ("seed-no-change", &[3, 9, 0xc0, 0xc0, 9, 0x69][..]),
-        ("seed-churn", &[0, 1, 0x21, 0x41, 0x61, 0x81, 0xa1, 0xe1, 1][..]),
+        (
+            "seed-churn",
+            &[0, 1, 0x21, 0x41, 0x61, 0x81, 0xa1, 0xe1, 1][..],
+        ),
         ("seed-remove-all", &[1, 4, 0x64, 5, 0x65, 0xe0, 6][..]),
     ] {
         write("cycles", name, ops);

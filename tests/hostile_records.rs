@@ -55,7 +55,9 @@ fn snapshot_blob(section: &Section) -> Vec<u8> {
         let mut t = root.init_types(1).get(0);
         t.set_type_id(info.type_id);
         t.set_name(info.name.as_str());
-        let mut keys = t.reborrow().init_key_fields(section.key_fields.len() as u32);
+        let mut keys = t
+            .reborrow()
+            .init_key_fields(section.key_fields.len() as u32);
         for (i, k) in section.key_fields.iter().enumerate() {
             keys.set(i as u32, *k);
         }
@@ -157,13 +159,23 @@ fn pointers_out_of_bounds_are_errors_on_read() {
     let state = open(&snapshot_blob(&Section::of(&records, vec![]))).unwrap();
     let errors = read_every_field(&state);
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors.iter().all(|e| e.contains("out of bounds") || e.contains("bounds")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("out of bounds") || e.contains("bounds")),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn huge_list_lengths_are_refused() {
     // A title claiming 2^29 - 1 bytes, and tags claiming 2^29 - 1 pointers.
-    let records = vec![movie_record(1, list_ptr(0, 2, (1 << 29) - 1), list_ptr(0, 6, (1 << 29) - 1), &[])];
+    let records = vec![movie_record(
+        1,
+        list_ptr(0, 2, (1 << 29) - 1),
+        list_ptr(0, 6, (1 << 29) - 1),
+        &[],
+    )];
     let state = open(&snapshot_blob(&Section::of(&records, vec![]))).unwrap();
     let errors = read_every_field(&state);
     assert_eq!(errors.len(), 2, "{errors:?}");
@@ -180,7 +192,11 @@ fn offsets_out_of_range_are_errors_on_read() {
     let state = open(&snapshot_blob(&s)).unwrap();
     let view = state.view::<movie::Owned>().unwrap();
     assert!(view.get(0).unwrap().is_some());
-    let err = view.get(1).err().expect("ordinal 1 is out of range").to_string();
+    let err = view
+        .get(1)
+        .err()
+        .expect("ordinal 1 is out of range")
+        .to_string();
     assert!(err.contains("outside"), "{err}");
     assert!(view.get(2).is_err(), "a backwards range is an error");
     assert_eq!(view.iter().filter(|r| r.is_err()).count(), 2);
@@ -224,12 +240,18 @@ fn shared_pointer_amplification_is_bounded_by_the_traversal_limit() {
         let offset = (n - i - 1) as i32;
         tail.push(list_ptr(offset, 2, (text_words * 8) as u32));
     }
-    tail.extend(std::iter::repeat_n(u64::from_le_bytes(*b"xxxxxxxx"), text_words - 1));
+    tail.extend(std::iter::repeat_n(
+        u64::from_le_bytes(*b"xxxxxxxx"),
+        text_words - 1,
+    ));
     tail.push(u64::from_le_bytes(*b"xxxxxxx\0"));
     let record = movie_record(1, 0, list_ptr(0, 6, n as u32), &tail);
     let blob = snapshot_blob(&Section::of(&[record], vec![]));
     let (dir, store) = serve(blob);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let consumer = ConsumerBuilder::new(store)
         .cache_dir(dir.path().join("cache"))
         .record_traversal_words(64 << 10)
@@ -262,16 +284,20 @@ fn shared_pointer_amplification_is_bounded_by_the_traversal_limit() {
 fn zero_sized_struct_lists_cannot_amplify_a_blob() {
     for kind in [BlobKind::Snapshot, BlobKind::Delta] {
         let words: [u64; 4] = [
-            struct_ptr(0, 0, 2),     // root: Snapshot or Delta, 2 pointers
-            0,                       // header: null (all defaults)
-            list_ptr(0, 7, 0),       // types: inline composite, 0 words
+            struct_ptr(0, 0, 2),       // root: Snapshot or Delta, 2 pointers
+            0,                         // header: null (all defaults)
+            list_ptr(0, 7, 0),         // types: inline composite, 0 words
             struct_ptr(1 << 28, 0, 0), // tag: 2^28 elements of 0 words
         ];
         let mut body = vec![0u8, 0, 0, 0, 4, 0, 0, 0];
         for w in words {
             body.extend_from_slice(&w.to_le_bytes());
         }
-        let (from, to) = if kind == BlobKind::Snapshot { (0, 0) } else { (0, 1) };
+        let (from, to) = if kind == BlobKind::Snapshot {
+            (0, 0)
+        } else {
+            (0, 1)
+        };
         let bytes = frame(kind, from, to, &body);
         let blob = Arc::new(OpenBlob::from_bytes(&bytes, "hostile").unwrap());
         let started = std::time::Instant::now();
@@ -302,7 +328,10 @@ fn a_key_index_with_no_empty_slot_cannot_hang_a_lookup() {
     let view = state.view::<movie::Owned>().unwrap();
     let started = std::time::Instant::now();
     assert!(view.find(&99u64).unwrap().is_none());
-    assert!(view.find(&1u64).unwrap().is_none(), "not in the (hostile) index");
+    assert!(
+        view.find(&1u64).unwrap().is_none(),
+        "not in the (hostile) index"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
@@ -319,7 +348,11 @@ fn a_key_field_of_the_wrong_pointer_type_is_an_error_on_lookup() {
     s.key_index[(h & 1) as usize] = (h >> 32) << 32 | 1;
     let state = open(&snapshot_blob(&s)).unwrap();
     let view = state.view::<movie::Owned>().unwrap();
-    let err = view.find("abc").err().expect("the bad key field is an error").to_string();
+    let err = view
+        .find("abc")
+        .err()
+        .expect("the bad key field is an error")
+        .to_string();
     assert!(err.contains("key of ordinal 0"), "{err}");
 }
 
@@ -331,8 +364,7 @@ fn a_record_count_that_lies_is_caught_by_verify() {
     s.record_count = 7;
     let bytes = snapshot_blob(&s);
     let err = burrow::verify::check_blob(BlobName::Snapshot(1), &bytes, "snapshot/1")
-        .err()
-        .expect("the count is wrong")
+        .expect_err("the count is wrong")
         .to_string();
     assert!(err.contains("says 7 records, holds 3"), "{err}");
 }
@@ -355,7 +387,10 @@ fn serve(snapshot: Vec<u8>) -> (tempfile::TempDir, BlobStore) {
         delta_bytes: 0,
         reverse_bytes: 0,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         store
             .create(&BlobName::Snapshot(1), vec![Bytes::from(snapshot)])
@@ -378,8 +413,9 @@ async fn an_entry_under_the_wrong_seq_is_refused_not_looped_on() {
     let store_dir = dir.path().join("store");
     let store = BlobStore::local(&store_dir).unwrap();
     let p = crate::common::producer(&store, "p");
-    let mut model: crate::common::Model =
-        (0..5).map(|i| (i, crate::common::movie_value(i, 0))).collect();
+    let mut model: crate::common::Model = (0..5)
+        .map(|i| (i, crate::common::movie_value(i, 0)))
+        .collect();
     crate::common::publish(&p, &model).await.unwrap();
     model.insert(1, crate::common::movie_value(1, 1));
     crate::common::publish(&p, &model).await.unwrap();
@@ -396,6 +432,13 @@ async fn an_entry_under_the_wrong_seq_is_refused_not_looped_on() {
         .expect("the refresh ends")
         .expect_err("the copied entry is refused")
         .to_string();
-    assert!(err.contains(&BlobName::Announce(3).to_string()) && err.contains("seq 1"), "{err}");
-    assert_eq!(crate::common::snapshot_of(&c), model, "the consumer keeps serving");
+    assert!(
+        err.contains(&BlobName::Announce(3).to_string()) && err.contains("seq 1"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::common::snapshot_of(&c),
+        model,
+        "the consumer keeps serving"
+    );
 }

@@ -29,8 +29,14 @@ async fn a_blob_over_max_blob_bytes_is_refused_by_name() {
     }
     publish(&p, &model).await.unwrap();
     let err = c.refresh().await.expect_err("over the limit").to_string();
-    assert!(err.contains("blob size") && err.contains("over the limit of 65536"), "{err}");
-    assert!(err.contains("delta/") || err.contains("snapshot/"), "names the blob: {err}");
+    assert!(
+        err.contains("blob size") && err.contains("over the limit of 65536"),
+        "{err}"
+    );
+    assert!(
+        err.contains("delta/") || err.contains("snapshot/"),
+        "names the blob: {err}"
+    );
     assert_eq!(c.version(), Some(v1));
     assert_eq!(snapshot_of(&c).len(), 5);
     let names: Vec<String> = std::fs::read_dir(&cache)
@@ -38,7 +44,11 @@ async fn a_blob_over_max_blob_bytes_is_refused_by_name() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
-    assert_eq!(names.len(), 1, "only the snapshot of v1 is cached: {names:?}");
+    assert_eq!(
+        names.len(),
+        1,
+        "only the snapshot of v1 is cached: {names:?}"
+    );
 }
 
 #[tokio::test]
@@ -85,6 +95,6 @@ async fn a_record_read_past_the_traversal_limit_is_an_error() {
     let view = state.view::<movie::Owned>().unwrap();
     let record = view.get(0).unwrap().unwrap();
     let m = record.get().unwrap();
-    let err = m.get_title().err().expect("over the limit").to_string();
+    let err = m.get_title().expect_err("over the limit").to_string();
     assert!(err.contains("limit"), "{err}");
 }

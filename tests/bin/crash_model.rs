@@ -14,7 +14,10 @@ pub fn generation(g: u64) -> CrashModel {
         if (i + g) % 5 == 0 {
             continue;
         }
-        model.insert(i, (format!("movie {i} v{}", g / (1 + i % 3)), 1900 + i as u32));
+        model.insert(
+            i,
+            (format!("movie {i} v{}", g / (1 + i % 3)), 1900 + i as u32),
+        );
     }
     model
 }

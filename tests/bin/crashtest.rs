@@ -35,7 +35,9 @@ fn main() -> ExitCode {
         )),
         Some("consume") if args.len() == 4 => runtime.block_on(consume(&args[2], &args[3])),
         _ => {
-            eprintln!("usage: burrow-crashtest produce <store> <from> <to> | consume <store> <cache>");
+            eprintln!(
+                "usage: burrow-crashtest produce <store> <from> <to> | consume <store> <cache>"
+            );
             return ExitCode::from(2);
         }
     };

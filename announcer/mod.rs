@@ -70,6 +70,11 @@ impl From<Error> for AnnounceError {
     }
 }
 
+/// The largest announcement entry a reader accepts (entries are a few
+/// hundred bytes; the bound keeps a hostile store from making a poll read
+/// an arbitrarily large object into memory).
+pub const MAX_ENTRY_BYTES: u64 = 64 << 10;
+
 /// The log of one dataset.
 #[derive(Debug, Clone)]
 pub struct AnnouncementLog {
@@ -85,10 +90,11 @@ impl AnnouncementLog {
         &self.store
     }
 
-    /// Reads entry `seq`; `None` if it does not exist.
+    /// Reads entry `seq`; `None` if it does not exist. An object larger
+    /// than [`MAX_ENTRY_BYTES`] is refused before it is read into memory.
     pub async fn read(&self, seq: u64) -> Result<Option<Announcement>, AnnounceError> {
         let name = BlobName::Announce(seq);
-        match self.store.get(&name).await {
+        match self.get_bounded(&name).await {
             Ok(bytes) => {
                 let label = name.to_string();
                 let entry = Announcement::decode(&bytes, &label)?;
@@ -103,9 +109,38 @@ impl AnnouncementLog {
                 }
                 Ok(Some(entry))
             }
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(AnnounceError::Store(StoreError::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Reads a whole entry, refusing (and not reading) one over
+    /// [`MAX_ENTRY_BYTES`], whatever size the store claims for it.
+    async fn get_bounded(&self, name: &BlobName) -> Result<Bytes, AnnounceError> {
+        use futures::StreamExt;
+        let label = name.to_string();
+        let too_large = |value: u64| -> AnnounceError {
+            FormatError::TooLarge {
+                blob: label.clone(),
+                what: "announcement entry size",
+                value,
+                limit: MAX_ENTRY_BYTES,
+            }
+            .into()
+        };
+        let (size, mut stream) = self.store.stream(name).await?;
+        if size > MAX_ENTRY_BYTES {
+            return Err(too_large(size));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
+            out.extend_from_slice(&chunk);
+            if out.len() as u64 > MAX_ENTRY_BYTES {
+                return Err(too_large(out.len() as u64));
+            }
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Where to start probing: the hint, or a LIST when the hint is missing

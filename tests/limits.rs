@@ -98,3 +98,26 @@ async fn a_record_read_past_the_traversal_limit_is_an_error() {
     let err = m.get_title().expect_err("over the limit").to_string();
     assert!(err.contains("limit"), "{err}");
 }
+
+/// An announcement entry far larger than any real one is refused by size
+/// (naming the limit) before it is read into memory; the consumer keeps
+/// serving.
+#[tokio::test]
+async fn an_oversized_announcement_entry_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = BlobStore::local(&store_dir).unwrap();
+    let p = producer(&store, "p");
+    let model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&p, &model).await.unwrap();
+    let c = consumer(&store, &dir.path().join("cache"));
+    c.refresh().await.unwrap();
+    let name = burrow::blobstore::BlobName::Announce(2).to_string();
+    std::fs::write(store_dir.join(&name), vec![0u8; 1 << 20]).unwrap();
+    let err = c.refresh().await.expect_err("refused").to_string();
+    assert!(
+        err.contains(&name) && err.contains("over the limit of 65536"),
+        "{err}"
+    );
+    assert_eq!(snapshot_of(&c), model);
+}

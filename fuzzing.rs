@@ -14,7 +14,8 @@
 //! - [`announcement`]: a decoded entry re-encodes to an equal entry.
 //! - [`cycles`]: a sequence of producer cycles leaves a delta-following
 //!   consumer, a consumer loading from the nearest snapshot and a
-//!   `BTreeMap` model holding the same records.
+//!   `BTreeMap` model holding the same records; at the end the follower
+//!   walks back through every version and matches each one's model.
 
 use crate::announcer::Announcement;
 use crate::blobstore::{BlobName, BlobStore};
@@ -144,6 +145,7 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         .expect("consumer builds");
     let mut model = Model::new();
     let mut published = false;
+    let mut history: BTreeMap<u64, Model> = BTreeMap::new();
     for (step, &op) in ops.iter().enumerate() {
         let id = u64::from(op & 0x1f);
         match op >> 5 {
@@ -171,6 +173,7 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         }
         let report = publish(&producer, &model).await.expect("cycle");
         published |= report.published;
+        history.insert(report.version, model.clone());
         if !published {
             continue;
         }
@@ -185,6 +188,13 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         assert_eq!(by_delta, model, "delta follower at step {step}");
         assert_eq!(by_snapshot, model, "snapshot consumer at step {step}");
         assert_eq!(follower.version(), fresh.version());
+    }
+    // The follower walks back through every version it saw (reverse
+    // deltas, or a snapshot when cheaper) and holds each one's model.
+    for (version, expected) in history.iter().rev() {
+        follower.refresh_to(*version).await.expect("refresh back");
+        let state = follower.state().expect("state");
+        assert_eq!(&model_of(&state), expected, "moved back to {version}");
     }
 }
 

@@ -121,3 +121,26 @@ async fn an_oversized_announcement_entry_is_refused_by_name() {
     );
     assert_eq!(snapshot_of(&c), model);
 }
+
+/// A blob with more types than any dataset has is refused by count,
+/// naming the limit, before a section is built for any of them.
+#[test]
+fn a_blob_with_too_many_types_is_refused_by_name() {
+    use burrow::schema::blob::{OpenBlob, MAX_TYPES};
+    use burrow::schema::burrow_capnp::snapshot;
+    use burrow::schema::envelope::{frame, BlobKind};
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let root = message.init_root::<snapshot::Builder>();
+        root.init_types(MAX_TYPES + 1);
+    }
+    let body = capnp::serialize::write_message_to_words(&message);
+    let bytes = frame(BlobKind::Snapshot, 0, 1, &body);
+    let blob = std::sync::Arc::new(OpenBlob::from_bytes(&bytes, "snapshot/1").unwrap());
+    let err = blob.snapshot().err().map(|e| e.to_string());
+    let err = err.expect("too many types");
+    assert!(
+        err.contains("number of types is 4097, over the limit of 4096"),
+        "{err}"
+    );
+}

@@ -102,13 +102,19 @@ impl BlobCache {
             let mut body_bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-                // Written in two halves so that a crash test can kill the
-                // process with part of a chunk in the temp file.
-                let half = chunk.len() / 2;
-                file.write_all(&chunk[..half])
-                    .map_err(io("write temp file", &tmp))?;
-                crate::failpoint::hit("fetch-mid-write");
-                file.write_all(&chunk[half..])
+                // With failpoints, written in two halves so that a crash
+                // test can kill the process with part of a chunk on disk.
+                #[cfg(feature = "failpoints")]
+                {
+                    let half = chunk.len() / 2;
+                    file.write_all(&chunk[..half])
+                        .map_err(io("write temp file", &tmp))?;
+                    crate::failpoint::hit("fetch-mid-write");
+                    file.write_all(&chunk[half..])
+                        .map_err(io("write temp file", &tmp))?;
+                }
+                #[cfg(not(feature = "failpoints"))]
+                file.write_all(&chunk)
                     .map_err(io("write temp file", &tmp))?;
                 let mut rest = &chunk[..];
                 if envelope.is_none() {

@@ -5,10 +5,12 @@
 //! Reading never copies: a blob is held as an [`OpenBlob`] (a read-only map
 //! of a cache file, or aligned owned memory), and each type's lists are
 //! exposed as plain slices of it (`&[u32]`, `&[u64]`) through sections that
-//! hold the blob alive. All reads of records go through bounds checks; the
-//! traversal limit of the long-lived blob reader is off (a blob is read
-//! once, at open, for its list positions), and each record is read with its
-//! own bounded reader.
+//! hold the blob alive. All reads of records go through bounds checks. The
+//! blob's own message is read once, at open, for its list positions, with a
+//! traversal limit of twice the body's size (a well-formed body is
+//! traversed about once; the limit stops shared pointers and lists of
+//! zero-sized structs from making that read unbounded), and each record is
+//! read with its own bounded reader.
 
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};

@@ -14,8 +14,9 @@
 //! - [`announcement`]: a decoded entry re-encodes to an equal entry.
 //! - [`cycles`]: a sequence of producer cycles leaves a delta-following
 //!   consumer, a consumer loading from the nearest snapshot and a
-//!   `BTreeMap` model holding the same records; at the end the follower
-//!   walks back through every version and matches each one's model.
+//!   `BTreeMap` model holding the same records; at the end the store
+//!   verifies clean and the follower walks back through every version and
+//!   matches each one's model.
 
 use crate::announcer::Announcement;
 use crate::blobstore::{BlobName, BlobStore};
@@ -189,6 +190,9 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         assert_eq!(by_snapshot, model, "snapshot consumer at step {step}");
         assert_eq!(follower.version(), fresh.version());
     }
+    // Whatever the sequence, the store verifies clean.
+    let report = crate::verify::verify_store(&store).await.expect("verify");
+    assert!(report.is_clean(), "verify: {:?}", report.problems);
     // The follower walks back through every version it saw (reverse
     // deltas, or a snapshot when cheaper) and holds each one's model.
     for (version, expected) in history.iter().rev() {

@@ -11,7 +11,7 @@
 //!    generated builders ([`Populate::add`]) or from existing readers
 //!    ([`Populate::add_reader`]). Each record is canonicalized once.
 //! 3. **Identify** each record's ordinal by primary key (see
-//!    [`state`](self::state)); a duplicate key is an error naming the key.
+//!    `state`); a duplicate key is an error naming the key.
 //! 4. If nothing changed in any type, no version is made and the current
 //!    version is returned.
 //! 5. **Validate**: validators see the changes; a failure stops the cycle.

@@ -1,0 +1,214 @@
+//! The one conversion from raw arguments ([`crate::args`]) to validated
+//! settings. Every check of an argument's meaning lives here, and each
+//! failure is one line that names the argument and what is wrong with it.
+
+use crate::args::{Args, BlobArg, Command, DemoArgs, InspectArgs};
+use anyhow::{bail, Context, Result};
+use burrow::blobstore::BlobStore;
+use std::path::{Path, PathBuf};
+
+/// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
+/// under 2^29 elements.
+pub const MAX_RECORDS: u64 = (1 << 29) - 1;
+
+/// Where the dataset lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory.
+    Local(PathBuf),
+}
+
+impl StoreLocation {
+    pub fn parse(raw: &str) -> Result<Self> {
+        if raw.is_empty() {
+            bail!("invalid --store: the path is empty");
+        }
+        if let Some(path) = raw.strip_prefix("file://") {
+            if path.is_empty() {
+                bail!("invalid --store {raw:?}: the file:// URL has no path");
+            }
+            return Ok(StoreLocation::Local(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = raw.split_once("://") {
+            bail!(
+                "invalid --store {raw:?}: {scheme}:// stores are not supported by this build; \
+                 use a directory or a file:// URL"
+            );
+        }
+        Ok(StoreLocation::Local(PathBuf::from(raw)))
+    }
+
+    /// Opens the store, creating a local directory if it is missing.
+    pub fn open(&self) -> Result<BlobStore> {
+        match self {
+            StoreLocation::Local(dir) => BlobStore::local(dir)
+                .with_context(|| format!("cannot open store {}", dir.display())),
+        }
+    }
+
+    /// Opens a store that must already exist (for commands that only read).
+    pub fn open_existing(&self) -> Result<BlobStore> {
+        match self {
+            StoreLocation::Local(dir) if !dir.is_dir() => {
+                bail!(
+                    "store {} does not exist (run `burrow demo` to make one, or pass --store)",
+                    dir.display()
+                )
+            }
+            _ => self.open(),
+        }
+    }
+
+    /// The directory of a local store.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match self {
+            StoreLocation::Local(dir) => Some(dir),
+        }
+    }
+
+    /// The demo's default cache: `burrow-cache` beside a local store.
+    fn default_cache(&self) -> PathBuf {
+        match self {
+            StoreLocation::Local(dir) => {
+                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                parent.unwrap_or(Path::new(".")).join("burrow-cache")
+            }
+        }
+    }
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub store: StoreLocation,
+    pub json: bool,
+}
+
+/// A validated command.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Demo(DemoConfig),
+    Versions,
+    Inspect(InspectConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub records: u64,
+    pub cycles: u64,
+    pub change: f64,
+    pub churn: f64,
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct InspectConfig {
+    pub version: u64,
+    /// `None`: the snapshot if the version has one, else its delta.
+    pub blob: Option<BlobArg>,
+}
+
+/// Validates the whole command line.
+pub fn from_args(args: Args) -> Result<(Global, Task)> {
+    let global = Global {
+        store: StoreLocation::parse(&args.store)?,
+        json: args.json,
+    };
+    let task = match args.command {
+        Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
+        Command::Versions(_) => Task::Versions,
+        Command::Inspect(a) => Task::Inspect(inspect(a)?),
+    };
+    Ok((global, task))
+}
+
+fn fraction(flag: &str, value: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&value) {
+        bail!("invalid {flag} {value}: must be a fraction between 0 and 1");
+    }
+    Ok(value)
+}
+
+fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
+    if a.records == 0 || a.records > MAX_RECORDS {
+        bail!(
+            "invalid --records {}: must be between 1 and {MAX_RECORDS}",
+            a.records
+        );
+    }
+    if a.cycles == 0 || a.cycles > 1_000_000 {
+        bail!(
+            "invalid --cycles {}: must be between 1 and 1000000",
+            a.cycles
+        );
+    }
+    let change = fraction("--change", a.change)?;
+    let churn = fraction("--churn", a.churn)?;
+    if change + churn > 1.0 {
+        bail!(
+            "invalid --change {change} with --churn {churn}: together they must not exceed 1 \
+             (a record is either changed or removed in a cycle)"
+        );
+    }
+    let cache = a.cache.unwrap_or_else(|| store.default_cache());
+    if let Some(dir) = store.local_dir() {
+        if cache == dir {
+            bail!(
+                "invalid --cache {}: the cache must not be the store's own directory",
+                cache.display()
+            );
+        }
+    }
+    Ok(DemoConfig {
+        records: a.records,
+        cycles: a.cycles,
+        change,
+        churn,
+        cache,
+    })
+}
+
+fn inspect(a: InspectArgs) -> Result<InspectConfig> {
+    let version: u64 = a.version.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid VERSION {:?}: expected a version number (see `burrow versions`)",
+            a.version
+        )
+    })?;
+    if version == 0 {
+        bail!("invalid VERSION 0: versions start at 1 (see `burrow versions`)");
+    }
+    Ok(InspectConfig {
+        version,
+        blob: a.blob,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations() {
+        assert_eq!(
+            StoreLocation::parse("file:///tmp/x").unwrap(),
+            StoreLocation::Local("/tmp/x".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("data").unwrap(),
+            StoreLocation::Local("data".into())
+        );
+        let err = StoreLocation::parse("gs://bucket").unwrap_err().to_string();
+        assert!(err.contains("gs://"), "{err}");
+        assert_eq!(
+            StoreLocation::parse("./burrow-data")
+                .unwrap()
+                .default_cache(),
+            PathBuf::from("./burrow-cache")
+        );
+        assert_eq!(
+            StoreLocation::parse("store").unwrap().default_cache(),
+            PathBuf::from("./burrow-cache")
+        );
+    }
+}

@@ -149,21 +149,24 @@ impl AnnouncementLog {
     }
 
     /// Appends `entry` at `entry.seq` with a create-only put, then updates
-    /// the hint. If the seq is taken, [`AnnounceError::NotPrimary`].
+    /// the hint. If another entry holds the seq, [`AnnounceError::NotPrimary`];
+    /// if this very entry does (a retry), the append succeeds.
     ///
     /// The hint is best effort: the entry is durable once this returns, and
     /// a failed hint write only makes the next reader probe further (it is
     /// logged at warn level, with the error).
     pub async fn append(&self, entry: &Announcement) -> Result<(), AnnounceError> {
         let name = BlobName::Announce(entry.seq);
-        match self
-            .store
-            .create(&name, vec![Bytes::from(entry.encode())])
-            .await
-        {
+        let bytes = Bytes::from(entry.encode());
+        match self.store.create(&name, vec![bytes.clone()]).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
-                return Err(AnnounceError::NotPrimary { seq: entry.seq })
+                // A retried create whose first attempt landed (the response
+                // was lost) also ends here: the entry is then byte for byte
+                // ours (it carries our id and timestamp), and we won.
+                if self.store.get(&name).await? != bytes {
+                    return Err(AnnounceError::NotPrimary { seq: entry.seq });
+                }
             }
             Err(e) => return Err(e.into()),
         }

@@ -174,7 +174,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io("fsync cache directory", dir))
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,14 +12,27 @@
 //! - Backend errors keep the backend's error as their `source`; whether the
 //!   call may succeed on retry is [`StoreError::is_retryable`].
 //!
+//! - Large blobs go up in parts through a [`BlobWriter`] with bounded
+//!   memory, and stay create-only: see [`upload`] for how and why.
+//!
+//! Where the store is (`s3://bucket/prefix`, a directory) and how to talk to
+//! it (endpoint, retries, timeouts) is [`config`]. At start-up,
+//! [`BlobStore::check`] tells a missing bucket from rejected credentials.
+//!
 //! Fetching into a local cache (stream to a temp file while hashing, fsync,
 //! verify, rename, fsync the directory) lives in [`cache`].
 
 pub mod cache;
+pub mod config;
+pub mod faults;
 mod names;
+pub mod resilience;
+pub mod upload;
 
 pub use cache::BlobCache;
+pub use config::{RetryOptions, StoreOptions, StoreUrl, UploadOptions};
 pub use names::BlobName;
+pub use upload::BlobWriter;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -44,6 +57,24 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    /// The bucket named by the store URL does not exist.
+    #[error("{store}: bucket {bucket} does not exist (or these credentials cannot see it)")]
+    BucketNotFound {
+        store: String,
+        bucket: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// The store refused the credentials (HTTP 401 or 403).
+    #[error(
+        "{store}: the store rejected the credentials, or they may not read this prefix \
+         (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and the bucket policy)"
+    )]
+    CredentialsRejected {
+        store: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -58,7 +89,10 @@ impl StoreError {
     /// Whether the same call may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => false,
+            StoreError::NotFound { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::BucketNotFound { .. }
+            | StoreError::CredentialsRejected { .. } => false,
             StoreError::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }
@@ -95,6 +129,24 @@ impl StoreError {
     }
 }
 
+/// Whether a failed LIST means the bucket is missing. object_store maps
+/// S3's LIST failures to `Generic` (only GET, HEAD, PUT get typed 404s), so
+/// this looks for S3's error code `NoSuchBucket` in the error's chain; the
+/// code is part of the S3 API, which MinIO and moto implement too.
+fn is_missing_bucket(error: &object_store::Error) -> bool {
+    if matches!(error, object_store::Error::NotFound { .. }) {
+        return true;
+    }
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("NoSuchBucket") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Metadata of one listed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -108,6 +160,9 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     description: String,
+    /// The S3 bucket, for messages; `None` for other backends.
+    bucket: Option<String>,
+    upload: UploadOptions,
 }
 
 impl BlobStore {
@@ -119,6 +174,76 @@ impl BlobStore {
             inner,
             prefix: ObjectPath::from(prefix),
             description,
+            bucket: None,
+            upload: UploadOptions::default(),
+        }
+    }
+
+    /// How this store's [`BlobWriter`]s upload large blobs.
+    pub fn with_upload_options(mut self, upload: UploadOptions) -> Self {
+        self.upload = upload;
+        self
+    }
+
+    /// The same store with the dataset under `rel`, relative to this
+    /// store's prefix (one store per dataset, or per test run).
+    pub fn with_subprefix(&self, rel: &str) -> Self {
+        let prefix = self.path_of(rel);
+        let mut store = self.clone();
+        store.description = format!("{}/{rel}", self.description.trim_end_matches('/'));
+        store.prefix = prefix;
+        store
+    }
+
+    /// The dataset prefix inside the object store.
+    pub fn prefix(&self) -> &ObjectPath {
+        &self.prefix
+    }
+
+    /// Asks the store whether it can be used: the bucket exists and the
+    /// credentials are accepted. For a start-up check: it reads, never
+    /// writes.
+    ///
+    /// Errors: [`StoreError::CredentialsRejected`],
+    /// [`StoreError::BucketNotFound`], or [`StoreError::Backend`] (the store
+    /// did not answer, within the retry bounds).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        // A HEAD of a name inside the prefix: 401/403 means the credentials
+        // were refused; a 404 does not say whether the key or the bucket is
+        // missing, so a LIST of the prefix decides (S3 answers a LIST of a
+        // missing bucket with 404 NoSuchBucket).
+        let probe = self.path(&BlobName::Latest);
+        let store = self.description.clone();
+        match self.inner.head(&probe).await {
+            Ok(_) => return Ok(()),
+            Err(source @ object_store::Error::PermissionDenied { .. })
+            | Err(source @ object_store::Error::Unauthenticated { .. }) => {
+                return Err(StoreError::CredentialsRejected {
+                    store,
+                    source: Box::new(source),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(StoreError::Backend {
+                    op: "check",
+                    name: store,
+                    source,
+                })
+            }
+        }
+        match self.inner.list_with_delimiter(Some(&self.prefix)).await {
+            Ok(_) => Ok(()),
+            Err(source) if is_missing_bucket(&source) => Err(StoreError::BucketNotFound {
+                store,
+                bucket: self.bucket.clone().unwrap_or_default(),
+                source: Box::new(source),
+            }),
+            Err(source) => Err(StoreError::Backend {
+                op: "check",
+                name: store,
+                source,
+            }),
         }
     }
 

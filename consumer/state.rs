@@ -98,7 +98,16 @@ impl TypeData {
     #[inline]
     fn base_loc(&self, ordinal: u32) -> Loc {
         match &self.base {
-            Some(b) if ordinal < b.ordinal_limit => Loc::from(ordinal),
+            Some(b) if ordinal < b.ordinal_limit => {
+                // An empty record range in the snapshot is a hole.
+                let offsets = b.offsets.get();
+                let o = ordinal as usize;
+                if offsets.get(o).is_some() && offsets.get(o) == offsets.get(o + 1) {
+                    HOLE
+                } else {
+                    Loc::from(ordinal)
+                }
+            }
             _ => HOLE,
         }
     }

@@ -481,7 +481,10 @@ impl Producer {
                     ProducerError::NeedsRestore { version: n.version }.into(),
                 ))
             }
-            (Some(a), Some(n)) if n.seq != a.entry.seq => {
+            // Entries after ours that keep our version are pins and unpins
+            // (every entry carries the newest version, and versions only
+            // grow): we are still the primary producer.
+            (Some(a), Some(n)) if n.seq != a.entry.seq && n.version != a.entry.version => {
                 return Err(cycle_err(CycleStep::Mint, last_version + 1)(
                     AnnounceError::NotPrimary { seq: n.seq }.into(),
                 ))
@@ -620,7 +623,7 @@ impl Producer {
                 .map_or(0, |(_, b)| b.len() as u64)
         };
         let entry = Announcement {
-            seq: prev_entry.map_or(1, |e| e.seq + 1),
+            seq: newest.as_ref().map_or(1, |n| n.seq + 1),
             kind: AnnounceKind::Announce,
             version,
             from_version: prev_entry.map_or(0, |e| e.version),
@@ -806,7 +809,7 @@ impl Producer {
         let snapshot = fetch(BlobName::Snapshot(head.snapshot_version)).await?;
         let mut read = crate::consumer::ReadState::from_snapshot(snapshot, head.snapshot_version)?;
         let mut deltas = 0;
-        for link in &chain {
+        for link in chain.iter().skip(1) {
             let blob = fetch(BlobName::Delta(link.from_version, link.version)).await?;
             read = read.apply(blob, link.from_version, link.version)?;
             deltas += 1;

@@ -1,3 +1,9 @@
 //! burrow's integration tests: one binary.
+
 mod common;
+mod conformance;
 mod e2e;
+mod failure;
+mod hostile;
+mod property;
+mod resilience;

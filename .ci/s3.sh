@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# A local S3 server (moto) for burrow's S3 tests. Only ever on 127.0.0.1.
+#
+#   eval "$(.ci/s3.sh start)"   # venv if missing, start moto, print exports
+#   .ci/s3.sh stop              # stop the server this script started
+#
+# `start` creates .ci/.venv (gitignored) with `moto[server]` if it is missing,
+# starts two `moto_server`s on free ports in the background, waits (bounded)
+# until they answer, and prints `export` lines on stdout:
+#
+#   BURROW_TEST_S3_ENDPOINT       http://127.0.0.1:<port>: accepts any
+#                                 credentials; the tests create their own
+#                                 bucket there. Nothing is created on it.
+#   BURROW_TEST_S3_AUTH_ENDPOINT  http://127.0.0.1:<port>: checks credentials
+#                                 (moto's IAM authentication); holds bucket
+#                                 `burrow-auth` and one user allowed s3:*,
+#   BURROW_TEST_S3_AUTH_KEY_ID    whose keys these are. Only the start-up
+#   BURROW_TEST_S3_AUTH_SECRET    check test uses it.
+#
+# Progress goes to stderr; the servers' logs to .ci/.moto*.log. `stop` kills
+# only the pids recorded by `start` (in .ci/.moto.pid).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$here/.venv"
+pidfile="$here/.moto.pid"
+log="$here/.moto.log"
+auth_log="$here/.moto-auth.log"
+moto_spec="${BURROW_MOTO_SPEC:-moto[server]>=5.1,<6}"
+
+ensure_venv() {
+    if [[ ! -x "$venv/bin/moto_server" ]]; then
+        echo "s3.sh: creating $venv with $moto_spec" >&2
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet "$moto_spec" >&2
+    fi
+}
+
+free_port() {
+    "$venv/bin/python" - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+PY
+}
+
+# Starts moto on a free port, logging to $1; sets $started_endpoint and
+# appends the pid to the pid file. Fails (with the log) if it never answers.
+start_one() {
+    local log_file="$1" port pid endpoint
+    port="$(free_port)"
+    endpoint="http://127.0.0.1:$port"
+    "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log_file" 2>&1 &
+    pid=$!
+    echo "$pid" >>"$pidfile"
+    # Wait until it answers: at most 30 s, then fail with its log.
+    for _ in $(seq 1 150); do
+        if curl -s -o /dev/null --max-time 1 "$endpoint/moto-api/"; then
+            echo "s3.sh: moto is up at $endpoint (pid $pid)" >&2
+            started_endpoint="$endpoint"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.2
+    done
+    echo "s3.sh: moto did not answer at $endpoint; its log:" >&2
+    cat "$log_file" >&2
+    stop
+    exit 1
+}
+
+start() {
+    ensure_venv
+    if [[ -s "$pidfile" ]]; then
+        echo "s3.sh: servers started by this script may still run (pids $(tr '\n' ' ' <"$pidfile")); run '$0 stop' first" >&2
+        exit 1
+    fi
+    : >"$pidfile"
+    start_one "$log"
+    local plain="$started_endpoint"
+    start_one "$auth_log"
+    local auth="$started_endpoint" keys
+    # Create the bucket and a user while authentication is still off, then
+    # turn it on for every later request.
+    keys="$("$venv/bin/python" - "$auth" <<'PY'
+import json, sys, urllib.request
+import boto3
+endpoint = sys.argv[1]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1",
+          aws_access_key_id="setup", aws_secret_access_key="setup")
+boto3.client("s3", **kw).create_bucket(Bucket="burrow-auth")
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="burrow-test")
+iam.put_user_policy(UserName="burrow-test", PolicyName="s3", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17",
+     "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+key = iam.create_access_key(UserName="burrow-test")["AccessKey"]
+urllib.request.urlopen(urllib.request.Request(
+    endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+    headers={"Content-Type": "text/plain"}), timeout=10).read()
+print(key["AccessKeyId"], key["SecretAccessKey"])
+PY
+)" || { stop; exit 1; }
+    echo "export BURROW_TEST_S3_ENDPOINT=$plain"
+    echo "export BURROW_TEST_S3_AUTH_ENDPOINT=$auth"
+    echo "export BURROW_TEST_S3_AUTH_KEY_ID=${keys%% *}"
+    echo "export BURROW_TEST_S3_AUTH_SECRET=${keys#* }"
+}
+
+stop() {
+    if [[ -f "$pidfile" ]]; then
+        local pid
+        while read -r pid; do
+            [[ -n "$pid" ]] || continue
+            kill "$pid" 2>/dev/null || true
+            echo "s3.sh: stopped moto (pid $pid)" >&2
+        done <"$pidfile"
+        rm -f "$pidfile"
+    fi
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    *)
+        echo "usage: $0 start|stop" >&2
+        exit 2
+        ;;
+esac

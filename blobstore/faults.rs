@@ -1,0 +1,592 @@
+//! [`FaultyStore`]: an `ObjectStore` wrapper that injects faults, **a test
+//! tool**. It is public (not `cfg(test)`) because integration tests, fuzz
+//! targets and benches use it; production code has no reason to.
+//!
+//! Faults, checked in this order on every call:
+//!
+//! 1. the store is down ([`FaultyStore::set_down`]): every call fails;
+//! 2. the next K calls fail ([`FaultyStore::fail_next`]);
+//! 3. calls whose path matches fail ([`FaultyStore::fail_matching`],
+//!    [`FaultyStore::fail_prefix`]), so a test can fail "the announce step"
+//!    or "the snapshot put";
+//! 4. once N more calls have gone through, every call fails
+//!    ([`FaultyStore::fail_after`]);
+//! 5. matching calls hang until [`FaultyStore::release`]
+//!    ([`FaultyStore::hang_matching`], [`FaultyStore::hang_all`]);
+//! 6. the next K calls reach the inner store but their answers are lost
+//!    ([`FaultyStore::lose_next_responses`]): the write happened, the caller
+//!    sees an error.
+//!
+//! An injected failure is `object_store::Error::Generic` with a
+//! [`FaultError`] source, which the resilience layer treats as transient,
+//! unless [`FaultyStore::set_error`] says otherwise. Every call is counted
+//! per [`Op`] before any fault applies, so the counters tell how many
+//! calls reached this layer. A `list` or `delete_stream` counts (and
+//! meets its fault) when first polled; a `delete_stream` is one call with
+//! an empty path.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result, UploadPart,
+};
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The kind of a call, for counters, predicates and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Put,
+    PutMultipart,
+    PutPart,
+    CompleteMultipart,
+    AbortMultipart,
+    Get,
+    GetRanges,
+    Delete,
+    List,
+    ListWithDelimiter,
+    Copy,
+    Rename,
+}
+
+impl Op {
+    const ALL: [Op; 12] = [
+        Op::Put,
+        Op::PutMultipart,
+        Op::PutPart,
+        Op::CompleteMultipart,
+        Op::AbortMultipart,
+        Op::Get,
+        Op::GetRanges,
+        Op::Delete,
+        Op::List,
+        Op::ListWithDelimiter,
+        Op::Copy,
+        Op::Rename,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The error inside an injected failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FaultError {
+    #[error("injected fault ({fault}) on {op:?} of {path:?}")]
+    Injected {
+        fault: &'static str,
+        op: Op,
+        path: String,
+    },
+}
+
+type Predicate = Arc<dyn Fn(Op, &str) -> bool + Send + Sync>;
+type ErrorMaker = Arc<dyn Fn(Op, &str) -> object_store::Error + Send + Sync>;
+
+/// A store that fails, hangs or loses answers on command (see the module
+/// docs). Keep an `Arc<FaultyStore>` to steer it and hand a clone, as
+/// `Arc<dyn ObjectStore>`, to the code under test.
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    faults: Mutex<Faults>,
+    released: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Faults {
+    down: bool,
+    fail_next: u64,
+    fail_matching: Vec<Predicate>,
+    successes_left: Option<u64>,
+    hang: Option<Predicate>,
+    release_generation: u64,
+    hanging: u64,
+    lose_next: u64,
+    error: Option<ErrorMaker>,
+    calls: [u64; Op::ALL.len()],
+    injected: u64,
+}
+
+enum Decision {
+    Forward,
+    Fail(&'static str),
+    Hang(u64),
+    LoseResponse,
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Faulty({})", self.inner)
+    }
+}
+
+fn lock(mutex: &Mutex<Faults>) -> MutexGuard<'_, Faults> {
+    // Every update is a plain assignment, so a poisoned lock is consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.faults)
+    }
+
+    fn decide(&self, op: Op, path: &str) -> Decision {
+        let mut f = self.faults();
+        f.calls[op.index()] += 1;
+        let decision = if f.down {
+            Decision::Fail("store down")
+        } else if f.fail_next > 0 {
+            f.fail_next -= 1;
+            Decision::Fail("fail next")
+        } else if f.fail_matching.iter().any(|p| p(op, path)) {
+            Decision::Fail("path matches")
+        } else if f.successes_left == Some(0) {
+            Decision::Fail("fail after N calls")
+        } else {
+            if let Some(left) = f.successes_left.as_mut() {
+                *left -= 1;
+            }
+            if f.hang.as_ref().is_some_and(|p| p(op, path)) {
+                f.hanging += 1;
+                Decision::Hang(f.release_generation)
+            } else if f.lose_next > 0 {
+                f.lose_next -= 1;
+                Decision::LoseResponse
+            } else {
+                Decision::Forward
+            }
+        };
+        if matches!(decision, Decision::Fail(_) | Decision::LoseResponse) {
+            f.injected += 1;
+        }
+        decision
+    }
+
+    fn error(&self, op: Op, path: &str, fault: &'static str) -> object_store::Error {
+        let maker = self.faults().error.clone();
+        match maker {
+            Some(make) => make(op, path),
+            None => object_store::Error::Generic {
+                store: "FaultyStore",
+                source: Box::new(FaultError::Injected {
+                    fault,
+                    op,
+                    path: path.to_string(),
+                }),
+            },
+        }
+    }
+
+    async fn wait_release(&self, generation: u64) {
+        // Counted as hanging until released or dropped (a caller's timeout).
+        struct Hanging<'a>(&'a Shared);
+        impl Drop for Hanging<'_> {
+            fn drop(&mut self) {
+                self.0.faults().hanging -= 1;
+            }
+        }
+        let _hanging = Hanging(self);
+        loop {
+            let notified = self.released.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.faults().release_generation > generation {
+                break;
+            }
+            notified.await;
+        }
+    }
+
+    async fn run<T>(&self, op: Op, path: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.decide(op, path) {
+            Decision::Forward => fut.await,
+            Decision::Fail(fault) => Err(self.error(op, path, fault)),
+            Decision::Hang(generation) => {
+                self.wait_release(generation).await;
+                fut.await
+            }
+            Decision::LoseResponse => {
+                // The call happens; its answer (if it was a success) is
+                // replaced by the injected error.
+                fut.await?;
+                Err(self.error(op, path, "response lost"))
+            }
+        }
+    }
+
+    fn stream<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: Op,
+        path: String,
+        make: impl FnOnce() -> BoxStream<'static, Result<T>> + Send + 'static,
+    ) -> BoxStream<'static, Result<T>> {
+        let shared = Arc::clone(self);
+        futures::stream::once(async move {
+            match shared.decide(op, &path) {
+                Decision::Forward => make(),
+                Decision::Fail(fault) => {
+                    let err = shared.error(op, &path, fault);
+                    futures::stream::once(async move { Err(err) }).boxed()
+                }
+                Decision::Hang(generation) => {
+                    shared.wait_release(generation).await;
+                    make()
+                }
+                Decision::LoseResponse => {
+                    let err = shared.error(op, &path, "response lost");
+                    // Drain the real stream (the work happens), then fail.
+                    let drained: Vec<_> = make().collect().await;
+                    let err = match drained.into_iter().find_map(|item| item.err()) {
+                        Some(inner) => inner,
+                        None => err,
+                    };
+                    futures::stream::once(async move { Err(err) }).boxed()
+                }
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+impl FaultyStore {
+    /// A store that forwards everything to `inner` until told otherwise.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            shared: Arc::new(Shared {
+                faults: Mutex::new(Faults::default()),
+                released: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Over a fresh in-memory store.
+    pub fn memory() -> Self {
+        FaultyStore::new(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// Down: every call fails until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        self.shared.faults().down = down;
+    }
+
+    /// The next `k` calls fail (added to any still pending).
+    pub fn fail_next(&self, k: u64) {
+        self.shared.faults().fail_next += k;
+    }
+
+    /// After `n` more calls go through, every call fails until
+    /// [`FaultyStore::heal`].
+    pub fn fail_after(&self, n: u64) {
+        self.shared.faults().successes_left = Some(n);
+    }
+
+    /// Calls for which `predicate(op, path)` holds fail until
+    /// [`FaultyStore::heal`]. For lists the path is the prefix listed.
+    pub fn fail_matching(&self, predicate: impl Fn(Op, &str) -> bool + Send + Sync + 'static) {
+        self.shared.faults().fail_matching.push(Arc::new(predicate));
+    }
+
+    /// Calls on paths that start with `prefix` fail until
+    /// [`FaultyStore::heal`].
+    pub fn fail_prefix(&self, prefix: impl Into<String>) {
+        let prefix = prefix.into();
+        self.fail_matching(move |_, path| path.starts_with(&prefix));
+    }
+
+    /// Calls for which `predicate(op, path)` holds hang until
+    /// [`FaultyStore::release`].
+    pub fn hang_matching(&self, predicate: impl Fn(Op, &str) -> bool + Send + Sync + 'static) {
+        self.shared.faults().hang = Some(Arc::new(predicate));
+    }
+
+    /// Every call hangs until [`FaultyStore::release`].
+    pub fn hang_all(&self) {
+        self.hang_matching(|_, _| true);
+    }
+
+    /// Lets every hung call go on to the inner store, and stops hanging.
+    pub fn release(&self) {
+        {
+            let mut f = self.shared.faults();
+            f.hang = None;
+            f.release_generation += 1;
+        }
+        self.shared.released.notify_waiters();
+    }
+
+    /// Calls hanging right now.
+    pub fn hanging(&self) -> u64 {
+        self.shared.faults().hanging
+    }
+
+    /// The next `k` calls that go through reach the inner store, but the
+    /// caller gets an injected error instead of the answer.
+    pub fn lose_next_responses(&self, k: u64) {
+        self.shared.faults().lose_next += k;
+    }
+
+    /// Injected failures use `make(op, path)` instead of a `Generic` error
+    /// (to inject, say, `PermissionDenied`).
+    pub fn set_error(
+        &self,
+        make: impl Fn(Op, &str) -> object_store::Error + Send + Sync + 'static,
+    ) {
+        self.shared.faults().error = Some(Arc::new(make));
+    }
+
+    /// Clears every fault (and releases hung calls); counters stay.
+    pub fn heal(&self) {
+        {
+            let mut f = self.shared.faults();
+            f.down = false;
+            f.fail_next = 0;
+            f.fail_matching.clear();
+            f.successes_left = None;
+            f.lose_next = 0;
+            f.error = None;
+        }
+        self.release();
+    }
+
+    /// Calls of kind `op` that reached this store, failed ones included.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.shared.faults().calls[op.index()]
+    }
+
+    /// Calls of every kind that reached this store.
+    pub fn total_calls(&self) -> u64 {
+        self.shared.faults().calls.iter().sum()
+    }
+
+    /// Calls that met an injected failure (lost responses included).
+    pub fn injected_failures(&self) -> u64 {
+        self.shared.faults().injected
+    }
+
+    /// Zeroes the call and failure counters.
+    pub fn reset_counts(&self) {
+        let mut f = self.shared.faults();
+        f.calls = [0; Op::ALL.len()];
+        f.injected = 0;
+    }
+}
+
+fn label(prefix: Option<&Path>) -> String {
+    prefix.map(|p| p.to_string()).unwrap_or_default()
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let fut = self.inner.put_opts(location, payload, opts);
+        self.shared.run(Op::Put, location.as_ref(), fut).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        let fut = self.inner.put_multipart_opts(location, opts);
+        let upload = self
+            .shared
+            .run(Op::PutMultipart, location.as_ref(), fut)
+            .await?;
+        Ok(Box::new(FaultyUpload {
+            upload,
+            shared: Arc::clone(&self.shared),
+            path: location.to_string(),
+        }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let fut = self.inner.get_opts(location, options);
+        self.shared.run(Op::Get, location.as_ref(), fut).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let fut = self.inner.get_ranges(location, ranges);
+        self.shared.run(Op::GetRanges, location.as_ref(), fut).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let inner = Arc::clone(&self.inner);
+        self.shared.stream(Op::Delete, String::new(), move || {
+            inner.delete_stream(locations)
+        })
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        self.shared
+            .stream(Op::List, label(prefix.as_ref()), move || {
+                inner.list(prefix.as_ref())
+            })
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        let offset = offset.clone();
+        self.shared
+            .stream(Op::List, label(prefix.as_ref()), move || {
+                inner.list_with_offset(prefix.as_ref(), &offset)
+            })
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let fut = self.inner.list_with_delimiter(prefix);
+        self.shared
+            .run(Op::ListWithDelimiter, &label(prefix), fut)
+            .await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        let fut = self.inner.copy_opts(from, to, options);
+        self.shared.run(Op::Copy, from.as_ref(), fut).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        let fut = self.inner.rename_opts(from, to, options);
+        self.shared.run(Op::Rename, from.as_ref(), fut).await
+    }
+}
+
+/// A multipart upload whose calls meet the store's faults.
+struct FaultyUpload {
+    upload: Box<dyn MultipartUpload>,
+    shared: Arc<Shared>,
+    path: String,
+}
+
+impl fmt::Debug for FaultyUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyUpload")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let part = self.upload.put_part(data);
+        let shared = Arc::clone(&self.shared);
+        let path = self.path.clone();
+        Box::pin(async move { shared.run(Op::PutPart, &path, part).await })
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let shared = Arc::clone(&self.shared);
+        let fut = self.upload.complete();
+        shared.run(Op::CompleteMultipart, &self.path, fut).await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let fut = self.upload.abort();
+        shared.run(Op::AbortMultipart, &self.path, fut).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn path(s: &str) -> Path {
+        Path::from(s)
+    }
+
+    #[tokio::test]
+    async fn resilience_faulty_store_counts_and_injects() {
+        let store = FaultyStore::memory();
+        store.fail_next(1);
+        let err = store.put(&path("a"), "x".into()).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::Generic { .. }), "{err}");
+        store.put(&path("a"), "x".into()).await.unwrap();
+
+        store.fail_prefix("snapshot/");
+        assert!(store.put(&path("snapshot/1"), "x".into()).await.is_err());
+        store.put(&path("delta/1"), "x".into()).await.unwrap();
+        store.heal();
+
+        store.fail_after(2);
+        store.get(&path("a")).await.unwrap();
+        store.get(&path("a")).await.unwrap();
+        assert!(store.get(&path("a")).await.is_err());
+        assert!(store.get(&path("a")).await.is_err());
+        store.heal();
+
+        store.lose_next_responses(1);
+        assert!(store.put(&path("b"), "y".into()).await.is_err());
+        assert_eq!(
+            store.get(&path("b")).await.unwrap().bytes().await.unwrap(),
+            "y"
+        );
+
+        assert_eq!(store.calls(Op::Put), 5);
+        assert_eq!(store.calls(Op::Get), 5);
+        assert_eq!(store.injected_failures(), 5);
+        let listed: Vec<_> = store.list(None).collect().await;
+        assert_eq!(listed.len(), 3, "a, delta/1, b");
+        assert_eq!(store.calls(Op::List), 1);
+    }
+
+    #[tokio::test]
+    async fn resilience_faulty_store_hangs_until_released() {
+        let store = Arc::new(FaultyStore::memory());
+        store.hang_all();
+        let s = Arc::clone(&store);
+        let call = tokio::spawn(async move { s.put(&path("a"), "x".into()).await });
+        while store.hanging() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished());
+        store.release();
+        call.await.unwrap().unwrap();
+        assert_eq!(store.hanging(), 0);
+    }
+}

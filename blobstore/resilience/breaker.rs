@@ -1,0 +1,483 @@
+//! [`CircuitBreakerStore`]: stops calling a store that keeps failing.
+//!
+//! - Closed: calls go through. `failure_threshold` consecutive failures
+//!   that say the store is unhealthy ([`indicates_unhealthy`]: errors,
+//!   timeouts, abandoned calls, not `NotFound` or `AlreadyExists`) open it.
+//! - Open: calls fail at once with [`ResilienceError::CircuitOpen`] and
+//!   never reach the store.
+//! - Half-open: the first call after `cool_down` moves the breaker here;
+//!   up to `half_open_trials` calls go through as trials, the rest fail
+//!   fast. A trial that succeeds closes the breaker; one that fails opens
+//!   it again for another `cool_down`.
+//!
+//! A call dropped before it completes (the retry layer's timeout, most
+//! often) counts as a failure: a hung store is the failure a breaker most
+//! needs to see. The state moves only when a call is made or completes, so
+//! [`CircuitBreakerStore::state`] reads `Open` until the first call after
+//! the cool-down. Each transition is logged (warn when it opens, info
+//! otherwise) and counted ([`CircuitBreakerStore::transitions`]).
+//!
+//! For streams (`list`, `delete_stream`) the first item decides the
+//! outcome; for `get` the response head does (errors while reading the
+//! body are not counted); each multipart call is a call of its own.
+
+use super::{indicates_unhealthy, Clock, ResilienceError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result, UploadPart,
+};
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// When a [`CircuitBreakerStore`] opens and how it recovers.
+///
+/// Defaults: open after 5 consecutive failures, 30 s cool-down, 1 trial
+/// call in half-open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive unhealthy failures that open the breaker (0 is taken
+    /// as 1).
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before it lets trial calls through.
+    pub cool_down: Duration,
+    /// Calls let through while half-open (0 is taken as 1).
+    pub half_open_trials: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(30),
+            half_open_trials: 1,
+        }
+    }
+}
+
+/// The state of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail fast.
+    Open,
+    /// A limited number of trial calls go through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+/// An `ObjectStore` decorator with a circuit breaker (see the module docs).
+#[derive(Debug)]
+pub struct CircuitBreakerStore {
+    inner: Arc<dyn ObjectStore>,
+    core: Arc<Core>,
+}
+
+#[derive(Debug)]
+struct Core {
+    name: String,
+    config: BreakerConfig,
+    clock: Arc<dyn Clock>,
+    machine: Mutex<Machine>,
+    transitions: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Machine {
+    state: BreakerState,
+    consecutive_failures: u32,
+    opened_at: Instant,
+    trials_started: u32,
+}
+
+/// Leave to make one call; records its outcome exactly once (a dropped
+/// permit records a failure).
+struct Permit {
+    core: Arc<Core>,
+    recorded: bool,
+}
+
+impl Permit {
+    fn record<T>(self, result: &Result<T>) {
+        let healthy = match result {
+            Ok(_) => true,
+            Err(err) => !indicates_unhealthy(err),
+        };
+        self.finish(healthy);
+    }
+
+    fn finish(mut self, healthy: bool) {
+        self.recorded = true;
+        self.core.finish(healthy);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.core.finish(false);
+        }
+    }
+}
+
+impl Core {
+    fn machine(&self) -> MutexGuard<'_, Machine> {
+        // Every update leaves the machine consistent, so a poisoned lock is
+        // still usable.
+        self.machine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn transition(&self, machine: &mut Machine, to: BreakerState) {
+        if machine.state == to {
+            return;
+        }
+        let from = machine.state;
+        machine.state = to;
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        match to {
+            BreakerState::Open => tracing::warn!(
+                store = %self.name,
+                from = from.as_str(),
+                consecutive_failures = machine.consecutive_failures,
+                cool_down = ?self.config.cool_down,
+                "circuit breaker opened: calls fail fast until the cool-down is over"
+            ),
+            BreakerState::HalfOpen => tracing::info!(
+                store = %self.name,
+                trials = self.config.half_open_trials.max(1),
+                "circuit breaker half-open: letting trial calls through"
+            ),
+            BreakerState::Closed => tracing::info!(
+                store = %self.name,
+                from = from.as_str(),
+                "circuit breaker closed: the store answers again"
+            ),
+        }
+    }
+
+    fn open(&self, machine: &mut Machine) {
+        machine.opened_at = self.clock.now();
+        self.transition(machine, BreakerState::Open);
+    }
+
+    fn admit(self: &Arc<Self>) -> Result<Permit> {
+        let mut machine = self.machine();
+        if machine.state == BreakerState::Open {
+            let open_for = self
+                .clock
+                .now()
+                .saturating_duration_since(machine.opened_at);
+            if open_for < self.config.cool_down {
+                return Err(self.rejection(format!(
+                    "{} consecutive failures; next trial in {:?}",
+                    machine.consecutive_failures,
+                    self.config.cool_down - open_for
+                )));
+            }
+            machine.trials_started = 0;
+            self.transition(&mut machine, BreakerState::HalfOpen);
+        }
+        if machine.state == BreakerState::HalfOpen {
+            if machine.trials_started >= self.config.half_open_trials.max(1) {
+                return Err(self.rejection(format!(
+                    "half-open, waiting on {} trial call(s)",
+                    machine.trials_started
+                )));
+            }
+            machine.trials_started += 1;
+        }
+        Ok(Permit {
+            core: Arc::clone(self),
+            recorded: false,
+        })
+    }
+
+    fn rejection(&self, detail: String) -> object_store::Error {
+        ResilienceError::CircuitOpen {
+            store: self.name.clone(),
+            detail,
+        }
+        .into_object_error()
+    }
+
+    fn finish(&self, healthy: bool) {
+        let mut machine = self.machine();
+        if healthy {
+            machine.consecutive_failures = 0;
+            if machine.state == BreakerState::HalfOpen {
+                self.transition(&mut machine, BreakerState::Closed);
+            }
+            return;
+        }
+        machine.consecutive_failures = machine.consecutive_failures.saturating_add(1);
+        match machine.state {
+            BreakerState::Closed
+                if machine.consecutive_failures >= self.config.failure_threshold.max(1) =>
+            {
+                self.open(&mut machine)
+            }
+            BreakerState::HalfOpen => self.open(&mut machine),
+            _ => {}
+        }
+    }
+
+    /// Runs `fut` if the breaker admits it, and records the outcome.
+    async fn call<T>(self: &Arc<Self>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let permit = self.admit()?;
+        let out = fut.await;
+        permit.record(&out);
+        out
+    }
+
+    /// A stream made only if the breaker admits it (when first polled);
+    /// its first item decides the outcome.
+    fn stream<T: Send + 'static>(
+        self: &Arc<Self>,
+        make: impl FnOnce() -> BoxStream<'static, Result<T>> + Send + 'static,
+    ) -> BoxStream<'static, Result<T>> {
+        let core = Arc::clone(self);
+        futures::stream::once(async move {
+            match core.admit() {
+                Err(err) => futures::stream::once(async move { Err(err) }).boxed(),
+                Ok(permit) => futures::stream::unfold(
+                    (make(), Some(permit)),
+                    |(mut stream, permit)| async move {
+                        let item = stream.next().await;
+                        if let Some(permit) = permit {
+                            permit.finish(
+                                !matches!(&item, Some(Err(err)) if indicates_unhealthy(err)),
+                            );
+                        }
+                        item.map(|item| (item, (stream, None)))
+                    },
+                )
+                .boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+impl CircuitBreakerStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now();
+        CircuitBreakerStore {
+            core: Arc::new(Core {
+                name: inner.to_string(),
+                config,
+                clock,
+                machine: Mutex::new(Machine {
+                    state: BreakerState::Closed,
+                    consecutive_failures: 0,
+                    opened_at: now,
+                    trials_started: 0,
+                }),
+                transitions: AtomicU64::new(0),
+            }),
+            inner,
+        }
+    }
+
+    /// The state after the last call (see the module docs).
+    pub fn state(&self) -> BreakerState {
+        self.core.machine().state
+    }
+
+    /// Unhealthy failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.core.machine().consecutive_failures
+    }
+
+    /// State changes so far.
+    pub fn transitions(&self) -> u64 {
+        self.core.transitions.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.core.config
+    }
+
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+}
+
+impl fmt::Display for CircuitBreakerStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CircuitBreaker({})", self.inner)
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl ObjectStore for CircuitBreakerStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.core
+            .call(self.inner.put_opts(location, payload, opts))
+            .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        let upload = self
+            .core
+            .call(self.inner.put_multipart_opts(location, opts))
+            .await?;
+        Ok(Box::new(GuardedUpload {
+            upload,
+            core: Arc::clone(&self.core),
+        }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.core.call(self.inner.get_opts(location, options)).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.core
+            .call(self.inner.get_ranges(location, ranges))
+            .await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let inner = Arc::clone(&self.inner);
+        self.core.stream(move || inner.delete_stream(locations))
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        self.core.stream(move || inner.list(prefix.as_ref()))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        let offset = offset.clone();
+        self.core
+            .stream(move || inner.list_with_offset(prefix.as_ref(), &offset))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.core.call(self.inner.list_with_delimiter(prefix)).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.core
+            .call(self.inner.copy_opts(from, to, options))
+            .await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.core
+            .call(self.inner.rename_opts(from, to, options))
+            .await
+    }
+}
+
+/// A multipart upload whose every call goes through the breaker.
+#[derive(Debug)]
+struct GuardedUpload {
+    upload: Box<dyn MultipartUpload>,
+    core: Arc<Core>,
+}
+
+#[async_trait]
+impl MultipartUpload for GuardedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        // Admit before asking for the part, so an open breaker sends nothing.
+        match self.core.admit() {
+            Err(err) => Box::pin(async move { Err(err) }),
+            Ok(permit) => {
+                let part = self.upload.put_part(data);
+                Box::pin(async move {
+                    let out = part.await;
+                    permit.record(&out);
+                    out
+                })
+            }
+        }
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let core = Arc::clone(&self.core);
+        core.call(self.upload.complete()).await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        let core = Arc::clone(&self.core);
+        core.call(self.upload.abort()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::faults::{FaultyStore, Op};
+    use crate::blobstore::resilience::ManualClock;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn resilience_streams_are_admitted_when_polled_and_judged_by_their_first_item() {
+        let faulty = Arc::new(FaultyStore::memory());
+        let config = BreakerConfig {
+            failure_threshold: 2,
+            ..BreakerConfig::default()
+        };
+        let store = CircuitBreakerStore::new(
+            Arc::clone(&faulty) as Arc<dyn ObjectStore>,
+            config,
+            Arc::new(ManualClock::new()),
+        );
+        faulty.set_down(true);
+        // Made but never polled: no call, no failure.
+        drop(store.list(None));
+        assert_eq!(faulty.calls(Op::List), 0);
+        assert_eq!(store.consecutive_failures(), 0);
+
+        for _ in 0..2 {
+            let listed: Result<Vec<_>> = store.list(None).try_collect().await;
+            assert!(listed.is_err());
+        }
+        assert_eq!(store.state(), BreakerState::Open);
+        let listed: Result<Vec<_>> = store.list(None).try_collect().await;
+        let err = listed.unwrap_err();
+        assert!(err.to_string().contains("circuit breaker is open"), "{err}");
+        assert_eq!(faulty.calls(Op::List), 2);
+    }
+}

@@ -1,0 +1,268 @@
+//! The blob store's behaviours, one function each, run on every backend.
+
+use super::support::Backend;
+use burrow::blobstore::{BlobCache, BlobName, StoreError};
+use burrow::schema::envelope::{frame, BlobKind};
+use burrow::{Error, FormatError};
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, PutPayload};
+
+fn blob(version: u64, body_words: usize) -> Vec<u8> {
+    let body: Vec<u8> = (0..body_words * 8).map(|i| (i % 251) as u8).collect();
+    frame(BlobKind::Snapshot, 0, version, &body)
+}
+
+/// Blobs read back as written; a LIST shows burrow's names, in version
+/// order, with their sizes, and skips objects that are not burrow's.
+pub async fn put_get_list(b: &Backend) {
+    let s = &b.store;
+    s.create(&BlobName::Snapshot(10), vec![Bytes::from_static(b"ten")])
+        .await
+        .unwrap();
+    s.create(
+        &BlobName::Snapshot(9),
+        vec![Bytes::from_static(b"ni"), Bytes::from_static(b"ne")],
+    )
+    .await
+    .unwrap();
+    s.create(&BlobName::Delta(9, 10), vec![Bytes::from_static(b"d")])
+        .await
+        .unwrap();
+    b.raw()
+        .put(
+            &b.path("snapshot/not-a-version"),
+            PutPayload::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(s.get(&BlobName::Snapshot(9)).await.unwrap(), "nine");
+    assert_eq!(s.size(&BlobName::Snapshot(10)).await.unwrap(), 3);
+    let listed = s.list("snapshot").await.unwrap();
+    let names: Vec<_> = listed.iter().map(|m| (m.name, m.size)).collect();
+    assert_eq!(
+        names,
+        [(BlobName::Snapshot(9), 4), (BlobName::Snapshot(10), 3)],
+        "{}",
+        b.name
+    );
+    assert_eq!(s.list("delta").await.unwrap().len(), 1);
+    assert!(s.list("reverse").await.unwrap().is_empty());
+}
+
+/// A blob is never overwritten: the second create is `AlreadyExists` and
+/// the first bytes stay.
+pub async fn create_refuses_to_overwrite(b: &Backend) {
+    let name = BlobName::Delta(1, 2);
+    b.store
+        .create(&name, vec![Bytes::from_static(b"first")])
+        .await
+        .unwrap();
+    let err = b
+        .store
+        .create(&name, vec![Bytes::from_static(b"second")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { .. }),
+        "{}: {err:?}",
+        b.name
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(b.store.get(&name).await.unwrap(), "first");
+}
+
+/// A missing blob is `NotFound` everywhere, never an empty body.
+pub async fn missing_blob_is_not_found(b: &Backend) {
+    let name = BlobName::Snapshot(404);
+    let err = b.store.get(&name).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let err = b.store.size(&name).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let cache = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(cache.path()).unwrap();
+    let err = cache.fetch(&b.store, &name).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Store(StoreError::NotFound { .. })),
+        "{err:?}"
+    );
+}
+
+/// A blob larger than a part goes up as a multipart upload, in bounded
+/// pieces, and reads back whole; it leaves no temporary object behind.
+pub async fn large_blob_round_trips_through_multipart(b: &Backend) {
+    let name = BlobName::Snapshot(7);
+    let bytes = Bytes::from(blob(7, (12 << 20) / 8 + 3));
+    let before = b.counts.seen();
+    let mut writer = b.store.writer(&name);
+    for chunk in bytes.chunks(1 << 20) {
+        writer.write(bytes.slice_ref(chunk)).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), bytes.len() as u64);
+    let seen = b.counts.seen().since(before);
+    assert_eq!(seen.multipart_uploads, 1, "{}: {seen:?}", b.name);
+    assert_eq!(seen.puts, 0, "{}: no single put for a large blob", b.name);
+
+    let back = b.store.get(&name).await.unwrap();
+    assert!(back == bytes, "{}: the blob read back differs", b.name);
+
+    // It is also a valid blob: the cache accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path()).unwrap();
+    let path = cache.fetch(&b.store, &name).await.unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len(), bytes.len() as u64);
+
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// A large blob stays create-only: a writer for a taken name fails before
+/// uploading, and one that loses the name during its upload fails at the
+/// end without replacing the winner.
+pub async fn large_blob_is_create_only(b: &Backend) {
+    let name = BlobName::Snapshot(8);
+    let big = Bytes::from(vec![7u8; 6 << 20]);
+
+    b.store
+        .create(&name, vec![Bytes::from_static(b"winner")])
+        .await
+        .unwrap();
+    let before = b.counts.seen();
+    let mut writer = b.store.writer(&name);
+    let err = writer.write(big.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(b.counts.seen().since(before).multipart_uploads, 0);
+
+    let name = BlobName::Snapshot(9);
+    let mut writer = b.store.writer(&name);
+    writer.write(big.clone()).await.unwrap();
+    writer.write(big).await.unwrap();
+    b.store
+        .create(&name, vec![Bytes::from_static(b"winner")])
+        .await
+        .unwrap();
+    let err = writer.finish().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { .. }),
+        "{}: {err:?}",
+        b.name
+    );
+    assert_eq!(b.store.get(&name).await.unwrap(), "winner");
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// A blob that fits in one part is a single create-only put.
+pub async fn small_blob_through_writer_is_one_put(b: &Backend) {
+    let name = BlobName::Reverse(3, 2);
+    let before = b.counts.seen();
+    let mut writer = b.store.writer(&name);
+    writer.write(Bytes::from_static(b"ab")).await.unwrap();
+    writer.write(Bytes::from_static(b"cd")).await.unwrap();
+    assert_eq!(writer.finish().await.unwrap(), 4);
+    let seen = b.counts.seen().since(before);
+    assert_eq!((seen.puts, seen.multipart_uploads), (1, 0), "{seen:?}");
+    assert_eq!(b.store.get(&name).await.unwrap(), "abcd");
+
+    let err = b.store.writer(&name).finish().await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+}
+
+/// An aborted writer creates nothing.
+pub async fn aborted_writer_creates_nothing(b: &Backend) {
+    let name = BlobName::Snapshot(11);
+    let mut writer = b.store.writer(&name);
+    writer.write(Bytes::from(vec![1u8; 6 << 20])).await.unwrap();
+    writer.abort().await.unwrap();
+    let err = b.store.get(&name).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+}
+
+/// Fetch-to-cache keeps a verified copy; a corrupt blob is refused with a
+/// `Corrupt` error naming it, and leaves neither the file nor a temp file.
+pub async fn fetch_verifies_and_rejects_corrupt_blobs(b: &Backend) {
+    let good = blob(1, 100);
+    let mut bad = blob(2, 100);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    b.store
+        .create(&BlobName::Snapshot(1), vec![Bytes::from(good.clone())])
+        .await
+        .unwrap();
+    b.store
+        .create(&BlobName::Snapshot(2), vec![Bytes::from(bad)])
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path()).unwrap();
+    let path = cache.fetch(&b.store, &BlobName::Snapshot(1)).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+
+    let err = cache
+        .fetch(&b.store, &BlobName::Snapshot(2))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Format(FormatError::Corrupt { blob, .. }) => {
+            assert_eq!(blob, &BlobName::Snapshot(2).to_string())
+        }
+        other => panic!("{}: expected Corrupt, got {other:?}", b.name),
+    }
+    assert!(!cache.contains(&BlobName::Snapshot(2)));
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        [BlobName::Snapshot(1).cache_file_name()],
+        "{}",
+        b.name
+    );
+}
+
+/// Leftover temporary uploads are swept; blobs are not touched.
+pub async fn sweep_removes_only_leftover_uploads(b: &Backend) {
+    b.store
+        .create(&BlobName::Snapshot(5), vec![Bytes::from_static(b"keep")])
+        .await
+        .unwrap();
+    b.raw()
+        .put(
+            &b.path("upload/snapshot-1.dead"),
+            PutPayload::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.store
+            .sweep_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(b.store.get(&BlobName::Snapshot(5)).await.unwrap(), "keep");
+}
+
+/// The start-up check passes on a working store.
+pub async fn check_accepts_a_working_store(b: &Backend) {
+    b.store.check().await.unwrap();
+}

@@ -4,74 +4,70 @@
 
 use crate::args::{Args, BlobArg, Command, DemoArgs, InspectArgs};
 use anyhow::{bail, Context, Result};
-use burrow::blobstore::BlobStore;
+use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
 
 /// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
 /// under 2^29 elements.
 pub const MAX_RECORDS: u64 = (1 << 29) - 1;
 
-/// Where the dataset lives.
+/// Where the dataset lives: the `--store` URL, parsed by the library.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A local directory.
-    Local(PathBuf),
+pub struct StoreLocation {
+    url: String,
+    parsed: StoreUrl,
 }
 
 impl StoreLocation {
     pub fn parse(raw: &str) -> Result<Self> {
-        if raw.is_empty() {
-            bail!("invalid --store: the path is empty");
-        }
-        if let Some(path) = raw.strip_prefix("file://") {
-            if path.is_empty() {
-                bail!("invalid --store {raw:?}: the file:// URL has no path");
-            }
-            return Ok(StoreLocation::Local(PathBuf::from(path)));
-        }
-        if let Some((scheme, _)) = raw.split_once("://") {
-            bail!(
-                "invalid --store {raw:?}: {scheme}:// stores are not supported by this build; \
-                 use a directory or a file:// URL"
-            );
-        }
-        Ok(StoreLocation::Local(PathBuf::from(raw)))
+        let parsed = StoreUrl::parse(raw).context("invalid --store")?;
+        Ok(StoreLocation {
+            url: raw.to_string(),
+            parsed,
+        })
     }
 
-    /// Opens the store, creating a local directory if it is missing.
-    pub fn open(&self) -> Result<BlobStore> {
-        match self {
-            StoreLocation::Local(dir) => BlobStore::local(dir)
-                .with_context(|| format!("cannot open store {}", dir.display())),
-        }
+    /// Opens the store (creating a local directory if it is missing) and
+    /// checks that it answers.
+    pub async fn open(&self) -> Result<BlobStore> {
+        BlobStore::connect(&self.url, &StoreOptions::default())
+            .await
+            .with_context(|| format!("cannot open store {}", self.url))
     }
 
     /// Opens a store that must already exist (for commands that only read).
-    pub fn open_existing(&self) -> Result<BlobStore> {
-        match self {
-            StoreLocation::Local(dir) if !dir.is_dir() => {
+    pub async fn open_existing(&self) -> Result<BlobStore> {
+        if let Some(dir) = self.local_dir() {
+            if !dir.is_dir() {
                 bail!(
                     "store {} does not exist (run `burrow demo` to make one, or pass --store)",
                     dir.display()
-                )
+                );
             }
-            _ => self.open(),
         }
+        self.open().await
     }
 
     /// The directory of a local store.
     pub fn local_dir(&self) -> Option<&Path> {
-        match self {
-            StoreLocation::Local(dir) => Some(dir),
+        match &self.parsed {
+            StoreUrl::Local(dir) => Some(dir),
+            _ => None,
         }
     }
 
-    /// The demo's default cache: `burrow-cache` beside a local store.
+    /// The demo's default cache: `burrow-cache` beside a local store, or
+    /// `./burrow-cache/<bucket>/<prefix>` for a remote one.
     fn default_cache(&self) -> PathBuf {
-        match self {
-            StoreLocation::Local(dir) => {
+        match &self.parsed {
+            StoreUrl::Local(dir) => {
                 let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
                 parent.unwrap_or(Path::new(".")).join("burrow-cache")
+            }
+            StoreUrl::S3 { bucket, prefix } => {
+                let mut dir = PathBuf::from("./burrow-cache").join(bucket);
+                dir.extend(prefix.split('/').filter(|p| !p.is_empty()));
+                dir
             }
         }
     }
@@ -191,15 +187,17 @@ mod tests {
     #[test]
     fn store_locations() {
         assert_eq!(
-            StoreLocation::parse("file:///tmp/x").unwrap(),
-            StoreLocation::Local("/tmp/x".into())
+            StoreLocation::parse("file:///tmp/x").unwrap().local_dir(),
+            Some(Path::new("/tmp/x"))
         );
+        let err = format!("{:#}", StoreLocation::parse("gs://bucket").unwrap_err());
+        assert!(err.contains("--store") && err.contains("gs"), "{err}");
         assert_eq!(
-            StoreLocation::parse("data").unwrap(),
-            StoreLocation::Local("data".into())
+            StoreLocation::parse("s3://bucket/a/b")
+                .unwrap()
+                .default_cache(),
+            PathBuf::from("./burrow-cache/bucket/a/b")
         );
-        let err = StoreLocation::parse("gs://bucket").unwrap_err().to_string();
-        assert!(err.contains("gs://"), "{err}");
         assert_eq!(
             StoreLocation::parse("./burrow-data")
                 .unwrap()

@@ -44,9 +44,11 @@ fn run(global: &Global, task: Task) -> Result<()> {
     let mut out = output::Out::stdout(global.json);
     runtime.block_on(async {
         match task {
-            Task::Demo(cfg) => demo::run(&cfg, global.store.open()?, &mut out).await,
-            Task::Versions => versions::run(global.store.open_existing()?, &mut out).await,
-            Task::Inspect(cfg) => inspect::run(&cfg, global.store.open_existing()?, &mut out).await,
+            Task::Demo(cfg) => demo::run(&cfg, global.store.open().await?, &mut out).await,
+            Task::Versions => versions::run(global.store.open_existing().await?, &mut out).await,
+            Task::Inspect(cfg) => {
+                inspect::run(&cfg, global.store.open_existing().await?, &mut out).await
+            }
         }
     })
 }

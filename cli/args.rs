@@ -48,12 +48,22 @@ pub struct DemoArgs {
     pub cycles: u64,
 
     /// Fraction of records changed by each cycle after the first.
-    #[arg(long, value_name = "F", default_value_t = 0.01)]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.01,
+        allow_negative_numbers = true
+    )]
     pub change: f64,
 
     /// Fraction of keys removed, and of new keys added, by each cycle after
     /// the first.
-    #[arg(long, value_name = "F", default_value_t = 0.001)]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.001,
+        allow_negative_numbers = true
+    )]
     pub churn: f64,
 
     /// The consumer's blob cache [default: burrow-cache beside the store].
@@ -68,7 +78,7 @@ pub struct VersionsArgs {}
 pub struct InspectArgs {
     /// The announced version to inspect.
     #[arg(value_name = "VERSION")]
-    pub version: String,
+    pub target: String,
 
     /// Which blob [default: the snapshot if the version has one, else its
     /// delta].
@@ -81,4 +91,14 @@ pub enum BlobArg {
     Snapshot,
     Delta,
     Reverse,
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions only in debug builds, at parse time.
+    #[test]
+    fn definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
 }

@@ -165,10 +165,10 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
 }
 
 fn inspect(a: InspectArgs) -> Result<InspectConfig> {
-    let version: u64 = a.version.trim().parse().map_err(|_| {
+    let version: u64 = a.target.trim().parse().map_err(|_| {
         anyhow::anyhow!(
             "invalid VERSION {:?}: expected a version number (see `burrow versions`)",
-            a.version
+            a.target
         )
     })?;
     if version == 0 {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "burrow", version, about, propagate_version = true)]
 pub struct Args {
-    /// Where the dataset lives: a directory or a file:// URL.
+    /// Where the dataset lives: a directory, a file:// URL, or s3://bucket/prefix
+    /// (S3 needs the `s3` feature; settings come from the AWS_* variables).
     #[arg(
         long,
         global = true,
@@ -66,7 +67,8 @@ pub struct DemoArgs {
     )]
     pub churn: f64,
 
-    /// The consumer's blob cache [default: burrow-cache beside the store].
+    /// The consumer's blob cache [default: burrow-cache/<store name> beside
+    /// the store].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 }

@@ -56,13 +56,21 @@ impl StoreLocation {
         }
     }
 
-    /// The demo's default cache: `burrow-cache` beside a local store, or
-    /// `./burrow-cache/<bucket>/<prefix>` for a remote one.
+    /// The demo's default cache: `burrow-cache/<store name>` beside a local
+    /// store, or `./burrow-cache/<bucket>/<prefix>` for a remote one. One
+    /// directory per store, because a cache knows blobs by name only: two
+    /// stores sharing one would read each other's `snapshot/1`.
     fn default_cache(&self) -> PathBuf {
         match &self.parsed {
             StoreUrl::Local(dir) => {
                 let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-                parent.unwrap_or(Path::new(".")).join("burrow-cache")
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| "store".into(), |n| n.to_os_string());
+                parent
+                    .unwrap_or(Path::new("."))
+                    .join("burrow-cache")
+                    .join(name)
             }
             StoreUrl::S3 { bucket, prefix } => {
                 let mut dir = PathBuf::from("./burrow-cache").join(bucket);
@@ -202,11 +210,11 @@ mod tests {
             StoreLocation::parse("./burrow-data")
                 .unwrap()
                 .default_cache(),
-            PathBuf::from("./burrow-cache")
+            PathBuf::from("./burrow-cache/burrow-data")
         );
         assert_eq!(
-            StoreLocation::parse("store").unwrap().default_cache(),
-            PathBuf::from("./burrow-cache")
+            StoreLocation::parse("/a/store").unwrap().default_cache(),
+            PathBuf::from("/a/burrow-cache/store")
         );
     }
 }

@@ -66,7 +66,7 @@ fn demo_versions_and_inspect_on_a_local_store() {
         "lookups shown:\n{stdout}"
     );
     assert!(
-        dir.path().join("burrow-cache").is_dir(),
+        dir.path().join("burrow-cache/store").is_dir(),
         "the default cache is beside the store"
     );
 

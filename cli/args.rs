@@ -67,7 +67,7 @@ pub struct DemoArgs {
     )]
     pub churn: f64,
 
-    /// The consumer's blob cache [default: burrow-cache/<store name> beside
+    /// The consumer's blob cache [default: burrow-cache/STORE_NAME beside
     /// the store].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,

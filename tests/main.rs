@@ -1,5 +1,7 @@
 //! burrow's integration tests: one binary.
 
+#[cfg(feature = "cli")]
+mod cli;
 mod common;
 mod conformance;
 mod e2e;

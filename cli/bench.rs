@@ -60,8 +60,9 @@ pub struct BenchArgs {
     /// Prints one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Works in this directory (default: a new one under the system's
-    /// temporary directory, removed at the end).
+    /// Works in this new directory, removed at the end unless `--keep`
+    /// (default: a new one under the system's temporary directory). An
+    /// existing directory must be empty.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Keeps the working directory.
@@ -92,7 +93,11 @@ pub enum ChildMode {
 /// Runs `burrow bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(mode) = args.child {
-        let dir = || args.dir.as_deref().ok_or_else(|| anyhow!("--dir is required"));
+        let dir = || {
+            args.dir
+                .as_deref()
+                .ok_or_else(|| anyhow!("--dir is required"))
+        };
         return match mode {
             ChildMode::Produce => {
                 child::produce(
@@ -107,7 +112,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             ChildMode::Open => child::open(dir()?, args.t0_ns, args.lookup_id).await,
             ChildMode::Decode => child::decode(
-                args.blob.as_deref().ok_or_else(|| anyhow!("--blob is required"))?,
+                args.blob
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("--blob is required"))?,
                 args.version,
                 args.t0_ns,
                 args.lookup_id,
@@ -162,8 +169,13 @@ impl WorkDir {
                 child::wall_ns()
             )),
         };
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        if std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{} is not empty; give --dir a new or empty directory",
+                path.display()
+            );
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(WorkDir {
             path,
             keep: args.keep,
@@ -326,7 +338,7 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
         ids.push(m.id);
         map.insert(m.id, m);
     }
-    let mut rng = Rng::new(args.seed ^ 0x100c_0b5);
+    let mut rng = Rng::new(args.seed ^ 0x0100_c0b5);
     let queries: Vec<u64> = (0..args.lookups)
         .map(|_| ids[rng.below(ids.len() as u64) as usize])
         .collect();
@@ -371,7 +383,11 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
         decode_rss.push(num(&v, "rss_bytes")?);
         decode_anon.push(num(&v, "anon_bytes")?);
     }
-    let open_file: Vec<f64> = open_rss.iter().zip(&open_anon).map(|(r, a)| r - a).collect();
+    let open_file: Vec<f64> = open_rss
+        .iter()
+        .zip(&open_anon)
+        .map(|(r, a)| r - a)
+        .collect();
 
     // Lookups and scans, each run beside its baseline.
     let mut lookup = Vec::new();
@@ -392,7 +408,9 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
         let t = Instant::now();
         let mut sum = 0u64;
         for id in &queries {
-            let m = map.get(black_box(id)).ok_or_else(|| anyhow!("id {id} not found"))?;
+            let m = map
+                .get(black_box(id))
+                .ok_or_else(|| anyhow!("id {id} not found"))?;
             sum += u64::from(m.year);
         }
         map_lookup.push(t.elapsed().as_nanos() as f64 / queries.len() as f64);
@@ -547,7 +565,11 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
             refresh_fetch,
         )
         .vs("decode_open")
-        .target("< 10 ms and < 1/20 decode open, at 1%", Some(0.05), Some(0.010)),
+        .target(
+            "< 10 ms and < 1/20 decode open, at 1%",
+            Some(0.05),
+            Some(0.010),
+        ),
         Figure::new(
             "delta_refresh_cached",
             "consumer delta refresh (delta already cached)",
@@ -555,21 +577,20 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
             refresh_cached,
         )
         .vs("decode_open")
-        .target("< 10 ms and < 1/20 decode open, at 1%", Some(0.05), Some(0.010)),
+        .target(
+            "< 10 ms and < 1/20 decode open, at 1%",
+            Some(0.05),
+            Some(0.010),
+        ),
         Figure::new(
             "hashmap_lookup",
             "BASELINE HashMap lookup + year",
             Unit::NsPerOp,
             map_lookup,
         ),
-        Figure::new(
-            "lookup",
-            "key lookup + year (find)",
-            Unit::NsPerOp,
-            lookup,
-        )
-        .vs("hashmap_lookup")
-        .target("within 3x HashMap", Some(3.0), None),
+        Figure::new("lookup", "key lookup + year (find)", Unit::NsPerOp, lookup)
+            .vs("hashmap_lookup")
+            .target("within 3x HashMap", Some(3.0), None),
         Figure::new(
             "hashmap_scan",
             "BASELINE HashMap scan, sum year",

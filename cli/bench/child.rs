@@ -41,8 +41,7 @@ pub fn rss_split() -> anyhow::Result<(u64, u64)> {
 
 /// The peak resident memory of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> anyhow::Result<u64> {
-    let text =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     text.lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().strip_suffix("kB"))
@@ -75,13 +74,8 @@ pub async fn produce(
         let started = Instant::now();
         let report = producer.run_cycle(|p| data.populate(p)).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let size = |f: fn(&BlobName) -> bool| {
-            report
-                .blobs
-                .iter()
-                .find(|(n, _)| f(n))
-                .map(|(_, b)| *b)
-        };
+        let size =
+            |f: fn(&BlobName) -> bool| report.blobs.iter().find(|(n, _)| f(n)).map(|(_, b)| *b);
         cycles.push(json!({
             "cycle": cycle,
             "version": report.version,

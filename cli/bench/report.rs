@@ -93,7 +93,10 @@ impl Figure {
     }
 
     pub fn max(&self) -> f64 {
-        self.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.samples
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 }
 
@@ -173,7 +176,9 @@ impl Report {
                     .and_then(|b| self.get(b))
                     .map_or(String::new(), |b| b.label.to_string()),
                 self.ratio(f).map_or(String::new(), |r| format!("{r:.3}")),
-                f.target.as_ref().map_or(String::new(), |t| t.text.to_string()),
+                f.target
+                    .as_ref()
+                    .map_or(String::new(), |t| t.text.to_string()),
                 match self.met(f) {
                     Some(true) => "yes".into(),
                     Some(false) => "NO".into(),

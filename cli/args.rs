@@ -36,6 +36,9 @@ pub enum Command {
     Versions(VersionsArgs),
     /// Show one blob of a version: envelope, header and per-type counts.
     Inspect(InspectArgs),
+    /// Run the anchor workload end to end and print its figures with
+    /// their baselines.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, ClapArgs)]

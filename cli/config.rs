@@ -94,6 +94,7 @@ pub enum Task {
     Demo(DemoConfig),
     Versions,
     Inspect(InspectConfig),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +123,10 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
         Command::Versions(_) => Task::Versions,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
+        Command::Bench(mut a) => {
+            a.json = args.json;
+            Task::Bench(Box::new(a))
+        }
     };
     Ok((global, task))
 }

@@ -8,6 +8,7 @@
 //! one arm in [`run`].
 
 mod args;
+mod bench;
 mod config;
 mod demo;
 mod inspect;
@@ -49,6 +50,7 @@ fn run(global: &Global, task: Task) -> Result<()> {
             Task::Inspect(cfg) => {
                 inspect::run(&cfg, global.store.open_existing().await?, &mut out).await
             }
+            Task::Bench(args) => bench::run(*args).await,
         }
     })
 }

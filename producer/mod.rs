@@ -41,7 +41,7 @@ use crate::schema::blob::{
     SnapshotTypeSource,
 };
 use crate::schema::envelope::BlobKind;
-use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, TypeInfo};
+use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
 use bytes::Bytes;
 use state::{Batch, TypeDiff, TypeState};
 use std::any::TypeId;
@@ -143,6 +143,9 @@ struct RegisteredType {
 }
 
 fn key_of<T: RecordType>(spec: &KeySpec, words: &[u64], out: &mut KeyBuf) -> capnp::Result<()> {
+    if spec.encode_words(words, out) {
+        return Ok(());
+    }
     let message = crate::schema::record::record_message(words, u64::MAX >> 8);
     let record: T::Reader<'_> = message.get_root()?;
     spec.resolved()?.encode_record(T::dynamic(record), out)
@@ -331,6 +334,8 @@ pub struct Populate<'a> {
     build_scratch: Vec<capnp::Word>,
     canon_scratch: Vec<capnp::Word>,
     key: KeyBuf,
+    /// Key fields resolved once per cycle, for keys read by reflection.
+    resolved: Vec<Option<ResolvedKey>>,
 }
 
 impl Populate<'_> {
@@ -379,6 +384,7 @@ impl Populate<'_> {
             &mut self.batches[t],
             &mut self.canon_scratch,
             &mut self.key,
+            &mut self.resolved[t],
         )
     }
 
@@ -405,6 +411,7 @@ impl Populate<'_> {
             &mut self.batches[t],
             &mut self.canon_scratch,
             &mut self.key,
+            &mut self.resolved[t],
         )
     }
 }
@@ -416,6 +423,7 @@ fn push_record<T: RecordType>(
     batch: &mut Batch,
     scratch: &mut Vec<capnp::Word>,
     key: &mut KeyBuf,
+    resolved: &mut Option<ResolvedKey>,
 ) -> Result<(), Error> {
     let registered = &config.types[t];
     let bad = |source| ProducerError::BadRecord {
@@ -435,10 +443,16 @@ fn push_record<T: RecordType>(
     append_canonical(root, scratch, &mut batch.words).map_err(bad)?;
     key.clear();
     if let Some(spec) = &registered.key {
-        let record: T::Reader<'_> = root.get_as().map_err(bad)?;
-        spec.resolved()
-            .and_then(|resolved| resolved.encode_record(T::dynamic(record), key))
-            .map_err(bad)?;
+        if !spec.encode_words(&batch.words[start..], key) {
+            let record: T::Reader<'_> = root.get_as().map_err(bad)?;
+            if resolved.is_none() {
+                *resolved = Some(spec.resolved().map_err(bad)?);
+            }
+            let resolved = resolved.as_ref().expect("just set");
+            resolved
+                .encode_record(T::dynamic(record), key)
+                .map_err(bad)?;
+        }
     }
     batch.push(start, key.as_bytes());
     Ok(())
@@ -502,19 +516,33 @@ impl Producer {
         }
         let mut version = last_version + 1;
 
-        // 2. Populate.
-        let mut pop = Populate {
-            config,
-            batches: config
-                .types
-                .iter()
-                .map(|t| Batch::new(t.key.is_some()))
-                .collect(),
-            build_scratch: Vec::new(),
-            canon_scratch: Vec::new(),
-            key: KeyBuf::new(),
+        // 2. Populate. (In a block: the populate state is not `Send` and
+        // must be gone before the next await.) Arenas start at the size of
+        // the last cycle's, so they rarely grow.
+        let batches = {
+            let mut pop = Populate {
+                config,
+                batches: config
+                    .types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let prev = guard.as_ref().map(|a| &a.types[i]);
+                        Batch::with_capacity(
+                            t.key.is_some(),
+                            prev.map_or(0, |p| p.total_words + p.total_words / 8),
+                            prev.map_or(0, |p| p.count as usize),
+                        )
+                    })
+                    .collect(),
+                build_scratch: Vec::new(),
+                canon_scratch: Vec::new(),
+                key: KeyBuf::new(),
+                resolved: config.types.iter().map(|_| None).collect(),
+            };
+            populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
+            pop.batches
         };
-        populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
         let populate_time = started.elapsed();
 
         // 3. Identify.
@@ -531,7 +559,7 @@ impl Producer {
             }
         };
         let mut diffs = Vec::with_capacity(config.types.len());
-        for ((t, batch), prev) in config.types.iter().zip(pop.batches).zip(prev_types) {
+        for ((t, batch), prev) in config.types.iter().zip(batches).zip(prev_types) {
             let diff = state::identify(prev, batch, t.key.is_some()).map_err(|dup| {
                 cycle_err(CycleStep::Identify, version)(
                     ProducerError::DuplicateKey {

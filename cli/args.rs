@@ -39,6 +39,21 @@ pub enum Command {
     /// Run the anchor workload end to end and print its figures with
     /// their baselines.
     Bench(crate::bench::BenchArgs),
+    /// Follow the store with a consumer: print each version it reaches and
+    /// each change of its health, until interrupted.
+    Follow(FollowArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct FollowArgs {
+    /// Where the consumer keeps its blobs [default: burrow-cache/<store
+    /// name>-follow beside a local store].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<std::path::PathBuf>,
+
+    /// Time between polls of the announcement log, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -2,7 +2,7 @@
 //! settings. Every check of an argument's meaning lives here, and each
 //! failure is one line that names the argument and what is wrong with it.
 
-use crate::args::{Args, BlobArg, Command, DemoArgs, InspectArgs};
+use crate::args::{Args, BlobArg, Command, DemoArgs, FollowArgs, InspectArgs};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
@@ -95,6 +95,13 @@ pub enum Task {
     Versions,
     Inspect(InspectConfig),
     Bench(Box<crate::bench::BenchArgs>),
+    Follow(FollowConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    pub cache: PathBuf,
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +130,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
         Command::Versions(_) => Task::Versions,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
+        Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
         Command::Bench(mut a) => {
             a.json = args.json;
             Task::Bench(Box::new(a))
@@ -136,6 +144,30 @@ fn fraction(flag: &str, value: f64) -> Result<f64> {
         bail!("invalid {flag} {value}: must be a fraction between 0 and 1");
     }
     Ok(value)
+}
+
+fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
+    if a.interval_ms == 0 || a.interval_ms > 3_600_000 {
+        bail!(
+            "invalid --interval-ms {}: must be between 1 and 3600000",
+            a.interval_ms
+        );
+    }
+    let cache = a.cache.unwrap_or_else(|| {
+        let mut dir = store.default_cache().into_os_string();
+        dir.push("-follow");
+        PathBuf::from(dir)
+    });
+    if store.local_dir() == Some(cache.as_path()) {
+        bail!(
+            "invalid --cache {}: the cache must not be the store's own directory",
+            cache.display()
+        );
+    }
+    Ok(FollowConfig {
+        cache,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+    })
 }
 
 fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {

@@ -11,6 +11,7 @@ mod args;
 mod bench;
 mod config;
 mod demo;
+mod follow;
 mod inspect;
 mod output;
 mod versions;
@@ -51,6 +52,9 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 inspect::run(&cfg, global.store.open_existing().await?, &mut out).await
             }
             Task::Bench(args) => bench::run(*args).await,
+            Task::Follow(cfg) => {
+                follow::run(&cfg, global.store.open_existing().await?, &mut out).await
+            }
         }
     })
 }

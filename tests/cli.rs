@@ -131,3 +131,70 @@ fn bad_arguments_fail_with_a_message_naming_the_problem() {
         "no delta",
     );
 }
+
+/// `burrow follow` is a real consumer process: it reaches each version the
+/// producer announces, printing one JSON line per version, and stops
+/// cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reaches_each_announced_version() {
+    use crate::common::*;
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = burrow::blobstore::BlobStore::local(&store_dir).unwrap();
+    let producer = producer(&store, "p");
+    let mut model: Model = (0..200).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--store")
+        .arg(&store_dir)
+        .args(["--json", "follow", "--interval-ms", "20", "--cache"])
+        .arg(dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Waits (bounded) for the follower to print that it reached `version`.
+    let reach = |version: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("follow never reached {version}"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == "version" && v["version"] == version {
+                return;
+            }
+        }
+    };
+    reach(v1);
+    model.insert(3, movie_value(3, 3));
+    let v2 = publish(&producer, &model).await.unwrap().version;
+    reach(v2);
+    // SIGTERM: a clean exit.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "follow exits cleanly on SIGTERM: {status:?}"
+    );
+}

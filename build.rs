@@ -3,7 +3,11 @@
 //! generates Rust with `capnpc`.
 
 fn main() {
-    let files = ["schema/burrow.capnp", "schema/examples/movies.capnp"];
+    let files = [
+        "schema/burrow.capnp",
+        "schema/examples/movies.capnp",
+        "schema/examples/probe.capnp",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

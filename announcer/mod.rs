@@ -21,7 +21,7 @@ mod watcher;
 pub use entry::{now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 
-use crate::blobstore::{BlobName, BlobStore, StoreError};
+use crate::blobstore::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use bytes::Bytes;
 
@@ -128,17 +128,36 @@ impl AnnouncementLog {
             }
             .into()
         };
-        let (size, mut stream) = self.store.stream(name).await?;
+        let (size, body) = self.store.open_read(name).await?;
         if size > MAX_ENTRY_BYTES {
             return Err(too_large(size));
         }
         let mut out = Vec::with_capacity(size as usize);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 > MAX_ENTRY_BYTES {
-                return Err(too_large(out.len() as u64));
+        match body {
+            BlobBody::File(file) => {
+                // At most MAX_ENTRY_BYTES + 1 bytes of a local file: a
+                // small, bounded read.
+                use std::io::Read;
+                file.take(MAX_ENTRY_BYTES + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|source| StoreError::Io {
+                        op: "read announcement entry",
+                        path: label.clone().into(),
+                        source,
+                    })?;
             }
+            BlobBody::Stream(mut stream) => {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
+                    out.extend_from_slice(&chunk);
+                    if out.len() as u64 > MAX_ENTRY_BYTES {
+                        break;
+                    }
+                }
+            }
+        }
+        if out.len() as u64 > MAX_ENTRY_BYTES {
+            return Err(too_large(out.len() as u64));
         }
         Ok(Bytes::from(out))
     }

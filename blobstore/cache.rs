@@ -8,7 +8,7 @@
 //! under a reader. Leftover temp files (a process killed mid-fetch) are
 //! removed when the cache opens.
 
-use super::{BlobName, BlobStore, StoreError};
+use super::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::envelope::{BodyHasher, Envelope, ENVELOPE_LEN};
 use futures::StreamExt;
@@ -79,7 +79,7 @@ impl BlobCache {
             return Ok(dest);
         }
         let label = name.to_string();
-        let (size, mut stream) = store.stream(name).await?;
+        let (size, body) = store.open_read(name).await?;
         if size > self.max_blob_bytes {
             return Err(FormatError::TooLarge {
                 blob: label,
@@ -95,81 +95,38 @@ impl BlobCache {
             unique_suffix()
         ));
         let result = async {
-            let mut file = File::create(&tmp).map_err(io("create temp file", &tmp))?;
-            let mut head = Vec::with_capacity(ENVELOPE_LEN);
-            let mut envelope: Option<Envelope> = None;
-            let mut hasher = BodyHasher::new();
-            let mut body_bytes = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-                // With failpoints, written in two halves so that a crash
-                // test can kill the process with part of a chunk on disk.
-                #[cfg(feature = "failpoints")]
-                {
-                    let half = chunk.len() / 2;
-                    file.write_all(&chunk[..half])
-                        .map_err(io("write temp file", &tmp))?;
-                    crate::failpoint::hit("fetch-mid-write");
-                    file.write_all(&chunk[half..])
-                        .map_err(io("write temp file", &tmp))?;
+            let mut incoming = Incoming::new(&tmp, label.clone(), size)?;
+            match body {
+                BlobBody::Stream(mut stream) => {
+                    while let Some(chunk) = stream.next().await {
+                        let chunk =
+                            chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
+                        incoming.push(&chunk)?;
+                    }
                 }
-                #[cfg(not(feature = "failpoints"))]
-                file.write_all(&chunk)
-                    .map_err(io("write temp file", &tmp))?;
-                let mut rest = &chunk[..];
-                if envelope.is_none() {
-                    let take = (ENVELOPE_LEN - head.len()).min(rest.len());
-                    head.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if head.len() == ENVELOPE_LEN {
-                        let env = Envelope::decode(&head, &label)?;
-                        if ENVELOPE_LEN as u64 + env.body_len != size {
-                            return Err(FormatError::Corrupt {
-                                blob: label.clone(),
-                                reason: format!(
-                                    "the store says the blob is {size} bytes, its envelope says {}",
-                                    ENVELOPE_LEN as u64 + env.body_len
-                                ),
+                BlobBody::File(mut file) => {
+                    // A local store's file: copy it with large reads on the
+                    // blocking pool.
+                    incoming = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; 1 << 20];
+                        loop {
+                            let n = std::io::Read::read(&mut file, &mut buf)
+                                .map_err(io("read blob from the local store", &incoming.path))?;
+                            if n == 0 {
+                                return Ok::<_, Error>(incoming);
                             }
-                            .into());
+                            incoming.push(&buf[..n])?;
                         }
-                        envelope = Some(env);
-                    }
+                    })
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        op: "copy blob from the local store",
+                        path: tmp.clone(),
+                        source: std::io::Error::other(e),
+                    })??;
                 }
-                body_bytes += rest.len() as u64;
-                // A store that streams more than it said it holds is cut
-                // off here, not when the disk is full.
-                if let Some(env) = &envelope {
-                    if body_bytes > env.body_len {
-                        return Err(FormatError::Corrupt {
-                            blob: label.clone(),
-                            reason: format!(
-                                "the store sent more than the {} body bytes its envelope says",
-                                env.body_len
-                            ),
-                        }
-                        .into());
-                    }
-                }
-                hasher.update(rest);
             }
-            let envelope = match envelope {
-                Some(env) => env,
-                None => {
-                    return Err(FormatError::Corrupt {
-                        blob: label.clone(),
-                        reason: format!(
-                            "truncated envelope: {} bytes, need {ENVELOPE_LEN}",
-                            head.len()
-                        ),
-                    }
-                    .into())
-                }
-            };
-            envelope.check_len(body_bytes, &label)?;
-            envelope.check_checksum(hasher.finish(), &label)?;
-            file.sync_all().map_err(io("fsync temp file", &tmp))?;
-            drop(file);
+            incoming.finish()?;
             crate::failpoint::hit("fetch-before-rename");
             std::fs::rename(&tmp, &dest).map_err(io("rename into cache", &dest))?;
             crate::failpoint::hit("fetch-after-rename");
@@ -193,6 +150,111 @@ impl BlobCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io("remove cached blob", &path)(e)),
         }
+    }
+}
+
+/// A blob arriving in a temp file: written, hashed and checked as it comes.
+struct Incoming {
+    file: File,
+    path: PathBuf,
+    label: String,
+    size: u64,
+    head: Vec<u8>,
+    envelope: Option<Envelope>,
+    hasher: BodyHasher,
+    body_bytes: u64,
+}
+
+impl Incoming {
+    fn new(path: &Path, label: String, size: u64) -> Result<Self, Error> {
+        Ok(Incoming {
+            file: File::create(path).map_err(io("create temp file", path))?,
+            path: path.to_path_buf(),
+            label,
+            size,
+            head: Vec::with_capacity(ENVELOPE_LEN),
+            envelope: None,
+            hasher: BodyHasher::new(),
+            body_bytes: 0,
+        })
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        // With failpoints, written in two halves so that a crash test can
+        // kill the process with part of a chunk on disk.
+        #[cfg(feature = "failpoints")]
+        {
+            let half = chunk.len() / 2;
+            self.file
+                .write_all(&chunk[..half])
+                .map_err(io("write temp file", &self.path))?;
+            crate::failpoint::hit("fetch-mid-write");
+            self.file
+                .write_all(&chunk[half..])
+                .map_err(io("write temp file", &self.path))?;
+        }
+        #[cfg(not(feature = "failpoints"))]
+        self.file
+            .write_all(chunk)
+            .map_err(io("write temp file", &self.path))?;
+        let mut rest = chunk;
+        if self.envelope.is_none() {
+            let take = (ENVELOPE_LEN - self.head.len()).min(rest.len());
+            self.head.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.head.len() == ENVELOPE_LEN {
+                let env = Envelope::decode(&self.head, &self.label)?;
+                if ENVELOPE_LEN as u64 + env.body_len != self.size {
+                    return Err(FormatError::Corrupt {
+                        blob: self.label.clone(),
+                        reason: format!(
+                            "the store says the blob is {} bytes, its envelope says {}",
+                            self.size,
+                            ENVELOPE_LEN as u64 + env.body_len
+                        ),
+                    }
+                    .into());
+                }
+                self.envelope = Some(env);
+            }
+        }
+        self.body_bytes += rest.len() as u64;
+        // A store that sends more than it said it holds is cut off here,
+        // not when the disk is full.
+        if let Some(env) = &self.envelope {
+            if self.body_bytes > env.body_len {
+                return Err(FormatError::Corrupt {
+                    blob: self.label.clone(),
+                    reason: format!(
+                        "the store sent more than the {} body bytes its envelope says",
+                        env.body_len
+                    ),
+                }
+                .into());
+            }
+        }
+        self.hasher.update(rest);
+        Ok(())
+    }
+
+    /// Checks length and checksum, then makes the file durable.
+    fn finish(self) -> Result<(), Error> {
+        let Some(envelope) = self.envelope else {
+            return Err(FormatError::Corrupt {
+                blob: self.label,
+                reason: format!(
+                    "truncated envelope: {} bytes, need {ENVELOPE_LEN}",
+                    self.head.len()
+                ),
+            }
+            .into());
+        };
+        envelope.check_len(self.body_bytes, &self.label)?;
+        envelope.check_checksum(self.hasher.finish(), &self.label)?;
+        self.file
+            .sync_all()
+            .map_err(io("fsync temp file", &self.path))?;
+        Ok(())
     }
 }
 

@@ -147,6 +147,12 @@ fn is_missing_bucket(error: &object_store::Error) -> bool {
     false
 }
 
+/// The body of a blob being read.
+pub(crate) enum BlobBody {
+    File(std::fs::File),
+    Stream(futures::stream::BoxStream<'static, object_store::Result<Bytes>>),
+}
+
 /// Metadata of one listed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -374,22 +380,20 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Opens a streaming read of a blob: its size and a stream of chunks.
-    pub(crate) async fn stream(
-        &self,
-        name: &BlobName,
-    ) -> Result<
-        (
-            u64,
-            futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-        ),
-        StoreError,
-    > {
+    /// Opens a read of a whole blob: its size and its body, which is a
+    /// local file when the store is a local directory (read with large
+    /// buffers, not object_store's small stream chunks) and a stream of
+    /// chunks otherwise.
+    pub(crate) async fn open_read(&self, name: &BlobName) -> Result<(u64, BlobBody), StoreError> {
         let result = self
             .inner
             .get(&self.path(name))
             .await
             .map_err(|e| StoreError::from_backend("get", &name.to_string(), e))?;
-        Ok((result.meta.size, result.into_stream()))
+        let size = result.meta.size;
+        Ok(match result.payload {
+            object_store::GetResultPayload::File(file, _) => (size, BlobBody::File(file)),
+            object_store::GetResultPayload::Stream(stream) => (size, BlobBody::Stream(stream)),
+        })
     }
 }

@@ -12,19 +12,24 @@
 
 pub mod plan;
 mod state;
+mod watch;
 
 pub use plan::{chain_to, Plan, Step};
 pub use state::{ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
+pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog, Watcher};
+use crate::blobstore::resilience::{CircuitBreakerStore, Clock, SystemClock};
 use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::OpenBlob;
 use arc_swap::ArcSwapOption;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Errors of a consumer.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,9 @@ pub enum ConsumerError {
     /// The target version was never announced.
     #[error("version {version} was never announced")]
     NotAnnounced { version: u64 },
+    /// This caller joined a refresh already in flight, which failed.
+    #[error("the refresh this call joined failed: {message}")]
+    JoinedRefreshFailed { message: String },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
@@ -63,6 +71,8 @@ pub struct ConsumerBuilder {
     max_blob_bytes: u64,
     record_traversal_words: u64,
     max_delta_depth: usize,
+    clock: Arc<dyn Clock>,
+    breaker: Option<Arc<CircuitBreakerStore>>,
 }
 
 impl ConsumerBuilder {
@@ -74,7 +84,22 @@ impl ConsumerBuilder {
             max_blob_bytes: u64::MAX,
             record_traversal_words: DEFAULT_RECORD_TRAVERSAL_WORDS,
             max_delta_depth: 256,
+            clock: Arc::new(SystemClock),
+            breaker: None,
         }
+    }
+
+    /// The clock used for staleness (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The circuit breaker in front of the store, so that
+    /// [`Consumer::health`] reports its state.
+    pub fn breaker(mut self, breaker: Arc<CircuitBreakerStore>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Where fetched blobs are kept (required).
@@ -123,7 +148,12 @@ impl ConsumerBuilder {
             inner: tokio::sync::Mutex::new(Inner {
                 watcher: Watcher::new(log.clone()),
                 failed: HashSet::new(),
+                last_outcome: None,
             }),
+            completed: AtomicU64::new(0),
+            health: Mutex::new(HealthState::default()),
+            clock: self.clock,
+            breaker: self.breaker,
             log,
             verify_on_open: self.verify_on_open,
             record_traversal_words: self.record_traversal_words,
@@ -135,6 +165,17 @@ impl ConsumerBuilder {
 struct Inner {
     watcher: Watcher,
     failed: HashSet<BlobName>,
+    /// The outcome of the last refresh, shared with callers that waited
+    /// for it (single flight).
+    last_outcome: Option<Result<Option<RefreshReport>, String>>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    newest_target: Option<u64>,
+    last_success: Option<Instant>,
+    consecutive_failures: u32,
+    last_error: Option<String>,
 }
 
 /// Follows a dataset. `Send + Sync`; refreshes run one at a time, reads
@@ -148,6 +189,11 @@ pub struct Consumer {
     verify_on_open: bool,
     record_traversal_words: u64,
     max_delta_depth: usize,
+    /// Refreshes completed, for single flight.
+    completed: AtomicU64,
+    health: Mutex<HealthState>,
+    clock: Arc<dyn Clock>,
+    breaker: Option<Arc<CircuitBreakerStore>>,
 }
 
 /// What a refresh did.
@@ -183,28 +229,98 @@ impl Consumer {
 
     /// Moves to the version the log says consumers should be at (the pin,
     /// if there is one). Returns `None` if already there.
+    ///
+    /// Single flight: a call made while another refresh runs waits for it
+    /// and shares its outcome instead of starting a second one.
     pub async fn refresh(&self) -> Result<Option<RefreshReport>, Error> {
-        let mut inner = self.inner.lock().await;
-        inner.watcher.poll().await?;
-        let newest = inner
-            .watcher
-            .newest()
-            .cloned()
-            .ok_or(ConsumerError::NothingAnnounced)?;
-        self.refresh_locked(&mut inner, &newest, newest.target())
-            .await
+        self.single_flight(None).await
     }
 
     /// Moves to a specific announced version.
     pub async fn refresh_to(&self, version: u64) -> Result<Option<RefreshReport>, Error> {
+        self.single_flight(Some(version)).await
+    }
+
+    async fn single_flight(&self, version: Option<u64>) -> Result<Option<RefreshReport>, Error> {
+        let ticket = self.completed.load(Ordering::SeqCst);
         let mut inner = self.inner.lock().await;
-        inner.watcher.poll().await?;
-        let newest = inner
-            .watcher
-            .newest()
-            .cloned()
-            .ok_or(ConsumerError::NothingAnnounced)?;
-        self.refresh_locked(&mut inner, &newest, version).await
+        if version.is_none() && self.completed.load(Ordering::SeqCst) != ticket {
+            if let Some(outcome) = &inner.last_outcome {
+                return outcome
+                    .clone()
+                    .map_err(|message| ConsumerError::JoinedRefreshFailed { message }.into());
+            }
+        }
+        let span =
+            tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
+        let outcome = async {
+            inner.watcher.poll().await?;
+            let newest = inner
+                .watcher
+                .newest()
+                .cloned()
+                .ok_or(ConsumerError::NothingAnnounced)?;
+            let target = version.unwrap_or(newest.target());
+            self.health.lock().expect("health lock").newest_target = Some(newest.target());
+            metrics::gauge!("burrow_consumer_newest_announced_version").set(newest.target() as f64);
+            self.refresh_locked(&mut inner, &newest, target).await
+        }
+        .instrument(span)
+        .await;
+        self.record_outcome(&outcome);
+        inner.last_outcome = Some(match &outcome {
+            Ok(report) => Ok(report.clone()),
+            Err(e) => Err(e.to_string()),
+        });
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+
+    fn record_outcome(&self, outcome: &Result<Option<RefreshReport>, Error>) {
+        let mut health = self.health.lock().expect("health lock");
+        match outcome {
+            Ok(report) => {
+                health.last_success = Some(self.clock.now());
+                health.consecutive_failures = 0;
+                health.last_error = None;
+                if let Some(report) = report {
+                    metrics::counter!("burrow_consumer_refreshes_total").increment(1);
+                    metrics::gauge!("burrow_consumer_version").set(report.to as f64);
+                }
+            }
+            Err(e) => {
+                health.consecutive_failures += 1;
+                health.last_error = Some(e.to_string());
+                metrics::counter!("burrow_consumer_refresh_failures_total").increment(1);
+            }
+        }
+        if let Some(b) = &self.breaker {
+            let open = !matches!(
+                b.state(),
+                crate::blobstore::resilience::BreakerState::Closed
+            );
+            metrics::gauge!("burrow_consumer_breaker_open").set(if open { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// The consumer's freshness: its version, the newest the log asks for,
+    /// time since its last success, failures, and the breaker's state.
+    pub fn health(&self) -> Health {
+        let h = self.health.lock().expect("health lock");
+        let since = h
+            .last_success
+            .map(|t| self.clock.now().saturating_duration_since(t));
+        if let Some(since) = since {
+            metrics::gauge!("burrow_consumer_seconds_since_refresh").set(since.as_secs_f64());
+        }
+        Health {
+            version: self.version(),
+            newest_target: h.newest_target,
+            since_last_success: since,
+            consecutive_failures: h.consecutive_failures,
+            last_error: h.last_error.clone(),
+            breaker: self.breaker.as_ref().map(|b| b.state()),
+        }
     }
 
     async fn refresh_locked(
@@ -248,6 +364,8 @@ impl Consumer {
                 .into()
             };
             let was_cached = self.cache.contains(&name);
+            let step_span = tracing::info_span!("refresh_step", blob = %name, cached = was_cached);
+            let step_started = Instant::now();
             let result = async {
                 let path = self.cache.fetch(&self.store, &name).await?;
                 let blob = Arc::new(OpenBlob::map(
@@ -269,7 +387,9 @@ impl Consumer {
                 };
                 Ok::<_, Error>((next, len))
             }
+            .instrument(step_span)
             .await;
+            tracing::debug!(blob = %name, elapsed = ?step_started.elapsed(), ok = result.is_ok(), "refresh step");
             match result {
                 Ok((next, len)) => {
                     if !was_cached {

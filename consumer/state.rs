@@ -533,14 +533,16 @@ impl<'s, T: RecordType> TypeView<'s, T> {
             };
             let record = self.record(words);
             candidate.clear();
-            let reader = record.get().map_err(|e| {
-                FormatError::capnp(&self.data.blob_name, &format!("record at ordinal {o}"), e)
-            })?;
-            resolved
-                .encode_record(T::dynamic(reader), &mut candidate)
-                .map_err(|e| {
-                    FormatError::capnp(&self.data.blob_name, &format!("key of ordinal {o}"), e)
+            if !spec.encode_words(words, &mut candidate) {
+                let reader = record.get().map_err(|e| {
+                    FormatError::capnp(&self.data.blob_name, &format!("record at ordinal {o}"), e)
                 })?;
+                resolved
+                    .encode_record(T::dynamic(reader), &mut candidate)
+                    .map_err(|e| {
+                        FormatError::capnp(&self.data.blob_name, &format!("key of ordinal {o}"), e)
+                    })?;
+            }
             Ok((candidate.as_bytes() == query.as_bytes()).then_some(record))
         };
         if let Some(ordinals) = self.data.overlay.get(&hash) {

@@ -11,7 +11,7 @@
 //!    generated builders ([`Populate::add`]) or from existing readers
 //!    ([`Populate::add_reader`]). Each record is canonicalized once.
 //! 3. **Identify** each record's ordinal by primary key (see
-//!    `state.rs`); a duplicate key is an error naming the key.
+//!    `state`); a duplicate key is an error naming the key.
 //! 4. If nothing changed in any type, no version is made and the current
 //!    version is returned.
 //! 5. **Validate**: validators see the changes; a failure stops the cycle.
@@ -41,13 +41,14 @@ use crate::schema::blob::{
     SnapshotTypeSource,
 };
 use crate::schema::envelope::BlobKind;
-use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, TypeInfo};
+use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
 use bytes::Bytes;
 use state::{Batch, TypeDiff, TypeState};
 use std::any::TypeId;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The steps of a cycle, as named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,41 @@ impl fmt::Display for CycleStep {
             CycleStep::Publish => "publish",
             CycleStep::Announce => "announce",
         })
+    }
+}
+
+/// What a cycle reports to its listeners, as it goes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CycleEvent<'a> {
+    /// A cycle began; it will publish `version` if anything changed.
+    Started { version: u64 },
+    /// A step finished successfully.
+    StepDone { step: CycleStep, duration: Duration },
+    /// Nothing changed: no version was made.
+    NoChange { version: u64 },
+    /// The cycle announced a new version.
+    Announced { report: &'a CycleReport },
+    /// The cycle failed at `step`; nothing it wrote is announced.
+    Failed { step: CycleStep, error: &'a Error },
+}
+
+/// Observes cycles: their steps, durations and outcomes.
+///
+/// # Contract
+///
+/// Called synchronously from the cycle, in order, for every event of every
+/// cycle; a listener must be quick and must not call back into the
+/// producer. Every cycle ends with exactly one of `NoChange`, `Announced`
+/// or `Failed`.
+pub trait CycleListener: Send + Sync {
+    fn on_event(&self, event: &CycleEvent<'_>);
+}
+
+/// A shared listener (so the caller can keep a handle on it).
+impl<L: CycleListener + ?Sized> CycleListener for Arc<L> {
+    fn on_event(&self, event: &CycleEvent<'_>) {
+        (**self).on_event(event)
     }
 }
 
@@ -143,6 +179,9 @@ struct RegisteredType {
 }
 
 fn key_of<T: RecordType>(spec: &KeySpec, words: &[u64], out: &mut KeyBuf) -> capnp::Result<()> {
+    if spec.encode_words(words, out) {
+        return Ok(());
+    }
     let message = crate::schema::record::record_message(words, u64::MAX >> 8);
     let record: T::Reader<'_> = message.get_root()?;
     spec.resolved()?.encode_record(T::dynamic(record), out)
@@ -156,6 +195,7 @@ pub struct ProducerBuilder {
     max_record_bytes: u64,
     types: Vec<Result<RegisteredType, Error>>,
     validators: Vec<Arc<dyn Validator>>,
+    listeners: Vec<Arc<dyn CycleListener>>,
     tags: Vec<(String, String)>,
 }
 
@@ -168,8 +208,15 @@ impl ProducerBuilder {
             max_record_bytes: 64 << 20,
             types: Vec::new(),
             validators: Vec::new(),
+            listeners: Vec::new(),
             tags: Vec::new(),
         }
+    }
+
+    /// Adds a listener that sees every cycle's steps and outcome.
+    pub fn listener(mut self, listener: impl CycleListener + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
     }
 
     /// Names this producer in blob headers and announcements.
@@ -276,6 +323,7 @@ impl ProducerBuilder {
                 max_record_bytes: self.max_record_bytes,
                 types,
                 validators: self.validators,
+                listeners: self.listeners,
                 tags: self.tags,
                 schema,
             }),
@@ -292,8 +340,17 @@ struct Config {
     max_record_bytes: u64,
     types: Vec<RegisteredType>,
     validators: Vec<Arc<dyn Validator>>,
+    listeners: Vec<Arc<dyn CycleListener>>,
     tags: Vec<(String, String)>,
     schema: DatasetSchema,
+}
+
+impl Config {
+    fn emit(&self, event: CycleEvent<'_>) {
+        for l in &self.listeners {
+            l.on_event(&event);
+        }
+    }
 }
 
 /// The producer's last announced state.
@@ -331,6 +388,8 @@ pub struct Populate<'a> {
     build_scratch: Vec<capnp::Word>,
     canon_scratch: Vec<capnp::Word>,
     key: KeyBuf,
+    /// Key fields resolved once per cycle, for keys read by reflection.
+    resolved: Vec<Option<ResolvedKey>>,
 }
 
 impl Populate<'_> {
@@ -379,6 +438,7 @@ impl Populate<'_> {
             &mut self.batches[t],
             &mut self.canon_scratch,
             &mut self.key,
+            &mut self.resolved[t],
         )
     }
 
@@ -405,6 +465,7 @@ impl Populate<'_> {
             &mut self.batches[t],
             &mut self.canon_scratch,
             &mut self.key,
+            &mut self.resolved[t],
         )
     }
 }
@@ -416,6 +477,7 @@ fn push_record<T: RecordType>(
     batch: &mut Batch,
     scratch: &mut Vec<capnp::Word>,
     key: &mut KeyBuf,
+    resolved: &mut Option<ResolvedKey>,
 ) -> Result<(), Error> {
     let registered = &config.types[t];
     let bad = |source| ProducerError::BadRecord {
@@ -435,10 +497,16 @@ fn push_record<T: RecordType>(
     append_canonical(root, scratch, &mut batch.words).map_err(bad)?;
     key.clear();
     if let Some(spec) = &registered.key {
-        let record: T::Reader<'_> = root.get_as().map_err(bad)?;
-        spec.resolved()
-            .and_then(|resolved| resolved.encode_record(T::dynamic(record), key))
-            .map_err(bad)?;
+        if !spec.encode_words(&batch.words[start..], key) {
+            let record: T::Reader<'_> = root.get_as().map_err(bad)?;
+            if resolved.is_none() {
+                *resolved = Some(spec.resolved().map_err(bad)?);
+            }
+            let resolved = resolved.as_ref().expect("just set");
+            resolved
+                .encode_record(T::dynamic(record), key)
+                .map_err(bad)?;
+        }
     }
     batch.push(start, key.as_bytes());
     Ok(())
@@ -463,7 +531,46 @@ impl Producer {
     where
         F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
     {
+        let span = tracing::info_span!("cycle", producer = %self.config.producer_id);
         let started = Instant::now();
+        let result = self.cycle(populate).instrument(span).await;
+        let config = &*self.config;
+        metrics::histogram!("burrow_producer_cycle_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(report) if report.published => {
+                metrics::counter!("burrow_producer_cycles_total").increment(1);
+                metrics::gauge!("burrow_producer_version").set(report.version as f64);
+                config.emit(CycleEvent::Announced { report });
+            }
+            Ok(report) => config.emit(CycleEvent::NoChange {
+                version: report.version,
+            }),
+            Err(error) => {
+                metrics::counter!("burrow_producer_cycle_failures_total").increment(1);
+                let step = match error {
+                    Error::Producer(ProducerError::Cycle { step, .. }) => *step,
+                    _ => CycleStep::Mint,
+                };
+                tracing::warn!(%error, %step, "cycle failed");
+                config.emit(CycleEvent::Failed { step, error });
+            }
+        }
+        result
+    }
+
+    async fn cycle<F>(&self, populate: F) -> Result<CycleReport, Error>
+    where
+        F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
+    {
+        let started = Instant::now();
+        let mut step_started = started;
+        let step_done = |step: CycleStep, since: &mut Instant| {
+            let duration = since.elapsed();
+            *since = Instant::now();
+            tracing::debug!(%step, ?duration, "cycle step done");
+            self.config.emit(CycleEvent::StepDone { step, duration });
+        };
         let cycle_start_micros = crate::announcer::now_micros();
         let mut guard = self.announced.lock().await;
         let config = &*self.config;
@@ -501,21 +608,38 @@ impl Producer {
             _ => {}
         }
         let mut version = last_version + 1;
+        config.emit(CycleEvent::Started { version });
+        step_done(CycleStep::Mint, &mut step_started);
 
-        // 2. Populate.
-        let mut pop = Populate {
-            config,
-            batches: config
-                .types
-                .iter()
-                .map(|t| Batch::new(t.key.is_some()))
-                .collect(),
-            build_scratch: Vec::new(),
-            canon_scratch: Vec::new(),
-            key: KeyBuf::new(),
+        // 2. Populate. (In a block: the populate state is not `Send` and
+        // must be gone before the next await.) Arenas start at the size of
+        // the last cycle's, so they rarely grow.
+        let batches = {
+            let mut pop = Populate {
+                config,
+                batches: config
+                    .types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let prev = guard.as_ref().map(|a| &a.types[i]);
+                        Batch::with_capacity(
+                            t.key.is_some(),
+                            prev.map_or(0, |p| p.total_words + p.total_words / 8),
+                            prev.map_or(0, |p| p.count as usize),
+                        )
+                    })
+                    .collect(),
+                build_scratch: Vec::new(),
+                canon_scratch: Vec::new(),
+                key: KeyBuf::new(),
+                resolved: config.types.iter().map(|_| None).collect(),
+            };
+            populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
+            pop.batches
         };
-        populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
         let populate_time = started.elapsed();
+        step_done(CycleStep::Populate, &mut step_started);
 
         // 3. Identify.
         let empty: Vec<TypeState>;
@@ -531,7 +655,7 @@ impl Producer {
             }
         };
         let mut diffs = Vec::with_capacity(config.types.len());
-        for ((t, batch), prev) in config.types.iter().zip(pop.batches).zip(prev_types) {
+        for ((t, batch), prev) in config.types.iter().zip(batches).zip(prev_types) {
             let diff = state::identify(prev, batch, t.key.is_some()).map_err(|dup| {
                 cycle_err(CycleStep::Identify, version)(
                     ProducerError::DuplicateKey {
@@ -558,6 +682,8 @@ impl Producer {
             })
             .collect();
 
+        step_done(CycleStep::Identify, &mut step_started);
+
         // 4. No change: no version.
         if guard.is_some() && diffs.iter().all(TypeDiff::is_empty) {
             return Ok(CycleReport {
@@ -583,6 +709,8 @@ impl Producer {
                 )
             })?;
         }
+
+        step_done(CycleStep::Validate, &mut step_started);
 
         // 6. Write and publish; bump past names taken by orphans.
         let prev_entry = guard.as_ref().map(|a| &a.entry);
@@ -614,6 +742,8 @@ impl Producer {
                 Err(e) => return Err(cycle_err(CycleStep::Publish, version)(e)),
             }
         };
+
+        step_done(CycleStep::Publish, &mut step_started);
 
         // 7. Announce.
         let size_of = |kind: fn(&BlobName) -> bool| {
@@ -647,6 +777,7 @@ impl Producer {
             .await
             .map_err(|e| cycle_err(CycleStep::Announce, version)(e.into()))?;
         tracing::info!(version, seq = entry.seq, "announced");
+        step_done(CycleStep::Announce, &mut step_started);
         *guard = Some(Announced {
             entry,
             cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },

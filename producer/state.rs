@@ -43,6 +43,17 @@ impl Batch {
         }
     }
 
+    /// An empty batch with room for `words` record words and `records`
+    /// records.
+    pub fn with_capacity(keyed: bool, words: usize, records: usize) -> Self {
+        Batch {
+            words: Vec::with_capacity(words),
+            recs: Vec::with_capacity(records),
+            keys: Vec::with_capacity(if keyed { records * 8 } else { 0 }),
+            keyed,
+        }
+    }
+
     /// Records the last `len` words of `words` as a record with `key`.
     pub fn push(&mut self, start: usize, key: &[u8]) {
         let len = self.words.len() - start;

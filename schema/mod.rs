@@ -10,11 +10,21 @@ pub mod burrow_capnp {
     include!(concat!(env!("OUT_DIR"), "/burrow_capnp.rs"));
 }
 
-/// Example datasets.
+/// The `Movie` type of the anchor workload (`../shared/WORKLOAD.md`).
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod movies_capnp {
+    include!(concat!(env!("OUT_DIR"), "/examples/movies_capnp.rs"));
+}
+
+/// A record type with every kind of key field, for burrow's own tests.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod probe_capnp {
+    include!(concat!(env!("OUT_DIR"), "/examples/probe_capnp.rs"));
+}
+
+/// Example datasets (generated code lives at `schema::*_capnp`, where
+/// capnpc's paths point; these are the names to use).
 pub mod examples {
-    /// The `Movie` type of the anchor workload (`../shared/WORKLOAD.md`).
-    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
-    pub mod movies_capnp {
-        include!(concat!(env!("OUT_DIR"), "/examples/movies_capnp.rs"));
-    }
+    pub use super::movies_capnp;
+    pub use super::probe_capnp;
 }

@@ -120,6 +120,83 @@ impl KeyKind {
 pub struct KeySpec {
     fields: Vec<(u16, KeyKind, String)>,
     schema_fn: fn() -> StructSchema,
+    direct: Option<DirectKey>,
+}
+
+/// A key of one integer or enum field, read straight from a record's data
+/// section: the fast path of key extraction, with no reflection. Records
+/// whose root is not a plain struct pointer fall back to reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirectKey {
+    /// Byte offset of the field within the struct's data section.
+    byte_offset: usize,
+    /// Field width in bytes: 1, 2, 4 or 8.
+    width: usize,
+    signed: bool,
+    /// The field's default value, as raw little-endian bits (Cap'n Proto
+    /// stores fields XORed with their defaults).
+    default_bits: u64,
+}
+
+impl DirectKey {
+    fn of(field: &Field, kind: KeyKind) -> Option<DirectKey> {
+        use capnp::schema_capnp::{field, value};
+        let width = match field.get_type().which() {
+            TypeVariant::Int8 | TypeVariant::UInt8 => 1,
+            TypeVariant::Int16 | TypeVariant::UInt16 | TypeVariant::Enum(_) => 2,
+            TypeVariant::Int32 | TypeVariant::UInt32 => 4,
+            TypeVariant::Int64 | TypeVariant::UInt64 => 8,
+            _ => return None,
+        };
+        let field::Slot(slot) = field.get_proto().which().ok()? else {
+            return None;
+        };
+        let default_bits = match slot.get_default_value().ok()?.which().ok()? {
+            value::Int8(v) => v as u8 as u64,
+            value::Int16(v) => v as u16 as u64,
+            value::Int32(v) => v as u32 as u64,
+            value::Int64(v) => v as u64,
+            value::Uint8(v) => u64::from(v),
+            value::Uint16(v) | value::Enum(v) => u64::from(v),
+            value::Uint32(v) => u64::from(v),
+            value::Uint64(v) => v,
+            _ => return None,
+        };
+        Some(DirectKey {
+            byte_offset: slot.get_offset() as usize * width,
+            width,
+            signed: matches!(kind, KeyKind::Signed { .. }),
+            default_bits,
+        })
+    }
+
+    /// The key bytes of a record, or `None` when the record's root is not a
+    /// plain struct pointer inside the record (reflection then decides).
+    #[inline]
+    fn read(&self, words: &[u64]) -> Option<[u8; 8]> {
+        let root = *words.first()?;
+        if root & 3 != 0 {
+            return None; // a far pointer, a list or a capability: not ours
+        }
+        let offset = i64::from((root as u32 as i32) >> 2);
+        let data_words = (root >> 32) as u16 as usize;
+        let mut raw = 0u64;
+        if root != 0 && self.byte_offset + self.width <= data_words * 8 {
+            let start = usize::try_from(1 + offset).ok()? * 8 + self.byte_offset;
+            let bytes = words_as_bytes(words).get(start..start + self.width)?;
+            let mut buf = [0u8; 8];
+            buf[..self.width].copy_from_slice(bytes);
+            raw = u64::from_le_bytes(buf);
+        }
+        raw ^= self.default_bits;
+        let value = if self.signed {
+            let shift = 64 - 8 * self.width as u32;
+            (((raw << shift) as i64) >> shift) as u64
+        } else {
+            raw
+        };
+        Some(value.to_le_bytes())
+    }
 }
 
 impl std::fmt::Debug for KeySpec {
@@ -201,10 +278,35 @@ impl KeySpec {
             };
             fields.push((field.get_index(), kind, name.to_string()));
         }
+        let direct = match fields.as_slice() {
+            [(index, kind, _)] => info
+                .schema()
+                .get_fields()
+                .ok()
+                .and_then(|list| DirectKey::of(&list.get(*index), *kind)),
+            _ => None,
+        };
         Ok(KeySpec {
             fields,
             schema_fn: info.schema_fn,
+            direct,
         })
+    }
+
+    /// Appends the key bytes of the canonical record `words` to `out`
+    /// without reflection, when the key is one integer or enum field and
+    /// the record is laid out plainly. Returns `false` (and appends
+    /// nothing) otherwise: the caller then reads the key with
+    /// [`ResolvedKey::encode_record`].
+    #[inline]
+    pub fn encode_words(&self, words: &[u64], out: &mut KeyBuf) -> bool {
+        match self.direct.and_then(|d| d.read(words)) {
+            Some(bytes) => {
+                out.push(&bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The key's fields as schema handles, for reading them from records.
@@ -589,4 +691,90 @@ fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<TypeInfo>();
     is::<KeySpec>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::examples::probe_capnp::probe::{self, Color};
+
+    fn record(fill: impl FnOnce(probe::Builder<'_>)) -> Vec<u64> {
+        let mut message = capnp::message::Builder::new_default();
+        fill(message.init_root());
+        let root = message.get_root_as_reader().unwrap();
+        let mut out = Vec::new();
+        append_canonical(root, &mut Vec::new(), &mut out).unwrap();
+        out
+    }
+
+    /// The direct key path and reflection agree on every integer kind, on
+    /// defaults (stored XORed) and on negative values.
+    #[test]
+    fn direct_keys_agree_with_reflection() {
+        let info = TypeInfo::of::<probe::Owned>();
+        let records = [
+            record(|_| {}),
+            record(|mut p| {
+                p.set_small(-300);
+                p.set_count(0);
+                p.set_big(i64::MIN);
+                p.set_color(Color::Blue);
+            }),
+            record(|mut p| {
+                p.set_small(-5);
+                p.set_count(u32::MAX);
+                p.set_big(42);
+            }),
+        ];
+        for field in ["small", "count", "big", "color"] {
+            let spec = KeySpec::resolve(&info, &[field]).unwrap();
+            assert!(spec.direct.is_some(), "{field} has a direct path");
+            let resolved = spec.resolved().unwrap();
+            for words in &records {
+                let mut direct = KeyBuf::new();
+                assert!(spec.encode_words(words, &mut direct));
+                let message = record_message(words, 1 << 20);
+                let reader: probe::Reader<'_> = message.get_root().unwrap();
+                let mut reflected = KeyBuf::new();
+                resolved
+                    .encode_record(probe::Owned::dynamic(reader), &mut reflected)
+                    .unwrap();
+                assert_eq!(direct.as_bytes(), reflected.as_bytes(), "{field}");
+            }
+        }
+        // Query values encode to the same bytes as the records hold.
+        let spec = KeySpec::resolve(&info, &["small"]).unwrap();
+        let mut q = KeyBuf::new();
+        spec.encode_query("Probe", &-300i32, &mut q).unwrap();
+        let mut r = KeyBuf::new();
+        spec.encode_words(&records[1], &mut r);
+        assert_eq!(q.as_bytes(), r.as_bytes());
+    }
+
+    #[test]
+    fn key_fields_that_cannot_be_keys_are_named() {
+        let info = TypeInfo::of::<probe::Owned>();
+        for (field, why) in [
+            ("ratio", "floating-point"),
+            ("some", "union member"),
+            ("missing", "no such field"),
+        ] {
+            let err = KeySpec::resolve(&info, &[field]).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(why), "{err}");
+        }
+        let spec = KeySpec::resolve(&info, &["name", "blob", "flag"]).unwrap();
+        assert!(spec.direct.is_none());
+        let mut out = KeyBuf::new();
+        let err = spec
+            .encode_query("Probe", &("a", 5u8), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field blob is Data"), "{err}");
+        let err = KeySpec::resolve(&info, &["count"])
+            .unwrap()
+            .encode_query("Probe", &-1i64, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of its range"), "{err}");
+    }
 }

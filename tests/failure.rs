@@ -72,3 +72,87 @@ async fn a_store_failing_at_each_step_of_a_cycle() {
         "every store call of a cycle was failed once ({failures_seen})"
     );
 }
+
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl burrow::producer::CycleListener for Recorder {
+    fn on_event(&self, event: &burrow::producer::CycleEvent<'_>) {
+        use burrow::producer::CycleEvent::*;
+        let text = match event {
+            Started { .. } => "started".to_string(),
+            StepDone { step, .. } => format!("done {step}"),
+            NoChange { .. } => "no change".to_string(),
+            Announced { report } => format!("announced {}", report.version),
+            Failed { step, .. } => format!("failed at {step}"),
+            _ => "other".to_string(),
+        };
+        self.0.lock().unwrap().push(text);
+    }
+}
+
+/// Invariant: listeners see every step of a cycle and exactly one outcome;
+/// a validator's refusal stops the cycle before anything is published.
+#[tokio::test]
+async fn listeners_see_steps_and_outcomes_and_validators_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix({
+            std::fs::create_dir_all(dir.path().join("store")).unwrap();
+            dir.path().join("store")
+        })
+        .unwrap(),
+    );
+    let faulty = Arc::new(FaultyStore::new(local));
+    let store = BlobStore::new(faulty.clone(), "");
+    let recorder = Arc::new(Recorder::default());
+    let producer = burrow::producer::ProducerBuilder::new(store.clone())
+        .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(&["id"])
+        .listener(recorder.clone())
+        .validator(burrow::producer::RecordCountChangeLimit { max_fraction: 0.5 })
+        .build()
+        .unwrap();
+    let mut model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let events = std::mem::take(&mut *recorder.0.lock().unwrap());
+    assert_eq!(
+        events,
+        [
+            "started",
+            "done mint",
+            "done populate",
+            "done identify",
+            "done validate",
+            "done publish",
+            "done announce",
+            &format!("announced {v1}"),
+        ]
+    );
+    publish(&producer, &model).await.unwrap();
+    assert_eq!(recorder.0.lock().unwrap().last().unwrap(), "no change");
+
+    // Losing 8 of 10 records is refused by the validator.
+    let shrunk: Model = model.iter().take(2).map(|(k, v)| (*k, v.clone())).collect();
+    let err = publish(&producer, &shrunk).await.unwrap_err().to_string();
+    assert!(
+        err.contains("record count change limit") && err.contains("from 10 to 2"),
+        "{err}"
+    );
+    assert_eq!(
+        recorder.0.lock().unwrap().last().unwrap(),
+        "failed at validate"
+    );
+    assert_eq!(producer.version().await, Some(v1));
+
+    // A failed announcement is reported as such.
+    model.insert(1, movie_value(1, 1));
+    faulty.fail_matching(|op, path| {
+        op == burrow::blobstore::faults::Op::Put && path.contains("announce/0")
+    });
+    publish(&producer, &model).await.unwrap_err();
+    faulty.heal();
+    assert_eq!(
+        recorder.0.lock().unwrap().last().unwrap(),
+        "failed at announce"
+    );
+}

@@ -1,5 +1,9 @@
 //! burrow's integration tests: one binary.
 
+#[cfg(feature = "cli")]
+mod bench_smoke;
+#[cfg(feature = "cli")]
+mod cli;
 mod common;
 mod conformance;
 #[cfg(feature = "failpoints")]

@@ -207,10 +207,22 @@ impl BlobStore {
     /// through `Retry(CircuitBreaker(..))`. Use [`Resilience::wrap`] and
     /// [`BlobStore::new`] instead to keep a handle on the breaker.
     pub fn resilient(self, resilience: &Resilience) -> BlobStore {
-        let stack = resilience.wrap(self.inner);
-        BlobStore {
-            inner: stack.store,
-            ..self
-        }
+        self.resilient_with_breaker(resilience).0
+    }
+
+    /// Like [`BlobStore::resilient`], also returning the breaker, so that
+    /// its state can be watched (see `ConsumerBuilder::breaker`).
+    pub fn resilient_with_breaker(
+        self,
+        resilience: &Resilience,
+    ) -> (BlobStore, Arc<CircuitBreakerStore>) {
+        let stack = resilience.wrap(self.inner.clone());
+        (
+            BlobStore {
+                inner: stack.store,
+                ..self
+            },
+            stack.breaker,
+        )
     }
 }

@@ -3,6 +3,7 @@
 
 mod announce;
 mod breaker;
+mod consumer;
 mod retry;
 
 use burrow::blobstore::faults::FaultyStore;

@@ -1,0 +1,655 @@
+//! `burrow bench`: the anchor workload (`../shared/WORKLOAD.md`) end to end
+//! on a local store in a temporary directory, every figure beside a
+//! baseline measured in the same run.
+//!
+//! - The producer runs in child processes (so its peak memory is its own):
+//!   once with `snapshot_every` so large that cycles 2–4 write deltas only,
+//!   once with the default snapshot every cycle.
+//! - Consumer open is a new process (this binary re-executed with the
+//!   hidden `--child open`) whose cache already holds the blobs, timed from
+//!   just before the spawn to its first successful key lookup; the
+//!   decode-everything baseline is a new process too (`--child decode`).
+//! - Lookups, scans and delta refreshes run in this process, each run
+//!   interleaved with its baseline so that noise from a shared machine hits
+//!   both.
+
+mod child;
+mod report;
+mod workload;
+
+use anyhow::{anyhow, bail, Context};
+use burrow::blobstore::{BlobCache, BlobName, BlobStore};
+use burrow::consumer::ConsumerBuilder;
+use burrow::schema::examples::movies_capnp::movie;
+use report::{Figure, Report, Unit};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use workload::{Movie, Rng};
+
+/// Arguments of `burrow bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Records in the dataset (N).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Fraction of the records changed in each of cycles 2–4 (f).
+    #[arg(long, default_value_t = 0.01)]
+    pub change: f64,
+    /// Also remove and add this fraction of keys each cycle (0.001 when
+    /// given without a value).
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.001")]
+    pub churn: Option<f64>,
+    /// Runs per figure (default 5 for in-process figures, 3 for figures
+    /// that need a process of their own).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Runs of the process figures (producer, consumer open), overriding
+    /// `--runs`.
+    #[arg(long)]
+    pub process_runs: Option<usize>,
+    /// Random key lookups timed per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lookups: usize,
+    /// Seed of the generator that picks changed records and lookup keys.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+    /// Prints one JSON object instead of a table (set from the global
+    /// `--json`).
+    #[arg(skip)]
+    pub json: bool,
+    /// Works in this new directory, removed at the end unless `--keep`
+    /// (default: a new one under the system's temporary directory). An
+    /// existing directory must be empty.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keeps the working directory.
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(long, hide = true, value_enum)]
+    pub child: Option<ChildMode>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub snapshot_every: u32,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub t0_ns: u128,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub lookup_id: u64,
+    #[arg(long = "at-version", hide = true, default_value_t = 0)]
+    pub at_version: u64,
+    #[arg(long, hide = true)]
+    pub blob: Option<PathBuf>,
+}
+
+/// The hidden child processes of a bench run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildMode {
+    Produce,
+    Open,
+    Decode,
+}
+
+/// Runs `burrow bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(mode) = args.child {
+        let dir = || {
+            args.dir
+                .as_deref()
+                .ok_or_else(|| anyhow!("--dir is required"))
+        };
+        return match mode {
+            ChildMode::Produce => {
+                child::produce(
+                    dir()?,
+                    args.records,
+                    args.change,
+                    args.churn,
+                    args.snapshot_every,
+                    args.seed,
+                )
+                .await
+            }
+            ChildMode::Open => child::open(dir()?, args.t0_ns, args.lookup_id).await,
+            ChildMode::Decode => child::decode(
+                args.blob
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("--blob is required"))?,
+                args.at_version,
+                args.t0_ns,
+                args.lookup_id,
+            ),
+        };
+    }
+    check(&args)?;
+    let work = WorkDir::new(&args)?;
+    let report = bench(&args, &work.path).await?;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn check(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.records < 100 {
+        bail!("--records must be at least 100, got {}", args.records);
+    }
+    if !(args.change > 0.0 && args.change <= 1.0) {
+        bail!("--change must be in (0, 1], got {}", args.change);
+    }
+    if let Some(c) = args.churn {
+        if !(c > 0.0 && c <= 0.5) {
+            bail!("--churn must be in (0, 0.5], got {c}");
+        }
+    }
+    if args.runs == Some(0) || args.process_runs == Some(0) {
+        bail!("--runs and --process-runs must be at least 1");
+    }
+    if args.lookups == 0 {
+        bail!("--lookups must be at least 1");
+    }
+    Ok(())
+}
+
+/// The working directory, removed on drop unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let path = match &args.dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!(
+                "burrow-bench-{}-{}",
+                std::process::id(),
+                child::wall_ns()
+            )),
+        };
+        if std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{} is not empty; give --dir a new or empty directory",
+                path.display()
+            );
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir {
+            path,
+            keep: args.keep,
+        })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                eprintln!("bench: could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Runs this binary's `bench --child ...` and parses its JSON line.
+fn child_json(args: &[String]) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let output = Command::new(&exe)
+        .arg("bench")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !output.status.success() {
+        bail!(
+            "child `bench {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "child `bench {}` printed no JSON: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn num(v: &Value, key: &str) -> anyhow::Result<f64> {
+    v[key]
+        .as_f64()
+        .ok_or_else(|| anyhow!("child output has no number {key:?}: {v}"))
+}
+
+/// One producer child's four cycles.
+struct Produced {
+    cycles: Vec<Value>,
+    peak: f64,
+}
+
+impl Produced {
+    fn version(&self, cycle: usize) -> anyhow::Result<u64> {
+        self.cycles[cycle]["version"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no version for cycle {}", cycle + 1))
+    }
+
+    /// `key` of cycles `range` (0-based), skipping nulls.
+    fn each(&self, range: std::ops::Range<usize>, key: &str) -> Vec<f64> {
+        self.cycles[range]
+            .iter()
+            .filter_map(|c| c[key].as_f64())
+            .collect()
+    }
+}
+
+fn produce(args: &BenchArgs, dir: &Path, snapshot_every: u32) -> anyhow::Result<Produced> {
+    let mut a = vec![
+        "--child".into(),
+        "produce".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--records".into(),
+        args.records.to_string(),
+        "--change".into(),
+        args.change.to_string(),
+        "--snapshot-every".into(),
+        snapshot_every.to_string(),
+        "--seed".into(),
+        args.seed.to_string(),
+    ];
+    if let Some(c) = args.churn {
+        a.push(format!("--churn={c}"));
+    }
+    let v = child_json(&a)?;
+    let cycles = v["cycles"]
+        .as_array()
+        .filter(|c| c.len() == 4)
+        .ok_or_else(|| anyhow!("producer child did not report four cycles: {v}"))?
+        .clone();
+    if let Some(c) = cycles.iter().find(|c| c["published"] != Value::Bool(true)) {
+        bail!("a cycle published nothing: {c}");
+    }
+    Ok(Produced {
+        cycles,
+        peak: num(&v, "peak_rss_bytes")?,
+    })
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
+    let runs = args.runs.unwrap_or(5);
+    let process_runs = args.process_runs.or(args.runs).unwrap_or(3);
+    let say = |what: String| eprintln!("bench: {what}");
+
+    // Producer: both configurations, interleaved.
+    let mut deltas = Vec::new();
+    let mut snapshots = Vec::new();
+    for r in 0..process_runs {
+        let last = r + 1 == process_runs;
+        for (name, every, out) in [
+            ("deltas", u32::MAX, &mut deltas),
+            ("snapshots", 1, &mut snapshots),
+        ] {
+            say(format!(
+                "producer run {}/{process_runs} ({name}), {} records",
+                r + 1,
+                args.records
+            ));
+            let dir = work.join(format!("{name}-{r}"));
+            out.push(produce(args, &dir, every)?);
+            if !last {
+                std::fs::remove_dir_all(&dir)?;
+            }
+        }
+    }
+    let last = process_runs - 1;
+    let deltas_dir = work.join(format!("deltas-{last}"));
+    let snapshots_dir = work.join(format!("snapshots-{last}"));
+    let collect = |ps: &[Produced], range: std::ops::Range<usize>, key: &str| -> Vec<f64> {
+        ps.iter().flat_map(|p| p.each(range.clone(), key)).collect()
+    };
+
+    // Warm the snapshot store's cache and keep its state for the reads.
+    say("warming the consumer cache".into());
+    let snap_store = BlobStore::local(snapshots_dir.join("store"))?;
+    let consumer = ConsumerBuilder::new(snap_store)
+        .cache_dir(snapshots_dir.join("cache"))
+        .build()?;
+    consumer.refresh().await?;
+    let state = consumer.state()?;
+    let head = state.version();
+    let view = state.view::<movie::Owned>()?;
+    let mut ids = Vec::with_capacity(view.len() as usize);
+    let mut map: HashMap<u64, Movie> = HashMap::with_capacity(view.len() as usize);
+    for item in view.iter() {
+        let (_, record) = item?;
+        let m = Movie::decode(record.get()?)?;
+        ids.push(m.id);
+        map.insert(m.id, m);
+    }
+    let mut rng = Rng::new(args.seed ^ 0x0100_c0b5);
+    let queries: Vec<u64> = (0..args.lookups)
+        .map(|_| ids[rng.below(ids.len() as u64) as usize])
+        .collect();
+
+    // Consumer open and decode-everything open, each a new process.
+    let snapshot_file = consumer.cache().path(&BlobName::Snapshot(head));
+    let mut open = Vec::new();
+    let mut open_rss = Vec::new();
+    let mut open_anon = Vec::new();
+    let mut decode = Vec::new();
+    let mut decode_rss = Vec::new();
+    let mut decode_anon = Vec::new();
+    for r in 0..process_runs {
+        say(format!("consumer open {}/{process_runs}", r + 1));
+        let id = queries[r % queries.len()].to_string();
+        let v = child_json(&[
+            "--child".into(),
+            "open".into(),
+            "--dir".into(),
+            snapshots_dir.display().to_string(),
+            "--lookup-id".into(),
+            id.clone(),
+            "--t0-ns".into(),
+            child::wall_ns().to_string(),
+        ])?;
+        open.push(num(&v, "open_seconds")?);
+        open_rss.push(num(&v, "rss_bytes")?);
+        open_anon.push(num(&v, "anon_bytes")?);
+        let v = child_json(&[
+            "--child".into(),
+            "decode".into(),
+            "--blob".into(),
+            snapshot_file.display().to_string(),
+            "--at-version".into(),
+            head.to_string(),
+            "--lookup-id".into(),
+            id,
+            "--t0-ns".into(),
+            child::wall_ns().to_string(),
+        ])?;
+        decode.push(num(&v, "open_seconds")?);
+        decode_rss.push(num(&v, "rss_bytes")?);
+        decode_anon.push(num(&v, "anon_bytes")?);
+    }
+    let open_file: Vec<f64> = open_rss
+        .iter()
+        .zip(&open_anon)
+        .map(|(r, a)| r - a)
+        .collect();
+
+    // Lookups and scans, each run beside its baseline.
+    let mut lookup = Vec::new();
+    let mut map_lookup = Vec::new();
+    let mut scan = Vec::new();
+    let mut map_scan = Vec::new();
+    for r in 0..runs {
+        say(format!("lookups and scans {}/{runs}", r + 1));
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for id in &queries {
+            let (_, record) = view.find(id)?.ok_or_else(|| anyhow!("id {id} not found"))?;
+            sum += u64::from(record.get()?.get_year());
+        }
+        lookup.push(t.elapsed().as_nanos() as f64 / queries.len() as f64);
+        black_box(sum);
+
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for id in &queries {
+            let m = map
+                .get(black_box(id))
+                .ok_or_else(|| anyhow!("id {id} not found"))?;
+            sum += u64::from(m.year);
+        }
+        map_lookup.push(t.elapsed().as_nanos() as f64 / queries.len() as f64);
+        black_box(sum);
+
+        let t = Instant::now();
+        let mut sum = 0u64;
+        let mut n = 0u64;
+        for item in view.iter() {
+            sum += u64::from(item?.1.get()?.get_year());
+            n += 1;
+        }
+        scan.push(t.elapsed().as_nanos() as f64 / n as f64);
+        black_box(sum);
+
+        let t = Instant::now();
+        let sum: u64 = map.values().map(|m| u64::from(black_box(m).year)).sum();
+        map_scan.push(t.elapsed().as_nanos() as f64 / map.len() as f64);
+        black_box(sum);
+    }
+    drop(view);
+    drop(map);
+
+    // Delta refresh: cycle 1 → 2 on the deltas-only store, with the delta
+    // fetched from the store, and already in the cache.
+    let d = deltas.last().expect("at least one run");
+    let (v1, v2) = (d.version(0)?, d.version(1)?);
+    let delta_store = BlobStore::local(deltas_dir.join("store"))?;
+    let master = BlobCache::open(deltas_dir.join("master-cache"))?;
+    let snap_name = BlobName::Snapshot(v1);
+    let delta_name = BlobName::Delta(v1, v2);
+    master.fetch(&delta_store, &snap_name).await?;
+    master.fetch(&delta_store, &delta_name).await?;
+    let mut refresh_fetch = Vec::new();
+    let mut refresh_cached = Vec::new();
+    for r in 0..runs {
+        say(format!("delta refresh {}/{runs}", r + 1));
+        for cached in [false, true] {
+            let dir = deltas_dir.join(format!("cache-{r}-{cached}"));
+            std::fs::create_dir_all(&dir)?;
+            let names: &[BlobName] = if cached {
+                &[snap_name, delta_name]
+            } else {
+                &[snap_name]
+            };
+            for n in names {
+                link_or_copy(&master.path(n), &dir.join(n.cache_file_name()))?;
+            }
+            let c = ConsumerBuilder::new(delta_store.clone())
+                .cache_dir(&dir)
+                .build()?;
+            c.refresh_to(v1).await?;
+            let t = Instant::now();
+            let report = c
+                .refresh_to(v2)
+                .await?
+                .ok_or_else(|| anyhow!("refresh to {v2} did nothing"))?;
+            let took = t.elapsed().as_secs_f64();
+            if (report.fetched_bytes == 0) != cached {
+                bail!(
+                    "delta refresh fetched {} bytes with the delta {}cached",
+                    report.fetched_bytes,
+                    if cached { "" } else { "not " }
+                );
+            }
+            if cached {
+                refresh_cached.push(took);
+            } else {
+                refresh_fetch.push(took);
+            }
+            drop(c);
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+
+    let pct = |f: f64| format!("{}%", f * 100.0);
+    let figures = vec![
+        Figure::new(
+            "producer_snapshot_cycle",
+            "producer snapshot cycle (1)",
+            Unit::Seconds,
+            collect(&deltas, 0..1, "seconds")
+                .into_iter()
+                .chain(collect(&snapshots, 0..1, "seconds"))
+                .collect(),
+        ),
+        Figure::new(
+            "producer_delta_cycle",
+            "producer delta cycle (2-4, deltas only)",
+            Unit::Seconds,
+            collect(&deltas, 1..4, "seconds"),
+        )
+        .vs("producer_snapshot_cycle")
+        .target("< 500 ms at 1%", None, Some(0.5)),
+        Figure::new(
+            "producer_delta_cycle_with_snapshot",
+            "producer delta cycle (2-4, snapshot every cycle)",
+            Unit::Seconds,
+            collect(&snapshots, 1..4, "seconds"),
+        )
+        .vs("producer_snapshot_cycle"),
+        Figure::new(
+            "producer_peak_rss",
+            "producer peak RSS (deltas only)",
+            Unit::Bytes,
+            deltas.iter().map(|p| p.peak).collect(),
+        ),
+        Figure::new(
+            "producer_peak_rss_with_snapshot",
+            "producer peak RSS (snapshot every cycle)",
+            Unit::Bytes,
+            snapshots.iter().map(|p| p.peak).collect(),
+        ),
+        Figure::new(
+            "snapshot_bytes",
+            "blob bytes: snapshot (uncompressed)",
+            Unit::Bytes,
+            collect(&deltas, 0..1, "snapshot_bytes"),
+        ),
+        Figure::new(
+            "delta_bytes",
+            "blob bytes: delta",
+            Unit::Bytes,
+            collect(&deltas, 1..4, "delta_bytes"),
+        )
+        .vs("snapshot_bytes"),
+        Figure::new(
+            "reverse_bytes",
+            "blob bytes: reverse delta",
+            Unit::Bytes,
+            collect(&deltas, 1..4, "reverse_bytes"),
+        )
+        .vs("snapshot_bytes"),
+        Figure::new(
+            "decode_open",
+            "BASELINE decode-everything open to first lookup",
+            Unit::Seconds,
+            decode,
+        ),
+        Figure::new(
+            "consumer_open",
+            "consumer open to first lookup (new process)",
+            Unit::Seconds,
+            open,
+        )
+        .vs("decode_open")
+        .target("100x faster than decode", Some(0.01), None),
+        Figure::new(
+            "delta_refresh",
+            "consumer delta refresh (delta fetched)",
+            Unit::Seconds,
+            refresh_fetch,
+        )
+        .vs("decode_open")
+        .target(
+            "< 10 ms and < 1/20 decode open, at 1%",
+            Some(0.05),
+            Some(0.010),
+        ),
+        Figure::new(
+            "delta_refresh_cached",
+            "consumer delta refresh (delta already cached)",
+            Unit::Seconds,
+            refresh_cached,
+        )
+        .vs("decode_open")
+        .target(
+            "< 10 ms and < 1/20 decode open, at 1%",
+            Some(0.05),
+            Some(0.010),
+        ),
+        Figure::new(
+            "hashmap_lookup",
+            "BASELINE HashMap lookup + year",
+            Unit::NsPerOp,
+            map_lookup,
+        ),
+        Figure::new("lookup", "key lookup + year (find)", Unit::NsPerOp, lookup)
+            .vs("hashmap_lookup")
+            .target("within 3x HashMap", Some(3.0), None),
+        Figure::new(
+            "hashmap_scan",
+            "BASELINE HashMap scan, sum year",
+            Unit::NsPerOp,
+            map_scan,
+        ),
+        Figure::new("scan", "full scan, sum year (iter)", Unit::NsPerOp, scan)
+            .vs("hashmap_scan")
+            .target("within 3x HashMap", Some(3.0), None),
+        Figure::new(
+            "decode_rss",
+            "BASELINE decode-everything RSS",
+            Unit::Bytes,
+            decode_rss,
+        ),
+        Figure::new(
+            "decode_anon_rss",
+            "BASELINE decode-everything anonymous",
+            Unit::Bytes,
+            decode_anon,
+        ),
+        Figure::new(
+            "consumer_rss",
+            "consumer RSS after open",
+            Unit::Bytes,
+            open_rss,
+        )
+        .vs("decode_rss"),
+        Figure::new(
+            "consumer_file_rss",
+            "consumer file-backed after open",
+            Unit::Bytes,
+            open_file,
+        ),
+        Figure::new(
+            "consumer_anon_rss",
+            "consumer anonymous after open",
+            Unit::Bytes,
+            open_anon,
+        )
+        .vs("decode_anon_rss")
+        .target("< 5% of decode", Some(0.05), None),
+    ];
+    let config = json!({
+        "records": args.records,
+        "change": args.change,
+        "change_text": pct(args.change),
+        "churn": args.churn,
+        "runs": runs,
+        "process_runs": process_runs,
+        "lookups": args.lookups,
+        "seed": args.seed,
+        "versions": deltas.last().map(|p| p.cycles.iter().map(|c| c["version"].clone()).collect::<Vec<_>>()),
+        "records_after": deltas.last().and_then(|p| p.cycles.last()).map(|c| c["records"].clone()),
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+    });
+    let serde_json::Value::Object(config) = config else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok(Report { config, figures })
+}

@@ -1,0 +1,176 @@
+//! The parts of a bench run that need a process of their own: the producer
+//! (so its peak memory is its own), the zero-copy consumer's open and the
+//! decode-everything consumer's open (so start-up and resident memory are
+//! measured from a cold process). Each prints one JSON object on stdout.
+
+use super::workload::{Dataset, Movie};
+use anyhow::{anyhow, Context};
+use burrow::blobstore::{BlobName, BlobStore};
+use burrow::consumer::ConsumerBuilder;
+use burrow::producer::ProducerBuilder;
+use burrow::schema::blob::OpenBlob;
+use burrow::schema::examples::movies_capnp::movie;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the Unix epoch: the one clock parent and child share.
+pub fn wall_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Resident memory of this process from `/proc/self/smaps_rollup`, in
+/// bytes: (resident, anonymous). File-backed is the difference.
+pub fn rss_split() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .context("reading /proc/self/smaps_rollup")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| anyhow!("no {name} in /proc/self/smaps_rollup"))
+    };
+    Ok((field("Rss")?, field("Anonymous")?))
+}
+
+/// The peak resident memory of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| anyhow!("no VmHWM in /proc/self/status"))
+}
+
+/// Runs the four cycles of the workload on a local store in `dir/store`.
+pub async fn produce(
+    dir: &Path,
+    records: u64,
+    change: f64,
+    churn: Option<f64>,
+    snapshot_every: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let store = BlobStore::local(dir.join("store"))?;
+    let producer = ProducerBuilder::new(store)
+        .producer_id("bench")
+        .snapshot_every(snapshot_every)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()?;
+    let mut data = Dataset::new(records, seed);
+    let mut cycles = Vec::new();
+    for cycle in 1..=4u32 {
+        if cycle > 1 {
+            data.advance(cycle, change, churn);
+        }
+        let started = Instant::now();
+        let report = producer.run_cycle(|p| data.populate(p)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let size =
+            |f: fn(&BlobName) -> bool| report.blobs.iter().find(|(n, _)| f(n)).map(|(_, b)| *b);
+        cycles.push(json!({
+            "cycle": cycle,
+            "version": report.version,
+            "published": report.published,
+            "records": data.len(),
+            "seconds": seconds,
+            "populate_seconds": report.populate_time.as_secs_f64(),
+            "snapshot_bytes": size(|n| matches!(n, BlobName::Snapshot(_))),
+            "delta_bytes": size(|n| matches!(n, BlobName::Delta(..))),
+            "reverse_bytes": size(|n| matches!(n, BlobName::Reverse(..))),
+        }));
+    }
+    println!(
+        "{}",
+        json!({ "cycles": cycles, "peak_rss_bytes": peak_rss()? })
+    );
+    Ok(())
+}
+
+/// Opens a consumer whose cache already holds the blobs, and looks one
+/// key up. Times from `t0_ns` (taken by the parent just before it spawned
+/// this process) to the first successful lookup.
+pub async fn open(dir: &Path, t0_ns: u128, id: u64) -> anyhow::Result<()> {
+    let in_process = Instant::now();
+    let store = BlobStore::local(dir.join("store"))?;
+    let consumer = ConsumerBuilder::new(store)
+        .cache_dir(dir.join("cache"))
+        .build()?;
+    let report = consumer
+        .refresh()
+        .await?
+        .ok_or_else(|| anyhow!("the consumer did not load a version"))?;
+    let state = consumer.state()?;
+    let view = state.view::<movie::Owned>()?;
+    let (_, record) = view
+        .find(&id)?
+        .ok_or_else(|| anyhow!("id {id} not found"))?;
+    let year = record.get()?.get_year();
+    let open_ns = wall_ns().saturating_sub(t0_ns);
+    let in_process_ns = in_process.elapsed().as_nanos();
+    let (rss, anon) = rss_split()?;
+    if report.fetched_bytes != 0 {
+        return Err(anyhow!(
+            "the open fetched {} bytes: the cache was not warm",
+            report.fetched_bytes
+        ));
+    }
+    println!(
+        "{}",
+        json!({
+            "open_seconds": open_ns as f64 / 1e9,
+            "in_process_seconds": in_process_ns as f64 / 1e9,
+            "rss_bytes": rss,
+            "anon_bytes": anon,
+            "year": year,
+            "steps": report.steps.len(),
+        })
+    );
+    Ok(())
+}
+
+/// The decode-everything consumer: maps the snapshot blob and decodes every
+/// record into a `HashMap<u64, Movie>`, then looks one key up.
+pub fn decode(blob: &Path, version: u64, t0_ns: u128, id: u64) -> anyhow::Result<()> {
+    let map = decode_all(blob, version)?;
+    let year = map
+        .get(&id)
+        .ok_or_else(|| anyhow!("id {id} not found"))?
+        .year;
+    let open_ns = wall_ns().saturating_sub(t0_ns);
+    let (rss, anon) = rss_split()?;
+    println!(
+        "{}",
+        json!({
+            "open_seconds": open_ns as f64 / 1e9,
+            "rss_bytes": rss,
+            "anon_bytes": anon,
+            "year": year,
+            "records": map.len(),
+        })
+    );
+    Ok(())
+}
+
+/// Every record of a snapshot blob, decoded into owned structs.
+pub fn decode_all(blob: &Path, version: u64) -> anyhow::Result<HashMap<u64, Movie>> {
+    let name = BlobName::Snapshot(version).to_string();
+    let open = Arc::new(OpenBlob::map(blob, &name, false)?);
+    let state = burrow::consumer::ReadState::from_snapshot(open, version)?;
+    let view = state.view::<movie::Owned>()?;
+    let mut map = HashMap::with_capacity(view.len() as usize);
+    for item in view.iter() {
+        let (_, record) = item?;
+        let m = Movie::decode(record.get()?)?;
+        map.insert(m.id, m);
+    }
+    Ok(map)
+}

@@ -1,0 +1,259 @@
+//! The one conversion from raw arguments ([`crate::args`]) to validated
+//! settings. Every check of an argument's meaning lives here, and each
+//! failure is one line that names the argument and what is wrong with it.
+
+use crate::args::{Args, BlobArg, Command, DemoArgs, FollowArgs, InspectArgs};
+use anyhow::{bail, Context, Result};
+use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
+use std::path::{Path, PathBuf};
+
+/// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
+/// under 2^29 elements.
+pub const MAX_RECORDS: u64 = (1 << 29) - 1;
+
+/// Where the dataset lives: the `--store` URL, parsed by the library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLocation {
+    url: String,
+    parsed: StoreUrl,
+}
+
+impl StoreLocation {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let parsed = StoreUrl::parse(raw).context("invalid --store")?;
+        Ok(StoreLocation {
+            url: raw.to_string(),
+            parsed,
+        })
+    }
+
+    /// Opens the store (creating a local directory if it is missing) and
+    /// checks that it answers.
+    pub async fn open(&self) -> Result<BlobStore> {
+        BlobStore::connect(&self.url, &StoreOptions::default())
+            .await
+            .with_context(|| format!("cannot open store {}", self.url))
+    }
+
+    /// Opens a store that must already exist (for commands that only read).
+    pub async fn open_existing(&self) -> Result<BlobStore> {
+        if let Some(dir) = self.local_dir() {
+            if !dir.is_dir() {
+                bail!(
+                    "store {} does not exist (run `burrow demo` to make one, or pass --store)",
+                    dir.display()
+                );
+            }
+        }
+        self.open().await
+    }
+
+    /// The directory of a local store.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.parsed {
+            StoreUrl::Local(dir) => Some(dir),
+            _ => None,
+        }
+    }
+
+    /// The demo's default cache: `burrow-cache/<store name>` beside a local
+    /// store, or `./burrow-cache/<bucket>/<prefix>` for a remote one. One
+    /// directory per store, because a cache knows blobs by name only: two
+    /// stores sharing one would read each other's `snapshot/1`.
+    fn default_cache(&self) -> PathBuf {
+        match &self.parsed {
+            StoreUrl::Local(dir) => {
+                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| "store".into(), |n| n.to_os_string());
+                parent
+                    .unwrap_or(Path::new("."))
+                    .join("burrow-cache")
+                    .join(name)
+            }
+            StoreUrl::S3 { bucket, prefix } => {
+                let mut dir = PathBuf::from("./burrow-cache").join(bucket);
+                dir.extend(prefix.split('/').filter(|p| !p.is_empty()));
+                dir
+            }
+        }
+    }
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub store: StoreLocation,
+    pub json: bool,
+}
+
+/// A validated command.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Demo(DemoConfig),
+    Versions,
+    Inspect(InspectConfig),
+    Bench(Box<crate::bench::BenchArgs>),
+    Follow(FollowConfig),
+    Verify,
+}
+
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    pub cache: PathBuf,
+    pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub records: u64,
+    pub cycles: u64,
+    pub change: f64,
+    pub churn: f64,
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct InspectConfig {
+    pub version: u64,
+    /// `None`: the snapshot if the version has one, else its delta.
+    pub blob: Option<BlobArg>,
+}
+
+/// Validates the whole command line.
+pub fn from_args(args: Args) -> Result<(Global, Task)> {
+    let global = Global {
+        store: StoreLocation::parse(&args.store)?,
+        json: args.json,
+    };
+    let task = match args.command {
+        Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
+        Command::Versions(_) => Task::Versions,
+        Command::Verify(_) => Task::Verify,
+        Command::Inspect(a) => Task::Inspect(inspect(a)?),
+        Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
+        Command::Bench(mut a) => {
+            a.json = args.json;
+            Task::Bench(Box::new(a))
+        }
+    };
+    Ok((global, task))
+}
+
+fn fraction(flag: &str, value: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&value) {
+        bail!("invalid {flag} {value}: must be a fraction between 0 and 1");
+    }
+    Ok(value)
+}
+
+fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
+    if a.interval_ms == 0 || a.interval_ms > 3_600_000 {
+        bail!(
+            "invalid --interval-ms {}: must be between 1 and 3600000",
+            a.interval_ms
+        );
+    }
+    let cache = a.cache.unwrap_or_else(|| {
+        let mut dir = store.default_cache().into_os_string();
+        dir.push("-follow");
+        PathBuf::from(dir)
+    });
+    if store.local_dir() == Some(cache.as_path()) {
+        bail!(
+            "invalid --cache {}: the cache must not be the store's own directory",
+            cache.display()
+        );
+    }
+    Ok(FollowConfig {
+        cache,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+    })
+}
+
+fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
+    if a.records == 0 || a.records > MAX_RECORDS {
+        bail!(
+            "invalid --records {}: must be between 1 and {MAX_RECORDS}",
+            a.records
+        );
+    }
+    if a.cycles == 0 || a.cycles > 1_000_000 {
+        bail!(
+            "invalid --cycles {}: must be between 1 and 1000000",
+            a.cycles
+        );
+    }
+    let change = fraction("--change", a.change)?;
+    let churn = fraction("--churn", a.churn)?;
+    if change + churn > 1.0 {
+        bail!(
+            "invalid --change {change} with --churn {churn}: together they must not exceed 1 \
+             (a record is either changed or removed in a cycle)"
+        );
+    }
+    let cache = a.cache.unwrap_or_else(|| store.default_cache());
+    if let Some(dir) = store.local_dir() {
+        if cache == dir {
+            bail!(
+                "invalid --cache {}: the cache must not be the store's own directory",
+                cache.display()
+            );
+        }
+    }
+    Ok(DemoConfig {
+        records: a.records,
+        cycles: a.cycles,
+        change,
+        churn,
+        cache,
+    })
+}
+
+fn inspect(a: InspectArgs) -> Result<InspectConfig> {
+    let version: u64 = a.target.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid VERSION {:?}: expected a version number (see `burrow versions`)",
+            a.target
+        )
+    })?;
+    if version == 0 {
+        bail!("invalid VERSION 0: versions start at 1 (see `burrow versions`)");
+    }
+    Ok(InspectConfig {
+        version,
+        blob: a.blob,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations() {
+        assert_eq!(
+            StoreLocation::parse("file:///tmp/x").unwrap().local_dir(),
+            Some(Path::new("/tmp/x"))
+        );
+        let err = format!("{:#}", StoreLocation::parse("gs://bucket").unwrap_err());
+        assert!(err.contains("--store") && err.contains("gs"), "{err}");
+        assert_eq!(
+            StoreLocation::parse("s3://bucket/a/b")
+                .unwrap()
+                .default_cache(),
+            PathBuf::from("./burrow-cache/bucket/a/b")
+        );
+        assert_eq!(
+            StoreLocation::parse("./burrow-data")
+                .unwrap()
+                .default_cache(),
+            PathBuf::from("./burrow-cache/burrow-data")
+        );
+        assert_eq!(
+            StoreLocation::parse("/a/store").unwrap().default_cache(),
+            PathBuf::from("/a/burrow-cache/store")
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! `burrow follow`: a real consumer that watches the store in the
+//! background (retrying, behind a circuit breaker) and prints a line for
+//! each version it reaches and each change of its health, until
+//! interrupted (Ctrl-C or SIGTERM).
+
+use crate::config::FollowConfig;
+use crate::output::{self, Out};
+use anyhow::{Context, Result};
+use burrow::blobstore::resilience::{BreakerState, Resilience};
+use burrow::blobstore::BlobStore;
+use burrow::consumer::{ConsumerBuilder, Health, WatchConfig, WatchEvent};
+use serde_json::json;
+use std::sync::Arc;
+
+pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<()> {
+    let (store, breaker) = store.resilient_with_breaker(&Resilience::system());
+    let consumer = Arc::new(
+        ConsumerBuilder::new(store)
+            .cache_dir(&cfg.cache)
+            .breaker(breaker)
+            .build()
+            .with_context(|| format!("cannot open cache {}", cfg.cache.display()))?,
+    );
+    let mut handle = consumer.watch(WatchConfig {
+        interval: cfg.interval,
+        ..WatchConfig::default()
+    });
+    let mut events = handle.subscribe();
+    let mut last_health: Option<(bool, BreakerState)> = None;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = &mut stop => break,
+        };
+        let event = match event {
+            Ok(event) => event,
+            // Fell behind: the next event still carries the current state.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        let health = consumer.health();
+        print_event(out, &event, &health)?;
+        let now = (
+            health.is_current(),
+            health.breaker.unwrap_or(BreakerState::Closed),
+        );
+        if last_health.is_some_and(|h| h != now) {
+            print_health(out, &health)?;
+        }
+        last_health = Some(now);
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::Result<()> {
+    match event {
+        WatchEvent::Refreshed(r) => {
+            if out.json {
+                out.json(&json!({
+                    "event": "version",
+                    "version": r.to,
+                    "from": r.from,
+                    "steps": r.steps.iter().map(|s| s.blob().to_string()).collect::<Vec<_>>(),
+                    "fetched_bytes": r.fetched_bytes,
+                    "ms": output::millis(r.duration),
+                }))
+            } else {
+                out.line(&format!(
+                    "version {} (from {}, {} blob(s), {} fetched, {})",
+                    r.to,
+                    r.from.map_or("nothing".to_string(), |v| v.to_string()),
+                    r.steps.len(),
+                    output::bytes(r.fetched_bytes),
+                    output::duration(r.duration),
+                ))
+            }
+        }
+        WatchEvent::Failed {
+            error,
+            consecutive,
+            retry_in,
+        } => {
+            if out.json {
+                out.json(&json!({
+                    "event": "failed",
+                    "error": error,
+                    "consecutive": consecutive,
+                    "retry_in_ms": output::millis(*retry_in),
+                    "serving": health.version,
+                }))
+            } else {
+                out.line(&format!(
+                    "refresh failed ({consecutive} in a row, retrying in {}); serving version {}: {error}",
+                    output::duration(*retry_in),
+                    health.version.map_or("none".to_string(), |v| v.to_string()),
+                ))
+            }
+        }
+        WatchEvent::Recovered => {
+            if out.json {
+                out.json(&json!({ "event": "recovered", "serving": health.version }))
+            } else {
+                out.line("recovered: the store answers again")
+            }
+        }
+    }
+}
+
+fn print_health(out: &mut Out, h: &Health) -> std::io::Result<()> {
+    let breaker = match h.breaker {
+        Some(BreakerState::Open) => "open",
+        Some(BreakerState::HalfOpen) => "half-open",
+        _ => "closed",
+    };
+    if out.json {
+        out.json(&json!({
+            "event": "health",
+            "version": h.version,
+            "newest": h.newest_target,
+            "current": h.is_current(),
+            "seconds_since_success": h.since_last_success.map(|d| d.as_secs_f64()),
+            "consecutive_failures": h.consecutive_failures,
+            "breaker": breaker,
+        }))
+    } else {
+        out.line(&format!(
+            "health: {} (serving {}, newest {}), breaker {breaker}, last success {} ago",
+            if h.is_current() { "current" } else { "stale" },
+            h.version.map_or("none".to_string(), |v| v.to_string()),
+            h.newest_target
+                .map_or("unknown".to_string(), |v| v.to_string()),
+            h.since_last_success
+                .map_or("never".to_string(), output::duration),
+        ))
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

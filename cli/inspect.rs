@@ -1,0 +1,203 @@
+//! `burrow inspect <VERSION>`: one blob of an announced version, read the
+//! way a consumer reads it (envelope and checksum first), shown as its
+//! envelope, header and per-type counts.
+
+use crate::args::BlobArg;
+use crate::config::InspectConfig;
+use crate::output::{self, Align, Out, Table};
+use anyhow::{bail, Context, Result};
+use burrow::announcer::AnnouncementLog;
+use burrow::blobstore::{BlobName, BlobStore};
+use burrow::schema::blob::OpenBlob;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Which blob of `version` to show, checked against its announcement.
+fn pick(cfg: &InspectConfig, version: u64, from: u64, has_snapshot: bool) -> Result<BlobName> {
+    let blob = cfg.blob.unwrap_or(if has_snapshot {
+        BlobArg::Snapshot
+    } else {
+        BlobArg::Delta
+    });
+    Ok(match blob {
+        BlobArg::Snapshot if !has_snapshot => {
+            bail!("version {version} has no snapshot; try --blob delta")
+        }
+        BlobArg::Snapshot => BlobName::Snapshot(version),
+        BlobArg::Delta | BlobArg::Reverse if from == 0 => bail!(
+            "version {version} starts its chain, so it has no delta or reverse delta; try \
+             --blob snapshot"
+        ),
+        BlobArg::Delta => BlobName::Delta(from, version),
+        BlobArg::Reverse => BlobName::Reverse(version, from),
+    })
+}
+
+pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result<()> {
+    let log = AnnouncementLog::new(store.clone());
+    let Some(newest) = log.latest().await? else {
+        bail!(
+            "nothing has been announced in store {}, so there is no version {}",
+            store.description(),
+            cfg.version
+        );
+    };
+    let Some(entry) = log.find_version(&newest, cfg.version).await? else {
+        bail!(
+            "version {} was never announced in store {} (newest is {}; see `burrow versions`)",
+            cfg.version,
+            store.description(),
+            newest.version
+        );
+    };
+    let name = pick(cfg, entry.version, entry.from_version, entry.has_snapshot)?;
+    let bytes = store.get(&name).await?;
+    let blob = Arc::new(
+        OpenBlob::from_bytes(&bytes, &name.to_string())
+            .with_context(|| format!("{name} failed its checks"))?,
+    );
+    let env = *blob.envelope();
+    let envelope = json!({
+        "kind": env.kind.as_str(),
+        "from_version": env.from_version,
+        "to_version": env.to_version,
+        "body_bytes": env.body_len,
+        "checksum_xxh3_128": format!("{:032x}", env.checksum),
+    });
+    let (header, types, table) = match name {
+        BlobName::Snapshot(_) => {
+            let (header, sections) = blob.snapshot()?;
+            let mut table = Table::new(&[
+                ("TYPE", Align::Left),
+                ("RECORDS", Align::Right),
+                ("ORDINAL_LIMIT", Align::Right),
+                ("RECORD_BYTES", Align::Right),
+                ("KEY_SLOTS", Align::Right),
+                ("KEY", Align::Left),
+            ]);
+            let types: Vec<Value> = sections
+                .iter()
+                .map(|s| {
+                    table.row(vec![
+                        s.name.clone(),
+                        s.record_count.to_string(),
+                        s.ordinal_limit.to_string(),
+                        output::bytes(s.words.get().len() as u64 * 8),
+                        s.key_index.get().len().to_string(),
+                        s.key_fields.join(", "),
+                    ]);
+                    json!({
+                        "name": s.name,
+                        "type_id": format!("{:#018x}", s.type_id),
+                        "records": s.record_count,
+                        "ordinal_limit": s.ordinal_limit,
+                        "record_bytes": s.words.get().len() * 8,
+                        "key_index_slots": s.key_index.get().len(),
+                        "key_fields": s.key_fields,
+                    })
+                })
+                .collect();
+            (header, types, table)
+        }
+        _ => {
+            let (header, sections) = blob.delta()?;
+            let mut table = Table::new(&[
+                ("TYPE", Align::Left),
+                ("REMOVED", Align::Right),
+                ("SET", Align::Right),
+                ("SET_BYTES", Align::Right),
+                ("RECORDS_AFTER", Align::Right),
+                ("ORDINAL_LIMIT_AFTER", Align::Right),
+                ("KEY", Align::Left),
+            ]);
+            let types: Vec<Value> = sections
+                .iter()
+                .map(|s| {
+                    table.row(vec![
+                        s.name.clone(),
+                        s.removed.get().len().to_string(),
+                        s.ordinals.get().len().to_string(),
+                        output::bytes(s.words.get().len() as u64 * 8),
+                        s.record_count_after.to_string(),
+                        s.ordinal_limit_after.to_string(),
+                        s.key_fields.join(", "),
+                    ]);
+                    json!({
+                        "name": s.name,
+                        "type_id": format!("{:#018x}", s.type_id),
+                        "removed": s.removed.get().len(),
+                        "set": s.ordinals.get().len(),
+                        "set_bytes": s.words.get().len() * 8,
+                        "records_after": s.record_count_after,
+                        "ordinal_limit_after": s.ordinal_limit_after,
+                        "key_fields": s.key_fields,
+                    })
+                })
+                .collect();
+            (header, types, table)
+        }
+    };
+    if out.json {
+        let tags: serde_json::Map<String, Value> = header
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        return Ok(out.json(&json!({
+            "blob": name.to_string(),
+            "bytes": blob.len(),
+            "envelope": envelope,
+            "header": {
+                "from_version": header.from_version,
+                "to_version": header.to_version,
+                "producer": header.producer_id,
+                "cycle_start_micros": header.cycle_start_micros,
+                "cycle_start": output::utc(header.cycle_start_micros),
+                "schema_hash": format!("{:016x}", header.schema_hash),
+                "schema_nodes": header.node_count,
+                "tags": tags,
+            },
+            "types": types,
+        }))?);
+    }
+    let tags = if header.tags.is_empty() {
+        "-".to_string()
+    } else {
+        header
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut head = Table::new(&[("FIELD", Align::Left), ("VALUE", Align::Left)]);
+    for (field, value) in [
+        ("blob", format!("{name} ({})", output::bytes(blob.len()))),
+        ("kind", env.kind.as_str().to_string()),
+        (
+            "versions",
+            format!("{} -> {}", env.from_version, env.to_version),
+        ),
+        ("body length", format!("{} bytes", env.body_len)),
+        (
+            "checksum",
+            format!("xxh3-128 {:032x} (verified)", env.checksum),
+        ),
+        ("producer", header.producer_id.clone()),
+        ("cycle start", output::utc(header.cycle_start_micros)),
+        (
+            "schema",
+            format!(
+                "hash {:016x}, {} nodes",
+                header.schema_hash, header.node_count
+            ),
+        ),
+        ("tags", tags),
+    ] {
+        head.row(vec![field.to_string(), value]);
+    }
+    head.write(out)?;
+    out.line("")?;
+    table.write(out)?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Watching the log in the background, and the consumer's health.
+//!
+//! [`Consumer::watch`] spawns a tokio task that refreshes on an interval
+//! (with jitter, so many consumers do not poll in step). A poll that finds
+//! nothing new is one small GET (see [`crate::announcer::Watcher`]). While
+//! polls or refreshes fail, the delay grows exponentially up to a bound,
+//! and the consumer keeps serving its last good state throughout. Time and
+//! randomness come from the injected [`Clock`] and [`Rng`], so tests drive
+//! the watcher with a manual clock and never sleep.
+//!
+//! Staleness is visible through [`Consumer::health`] and the `metrics`
+//! crate (gauges `burrow_consumer_version`,
+//! `burrow_consumer_newest_announced_version`,
+//! `burrow_consumer_seconds_since_refresh`, `burrow_consumer_breaker_open`;
+//! counters `burrow_consumer_refreshes_total` and
+//! `burrow_consumer_refresh_failures_total`), so a Prometheus exporter can
+//! serve them.
+
+use super::{Consumer, RefreshReport};
+use crate::blobstore::resilience::{BreakerState, Clock, Rng};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a background watcher polls.
+#[derive(Clone)]
+pub struct WatchConfig {
+    /// Time between polls when all is well (default 5 s).
+    pub interval: Duration,
+    /// Each delay is the nominal one plus up to this fraction of it, at
+    /// random (default 0.2).
+    pub jitter: f64,
+    /// Upper bound of the delay while polls fail (default 60 s).
+    pub max_backoff: Duration,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Rng>,
+}
+
+impl std::fmt::Debug for WatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchConfig")
+            .field("interval", &self.interval)
+            .field("jitter", &self.jitter)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            interval: Duration::from_secs(5),
+            jitter: 0.2,
+            max_backoff: Duration::from_secs(60),
+            clock: Arc::new(crate::blobstore::resilience::SystemClock),
+            rng: Arc::new(crate::blobstore::resilience::SeededRng::from_entropy()),
+        }
+    }
+}
+
+impl WatchConfig {
+    /// The delay before the next poll after `failures` failures in a row.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let nominal = if failures == 0 {
+            self.interval
+        } else {
+            let factor = 1u32 << failures.min(16);
+            self.interval.saturating_mul(factor).min(self.max_backoff)
+        };
+        let jitter_max = nominal.mul_f64(self.jitter.clamp(0.0, 1.0));
+        nominal + crate::blobstore::resilience::random_duration(self.rng.as_ref(), jitter_max)
+    }
+}
+
+/// What a background watcher reports.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    /// The consumer moved to a new version.
+    Refreshed(RefreshReport),
+    /// A poll or refresh failed; the consumer keeps serving its state.
+    Failed {
+        error: String,
+        consecutive: u32,
+        retry_in: Duration,
+    },
+    /// The first successful poll after failures.
+    Recovered,
+}
+
+/// A consumer's view of its own freshness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The version being served, if any.
+    pub version: Option<u64>,
+    /// The newest version the log announced (or pinned) when last polled.
+    pub newest_target: Option<u64>,
+    /// Time since the last successful refresh or poll that found the
+    /// consumer up to date; `None` before the first.
+    pub since_last_success: Option<Duration>,
+    /// Failed polls or refreshes in a row.
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// The circuit breaker's state, when the consumer was given one.
+    pub breaker: Option<BreakerState>,
+}
+
+impl Health {
+    /// Whether the consumer serves the version the log asks for.
+    pub fn is_current(&self) -> bool {
+        self.version.is_some() && self.version == self.newest_target
+    }
+}
+
+/// A running background watcher. Dropping it stops the task too; prefer
+/// [`WatchHandle::shutdown`], which waits for it to finish.
+pub struct WatchHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    events: tokio::sync::broadcast::Sender<WatchEvent>,
+    /// Subscribed before the task started, so no event is missed.
+    first: Option<tokio::sync::broadcast::Receiver<WatchEvent>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WatchHandle {
+    /// Receives the watcher's events. The first call sees every event since
+    /// the watcher started; later calls see events from then on.
+    pub fn subscribe(&mut self) -> tokio::sync::broadcast::Receiver<WatchEvent> {
+        self.first.take().unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// Stops the watcher and waits for its task to end. A refresh in
+    /// progress finishes first (it is never left half-applied).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Consumer {
+    /// Starts refreshing in the background on the current tokio runtime.
+    pub fn watch(self: &Arc<Self>, config: WatchConfig) -> WatchHandle {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (events, first) = tokio::sync::broadcast::channel(64);
+        let consumer = Arc::clone(self);
+        let sender = events.clone();
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                if *stopped.borrow() {
+                    break;
+                }
+                let delay = match consumer.refresh().await {
+                    Ok(report) => {
+                        if failures > 0 {
+                            let _ = sender.send(WatchEvent::Recovered);
+                        }
+                        failures = 0;
+                        if let Some(report) = report {
+                            let _ = sender.send(WatchEvent::Refreshed(report));
+                        }
+                        config.delay(0)
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        // An open breaker already keeps calls off the store,
+                        // and fails fast: keep polling at the nominal
+                        // interval so recovery is seen within one interval
+                        // of the breaker's trial succeeding.
+                        let retry_in = if circuit_open(&error) {
+                            config.delay(0)
+                        } else {
+                            config.delay(failures)
+                        };
+                        tracing::warn!(%error, failures, ?retry_in, "background refresh failed; serving the current state");
+                        let _ = sender.send(WatchEvent::Failed {
+                            error: error.to_string(),
+                            consecutive: failures,
+                            retry_in,
+                        });
+                        retry_in
+                    }
+                };
+                tokio::select! {
+                    _ = config.clock.sleep(delay) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        WatchHandle {
+            stop,
+            events,
+            first: Some(first),
+            task: Some(task),
+        }
+    }
+}
+
+/// Whether an error, anywhere in its source chain, is an open circuit
+/// breaker.
+fn circuit_open(error: &crate::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cur {
+        if let Some(crate::blobstore::resilience::ResilienceError::CircuitOpen { .. }) =
+            e.downcast_ref::<crate::blobstore::resilience::ResilienceError>()
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

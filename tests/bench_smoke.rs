@@ -1,0 +1,78 @@
+//! `burrow bench` keeps working: the runner executes the whole workload on
+//! a small dataset through the real binary and reports every figure as a
+//! finite positive number. No timing is asserted.
+
+use std::process::Command;
+
+const FIGURES: &[&str] = &[
+    "producer_snapshot_cycle",
+    "producer_delta_cycle",
+    "producer_delta_cycle_with_snapshot",
+    "producer_peak_rss",
+    "producer_peak_rss_with_snapshot",
+    "snapshot_bytes",
+    "delta_bytes",
+    "reverse_bytes",
+    "decode_open",
+    "consumer_open",
+    "delta_refresh",
+    "delta_refresh_cached",
+    "hashmap_lookup",
+    "lookup",
+    "hashmap_scan",
+    "scan",
+    "decode_rss",
+    "decode_anon_rss",
+    "consumer_rss",
+    "consumer_file_rss",
+    "consumer_anon_rss",
+];
+
+#[test]
+fn bench_reports_every_figure_as_a_finite_positive_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args([
+            "bench",
+            "--records",
+            "2000",
+            "--runs",
+            "1",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("burrow runs");
+    assert!(
+        output.status.success(),
+        "burrow bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["config"]["records"], 2000);
+    let figures = report["figures"].as_object().expect("figures object");
+    for &name in FIGURES {
+        let figure = &figures[name];
+        for stat in ["median", "min", "max"] {
+            let v = figure[stat]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{stat} is not a number: {figure}"));
+            assert!(v.is_finite() && v > 0.0, "{name}.{stat} = {v}");
+        }
+        if let Some(base) = figure["baseline"].as_str() {
+            assert!(
+                figures.contains_key(base),
+                "{name}'s baseline {base} is reported"
+            );
+            let ratio = figure["ratio"].as_f64().expect("a ratio beside a baseline");
+            assert!(ratio.is_finite() && ratio > 0.0, "{name}.ratio = {ratio}");
+        }
+    }
+    assert_eq!(figures.len(), FIGURES.len(), "no unexpected figures");
+    assert!(
+        !dir.path().join("work").exists(),
+        "the work directory is removed"
+    );
+}

@@ -1,0 +1,200 @@
+//! The `burrow` binary, run for real on a temporary store: the demo
+//! publishes and follows, `versions` and `inspect` read what it wrote, and
+//! bad arguments fail with one line that names the problem, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn burrow(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("the burrow binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a failure: non-zero exit, a message containing `names`, no panic.
+fn assert_fails(out: &Output, names: &str) {
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected a failure naming {names:?}; stdout: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains(names),
+        "stderr should name {names:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line of error: {stderr}"
+    );
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn demo_versions_and_inspect_on_a_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+
+    let out = burrow(&store, &["demo", "--records", "2000", "--cycles", "3"]);
+    assert!(out.status.success(), "demo: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("CYCLE"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per cycle:\n{stdout}");
+    assert!(rows[0].contains("snapshot") && rows[2].contains("delta"));
+    assert!(
+        stdout.contains("Title number 0"),
+        "lookups shown:\n{stdout}"
+    );
+    assert!(
+        dir.path().join("burrow-cache/store").is_dir(),
+        "the default cache is beside the store"
+    );
+
+    let out = burrow(&store, &["--json", "versions"]);
+    assert!(out.status.success(), "versions: {}", text(&out.stderr));
+    let entries = json_lines(&out);
+    assert_eq!(entries.len(), 3);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["kind"], "announce");
+        assert_eq!(e["seq"], i as u64 + 1);
+        assert_eq!(e["version"], i as u64 + 1);
+    }
+    assert_eq!(entries[1]["from_version"], 1);
+
+    let out = burrow(&store, &["inspect", "2", "--json"]);
+    assert!(out.status.success(), "inspect: {}", text(&out.stderr));
+    let blob = &json_lines(&out)[0];
+    assert_eq!(blob["envelope"]["kind"], "snapshot");
+    assert_eq!(blob["envelope"]["to_version"], 2);
+    assert_eq!(blob["types"][0]["records"], 2000);
+    assert_eq!(blob["types"][0]["key_fields"][0], "id");
+    assert_eq!(blob["header"]["tags"]["workload"], "movies");
+
+    let out = burrow(&store, &["inspect", "3", "--blob", "delta", "--json"]);
+    assert!(out.status.success(), "inspect delta: {}", text(&out.stderr));
+    let delta = &json_lines(&out)[0];
+    assert_eq!(delta["envelope"]["kind"], "delta");
+    assert_eq!(delta["envelope"]["from_version"], 2);
+    // 1% of 2000 changed, 0.1% removed and as many added.
+    assert_eq!(delta["types"][0]["removed"], 2);
+    assert_eq!(delta["types"][0]["set"], 22);
+
+    // A second run chains on: its first cycle is a delta to version 4.
+    let out = burrow(&store, &["--json", "demo", "--cycles", "1"]);
+    assert!(out.status.success(), "second demo: {}", text(&out.stderr));
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["version"], 4);
+    assert_eq!(lines[0]["consumer_plan"], "delta");
+    assert_eq!(lines[1]["event"], "lookup");
+    assert_eq!(lines[1]["ok"], true);
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let missing = dir.path().join("no-such-store");
+
+    assert_fails(&burrow(&missing, &["versions"]), "does not exist");
+    assert_fails(&burrow(&store, &["demo", "--change", "2"]), "--change");
+    assert_fails(&burrow(&store, &["demo", "--churn", "-1"]), "--churn");
+    assert_fails(&burrow(&store, &["demo", "--records", "0"]), "--records");
+    assert_fails(&burrow(&store, &["demo", "--cycles", "x"]), "--cycles");
+    assert_fails(&burrow(&store, &["inspect", "abc"]), "VERSION");
+    assert_fails(&burrow(Path::new("ftp://host/x"), &["versions"]), "--store");
+
+    let out = burrow(&store, &["demo", "--records", "100", "--cycles", "1"]);
+    assert!(out.status.success(), "demo: {}", text(&out.stderr));
+    assert_fails(&burrow(&store, &["inspect", "42"]), "version 42");
+    assert_fails(
+        &burrow(&store, &["inspect", "1", "--blob", "delta"]),
+        "no delta",
+    );
+}
+
+/// `burrow follow` is a real consumer process: it reaches each version the
+/// producer announces, printing one JSON line per version, and stops
+/// cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reaches_each_announced_version() {
+    use crate::common::*;
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = burrow::blobstore::BlobStore::local(&store_dir).unwrap();
+    let producer = producer(&store, "p");
+    let mut model: Model = (0..200).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--store")
+        .arg(&store_dir)
+        .args(["--json", "follow", "--interval-ms", "20", "--cache"])
+        .arg(dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Waits (bounded) for the follower to print that it reached `version`.
+    let reach = |version: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("follow never reached {version}"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == "version" && v["version"] == version {
+                return;
+            }
+        }
+    };
+    reach(v1);
+    model.insert(3, movie_value(3, 3));
+    let v2 = publish(&producer, &model).await.unwrap().version;
+    reach(v2);
+    // SIGTERM: a clean exit.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "follow exits cleanly on SIGTERM: {status:?}"
+    );
+}

@@ -225,7 +225,7 @@ pub fn write_snapshot(
     for t in types {
         estimate += 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
         if !t.key_fields.is_empty() {
-            estimate += index_slots(t.record_count);
+            estimate += 2 * index_slots(t.record_count);
         }
         estimate +=
             t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
@@ -259,27 +259,29 @@ fn write_type_snapshot(
     let mut index = vec![
         0u64;
         if keyed {
-            index_slots(t.record_count)
+            2 * index_slots(t.record_count)
         } else {
             0
         }
     ];
-    let mask = index.len().wrapping_sub(1);
+    let mask = (index.len() / 2).wrapping_sub(1);
     {
         let mut offsets = b.reborrow().init_offsets(list_len("ordinals", limit + 1)?);
         let offsets = offsets.as_slice().expect("UInt32 list is a slice");
         let mut at = 0usize;
         for o in 0..t.ordinal_limit {
-            offsets[o as usize] = u32::try_from(at)
+            let start = u32::try_from(at)
                 .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
+            offsets[o as usize] = start;
             if let Some((record, hash)) = t.records.record(o) {
                 at += record.len();
                 if keyed {
                     let mut slot = hash as usize & mask;
-                    while index[slot] != 0 {
+                    while index[2 * slot] != 0 {
                         slot = (slot + 1) & mask;
                     }
-                    index[slot] = (hash >> 32) << 32 | (u64::from(o) + 1);
+                    index[2 * slot] = (hash >> 32) << 32 | (u64::from(o) + 1);
+                    index[2 * slot + 1] = u64::from(start) | (record.len() as u64) << 32;
                 }
             }
         }
@@ -587,10 +589,11 @@ impl OpenBlob {
                 t.get_key_index().map_err(cap("key index"))?.as_slice(),
                 "key index",
             )?;
-            if !key_index.get().is_empty() && !key_index.get().len().is_power_of_two() {
+            let index_len = key_index.get().len();
+            if index_len != 0 && (index_len % 2 != 0 || !(index_len / 2).is_power_of_two()) {
                 return Err(self.corrupt(format!(
-                    "{name}: key index has {} slots, not a power of two",
-                    key_index.get().len()
+                    "{name}: key index has {index_len} words, not two per slot for a \
+                     power-of-two number of slots"
                 )));
             }
             let ordinal_limit = offsets.get().len().saturating_sub(1);

@@ -624,11 +624,68 @@ impl<'s, T: RecordType> TypeView<'s, T> {
     }
 
     /// Every record, in ordinal order.
-    pub fn iter(&self) -> impl Iterator<Item = Result<(u32, Record<'s, T>), FormatError>> + '_ {
-        (0..self.data.ordinal_limit).filter_map(move |o| match self.get(o) {
-            Ok(Some(r)) => Some(Ok((o, r))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
+    pub fn iter(&self) -> Iter<'_, 's, T> {
+        Iter {
+            view: self,
+            next: 0,
+        }
+    }
+}
+
+/// Iterates a type's records in ordinal order. Runs of ordinals that no
+/// delta touched are read straight off the snapshot's offsets, one offset
+/// per record.
+pub struct Iter<'v, 's, T: RecordType> {
+    view: &'v TypeView<'s, T>,
+    next: u32,
+}
+
+impl<'s, T: RecordType> Iterator for Iter<'_, 's, T> {
+    type Item = Result<(u32, Record<'s, T>), FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let data: &'s TypeData = self.view.data;
+        while self.next < data.ordinal_limit {
+            let o = self.next as usize;
+            if let (Some(base), None | Some(None)) = (&data.base, data.chunks.get(o / CHUNK)) {
+                let end = ((o / CHUNK + 1) * CHUNK)
+                    .min(base.ordinal_limit as usize)
+                    .min(data.ordinal_limit as usize);
+                if o < end {
+                    let offsets = base.offsets.get();
+                    let words = base.words.get();
+                    // offsets has ordinal_limit + 1 entries (checked when
+                    // the snapshot was opened), so i + 1 <= end is in range.
+                    let mut start = offsets[o] as usize;
+                    for i in o..end {
+                        let stop = offsets[i + 1] as usize;
+                        if start > stop || stop > words.len() {
+                            self.next = i as u32 + 1;
+                            return Some(Err(FormatError::Corrupt {
+                                blob: data.blob_name.to_string(),
+                                reason: format!(
+                                    "record {i} spans words {start}..{stop}, outside 0..{}",
+                                    words.len()
+                                ),
+                            }));
+                        }
+                        if start < stop {
+                            self.next = i as u32 + 1;
+                            return Some(Ok((i as u32, self.view.record(&words[start..stop]))));
+                        }
+                        start = stop;
+                    }
+                    self.next = end as u32;
+                    continue;
+                }
+            }
+            self.next += 1;
+            match data.record_words(o as u32) {
+                Ok(Some(words)) => return Some(Ok((o as u32, self.view.record(words)))),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
     }
 }

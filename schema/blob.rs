@@ -559,20 +559,35 @@ impl OpenBlob {
         })
     }
 
+    /// Maps a Cap'n Proto error to a `Corrupt` error naming this blob.
+    fn cap(&self, what: &'static str) -> impl Fn(capnp::Error) -> FormatError + '_ {
+        move |e| FormatError::capnp(&self.name, what, e)
+    }
+
+    /// A list field of primitives as a region of the blob.
+    fn list<T: capnp::private::layout::PrimitiveElement + Copy>(
+        self: &Arc<Self>,
+        list: capnp::Result<capnp::primitive_list::Reader<'_, T>>,
+        what: &'static str,
+    ) -> Result<Region<T>, FormatError> {
+        self.region(list.map_err(self.cap(what))?.as_slice(), what)
+    }
+
+    fn expect_kind(&self, ok: bool, expected: &str) -> Result<(), FormatError> {
+        if ok {
+            return Ok(());
+        }
+        Err(self.corrupt(format!(
+            "expected {expected}, found a {}",
+            self.envelope.kind.as_str()
+        )))
+    }
+
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
-        if self.envelope.kind != BlobKind::Snapshot {
-            return Err(self.corrupt(format!(
-                "expected a snapshot, found a {}",
-                self.envelope.kind.as_str()
-            )));
-        }
+        self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
         let message = self.message()?;
-        let cap = |what: &str| {
-            let name = self.name.clone();
-            let what = what.to_string();
-            move |e: capnp::Error| FormatError::capnp(&name, &what, e)
-        };
+        let cap = |what: &'static str| self.cap(what);
         let root = message
             .get_root::<snapshot::Reader>()
             .map_err(cap("snapshot root"))?;
@@ -580,15 +595,9 @@ impl OpenBlob {
         let mut sections = Vec::new();
         for t in root.get_types().map_err(cap("types"))? {
             let name = text(t.get_name(), &self.name, "type name")?;
-            let offsets = self.region(
-                t.get_offsets().map_err(cap("offsets"))?.as_slice(),
-                "offsets",
-            )?;
-            let words = self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?;
-            let key_index = self.region(
-                t.get_key_index().map_err(cap("key index"))?.as_slice(),
-                "key index",
-            )?;
+            let offsets = self.list(t.get_offsets(), "offsets")?;
+            let words = self.list(t.get_words(), "words")?;
+            let key_index = self.list(t.get_key_index(), "key index")?;
             let index_len = key_index.get().len();
             if index_len != 0 && (index_len % 2 != 0 || !(index_len / 2).is_power_of_two()) {
                 return Err(self.corrupt(format!(
@@ -616,18 +625,12 @@ impl OpenBlob {
 
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
-        if !matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse) {
-            return Err(self.corrupt(format!(
-                "expected a delta, found a {}",
-                self.envelope.kind.as_str()
-            )));
-        }
+        self.expect_kind(
+            matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse),
+            "a delta",
+        )?;
         let message = self.message()?;
-        let cap = |what: &str| {
-            let name = self.name.clone();
-            let what = what.to_string();
-            move |e: capnp::Error| FormatError::capnp(&name, &what, e)
-        };
+        let cap = |what: &'static str| self.cap(what);
         let root = message
             .get_root::<delta::Reader>()
             .map_err(cap("delta root"))?;
@@ -638,29 +641,12 @@ impl OpenBlob {
             let section = DeltaSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
-                removed: self.region(
-                    t.get_removed().map_err(cap("removed"))?.as_slice(),
-                    "removed",
-                )?,
-                removed_hashes: self.region(
-                    t.get_removed_key_hashes()
-                        .map_err(cap("removed key hashes"))?
-                        .as_slice(),
-                    "removed key hashes",
-                )?,
-                ordinals: self.region(
-                    t.get_ordinals().map_err(cap("ordinals"))?.as_slice(),
-                    "ordinals",
-                )?,
-                key_hashes: self.region(
-                    t.get_key_hashes().map_err(cap("key hashes"))?.as_slice(),
-                    "key hashes",
-                )?,
-                offsets: self.region(
-                    t.get_offsets().map_err(cap("offsets"))?.as_slice(),
-                    "offsets",
-                )?,
-                words: self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?,
+                removed: self.list(t.get_removed(), "removed")?,
+                removed_hashes: self.list(t.get_removed_key_hashes(), "removed key hashes")?,
+                ordinals: self.list(t.get_ordinals(), "ordinals")?,
+                key_hashes: self.list(t.get_key_hashes(), "key hashes")?,
+                offsets: self.list(t.get_offsets(), "offsets")?,
+                words: self.list(t.get_words(), "words")?,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
                 name,

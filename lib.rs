@@ -1,6 +1,56 @@
 //! burrow publishes a read-mostly dataset from one producer job to many read
 //! services, the way Netflix Hollow does, on Cap'n Proto and memory-mapped
 //! files.
+//!
+//! A [`producer::Producer`] runs cycles: each is given the whole dataset,
+//! keeps every record's ordinal stable by primary key, writes a snapshot,
+//! a delta and a reverse delta to a [`blobstore::BlobStore`], and announces
+//! the version in the [`announcer`] log. A [`consumer::Consumer`] follows
+//! the log, fetches and verifies blobs into a local cache, maps them, and
+//! serves typed zero-copy views; it moves between versions by deltas
+//! without stopping readers. `schema/FORMAT.md` gives the format.
+//!
+//! Publish, announce, consume:
+//!
+//! ```
+//! use burrow::blobstore::BlobStore;
+//! use burrow::consumer::ConsumerBuilder;
+//! use burrow::producer::ProducerBuilder;
+//! use burrow::schema::examples::movies_capnp::movie;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let store = BlobStore::local(dir.path().join("store"))?;
+//! let producer = ProducerBuilder::new(store.clone())
+//!     .primary_key::<movie::Owned>(&["id"])
+//!     .build()?;
+//! producer.restore().await?; // continue an existing chain, if any
+//! let report = producer
+//!     .run_cycle(|p| {
+//!         for id in 0..100u64 {
+//!             p.add::<movie::Owned>(|mut m| {
+//!                 m.set_id(id);
+//!                 m.set_title(format!("Title number {id}").as_str());
+//!                 m.set_year(1950 + (id % 70) as u32);
+//!                 Ok(())
+//!             })?;
+//!         }
+//!         Ok(())
+//!     })
+//!     .await?;
+//!
+//! let consumer = ConsumerBuilder::new(store).cache_dir(dir.path().join("cache")).build()?;
+//! consumer.refresh().await?;
+//! let state = consumer.state()?;
+//! assert_eq!(state.version(), report.version);
+//! let movies = state.view::<movie::Owned>()?;
+//! let (_ordinal, record) = movies.find(&42u64)?.expect("id 42 was published");
+//! assert_eq!(record.get()?.get_year(), 1950 + 42);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
 pub mod announcer;
 pub mod blobstore;
 pub mod consumer;

@@ -8,91 +8,17 @@ use burrow::consumer::{Consumer, ConsumerBuilder};
 use burrow::producer::{Populate, Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 /// Records in the bench dataset: moderate, so `cargo bench` stays short.
 pub const N: u64 = 100_000;
 
-pub const TAGS: [&str; 8] = [
-    "action", "drama", "comedy", "horror", "doc", "kids", "anime", "thriller",
-];
-
-/// A Movie as owned Rust values: the in-heap baseline.
-#[derive(Debug, Clone)]
-pub struct Movie {
-    pub id: u64,
-    pub title: String,
-    pub year: u32,
-    pub tags: Vec<String>,
-}
-
-impl Movie {
-    pub fn new(i: u64, generation: u32) -> Movie {
-        let mut title = String::new();
-        write_title(&mut title, i, generation);
-        Movie {
-            id: i,
-            title,
-            year: 1950 + (i % 70) as u32,
-            tags: vec![
-                TAGS[(i % 8) as usize].to_string(),
-                TAGS[((i / 8) % 8) as usize].to_string(),
-            ],
-        }
-    }
-
-    pub fn decode(m: movie::Reader<'_>) -> capnp::Result<Movie> {
-        let mut tags = Vec::with_capacity(2);
-        for t in m.get_tags()? {
-            tags.push(t?.to_string()?);
-        }
-        Ok(Movie {
-            id: m.get_id(),
-            title: m.get_title()?.to_string()?,
-            year: m.get_year(),
-            tags,
-        })
-    }
-
-    /// Fills a generated builder with this movie.
-    pub fn fill(&self, mut m: movie::Builder<'_>) {
-        m.set_id(self.id);
-        m.set_title(self.title.as_str());
-        m.set_year(self.year);
-        let mut t = m.reborrow().init_tags(self.tags.len() as u32);
-        for (i, tag) in self.tags.iter().enumerate() {
-            t.set(i as u32, tag.as_str());
-        }
-    }
-}
-
-pub fn write_title(out: &mut String, i: u64, g: u32) {
-    out.clear();
-    let _ = if g > 0 {
-        write!(out, "Title number {i} v{g}")
-    } else {
-        write!(out, "Title number {i}")
-    };
-}
-
-/// SplitMix64, seeded.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) as u128 * n as u128) >> 64) as u64
-    }
-}
+pub use burrow::schema::examples::workload::{Movie, Rng};
 
 /// Generation of each record: cycle 1 all 0, then 1% set to the cycle.
 pub fn generations(cycle: u32) -> Vec<u32> {
     let mut g = vec![0u32; N as usize];
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for c in 2..=cycle {
         for _ in 0..N / 100 {
             g[rng.below(N) as usize] = c;
@@ -102,17 +28,10 @@ pub fn generations(cycle: u32) -> Vec<u32> {
 }
 
 pub fn populate(p: &mut Populate<'_>, generations: &[u32]) -> burrow::Result<()> {
-    let mut title = String::new();
     for (i, &g) in generations.iter().enumerate() {
-        let i = i as u64;
-        write_title(&mut title, i, g);
-        p.add::<movie::Owned>(|mut m| {
-            m.set_id(i);
-            m.set_title(title.as_str());
-            m.set_year(1950 + (i % 70) as u32);
-            let mut t = m.init_tags(2);
-            t.set(0, TAGS[(i % 8) as usize]);
-            t.set(1, TAGS[((i / 8) % 8) as usize]);
+        let movie = Movie::new(i as u64, g);
+        p.add::<movie::Owned>(|m| {
+            movie.fill(m);
             Ok(())
         })?;
     }

@@ -21,7 +21,7 @@ fn reads(c: &mut Criterion) {
     let map = hashmap_of(&p.consumer);
     let state = p.consumer.state().expect("state");
     let view = state.view::<movie::Owned>().expect("view");
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let ids: Vec<u64> = (0..LOOKUPS).map(|_| rng.below(N)).collect();
 
     let mut g = c.benchmark_group("lookup_field_read");

@@ -60,7 +60,7 @@ fn record_encode(c: &mut Criterion) {
                     .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
                     .expect("root");
                 let start = words.len();
-                append_canonical(root, &mut canon, &mut words).expect("canonical");
+                append_canonical(root, None, &mut canon, &mut words).expect("canonical");
                 key.clear();
                 let record: movie::Reader<'_> = root.get_as().expect("movie");
                 spec.resolved()

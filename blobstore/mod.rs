@@ -253,7 +253,10 @@ impl BlobStore {
         }
     }
 
-    /// A blob store in a local directory, created if missing.
+    /// A blob store in a local directory, created if missing. Every write
+    /// is fsynced (file and directory) before it returns, so "written"
+    /// means durable: a producer announces only after its blobs would
+    /// survive a power cut.
     pub fn local(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -261,13 +264,13 @@ impl BlobStore {
             path: dir.clone(),
             source,
         })?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
-            StoreError::Backend {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|source| StoreError::Backend {
                 op: "open",
                 name: dir.display().to_string(),
                 source,
-            }
-        })?;
+            })?
+            .with_fsync(true);
         let mut store = BlobStore::new(Arc::new(fs), "");
         store.description = dir.display().to_string();
         Ok(store)

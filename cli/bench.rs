@@ -15,12 +15,12 @@
 
 mod child;
 mod report;
-mod workload;
 
 use anyhow::{anyhow, bail, Context};
 use burrow::blobstore::{BlobCache, BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::schema::examples::workload::{Movie, Rng};
 use report::{Figure, Report, Unit};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -28,7 +28,6 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use workload::{Movie, Rng};
 
 /// Arguments of `burrow bench`.
 #[derive(clap::Args, Debug, Clone)]

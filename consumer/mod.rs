@@ -15,7 +15,7 @@ mod state;
 mod watch;
 
 pub use plan::{chain_to, Plan, Step};
-pub use state::{ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
+pub use state::{Iter, ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog, Watcher};

@@ -127,7 +127,25 @@ impl TypeData {
     /// ordinal past the limit. Bounds-checked against the blob.
     #[inline]
     pub fn record_words(&self, ordinal: u32) -> Result<Option<&[u64]>, FormatError> {
-        let loc = self.loc(ordinal);
+        if ordinal >= self.ordinal_limit {
+            return Ok(None);
+        }
+        let loc = match self.chunks.get(ordinal as usize / CHUNK) {
+            Some(Some(chunk)) => chunk[ordinal as usize % CHUNK],
+            // Untouched since the snapshot: the snapshot's own offsets say
+            // where the record is (an empty range is a hole).
+            _ => {
+                return match &self.base {
+                    Some(b) if ordinal < b.ordinal_limit => record_at(
+                        b.offsets.get(),
+                        b.words.get(),
+                        ordinal as usize,
+                        &self.blob_name,
+                    ),
+                    _ => Ok(None),
+                }
+            }
+        };
         if loc == HOLE {
             return Ok(None);
         }
@@ -139,6 +157,18 @@ impl TypeData {
             let p = &self.parts[part - 1];
             record_at(p.offsets.get(), p.words.get(), index, &self.blob_name)
         }
+    }
+
+    /// Whether `ordinal`'s record is still the snapshot's (no delta touched
+    /// its chunk), so the key index's record place can be used directly.
+    #[inline]
+    fn is_untouched(&self, ordinal: u32) -> bool {
+        ordinal < self.ordinal_limit
+            && matches!(self.chunks.get(ordinal as usize / CHUNK), Some(None) | None)
+            && self
+                .base
+                .as_ref()
+                .is_some_and(|b| ordinal < b.ordinal_limit)
     }
 
     fn set_loc(&mut self, ordinal: u32, loc: Loc) {
@@ -527,10 +557,7 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         spec.encode_query(&self.data.name, key, &mut query)?;
         let hash = query.hash();
         let mut candidate = KeyBuf::new();
-        let mut matches = |o: u32| -> Result<Option<Record<'s, T>>, Error> {
-            let Some(words) = self.data.record_words(o)? else {
-                return Ok(None);
-            };
+        let mut check = |o: u32, words: &'s [u64]| -> Result<Option<Record<'s, T>>, Error> {
             let record = self.record(words);
             candidate.clear();
             if !spec.encode_words(words, &mut candidate) {
@@ -547,24 +574,54 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         };
         if let Some(ordinals) = self.data.overlay.get(&hash) {
             for &o in ordinals {
-                if let Some(r) = matches(o)? {
-                    return Ok(Some((o, r)));
+                if let Some(words) = self.data.record_words(o)? {
+                    if let Some(r) = check(o, words)? {
+                        return Ok(Some((o, r)));
+                    }
                 }
             }
         }
         if let Some(base) = &self.data.base {
             let index = base.key_index.get();
-            if !index.is_empty() {
-                let mask = index.len() - 1;
+            let slots = index.len() / 2;
+            if slots != 0 {
+                let mask = slots - 1;
                 let mut slot = hash as usize & mask;
-                for _ in 0..index.len() {
-                    let entry = index[slot];
+                for _ in 0..slots {
+                    let entry = index[2 * slot];
                     if entry == 0 {
                         break;
                     }
                     if entry >> 32 == hash >> 32 {
                         let o = (entry as u32).wrapping_sub(1);
-                        if let Some(r) = matches(o)? {
+                        let found = if self.data.is_untouched(o) {
+                            // The slot says where the record is: no trip
+                            // through `offsets`. Bounds-checked like any read.
+                            let place = index[2 * slot + 1];
+                            let (start, len) = ((place as u32) as usize, (place >> 32) as usize);
+                            let words = base.words.get();
+                            match words.get(start..start + len) {
+                                Some(w) if len > 0 => check(o, w)?,
+                                _ => {
+                                    return Err(FormatError::Corrupt {
+                                        blob: self.data.blob_name.to_string(),
+                                        reason: format!(
+                                            "key index slot {slot} places ordinal {o} at words \
+                                             {start}..{} outside 0..{}",
+                                            start + len,
+                                            words.len()
+                                        ),
+                                    }
+                                    .into())
+                                }
+                            }
+                        } else {
+                            match self.data.record_words(o)? {
+                                Some(words) => check(o, words)?,
+                                None => None,
+                            }
+                        };
+                        if let Some(r) = found {
                             return Ok(Some((o, r)));
                         }
                     }
@@ -576,11 +633,68 @@ impl<'s, T: RecordType> TypeView<'s, T> {
     }
 
     /// Every record, in ordinal order.
-    pub fn iter(&self) -> impl Iterator<Item = Result<(u32, Record<'s, T>), FormatError>> + '_ {
-        (0..self.data.ordinal_limit).filter_map(move |o| match self.get(o) {
-            Ok(Some(r)) => Some(Ok((o, r))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
+    pub fn iter(&self) -> Iter<'_, 's, T> {
+        Iter {
+            view: self,
+            next: 0,
+        }
+    }
+}
+
+/// Iterates a type's records in ordinal order. Runs of ordinals that no
+/// delta touched are read straight off the snapshot's offsets, one offset
+/// per record.
+pub struct Iter<'v, 's, T: RecordType> {
+    view: &'v TypeView<'s, T>,
+    next: u32,
+}
+
+impl<'s, T: RecordType> Iterator for Iter<'_, 's, T> {
+    type Item = Result<(u32, Record<'s, T>), FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let data: &'s TypeData = self.view.data;
+        while self.next < data.ordinal_limit {
+            let o = self.next as usize;
+            if let (Some(base), None | Some(None)) = (&data.base, data.chunks.get(o / CHUNK)) {
+                let end = ((o / CHUNK + 1) * CHUNK)
+                    .min(base.ordinal_limit as usize)
+                    .min(data.ordinal_limit as usize);
+                if o < end {
+                    let offsets = base.offsets.get();
+                    let words = base.words.get();
+                    // offsets has ordinal_limit + 1 entries (checked when
+                    // the snapshot was opened), so i + 1 <= end is in range.
+                    let mut start = offsets[o] as usize;
+                    for i in o..end {
+                        let stop = offsets[i + 1] as usize;
+                        if start > stop || stop > words.len() {
+                            self.next = i as u32 + 1;
+                            return Some(Err(FormatError::Corrupt {
+                                blob: data.blob_name.to_string(),
+                                reason: format!(
+                                    "record {i} spans words {start}..{stop}, outside 0..{}",
+                                    words.len()
+                                ),
+                            }));
+                        }
+                        if start < stop {
+                            self.next = i as u32 + 1;
+                            return Some(Ok((i as u32, self.view.record(&words[start..stop]))));
+                        }
+                        start = stop;
+                    }
+                    self.next = end as u32;
+                    continue;
+                }
+            }
+            self.next += 1;
+            match data.record_words(o as u32) {
+                Ok(Some(words)) => return Some(Ok((o as u32, self.view.record(words)))),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
     }
 }

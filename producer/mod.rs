@@ -380,14 +380,26 @@ pub struct CycleReport {
     pub total_time: Duration,
 }
 
+/// Buffers reused for every record of a populate.
+#[derive(Default)]
+struct RecordWork {
+    /// Where records are canonicalized.
+    canon: Vec<capnp::Word>,
+    key: KeyBuf,
+}
+
+/// Largest scratch buffer a populate reuses for building records (64 KiB).
+const MAX_SCRATCH_WORDS: usize = 8192;
+
 /// Adds the records of one cycle. Every record of the dataset must be
 /// added every cycle; a record not added is removed.
 pub struct Populate<'a> {
     config: &'a Config,
     batches: Vec<Batch>,
     build_scratch: Vec<capnp::Word>,
-    canon_scratch: Vec<capnp::Word>,
-    key: KeyBuf,
+    /// Size the build scratch should have: about twice the largest record.
+    scratch_words: usize,
+    work: RecordWork,
     /// Key fields resolved once per cycle, for keys read by reflection.
     resolved: Vec<Option<ResolvedKey>>,
 }
@@ -413,8 +425,11 @@ impl Populate<'_> {
         fill: impl FnOnce(T::Builder<'_>) -> capnp::Result<()>,
     ) -> Result<(), Error> {
         let t = self.type_index::<T>()?;
-        if self.build_scratch.is_empty() {
-            self.build_scratch = capnp::Word::allocate_zeroed_vec(1024);
+        // The builder's first segment is a reused scratch buffer, sized to
+        // the records seen so far (capnp zeroes it for each record, so it
+        // should not be much larger than a record).
+        if self.build_scratch.len() < self.scratch_words {
+            self.build_scratch = capnp::Word::allocate_zeroed_vec(self.scratch_words);
         }
         let mut message =
             capnp::message::Builder::new(capnp::message::ScratchSpaceHeapAllocator::new(
@@ -431,13 +446,21 @@ impl Populate<'_> {
                 type_name: type_name(),
                 source,
             })?;
+        let used: usize = message
+            .get_segments_for_output()
+            .iter()
+            .map(|s| s.len() / 8)
+            .sum();
+        if used * 2 > self.scratch_words && self.scratch_words < MAX_SCRATCH_WORDS {
+            self.scratch_words = (used * 2).next_power_of_two().min(MAX_SCRATCH_WORDS);
+        }
         push_record::<T>(
             self.config,
             t,
             root,
+            Some(used),
             &mut self.batches[t],
-            &mut self.canon_scratch,
-            &mut self.key,
+            &mut self.work,
             &mut self.resolved[t],
         )
     }
@@ -462,9 +485,9 @@ impl Populate<'_> {
             self.config,
             t,
             root,
+            None,
             &mut self.batches[t],
-            &mut self.canon_scratch,
-            &mut self.key,
+            &mut self.work,
             &mut self.resolved[t],
         )
     }
@@ -474,27 +497,32 @@ fn push_record<T: RecordType>(
     config: &Config,
     t: usize,
     root: capnp::any_pointer::Reader<'_>,
+    size_bound_words: Option<usize>,
     batch: &mut Batch,
-    scratch: &mut Vec<capnp::Word>,
-    key: &mut KeyBuf,
+    work: &mut RecordWork,
     resolved: &mut Option<ResolvedKey>,
 ) -> Result<(), Error> {
+    let RecordWork {
+        canon: scratch,
+        key,
+    } = work;
     let registered = &config.types[t];
     let bad = |source| ProducerError::BadRecord {
         type_name: registered.info.name.clone(),
         source,
     };
-    let size = root.target_size().map_err(bad)?.word_count * 8;
-    if size > config.max_record_bytes {
+    let start = batch.words.len();
+    let added = append_canonical(root, size_bound_words, scratch, &mut batch.words).map_err(bad)?;
+    let bytes = added as u64 * 8;
+    if bytes > config.max_record_bytes {
+        batch.words.truncate(start);
         return Err(ProducerError::RecordTooLarge {
             type_name: registered.info.name.clone(),
-            bytes: size,
+            bytes,
             limit: config.max_record_bytes,
         }
         .into());
     }
-    let start = batch.words.len();
-    append_canonical(root, scratch, &mut batch.words).map_err(bad)?;
     key.clear();
     if let Some(spec) = &registered.key {
         if !spec.encode_words(&batch.words[start..], key) {
@@ -631,8 +659,8 @@ impl Producer {
                     })
                     .collect(),
                 build_scratch: Vec::new(),
-                canon_scratch: Vec::new(),
-                key: KeyBuf::new(),
+                scratch_words: 64,
+                work: RecordWork::default(),
                 resolved: config.types.iter().map(|_| None).collect(),
             };
             populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;

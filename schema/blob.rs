@@ -229,7 +229,7 @@ pub fn write_snapshot(
     for t in types {
         estimate += 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
         if !t.key_fields.is_empty() {
-            estimate += index_slots(t.record_count);
+            estimate += 2 * index_slots(t.record_count);
         }
         estimate +=
             t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
@@ -263,27 +263,29 @@ fn write_type_snapshot(
     let mut index = vec![
         0u64;
         if keyed {
-            index_slots(t.record_count)
+            2 * index_slots(t.record_count)
         } else {
             0
         }
     ];
-    let mask = index.len().wrapping_sub(1);
+    let mask = (index.len() / 2).wrapping_sub(1);
     {
         let mut offsets = b.reborrow().init_offsets(list_len("ordinals", limit + 1)?);
         let offsets = offsets.as_slice().expect("UInt32 list is a slice");
         let mut at = 0usize;
         for o in 0..t.ordinal_limit {
-            offsets[o as usize] = u32::try_from(at)
+            let start = u32::try_from(at)
                 .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
+            offsets[o as usize] = start;
             if let Some((record, hash)) = t.records.record(o) {
                 at += record.len();
                 if keyed {
                     let mut slot = hash as usize & mask;
-                    while index[slot] != 0 {
+                    while index[2 * slot] != 0 {
                         slot = (slot + 1) & mask;
                     }
-                    index[slot] = (hash >> 32) << 32 | (u64::from(o) + 1);
+                    index[2 * slot] = (hash >> 32) << 32 | (u64::from(o) + 1);
+                    index[2 * slot + 1] = u64::from(start) | (record.len() as u64) << 32;
                 }
             }
         }
@@ -570,20 +572,35 @@ impl OpenBlob {
         })
     }
 
+    /// Maps a Cap'n Proto error to a `Corrupt` error naming this blob.
+    fn cap(&self, what: &'static str) -> impl Fn(capnp::Error) -> FormatError + '_ {
+        move |e| FormatError::capnp(&self.name, what, e)
+    }
+
+    /// A list field of primitives as a region of the blob.
+    fn list<T: capnp::private::layout::PrimitiveElement + Copy>(
+        self: &Arc<Self>,
+        list: capnp::Result<capnp::primitive_list::Reader<'_, T>>,
+        what: &'static str,
+    ) -> Result<Region<T>, FormatError> {
+        self.region(list.map_err(self.cap(what))?.as_slice(), what)
+    }
+
+    fn expect_kind(&self, ok: bool, expected: &str) -> Result<(), FormatError> {
+        if ok {
+            return Ok(());
+        }
+        Err(self.corrupt(format!(
+            "expected {expected}, found a {}",
+            self.envelope.kind.as_str()
+        )))
+    }
+
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
-        if self.envelope.kind != BlobKind::Snapshot {
-            return Err(self.corrupt(format!(
-                "expected a snapshot, found a {}",
-                self.envelope.kind.as_str()
-            )));
-        }
+        self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
         let message = self.message()?;
-        let cap = |what: &str| {
-            let name = self.name.clone();
-            let what = what.to_string();
-            move |e: capnp::Error| FormatError::capnp(&name, &what, e)
-        };
+        let cap = |what: &'static str| self.cap(what);
         let root = message
             .get_root::<snapshot::Reader>()
             .map_err(cap("snapshot root"))?;
@@ -600,19 +617,14 @@ impl OpenBlob {
         }
         for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
-            let offsets = self.region(
-                t.get_offsets().map_err(cap("offsets"))?.as_slice(),
-                "offsets",
-            )?;
-            let words = self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?;
-            let key_index = self.region(
-                t.get_key_index().map_err(cap("key index"))?.as_slice(),
-                "key index",
-            )?;
-            if !key_index.get().is_empty() && !key_index.get().len().is_power_of_two() {
+            let offsets = self.list(t.get_offsets(), "offsets")?;
+            let words = self.list(t.get_words(), "words")?;
+            let key_index = self.list(t.get_key_index(), "key index")?;
+            let index_len = key_index.get().len();
+            if index_len != 0 && (index_len % 2 != 0 || !(index_len / 2).is_power_of_two()) {
                 return Err(self.corrupt(format!(
-                    "{name}: key index has {} slots, not a power of two",
-                    key_index.get().len()
+                    "{name}: key index has {index_len} words, not two per slot for a \
+                     power-of-two number of slots"
                 )));
             }
             let ordinal_limit = offsets.get().len().saturating_sub(1);
@@ -635,18 +647,12 @@ impl OpenBlob {
 
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
-        if !matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse) {
-            return Err(self.corrupt(format!(
-                "expected a delta, found a {}",
-                self.envelope.kind.as_str()
-            )));
-        }
+        self.expect_kind(
+            matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse),
+            "a delta",
+        )?;
         let message = self.message()?;
-        let cap = |what: &str| {
-            let name = self.name.clone();
-            let what = what.to_string();
-            move |e: capnp::Error| FormatError::capnp(&name, &what, e)
-        };
+        let cap = |what: &'static str| self.cap(what);
         let root = message
             .get_root::<delta::Reader>()
             .map_err(cap("delta root"))?;
@@ -666,29 +672,12 @@ impl OpenBlob {
             let section = DeltaSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
-                removed: self.region(
-                    t.get_removed().map_err(cap("removed"))?.as_slice(),
-                    "removed",
-                )?,
-                removed_hashes: self.region(
-                    t.get_removed_key_hashes()
-                        .map_err(cap("removed key hashes"))?
-                        .as_slice(),
-                    "removed key hashes",
-                )?,
-                ordinals: self.region(
-                    t.get_ordinals().map_err(cap("ordinals"))?.as_slice(),
-                    "ordinals",
-                )?,
-                key_hashes: self.region(
-                    t.get_key_hashes().map_err(cap("key hashes"))?.as_slice(),
-                    "key hashes",
-                )?,
-                offsets: self.region(
-                    t.get_offsets().map_err(cap("offsets"))?.as_slice(),
-                    "offsets",
-                )?,
-                words: self.region(t.get_words().map_err(cap("words"))?.as_slice(), "words")?,
+                removed: self.list(t.get_removed(), "removed")?,
+                removed_hashes: self.list(t.get_removed_key_hashes(), "removed key hashes")?,
+                ordinals: self.list(t.get_ordinals(), "ordinals")?,
+                key_hashes: self.list(t.get_key_hashes(), "key hashes")?,
+                offsets: self.list(t.get_offsets(), "offsets")?,
+                words: self.list(t.get_words(), "words")?,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
                 name,

@@ -37,9 +37,11 @@ struct TypeSnapshot {
   recordCount @3 :UInt32;      # number of non-empty ordinals
   offsets @4 :List(UInt32);    # ordinalLimit + 1 word offsets into `words`
   words @5 :List(UInt64);      # concatenated record messages
-  # Open-addressing key index: power-of-two slot count, linear probing from
-  # slot (keyHash & (len - 1)). A slot is (keyHash >> 32) << 32 | (ordinal + 1);
-  # 0 is an empty slot. Empty list when the type has no key.
+  # Open-addressing key index: a power-of-two number of slots of two words
+  # each, linear probing from slot (keyHash & (slots - 1)). Word 0 of a slot
+  # is (keyHash >> 32) << 32 | (ordinal + 1), 0 for an empty slot; word 1 is
+  # the record's place in `words`: start | (length << 32), so a lookup reads
+  # the record without touching `offsets`. Empty list when the type has no key.
   keyIndex @6 :List(UInt64);
 }
 

@@ -27,4 +27,5 @@ pub mod probe_capnp {
 pub mod examples {
     pub use super::movies_capnp;
     pub use super::probe_capnp;
+    pub mod workload;
 }

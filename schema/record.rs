@@ -656,12 +656,17 @@ compile_error!("burrow maps Cap'n Proto data in place and needs a little-endian 
 /// words; returns how many words it added.
 pub fn append_canonical(
     root: capnp::any_pointer::Reader<'_>,
+    size_bound_words: Option<usize>,
     scratch: &mut Vec<capnp::Word>,
     out: &mut Vec<u64>,
 ) -> capnp::Result<usize> {
-    let size = root.target_size()?.word_count + 1;
-    let size =
-        usize::try_from(size).map_err(|_| capnp::Error::failed("record too large".into()))?;
+    // The canonical form is never larger than the message it comes from, so
+    // a caller that knows the message's size saves a traversal.
+    let size = match size_bound_words {
+        Some(words) => words + 1,
+        None => usize::try_from(root.target_size()?.word_count + 1)
+            .map_err(|_| capnp::Error::failed("record too large".into()))?,
+    };
     if scratch.len() < size {
         scratch.resize(
             size.next_power_of_two(),
@@ -703,7 +708,7 @@ mod tests {
         fill(message.init_root());
         let root = message.get_root_as_reader().unwrap();
         let mut out = Vec::new();
-        append_canonical(root, &mut Vec::new(), &mut out).unwrap();
+        append_canonical(root, None, &mut Vec::new(), &mut out).unwrap();
         out
     }
 

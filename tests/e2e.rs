@@ -29,3 +29,22 @@ async fn publish_and_follow_on_a_local_directory() {
     assert!(!same.published);
     assert_eq!(same.version, v2.version);
 }
+
+/// Invariant: producers, consumers and read states are shared across
+/// threads, and their futures can be spawned on a multi-threaded runtime.
+#[test]
+fn producer_and_consumer_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<burrow::producer::Producer>();
+    send_sync::<burrow::consumer::Consumer>();
+    send_sync::<burrow::consumer::ReadState>();
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p");
+    let cycle = producer.run_cycle(|_| Ok(()));
+    send(&cycle);
+    let consumer = consumer(&store, &dir.path().join("cache"));
+    let refresh = consumer.refresh();
+    send(&refresh);
+}

@@ -254,3 +254,23 @@ async fn reference_tool_decodes_a_snapshot() {
     );
     assert!(text.contains("recordCount = 3"), "{text}");
 }
+
+/// Invariant: a record over the producer's size limit is refused with an
+/// error that names the limit, and nothing is published.
+#[tokio::test]
+async fn oversized_records_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let p = burrow::producer::ProducerBuilder::new(store.clone())
+        .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(&["id"])
+        .max_record_bytes(256)
+        .build()
+        .unwrap();
+    let mut model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&p, &model).await.unwrap().version;
+    model.insert(9, ("x".repeat(1000), 2000, vec![]));
+    let err = publish(&p, &model).await.unwrap_err().to_string();
+    assert!(err.contains("over the limit of 256 bytes"), "{err}");
+    assert!(err.contains("populate"), "{err}");
+    assert_eq!(p.version().await, Some(v1));
+}

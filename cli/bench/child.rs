@@ -3,13 +3,13 @@
 //! decode-everything consumer's open (so start-up and resident memory are
 //! measured from a cold process). Each prints one JSON object on stdout.
 
-use super::workload::{Dataset, Movie};
 use anyhow::{anyhow, Context};
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::producer::ProducerBuilder;
 use burrow::schema::blob::OpenBlob;
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::schema::examples::workload::{Dataset, Movie};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;

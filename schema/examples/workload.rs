@@ -1,8 +1,9 @@
 //! The anchor workload (`../shared/WORKLOAD.md`): the `Movie` records, the
-//! seeded choice of which records change each cycle, and churn.
+//! seeded choice of which records change each cycle, and churn. One copy,
+//! used by `burrow bench`, the criterion benches and the tests.
 
-use burrow::producer::Populate;
-use burrow::schema::examples::movies_capnp::movie;
+use crate::producer::Populate;
+use crate::schema::examples::movies_capnp::movie;
 use std::fmt::Write as _;
 
 pub const TAGS: [&str; 8] = [
@@ -19,6 +20,29 @@ pub struct Movie {
 }
 
 impl Movie {
+    /// Record `i` at generation `generation`, as the workload defines it.
+    pub fn new(i: u64, generation: u32) -> Movie {
+        let mut title = String::new();
+        write_title(&mut title, i, generation);
+        Movie {
+            id: i,
+            title,
+            year: year(i),
+            tags: tags(i).iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// Fills a generated builder with this movie.
+    pub fn fill(&self, mut m: movie::Builder<'_>) {
+        m.set_id(self.id);
+        m.set_title(self.title.as_str());
+        m.set_year(self.year);
+        let mut t = m.reborrow().init_tags(self.tags.len() as u32);
+        for (i, tag) in self.tags.iter().enumerate() {
+            t.set(i as u32, tag.as_str());
+        }
+    }
+
     /// Decodes a record read from a blob.
     pub fn decode(m: movie::Reader<'_>) -> capnp::Result<Movie> {
         let mut tags = Vec::with_capacity(2);
@@ -101,6 +125,18 @@ impl Dataset {
         self.ids.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The live ids and their generations.
+    pub fn records(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.generations.iter().copied())
+    }
+
     /// Moves to cycle `cycle` (2, 3, 4): `len × change` distinct records,
     /// picked at random, get generation `cycle`; with churn, 0.1% of the
     /// keys are removed and 0.1% new keys (at generation `cycle`) added
@@ -134,7 +170,7 @@ impl Dataset {
     }
 
     /// Adds every record through the producer's generated-builder path.
-    pub fn populate(&self, p: &mut Populate<'_>) -> burrow::Result<()> {
+    pub fn populate(&self, p: &mut Populate<'_>) -> crate::Result<()> {
         let mut title = String::with_capacity(40);
         for (&i, &g) in self.ids.iter().zip(&self.generations) {
             write_title(&mut title, i, g);

@@ -412,25 +412,41 @@ pub fn check_blob(
             }
             let index = section.key_index.get();
             if !t.key_fields().is_empty() {
+                // Two words per slot: the entry, and where the record is.
+                let offsets = section.offsets.get();
+                let slots = index.len() / 2;
                 let mut used = 0u32;
-                for &slot in index {
-                    if slot == 0 {
+                for (slot, pair) in index.chunks_exact(2).enumerate() {
+                    let (entry, place) = (pair[0], pair[1]);
+                    if entry == 0 {
                         continue;
                     }
                     used += 1;
-                    let o = (slot as u32).wrapping_sub(1);
+                    let o = (entry as u32).wrapping_sub(1);
                     if t.record_words(o)?.is_none() {
                         return Err(corrupt(format!(
-                            "{}: key index names ordinal {o}, which holds no record",
+                            "{}: key index slot {slot} names ordinal {o}, which holds no record",
+                            t.name()
+                        )));
+                    }
+                    let (start, len) = (place as u32, (place >> 32) as u32);
+                    let (Some(&a), Some(&b)) =
+                        (offsets.get(o as usize), offsets.get(o as usize + 1))
+                    else {
+                        continue;
+                    };
+                    if start != a || u64::from(len) != u64::from(b).wrapping_sub(u64::from(a)) {
+                        return Err(corrupt(format!(
+                            "{}: key index slot {slot} places ordinal {o} at words {start}+{len}, \
+                             but it is at {a}..{b}",
                             t.name()
                         )));
                     }
                 }
-                if used != present || (present > 0 && used as usize >= index.len()) {
+                if used != present || (present > 0 && used as usize >= slots) {
                     return Err(corrupt(format!(
-                        "{}: key index has {used} entries in {} slots for {present} records",
-                        t.name(),
-                        index.len()
+                        "{}: key index has {used} entries in {slots} slots for {present} records",
+                        t.name()
                     )));
                 }
             }

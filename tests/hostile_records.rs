@@ -323,7 +323,9 @@ fn a_key_index_with_no_empty_slot_cannot_hang_a_lookup() {
     // Every slot full, every slot claiming the hash of the key looked up
     // (id 99), every one naming ordinal 0, whose id is 0.
     let h = id_key_hash(99);
-    s.key_index = vec![(h >> 32) << 32 | 1; 1 << 12];
+    // Slots are two words: the entry, and the record's place in `words`
+    // (ordinal 0: words 0..6).
+    s.key_index = [(h >> 32) << 32 | 1, 6 << 32].repeat(1 << 12);
     let state = open(&snapshot_blob(&s)).unwrap();
     let view = state.view::<movie::Owned>().unwrap();
     let started = std::time::Instant::now();
@@ -336,6 +338,32 @@ fn a_key_index_with_no_empty_slot_cannot_hang_a_lookup() {
 }
 
 #[test]
+fn a_key_index_slot_placing_a_record_elsewhere_is_caught() {
+    let (title, abc) = text_abc();
+    let records: Vec<Vec<u64>> = (0..2).map(|i| movie_record(i, title, 0, &abc)).collect();
+    let h = id_key_hash(1);
+    let slot = (h & 3) as usize;
+    // Out of bounds: a lookup is an error naming the slot.
+    let mut s = Section::of(&records, vec!["id"]);
+    s.key_index = vec![0; 8];
+    s.key_index[2 * slot] = (h >> 32) << 32 | 2;
+    s.key_index[2 * slot + 1] = 1000 | 6 << 32;
+    let state = open(&snapshot_blob(&s)).unwrap();
+    let view = state.view::<movie::Owned>().unwrap();
+    let err = view.find(&1u64).err().map(|e| e.to_string());
+    let err = err.expect("out of bounds");
+    assert!(err.contains("outside"), "{err}");
+    // In bounds but pointing at ordinal 0's words for ordinal 1: verify
+    // names the slot.
+    s.key_index[2 * slot + 1] = 6 << 32;
+    let err = burrow::verify::check_blob(BlobName::Snapshot(1), &snapshot_blob(&s), "snapshot/1")
+        .err()
+        .map(|e| e.to_string());
+    let err = err.expect("misplaced");
+    assert!(err.contains("places ordinal 1 at words 0+6"), "{err}");
+}
+
+#[test]
 fn a_key_field_of_the_wrong_pointer_type_is_an_error_on_lookup() {
     // Keyed by title; ordinal 0's title is a struct, not text.
     let record = movie_record(1, struct_ptr(1, 1, 0), 0, &[7]);
@@ -344,8 +372,9 @@ fn a_key_field_of_the_wrong_pointer_type_is_an_error_on_lookup() {
     key.extend_from_slice(&3u32.to_le_bytes());
     key.extend_from_slice(b"abc");
     let h = xxhash_rust::xxh3::xxh3_64(&key);
-    s.key_index = vec![0; 2];
-    s.key_index[(h & 1) as usize] = (h >> 32) << 32 | 1;
+    s.key_index = vec![0; 4];
+    s.key_index[2 * (h & 1) as usize] = (h >> 32) << 32 | 1;
+    s.key_index[2 * (h & 1) as usize + 1] = 6 << 32;
     let state = open(&snapshot_blob(&s)).unwrap();
     let view = state.view::<movie::Owned>().unwrap();
     let err = view

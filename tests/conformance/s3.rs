@@ -247,6 +247,17 @@ async fn server_stopped_mid_cycle_publishes_nothing_a_consumer_follows() {
     // announced: the log still ends at v1.
     let log = burrow::announcer::AnnouncementLog::new(direct.clone());
     assert_eq!(log.latest().await.unwrap().map(|e| e.version), Some(v1));
+
+    // The server is back (the producer job restarts against it): a
+    // restored producer's next cycle succeeds and chains on from v1, and
+    // the consumer follows it by a delta.
+    let p2 = producer(&direct, "p2");
+    assert_eq!(p2.restore().await.unwrap(), Some(v1));
+    let v2 = publish(&p2, &model).await.unwrap().version;
+    assert!(v2 > v1);
+    let report = c.refresh().await.unwrap().expect("moves to v2");
+    assert_eq!(report.steps, vec![burrow::consumer::Step::Delta(v1, v2)]);
+    assert_eq!(snapshot_of(&c), model);
 }
 
 /// Invariant: the producer/consumer cycle works the same on S3 as on a

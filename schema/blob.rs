@@ -586,6 +586,18 @@ impl OpenBlob {
         self.region(list.map_err(self.cap(what))?.as_slice(), what)
     }
 
+    fn check_type_count(&self, count: u32) -> Result<(), FormatError> {
+        if count > MAX_TYPES {
+            return Err(FormatError::TooLarge {
+                blob: self.name.clone(),
+                what: "number of types",
+                value: count.into(),
+                limit: MAX_TYPES.into(),
+            });
+        }
+        Ok(())
+    }
+
     fn expect_kind(&self, ok: bool, expected: &str) -> Result<(), FormatError> {
         if ok {
             return Ok(());
@@ -607,14 +619,7 @@ impl OpenBlob {
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
         let types = root.get_types().map_err(cap("types"))?;
-        if types.len() > MAX_TYPES {
-            return Err(FormatError::TooLarge {
-                blob: self.name.clone(),
-                what: "number of types",
-                value: types.len().into(),
-                limit: MAX_TYPES.into(),
-            });
-        }
+        self.check_type_count(types.len())?;
         for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let offsets = self.list(t.get_offsets(), "offsets")?;
@@ -659,14 +664,7 @@ impl OpenBlob {
         let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
         let mut sections = Vec::new();
         let types = root.get_types().map_err(cap("types"))?;
-        if types.len() > MAX_TYPES {
-            return Err(FormatError::TooLarge {
-                blob: self.name.clone(),
-                what: "number of types",
-                value: types.len().into(),
-                limit: MAX_TYPES.into(),
-            });
-        }
+        self.check_type_count(types.len())?;
         for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {

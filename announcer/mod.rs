@@ -75,15 +75,34 @@ impl From<Error> for AnnounceError {
 /// an arbitrarily large object into memory).
 pub const MAX_ENTRY_BYTES: u64 = 64 << 10;
 
-/// The log of one dataset.
+/// Entries kept by a log after they were read: they are immutable
+/// (create-only), so a cached entry is never stale. Walking the chain back
+/// on every refresh (for update planning) would otherwise GET the same
+/// entries again and again.
+const CACHED_ENTRIES: usize = 1024;
+
+/// The log of one dataset. Clones share one cache of entries read.
 #[derive(Debug, Clone)]
 pub struct AnnouncementLog {
     store: BlobStore,
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Announcement>>>,
 }
 
 impl AnnouncementLog {
     pub fn new(store: BlobStore) -> Self {
-        AnnouncementLog { store }
+        AnnouncementLog {
+            store,
+            cache: Default::default(),
+        }
+    }
+
+    fn remember(&self, entry: &Announcement) {
+        let mut cache = self.cache.lock().expect("entry cache lock");
+        cache.insert(entry.seq, entry.clone());
+        if cache.len() > CACHED_ENTRIES {
+            // Keep the newest: planning walks back from the head.
+            cache.pop_first();
+        }
     }
 
     pub fn store(&self) -> &BlobStore {
@@ -93,6 +112,9 @@ impl AnnouncementLog {
     /// Reads entry `seq`; `None` if it does not exist. An object larger
     /// than [`MAX_ENTRY_BYTES`] is refused before it is read into memory.
     pub async fn read(&self, seq: u64) -> Result<Option<Announcement>, AnnounceError> {
+        if let Some(entry) = self.cache.lock().expect("entry cache lock").get(&seq) {
+            return Ok(Some(entry.clone()));
+        }
         let name = BlobName::Announce(seq);
         match self.get_bounded(&name).await {
             Ok(bytes) => {
@@ -107,6 +129,7 @@ impl AnnouncementLog {
                     }
                     .into());
                 }
+                self.remember(&entry);
                 Ok(Some(entry))
             }
             Err(AnnounceError::Store(StoreError::NotFound { .. })) => Ok(None),

@@ -247,16 +247,22 @@ pub fn write_snapshot(
     Ok(finish(BlobKind::Snapshot, 0, head.to_version, &message))
 }
 
+fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
+    for (i, text) in texts.iter().enumerate() {
+        list.set(i as u32, text.as_str());
+    }
+}
+
 fn write_type_snapshot(
     mut b: type_snapshot::Builder<'_>,
     t: &SnapshotTypeSource<'_>,
 ) -> Result<(), FormatError> {
     b.set_type_id(t.info.type_id);
     b.set_name(t.info.name.as_str());
-    let mut keys = b.reborrow().init_key_fields(t.key_fields.len() as u32);
-    for (i, k) in t.key_fields.iter().enumerate() {
-        keys.set(i as u32, k.as_str());
-    }
+    set_texts(
+        b.reborrow().init_key_fields(t.key_fields.len() as u32),
+        t.key_fields,
+    );
     b.set_record_count(t.record_count);
     let limit = t.ordinal_limit as usize;
     let keyed = !t.key_fields.is_empty();
@@ -356,10 +362,10 @@ fn write_type_delta(
 ) -> Result<(), FormatError> {
     b.set_type_id(t.info.type_id);
     b.set_name(t.info.name.as_str());
-    let mut keys = b.reborrow().init_key_fields(t.key_fields.len() as u32);
-    for (i, k) in t.key_fields.iter().enumerate() {
-        keys.set(i as u32, k.as_str());
-    }
+    set_texts(
+        b.reborrow().init_key_fields(t.key_fields.len() as u32),
+        t.key_fields,
+    );
     b.set_record_count_after(t.record_count_after);
     b.set_ordinal_limit_after(t.ordinal_limit_after);
     let n = list_len("removed ordinals", t.removed.len())?;

@@ -48,3 +48,31 @@ fn producer_and_consumer_are_send_and_sync() {
     let refresh = consumer.refresh();
     send(&refresh);
 }
+
+/// Invariant: announcement entries are immutable, so a log reads each one
+/// from the store once; planning that walks the chain back on every
+/// refresh repeats no GETs.
+#[tokio::test]
+async fn entries_are_read_from_the_store_once() {
+    use burrow::blobstore::faults::{FaultyStore, Op};
+    let faulty = std::sync::Arc::new(FaultyStore::memory());
+    let store = BlobStore::new(faulty.clone(), "");
+    let producer = producer(&store, "p");
+    let model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&producer, &model).await.unwrap();
+    let log = burrow::announcer::AnnouncementLog::new(store.clone());
+    faulty.reset_counts();
+    let first = log.read(1).await.unwrap().expect("entry 1");
+    assert_eq!(faulty.calls(Op::Get), 1);
+    let again = log.clone().read(1).await.unwrap().expect("entry 1");
+    assert_eq!(first, again);
+    assert_eq!(
+        faulty.calls(Op::Get),
+        1,
+        "a second read of an entry went to the store"
+    );
+    // A missing entry is not cached: it may be written later.
+    assert!(log.read(2).await.unwrap().is_none());
+    assert!(log.read(2).await.unwrap().is_none());
+    assert_eq!(faulty.calls(Op::Get), 3);
+}

@@ -83,7 +83,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         s.record_count.to_string(),
                         s.ordinal_limit.to_string(),
                         output::bytes(s.words.get().len() as u64 * 8),
-                        s.key_index.get().len().to_string(),
+                        (s.key_index.get().len() / 2).to_string(),
                         s.key_fields.join(", "),
                     ]);
                     json!({
@@ -92,7 +92,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         "records": s.record_count,
                         "ordinal_limit": s.ordinal_limit,
                         "record_bytes": s.words.get().len() * 8,
-                        "key_index_slots": s.key_index.get().len(),
+                        "key_index_slots": s.key_index.get().len() / 2,
                         "key_fields": s.key_fields,
                     })
                 })

@@ -28,6 +28,7 @@ use crate::consumer::{chain_to, ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{record_at, OpenBlob};
 use crate::schema::envelope::BlobKind;
+use crate::schema::key_index::KeyIndex;
 use crate::schema::record::record_message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -410,45 +411,10 @@ pub fn check_blob(
                     t.record_count()
                 )));
             }
-            let index = section.key_index.get();
             if !t.key_fields().is_empty() {
-                // Two words per slot: the entry, and where the record is.
-                let offsets = section.offsets.get();
-                let slots = index.len() / 2;
-                let mut used = 0u32;
-                for (slot, pair) in index.chunks_exact(2).enumerate() {
-                    let (entry, place) = (pair[0], pair[1]);
-                    if entry == 0 {
-                        continue;
-                    }
-                    used += 1;
-                    let o = (entry as u32).wrapping_sub(1);
-                    if t.record_words(o)?.is_none() {
-                        return Err(corrupt(format!(
-                            "{}: key index slot {slot} names ordinal {o}, which holds no record",
-                            t.name()
-                        )));
-                    }
-                    let (start, len) = (place as u32, (place >> 32) as u32);
-                    let (Some(&a), Some(&b)) =
-                        (offsets.get(o as usize), offsets.get(o as usize + 1))
-                    else {
-                        continue;
-                    };
-                    if start != a || u64::from(len) != u64::from(b).wrapping_sub(u64::from(a)) {
-                        return Err(corrupt(format!(
-                            "{}: key index slot {slot} places ordinal {o} at words {start}+{len}, \
-                             but it is at {a}..{b}",
-                            t.name()
-                        )));
-                    }
-                }
-                if used != present || (present > 0 && used as usize >= slots) {
-                    return Err(corrupt(format!(
-                        "{}: key index has {used} entries in {slots} slots for {present} records",
-                        t.name()
-                    )));
-                }
+                KeyIndex::new(section.key_index.get())
+                    .check(section.offsets.get(), present)
+                    .map_err(|reason| corrupt(format!("{}: {reason}", t.name())))?;
             }
         }
     } else {

@@ -1,14 +1,16 @@
 //! `burrow inspect <VERSION>`: one blob of an announced version, read the
 //! way a consumer reads it (envelope and checksum first), shown as its
-//! envelope, header and per-type counts.
+//! envelope, header and per-type counts. A snapshot's key indexes are
+//! checked against their types' offsets ([`KeyIndex::check`]) on the way.
 
 use crate::args::BlobArg;
 use crate::config::InspectConfig;
 use crate::output::{self, Align, Out, Table};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use burrow::announcer::AnnouncementLog;
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::schema::blob::OpenBlob;
+use burrow::schema::key_index::KeyIndex;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -75,28 +77,37 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                 ("KEY_SLOTS", Align::Right),
                 ("KEY", Align::Left),
             ]);
-            let types: Vec<Value> = sections
+            let types = sections
                 .iter()
                 .map(|s| {
+                    let index = KeyIndex::new(s.key_index.get());
+                    let entries = if s.key_fields.is_empty() {
+                        0
+                    } else {
+                        index
+                            .check(s.offsets.get(), s.record_count)
+                            .map_err(|reason| anyhow!("{name}: {}: {reason}", s.name))?
+                    };
                     table.row(vec![
                         s.name.clone(),
                         s.record_count.to_string(),
                         s.ordinal_limit.to_string(),
                         output::bytes(s.words.get().len() as u64 * 8),
-                        (s.key_index.get().len() / 2).to_string(),
+                        index.slots().to_string(),
                         s.key_fields.join(", "),
                     ]);
-                    json!({
+                    Ok(json!({
                         "name": s.name,
                         "type_id": format!("{:#018x}", s.type_id),
                         "records": s.record_count,
                         "ordinal_limit": s.ordinal_limit,
                         "record_bytes": s.words.get().len() * 8,
-                        "key_index_slots": s.key_index.get().len() / 2,
+                        "key_index_slots": index.slots(),
+                        "key_index_entries": entries,
                         "key_fields": s.key_fields,
-                    })
+                    }))
                 })
-                .collect();
+                .collect::<Result<Vec<Value>>>()?;
             (header, types, table)
         }
         _ => {

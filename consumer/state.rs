@@ -20,6 +20,7 @@
 use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{record_at, BlobHeader, DeltaSection, OpenBlob, SnapshotSection};
 use crate::schema::envelope::BlobKind;
+use crate::schema::key_index::KeyIndex;
 use crate::schema::record::{
     record_message, Key, KeyBuf, KeySpec, OneSegment, RecordType, ResolvedKey, TypeInfo,
 };
@@ -582,50 +583,37 @@ impl<'s, T: RecordType> TypeView<'s, T> {
             }
         }
         if let Some(base) = &self.data.base {
-            let index = base.key_index.get();
-            let slots = index.len() / 2;
-            if slots != 0 {
-                let mask = slots - 1;
-                let mut slot = hash as usize & mask;
-                for _ in 0..slots {
-                    let entry = index[2 * slot];
-                    if entry == 0 {
-                        break;
-                    }
-                    if entry >> 32 == hash >> 32 {
-                        let o = (entry as u32).wrapping_sub(1);
-                        let found = if self.data.is_untouched(o) {
-                            // The slot says where the record is: no trip
-                            // through `offsets`. Bounds-checked like any read.
-                            let place = index[2 * slot + 1];
-                            let (start, len) = ((place as u32) as usize, (place >> 32) as usize);
-                            let words = base.words.get();
-                            match words.get(start..start + len) {
-                                Some(w) if len > 0 => check(o, w)?,
-                                _ => {
-                                    return Err(FormatError::Corrupt {
-                                        blob: self.data.blob_name.to_string(),
-                                        reason: format!(
-                                            "key index slot {slot} places ordinal {o} at words \
-                                             {start}..{} outside 0..{}",
-                                            start + len,
-                                            words.len()
-                                        ),
-                                    }
-                                    .into())
-                                }
+            for slot in KeyIndex::new(base.key_index.get()).probe(hash) {
+                let o = slot.ordinal;
+                let found = if self.data.is_untouched(o) {
+                    // The slot says where the record is: no trip through
+                    // `offsets`. Bounds-checked like any read.
+                    let words = base.words.get();
+                    match words.get(slot.range()) {
+                        Some(w) if !w.is_empty() => check(o, w)?,
+                        _ => {
+                            return Err(FormatError::Corrupt {
+                                blob: self.data.blob_name.to_string(),
+                                reason: format!(
+                                    "key index slot {} places ordinal {o} at words {}..{} \
+                                     outside 0..{}",
+                                    slot.slot,
+                                    slot.start,
+                                    slot.range().end,
+                                    words.len()
+                                ),
                             }
-                        } else {
-                            match self.data.record_words(o)? {
-                                Some(words) => check(o, words)?,
-                                None => None,
-                            }
-                        };
-                        if let Some(r) = found {
-                            return Ok(Some((o, r)));
+                            .into())
                         }
                     }
-                    slot = (slot + 1) & mask;
+                } else {
+                    match self.data.record_words(o)? {
+                        Some(words) => check(o, words)?,
+                        None => None,
+                    }
+                };
+                if let Some(r) = found {
+                    return Ok(Some((o, r)));
                 }
             }
         }

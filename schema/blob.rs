@@ -15,6 +15,7 @@
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::envelope::{frame, BlobKind, Envelope, ENVELOPE_LEN};
+use crate::schema::key_index::{self, KeyIndexBuilder};
 use crate::schema::record::TypeInfo;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
@@ -210,15 +211,9 @@ fn capnp_write(e: capnp::Error) -> FormatError {
     }
 }
 
-/// The size of an open-addressing key index for `count` keys: a power of
-/// two at most half full.
-pub fn index_slots(count: u32) -> usize {
-    if count == 0 {
-        0
-    } else {
-        (count as usize * 2).next_power_of_two()
-    }
-}
+/// The size of a snapshot type's key index for `count` keys (see
+/// [`crate::schema::key_index`]).
+pub use crate::schema::key_index::slots_for as index_slots;
 
 /// Writes a whole snapshot blob (envelope and body).
 pub fn write_snapshot(
@@ -266,15 +261,7 @@ fn write_type_snapshot(
     b.set_record_count(t.record_count);
     let limit = t.ordinal_limit as usize;
     let keyed = !t.key_fields.is_empty();
-    let mut index = vec![
-        0u64;
-        if keyed {
-            2 * index_slots(t.record_count)
-        } else {
-            0
-        }
-    ];
-    let mask = (index.len() / 2).wrapping_sub(1);
+    let mut index = KeyIndexBuilder::new(if keyed { t.record_count } else { 0 });
     {
         let mut offsets = b.reborrow().init_offsets(list_len("ordinals", limit + 1)?);
         let offsets = offsets.as_slice().expect("UInt32 list is a slice");
@@ -285,13 +272,14 @@ fn write_type_snapshot(
             offsets[o as usize] = start;
             if let Some((record, hash)) = t.records.record(o) {
                 at += record.len();
-                if keyed {
-                    let mut slot = hash as usize & mask;
-                    while index[2 * slot] != 0 {
-                        slot = (slot + 1) & mask;
-                    }
-                    index[2 * slot] = (hash >> 32) << 32 | (u64::from(o) + 1);
-                    index[2 * slot + 1] = u64::from(start) | (record.len() as u64) << 32;
+                if keyed && !index.insert(hash, o, start, record.len() as u32) {
+                    return Err(FormatError::Corrupt {
+                        blob: "(being written)".into(),
+                        reason: format!(
+                            "{}: more records than its record count {}",
+                            t.info.name, t.record_count
+                        ),
+                    });
                 }
             }
         }
@@ -321,10 +309,11 @@ fn write_type_snapshot(
         }
     }
     if keyed {
+        let index = index.words();
         let mut list = b.init_key_index(list_len("key index slots", index.len())?);
         list.as_slice()
             .expect("UInt64 list is a slice")
-            .copy_from_slice(&index);
+            .copy_from_slice(index);
     }
     Ok(())
 }
@@ -631,13 +620,8 @@ impl OpenBlob {
             let offsets = self.list(t.get_offsets(), "offsets")?;
             let words = self.list(t.get_words(), "words")?;
             let key_index = self.list(t.get_key_index(), "key index")?;
-            let index_len = key_index.get().len();
-            if index_len != 0 && (index_len % 2 != 0 || !(index_len / 2).is_power_of_two()) {
-                return Err(self.corrupt(format!(
-                    "{name}: key index has {index_len} words, not two per slot for a \
-                     power-of-two number of slots"
-                )));
-            }
+            key_index::check_shape(key_index.get().len())
+                .map_err(|reason| self.corrupt(format!("{name}: {reason}")))?;
             let ordinal_limit = offsets.get().len().saturating_sub(1);
             if ordinal_limit > u32::MAX as usize - 1 {
                 return Err(self.corrupt(format!("{name}: too many ordinals")));

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod envelope;
+pub mod key_index;
 pub mod record;
 
 #[allow(clippy::all, missing_docs, unused, unused_qualifications)]

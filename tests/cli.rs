@@ -89,6 +89,8 @@ fn demo_versions_and_inspect_on_a_local_store() {
     assert_eq!(blob["types"][0]["records"], 2000);
     // The key index holds at least twice as many slots as records, a power of two.
     assert_eq!(blob["types"][0]["key_index_slots"], 4096);
+    // inspect checks the index (schema::key_index): one entry per record.
+    assert_eq!(blob["types"][0]["key_index_entries"], 2000);
     assert_eq!(blob["types"][0]["key_fields"][0], "id");
     assert_eq!(blob["header"]["tags"]["workload"], "movies");
 

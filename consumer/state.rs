@@ -20,10 +20,9 @@
 use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{record_at, BlobHeader, DeltaSection, OpenBlob, SnapshotSection};
 use crate::schema::envelope::BlobKind;
+use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
-use crate::schema::record::{
-    record_message, Key, KeyBuf, KeySpec, OneSegment, RecordType, ResolvedKey, TypeInfo,
-};
+use crate::schema::record::{record_message, OneSegment, RecordType, TypeInfo};
 use hashbrown::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod envelope;
+pub mod key;
 pub mod key_index;
 pub mod record;
 

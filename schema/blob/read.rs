@@ -1,0 +1,422 @@
+//! Reading blob bodies in place: an [`OpenBlob`] holds a blob's bytes,
+//! and its sections expose each type's lists as bounds-checked slices of
+//! them.
+
+use super::MAX_TYPES;
+use crate::error::FormatError;
+use crate::schema::burrow_capnp::{delta, header, snapshot};
+use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
+use crate::schema::key_index;
+use capnp::message::ReaderOptions;
+use capnp::serialize::NoAllocBufferSegments;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A blob's bytes held for reading: a read-only map of a verified cache
+/// file, or owned, 8-byte aligned memory.
+pub struct OpenBlob {
+    name: String,
+    envelope: Envelope,
+    data: BlobBytes,
+}
+
+enum BlobBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u64>),
+}
+
+impl std::fmt::Debug for OpenBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OpenBlob({}, {:?})", self.name, self.envelope)
+    }
+}
+
+impl OpenBlob {
+    /// Maps a cache file. The envelope and the file's length are always
+    /// checked; the body checksum only when `verify` is set (cache files
+    /// were verified when they entered the cache; see
+    /// [`crate::blobstore::cache`]).
+    pub fn map(path: &Path, name: &str, verify: bool) -> Result<Self, crate::Error> {
+        let file =
+            std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
+                op: "open cached blob",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // SAFETY: cache files are created by rename after they are whole and
+        // verified, and are never written again (the cache's contract), so
+        // the mapped bytes do not change while mapped. Deleting the file
+        // leaves the mapping valid.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
+            crate::blobstore::StoreError::Io {
+                op: "map cached blob",
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let envelope = Envelope::decode(&map, name)?;
+        envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
+        if verify {
+            envelope.verify_body(&map[ENVELOPE_LEN..], name)?;
+        }
+        Ok(OpenBlob {
+            name: name.to_string(),
+            envelope,
+            data: BlobBytes::Mapped(map),
+        })
+    }
+
+    /// Takes a whole blob from memory, verifying envelope and checksum.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, FormatError> {
+        let (envelope, _) = Envelope::open(bytes, name)?;
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: reinterpreting the u64 buffer as bytes of the same length.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
+        };
+        dst[..bytes.len()].copy_from_slice(bytes);
+        Ok(OpenBlob {
+            name: name.to_string(),
+            envelope,
+            data: BlobBytes::Owned(words),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            BlobBytes::Mapped(m) => m,
+            BlobBytes::Owned(w) => &crate::schema::record::words_as_bytes(w)
+                [..ENVELOPE_LEN + self.envelope.body_len as usize],
+        }
+    }
+
+    /// The body: a standard Cap'n Proto message, 8-byte aligned.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes()[ENVELOPE_LEN..]
+    }
+
+    /// Total size, envelope included.
+    pub fn len(&self) -> u64 {
+        ENVELOPE_LEN as u64 + self.envelope.body_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> FormatError {
+        FormatError::Corrupt {
+            blob: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn message(&self) -> Result<capnp::message::Reader<NoAllocBufferSegments<&[u8]>>, FormatError> {
+        // The body is read once, at open, for its list positions: a well
+        // formed body is traversed about once. The limit stops a body whose
+        // pointers share targets, or whose lists of zero-sized structs claim
+        // 2^29 elements in no space, from making that read (and the
+        // sections it allocates) unbounded.
+        let words = self.envelope.body_len / 8;
+        let options = ReaderOptions {
+            traversal_limit_in_words: Some(
+                usize::try_from(words.saturating_mul(2).saturating_add(1 << 12))
+                    .unwrap_or(usize::MAX),
+            ),
+            nesting_limit: 16,
+        };
+        let mut body = self.body();
+        let segments = NoAllocBufferSegments::from_slice(&mut body, options)
+            .map_err(|e| FormatError::capnp(&self.name, "segment table", e))?;
+        Ok(capnp::message::Reader::new(segments, options))
+    }
+
+    /// A slice of the blob as `T`s, checked to lie inside the blob.
+    fn region<T: Copy>(
+        self: &Arc<Self>,
+        slice: Option<&[T]>,
+        what: &str,
+    ) -> Result<Region<T>, FormatError> {
+        let slice = slice.ok_or_else(|| {
+            self.corrupt(format!("{what} is not a list of the expected element size"))
+        })?;
+        let bytes = self.bytes();
+        let start = slice.as_ptr() as usize;
+        let end = start + std::mem::size_of_val(slice);
+        let base = bytes.as_ptr() as usize;
+        if slice.is_empty() {
+            return Ok(Region {
+                ptr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+                _blob: self.clone(),
+            });
+        }
+        if start < base || end > base + bytes.len() || start % std::mem::align_of::<T>() != 0 {
+            return Err(self.corrupt(format!("{what} lies outside the blob")));
+        }
+        Ok(Region {
+            ptr: slice.as_ptr(),
+            len: slice.len(),
+            _blob: self.clone(),
+        })
+    }
+
+    /// Maps a Cap'n Proto error to a `Corrupt` error naming this blob.
+    fn cap(&self, what: &'static str) -> impl Fn(capnp::Error) -> FormatError + '_ {
+        move |e| FormatError::capnp(&self.name, what, e)
+    }
+
+    /// A list field of primitives as a region of the blob.
+    fn list<T: capnp::private::layout::PrimitiveElement + Copy>(
+        self: &Arc<Self>,
+        list: capnp::Result<capnp::primitive_list::Reader<'_, T>>,
+        what: &'static str,
+    ) -> Result<Region<T>, FormatError> {
+        self.region(list.map_err(self.cap(what))?.as_slice(), what)
+    }
+
+    fn check_type_count(&self, count: u32) -> Result<(), FormatError> {
+        if count > MAX_TYPES {
+            return Err(FormatError::TooLarge {
+                blob: self.name.clone(),
+                what: "number of types",
+                value: count.into(),
+                limit: MAX_TYPES.into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn expect_kind(&self, ok: bool, expected: &str) -> Result<(), FormatError> {
+        if ok {
+            return Ok(());
+        }
+        Err(self.corrupt(format!(
+            "expected {expected}, found a {}",
+            self.envelope.kind.as_str()
+        )))
+    }
+
+    /// Reads a snapshot's header and sections.
+    pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
+        self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
+        let message = self.message()?;
+        let cap = |what: &'static str| self.cap(what);
+        let root = message
+            .get_root::<snapshot::Reader>()
+            .map_err(cap("snapshot root"))?;
+        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
+        let mut sections = Vec::new();
+        let types = root.get_types().map_err(cap("types"))?;
+        self.check_type_count(types.len())?;
+        for t in types {
+            let name = text(t.get_name(), &self.name, "type name")?;
+            let offsets = self.list(t.get_offsets(), "offsets")?;
+            let words = self.list(t.get_words(), "words")?;
+            let key_index = self.list(t.get_key_index(), "key index")?;
+            key_index::check_shape(key_index.get().len())
+                .map_err(|reason| self.corrupt(format!("{name}: {reason}")))?;
+            let ordinal_limit = offsets.get().len().saturating_sub(1);
+            if ordinal_limit > u32::MAX as usize - 1 {
+                return Err(self.corrupt(format!("{name}: too many ordinals")));
+            }
+            sections.push(SnapshotSection {
+                type_id: t.get_type_id(),
+                key_fields: texts(t.get_key_fields(), &self.name)?,
+                name,
+                record_count: t.get_record_count(),
+                ordinal_limit: ordinal_limit as u32,
+                offsets,
+                words,
+                key_index,
+            });
+        }
+        Ok((header, sections))
+    }
+
+    /// Reads a delta's (or reverse delta's) header and sections.
+    pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
+        self.expect_kind(
+            matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse),
+            "a delta",
+        )?;
+        let message = self.message()?;
+        let cap = |what: &'static str| self.cap(what);
+        let root = message
+            .get_root::<delta::Reader>()
+            .map_err(cap("delta root"))?;
+        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
+        let mut sections = Vec::new();
+        let types = root.get_types().map_err(cap("types"))?;
+        self.check_type_count(types.len())?;
+        for t in types {
+            let name = text(t.get_name(), &self.name, "type name")?;
+            let section = DeltaSection {
+                type_id: t.get_type_id(),
+                key_fields: texts(t.get_key_fields(), &self.name)?,
+                removed: self.list(t.get_removed(), "removed")?,
+                removed_hashes: self.list(t.get_removed_key_hashes(), "removed key hashes")?,
+                ordinals: self.list(t.get_ordinals(), "ordinals")?,
+                key_hashes: self.list(t.get_key_hashes(), "key hashes")?,
+                offsets: self.list(t.get_offsets(), "offsets")?,
+                words: self.list(t.get_words(), "words")?,
+                record_count_after: t.get_record_count_after(),
+                ordinal_limit_after: t.get_ordinal_limit_after(),
+                name,
+            };
+            let n = section.ordinals.get().len();
+            if section.removed.get().len() != section.removed_hashes.get().len()
+                || section.key_hashes.get().len() != n
+                || section.offsets.get().len() != n + 1
+            {
+                return Err(
+                    self.corrupt(format!("{}: delta lists disagree in length", section.name))
+                );
+            }
+            sections.push(section);
+        }
+        Ok((header, sections))
+    }
+}
+
+fn text(
+    t: capnp::Result<capnp::text::Reader<'_>>,
+    blob: &str,
+    what: &str,
+) -> Result<String, FormatError> {
+    t.and_then(|t| t.to_string().map_err(Into::into))
+        .map_err(|e| FormatError::capnp(blob, what, e))
+}
+
+fn texts(
+    t: capnp::Result<capnp::text_list::Reader<'_>>,
+    blob: &str,
+) -> Result<Vec<String>, FormatError> {
+    let list = t.map_err(|e| FormatError::capnp(blob, "key fields", e))?;
+    list.iter().map(|x| text(x, blob, "key field")).collect()
+}
+
+/// A slice of an [`OpenBlob`] that keeps the blob alive.
+pub struct Region<T> {
+    ptr: *const T,
+    len: usize,
+    _blob: Arc<OpenBlob>,
+}
+
+// SAFETY: a Region is an immutable view of memory owned by the Arc'd blob it
+// holds; the memory is never written while mapped, so sharing it across
+// threads is as safe as sharing `&[T]`.
+unsafe impl<T: Sync> Send for Region<T> {}
+unsafe impl<T: Sync> Sync for Region<T> {}
+
+impl<T> Region<T> {
+    #[inline]
+    pub fn get(&self) -> &[T] {
+        // SAFETY: `ptr..ptr+len` was checked to lie inside the blob, aligned
+        // for T, when the Region was made; `_blob` keeps that memory alive
+        // and it is never written.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The header of a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobHeader {
+    pub from_version: u64,
+    pub to_version: u64,
+    pub producer_id: String,
+    pub cycle_start_micros: i64,
+    pub schema_hash: u64,
+    pub node_count: u32,
+    pub tags: Vec<(String, String)>,
+}
+
+impl BlobHeader {
+    fn read(h: header::Reader<'_>, blob: &str) -> Result<Self, FormatError> {
+        let mut tags = Vec::new();
+        for t in h
+            .get_tags()
+            .map_err(|e| FormatError::capnp(blob, "tags", e))?
+        {
+            tags.push((
+                text(t.get_key(), blob, "tag key")?,
+                text(t.get_value(), blob, "tag value")?,
+            ));
+        }
+        Ok(BlobHeader {
+            from_version: h.get_from_version(),
+            to_version: h.get_to_version(),
+            producer_id: text(h.get_producer_id(), blob, "producer id")?,
+            cycle_start_micros: h.get_cycle_start_micros(),
+            schema_hash: h.get_schema_hash(),
+            node_count: h
+                .get_nodes()
+                .map_err(|e| FormatError::capnp(blob, "nodes", e))?
+                .len(),
+            tags,
+        })
+    }
+}
+
+/// One type of a snapshot.
+pub struct SnapshotSection {
+    pub type_id: u64,
+    pub name: String,
+    pub key_fields: Vec<String>,
+    pub record_count: u32,
+    pub ordinal_limit: u32,
+    pub offsets: Region<u32>,
+    pub words: Region<u64>,
+    pub key_index: Region<u64>,
+}
+
+/// One type of a delta.
+pub struct DeltaSection {
+    pub type_id: u64,
+    pub name: String,
+    pub key_fields: Vec<String>,
+    pub removed: Region<u32>,
+    pub removed_hashes: Region<u64>,
+    pub ordinals: Region<u32>,
+    pub key_hashes: Region<u64>,
+    pub offsets: Region<u32>,
+    pub words: Region<u64>,
+    pub record_count_after: u32,
+    pub ordinal_limit_after: u32,
+}
+
+/// Record `i` of a list of records stored as (offsets, words), bounds
+/// checked: `None` for an empty record (a hole).
+#[inline]
+pub fn record_at<'a>(
+    offsets: &[u32],
+    words: &'a [u64],
+    i: usize,
+    blob: &str,
+) -> Result<Option<&'a [u64]>, FormatError> {
+    let (Some(&start), Some(&end)) = (offsets.get(i), offsets.get(i + 1)) else {
+        return Err(FormatError::Corrupt {
+            blob: blob.to_string(),
+            reason: format!("record {i} is past the end of the offsets list"),
+        });
+    };
+    let (start, end) = (start as usize, end as usize);
+    if start > end || end > words.len() {
+        return Err(FormatError::Corrupt {
+            blob: blob.to_string(),
+            reason: format!(
+                "record {i} spans words {start}..{end}, outside 0..{}",
+                words.len()
+            ),
+        });
+    }
+    Ok((start < end).then(|| &words[start..end]))
+}

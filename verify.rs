@@ -22,9 +22,9 @@
 //! store's size. Blobs that no announcement names (orphans of failed
 //! cycles) are checked too, but are not problems for being orphans.
 
-use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog};
+use crate::announcer::{chain_to, AnnounceKind, Announcement, AnnouncementLog};
 use crate::blobstore::{BlobName, BlobStore};
-use crate::consumer::{chain_to, ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
+use crate::consumer::{ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{record_at, OpenBlob};
 use crate::schema::envelope::BlobKind;

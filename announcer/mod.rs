@@ -13,11 +13,15 @@
 //! starts from the hint (or, if it is missing or unreadable, from a LIST of
 //! `announce/`) and probes `seq + 1, seq + 2, ...` until one is missing. A
 //! [`Watcher`] that already knows a seq probes only the next one: one small
-//! GET per poll when nothing changed, no LIST.
+//! GET per poll when nothing changed, no LIST. [`chain_to`] reads the
+//! chain of announced deltas between two versions (for update planning,
+//! restore and verify).
 
+mod chain;
 mod entry;
 mod watcher;
 
+pub use chain::chain_to;
 pub use entry::{now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 

@@ -26,7 +26,7 @@ pub use entry::{now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 
 use crate::blobstore::{BlobBody, BlobName, BlobStore, StoreError};
-use crate::error::{Error, FormatError};
+use crate::error::FormatError;
 use bytes::Bytes;
 
 /// Errors of the announcement log.
@@ -56,20 +56,6 @@ impl AnnounceError {
         match self {
             AnnounceError::Store(e) => e.is_retryable(),
             _ => false,
-        }
-    }
-}
-
-impl From<Error> for AnnounceError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Store(e) => AnnounceError::Store(e),
-            Error::Format(e) => AnnounceError::Format(e),
-            Error::Announce(e) => e,
-            other => AnnounceError::Format(FormatError::Corrupt {
-                blob: "announce".to_string(),
-                reason: other.to_string(),
-            }),
         }
     }
 }

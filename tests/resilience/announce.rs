@@ -102,3 +102,33 @@ async fn resilience_announcement_append_survives_transient_faults() {
     assert_eq!(r.clock.drive(log.read(3)).await.unwrap(), None);
     assert!(r.faulty.calls(Op::Put) > 0);
 }
+
+/// A store failure while reading announcements stays a store error
+/// (retryable, naming the store's fault): it is never relabelled as a
+/// corrupt announcement, neither by the log's reads nor by the chain query.
+#[tokio::test]
+async fn announcement_read_store_failure_is_not_corrupt() {
+    let faulty = Arc::new(burrow::blobstore::faults::FaultyStore::memory());
+    let writer = AnnouncementLog::new(BlobStore::new(faulty.clone(), "dataset"));
+    for seq in 1..=3 {
+        writer.append(&entry(seq, seq, "p1")).await.unwrap();
+    }
+    let head = writer.read(3).await.unwrap().unwrap();
+    faulty.fail_matching(|op, path| op == Op::Get && path.contains("announce/"));
+    // A fresh log: nothing cached, every read reaches the store.
+    let log = AnnouncementLog::new(BlobStore::new(faulty.clone(), "dataset"));
+    let errors = [
+        log.read(2).await.unwrap_err(),
+        log.latest().await.unwrap_err(),
+        burrow::announcer::chain_to(&log, &head, 1)
+            .await
+            .unwrap_err(),
+    ];
+    for err in errors {
+        assert!(matches!(err, AnnounceError::Store(_)), "{err:?}");
+        assert!(err.is_retryable(), "{err}");
+        let err = burrow::Error::from(err);
+        assert!(!matches!(err, burrow::Error::Format(_)), "{err:?}");
+        assert!(!err.to_string().contains("corrupt"), "{err}");
+    }
+}

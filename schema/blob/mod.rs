@@ -8,7 +8,8 @@
 //! Writing builds one single-segment Cap'n Proto message sized up front, so
 //! record words are copied once into it, then framed by the envelope.
 //! Reading never copies: a blob is held as an [`OpenBlob`] (a read-only map
-//! of a cache file, or aligned owned memory), and each type's lists are
+//! of a cache file, handed over already mapped by
+//! [`OpenBlob::from_mmap`], or aligned owned memory), and each type's lists are
 //! exposed as plain slices of it (`&[u32]`, `&[u64]`) through sections that
 //! hold the blob alive. All reads of records go through bounds checks. The
 //! blob's own message is read once, at open, for its list positions, with a

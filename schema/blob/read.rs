@@ -32,10 +32,31 @@ impl std::fmt::Debug for OpenBlob {
 }
 
 impl OpenBlob {
-    /// Maps a cache file. The envelope and the file's length are always
-    /// checked; the body checksum only when `verify` is set (cache files
-    /// were verified when they entered the cache; see
-    /// [`crate::blobstore::cache`]).
+    /// Takes a blob from an already-mapped file: no I/O, the format layer
+    /// maps no files (the cache does; see [`crate::blobstore::cache`]). The
+    /// envelope and the map's length are always checked; the body checksum
+    /// only when `verify` is set (a cache verifies a file when it enters
+    /// the cache; [`OpenBlob::verify`] checks it again later).
+    ///
+    /// The caller guarantees what the map's safety rests on: the file is
+    /// immutable while mapped.
+    pub fn from_mmap(map: memmap2::Mmap, name: &str, verify: bool) -> Result<Self, FormatError> {
+        let envelope = Envelope::decode(&map, name)?;
+        envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
+        if verify {
+            envelope.verify_body(&map[ENVELOPE_LEN..], name)?;
+        }
+        Ok(OpenBlob {
+            name: name.to_string(),
+            envelope,
+            data: BlobBytes::Mapped(map),
+        })
+    }
+
+    /// Opens and maps a cache file, then [`OpenBlob::from_mmap`]. Kept for
+    /// the callers that still hand over a path (the consumer's refresh, the
+    /// bench child); the opening and mapping belong to the cache, which
+    /// should map the file itself and call [`OpenBlob::from_mmap`].
     pub fn map(path: &Path, name: &str, verify: bool) -> Result<Self, crate::Error> {
         let file =
             std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
@@ -54,16 +75,13 @@ impl OpenBlob {
                 source,
             }
         })?;
-        let envelope = Envelope::decode(&map, name)?;
-        envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
-        if verify {
-            envelope.verify_body(&map[ENVELOPE_LEN..], name)?;
-        }
-        Ok(OpenBlob {
-            name: name.to_string(),
-            envelope,
-            data: BlobBytes::Mapped(map),
-        })
+        Ok(Self::from_mmap(map, name, verify)?)
+    }
+
+    /// Checks the body against the envelope's checksum (a blob taken with
+    /// `verify` off, e.g. re-verified in the background after open).
+    pub fn verify(&self) -> Result<(), FormatError> {
+        self.envelope.verify_body(self.body(), &self.name)
     }
 
     /// Takes a whole blob from memory, verifying envelope and checksum.
@@ -419,4 +437,45 @@ pub fn record_at<'a>(
         });
     }
     Ok((start < end).then(|| &words[start..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::blob::{write_snapshot, DatasetSchema, HeaderInfo};
+
+    fn mapped(bytes: &[u8]) -> memmap2::Mmap {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        // SAFETY: an unnamed temp file this test alone holds and no longer
+        // writes.
+        unsafe { memmap2::Mmap::map(&file) }.unwrap()
+    }
+
+    /// A blob taken from a map without verifying is checked later by
+    /// `verify`, which names the blob; with `verify` on, the open fails.
+    #[test]
+    fn from_mmap_checks_the_envelope_and_verify_the_body() {
+        let schema = DatasetSchema::default();
+        let head = HeaderInfo {
+            from_version: 0,
+            to_version: 1,
+            producer_id: "p",
+            cycle_start_micros: 0,
+            schema: &schema,
+            tags: &[],
+        };
+        let mut bytes = write_snapshot(&head, &[]).unwrap();
+        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", true).unwrap();
+        blob.verify().unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", false).unwrap();
+        let err = blob.verify().unwrap_err().to_string();
+        assert!(err.contains("snapshot/1"), "{err}");
+        assert!(OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", true).is_err());
+        let err = OpenBlob::from_mmap(mapped(&bytes[..20]), "snapshot/1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated envelope"), "{err}");
+    }
 }

@@ -44,6 +44,22 @@ pub struct Plan {
     pub bytes: u64,
 }
 
+/// The chain from `from` to `head`, or `None` when the log links none (a
+/// broken or unreadable chain: planning then looks for another path). A
+/// store failure is not a missing chain: it is returned, so that a
+/// transient fault is retried rather than answered with a costlier plan.
+async fn linked(
+    log: &AnnouncementLog,
+    head: &Announcement,
+    from: u64,
+) -> Result<Option<Vec<Announcement>>, AnnounceError> {
+    match chain_to(log, head, from).await {
+        Ok(chain) => Ok(Some(chain)),
+        Err(AnnounceError::Format(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Plans from `current` to the version of `target` (an announce entry).
 /// Considers the delta chain forward, reverse deltas back, and the nearest
 /// snapshots at or below the target followed by deltas; takes the cheapest
@@ -75,7 +91,7 @@ pub async fn plan(
             }));
         }
         if c < t {
-            if let Ok(chain) = chain_to(log, target, c).await {
+            if let Some(chain) = linked(log, target, c).await? {
                 consider(Plan {
                     steps: chain
                         .windows(2)
@@ -85,7 +101,7 @@ pub async fn plan(
                 });
             }
         } else if let Some(head) = log.find_version(newest, c).await? {
-            if let Ok(chain) = chain_to(log, &head, t).await {
+            if let Some(chain) = linked(log, &head, t).await? {
                 consider(Plan {
                     steps: chain
                         .windows(2)
@@ -129,4 +145,64 @@ pub async fn plan(
         chain = older;
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::announcer::AnnounceKind;
+    use crate::blobstore::faults::{FaultyStore, Op};
+    use crate::blobstore::BlobStore;
+    use std::sync::Arc;
+
+    fn entry(version: u64, snapshot_version: u64) -> Announcement {
+        Announcement {
+            seq: version,
+            kind: AnnounceKind::Announce,
+            version,
+            from_version: version - 1,
+            snapshot_version,
+            has_snapshot: snapshot_version == version,
+            pinned_version: None,
+            producer_id: "p".into(),
+            timestamp_micros: 0,
+            snapshot_bytes: 1000,
+            delta_bytes: 1,
+            reverse_bytes: 1,
+        }
+    }
+
+    /// A store failure while walking the delta chain is the store's error:
+    /// planning neither takes it for a broken chain nor quietly answers
+    /// with a costlier plan (a snapshot) that hides the fault.
+    #[tokio::test]
+    async fn planning_store_failure_is_not_a_broken_chain() {
+        let faulty = Arc::new(FaultyStore::memory());
+        let writer = AnnouncementLog::new(BlobStore::new(faulty.clone(), "d"));
+        let entries = [entry(1, 1), entry(2, 1), entry(3, 3), entry(4, 3)];
+        for e in &entries {
+            writer.append(e).await.unwrap();
+        }
+        // A fresh log that has read the newest entries (cached), then loses
+        // the store for the older ones.
+        let log = AnnouncementLog::new(BlobStore::new(faulty.clone(), "d"));
+        let newest = log.read(4).await.unwrap().unwrap();
+        log.read(3).await.unwrap();
+        let old = BlobName::Announce(2).to_string();
+        faulty.fail_matching(move |op, path| op == Op::Get && path.ends_with(&old));
+        let err = plan(&log, &newest, &newest, Some(1), &HashSet::new(), false)
+            .await
+            .expect_err("the forward chain could not be read");
+        assert!(matches!(err, AnnounceError::Store(_)), "{err:?}");
+        // With the store back, the cheap forward path wins.
+        faulty.heal();
+        let plan = plan(&log, &newest, &newest, Some(1), &HashSet::new(), false)
+            .await
+            .unwrap()
+            .expect("a plan");
+        assert_eq!(
+            plan.steps,
+            [Step::Delta(1, 2), Step::Delta(2, 3), Step::Delta(3, 4)]
+        );
+    }
 }

@@ -1,5 +1,12 @@
 //! The blob format: the envelope, the generated Cap'n Proto code for
 //! `schema/burrow.capnp`, and the example dataset of the anchor workload.
+//!
+//! One module per layout: [`envelope`] (the frame around every blob),
+//! [`blob`] (bodies: [`blob::write`] and [`blob::read`]), [`record`] (a
+//! record's canonical message), [`key`] (key encoding and hashing) and
+//! [`key_index`] (the snapshot's key index). The format layer does no I/O:
+//! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
+//! cache made).
 
 pub mod blob;
 pub mod envelope;

@@ -75,6 +75,24 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// An S3 store was given no credentials (no keys, web identity or
+    /// container credentials in the environment or the options), and the
+    /// instance metadata service, the last place object_store looks, gave
+    /// none either.
+    #[error(
+        "{store}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with \
+         AWS_ROLE_ARN; AWS_PROFILE and ~/.aws are not read. Without them the EC2 instance \
+         role is tried, and that failed: {source}"
+    )]
+    NoCredentials {
+        store: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A local store's path exists but is not a directory.
+    #[error("store {}: is a file, not a directory (a local store is a directory)", path.display())]
+    NotADirectory { path: PathBuf },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -92,7 +110,9 @@ impl StoreError {
             StoreError::NotFound { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::BucketNotFound { .. }
-            | StoreError::CredentialsRejected { .. } => false,
+            | StoreError::CredentialsRejected { .. }
+            | StoreError::NoCredentials { .. }
+            | StoreError::NotADirectory { .. } => false,
             StoreError::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }
@@ -168,6 +188,10 @@ pub struct BlobStore {
     description: String,
     /// The S3 bucket, for messages; `None` for other backends.
     bucket: Option<String>,
+    /// An S3 store whose only credential source is the instance metadata
+    /// service (nothing configured): a failed start-up check then says
+    /// "no credentials" instead of the metadata service's HTTP error.
+    implicit_credentials: bool,
     upload: UploadOptions,
 }
 
@@ -181,6 +205,7 @@ impl BlobStore {
             prefix: ObjectPath::from(prefix),
             description,
             bucket: None,
+            implicit_credentials: false,
             upload: UploadOptions::default(),
         }
     }
@@ -230,6 +255,12 @@ impl BlobStore {
                 })
             }
             Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) if self.implicit_credentials => {
+                return Err(StoreError::NoCredentials {
+                    store,
+                    source: Box::new(source),
+                })
+            }
             Err(source) => {
                 return Err(StoreError::Backend {
                     op: "check",
@@ -259,6 +290,9 @@ impl BlobStore {
     /// survive a power cut.
     pub fn local(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir });
+        }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             op: "create store directory",
             path: dir.clone(),

@@ -38,7 +38,8 @@ impl StoreLocation {
     /// Opens a store that must already exist (for commands that only read).
     pub async fn open_existing(&self) -> Result<BlobStore> {
         if let Some(dir) = self.local_dir() {
-            if !dir.is_dir() {
+            // A file is not "missing": `open` says it is a file.
+            if !dir.exists() {
                 bail!(
                     "store {} does not exist (run `burrow demo` to make one, or pass --store)",
                     dir.display()

@@ -167,6 +167,21 @@ fn is_missing_bucket(error: &object_store::Error) -> bool {
     false
 }
 
+/// Whether a failed request failed while asking the EC2 instance metadata
+/// service for credentials (its token or credentials paths appear in the
+/// error's chain), rather than at the store itself.
+fn is_metadata_failure(error: &object_store::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if text.contains("/latest/api/token") || text.contains("/latest/meta-data/") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The body of a blob being read.
 pub(crate) enum BlobBody {
     File(std::fs::File),
@@ -255,7 +270,7 @@ impl BlobStore {
                 })
             }
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) if self.implicit_credentials => {
+            Err(source) if self.implicit_credentials && is_metadata_failure(&source) => {
                 return Err(StoreError::NoCredentials {
                     store,
                     source: Box::new(source),

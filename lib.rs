@@ -64,5 +64,11 @@ pub mod verify;
 
 pub use error::{Error, FormatError, Result};
 
+/// The Cap'n Proto runtime burrow is built on, re-exported so that a crate
+/// with its own schema needs no `capnp` dependency (and cannot pick a
+/// different version): generate its code with capnpc's
+/// `CodeGenerationCommand::capnp_root("::burrow::capnp")`.
+pub use capnp;
+
 /// A published state's number: strictly increasing, one per state.
 pub type Version = u64;

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # A local S3 server (moto) for burrow's S3 tests. Only ever on 127.0.0.1.
 #
+#   .ci/s3.sh venv              # only create .ci/.venv with moto[server]
 #   eval "$(.ci/s3.sh start)"   # venv if missing, start moto, print exports
 #   .ci/s3.sh stop              # stop the server this script started
+#
+# `cargo test --all-features` needs only the venv: the S3 tests start their
+# own moto servers from it (tests/conformance/moto.rs). `start` is for
+# running them against servers that outlive one test run.
 #
 # `start` creates .ci/.venv (gitignored) with `moto[server]` if it is missing,
 # starts two `moto_server`s on free ports in the background, waits (bounded)
@@ -85,25 +90,7 @@ start() {
     local auth="$started_endpoint" keys
     # Create the bucket and a user while authentication is still off, then
     # turn it on for every later request.
-    keys="$("$venv/bin/python" - "$auth" <<'PY'
-import json, sys, urllib.request
-import boto3
-endpoint = sys.argv[1]
-kw = dict(endpoint_url=endpoint, region_name="us-east-1",
-          aws_access_key_id="setup", aws_secret_access_key="setup")
-boto3.client("s3", **kw).create_bucket(Bucket="burrow-auth")
-iam = boto3.client("iam", **kw)
-iam.create_user(UserName="burrow-test")
-iam.put_user_policy(UserName="burrow-test", PolicyName="s3", PolicyDocument=json.dumps(
-    {"Version": "2012-10-17",
-     "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-key = iam.create_access_key(UserName="burrow-test")["AccessKey"]
-urllib.request.urlopen(urllib.request.Request(
-    endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
-    headers={"Content-Type": "text/plain"}), timeout=10).read()
-print(key["AccessKeyId"], key["SecretAccessKey"])
-PY
-)" || { stop; exit 1; }
+    keys="$("$venv/bin/python" "$here/moto_auth_setup.py" "$auth")" || { stop; exit 1; }
     echo "export BURROW_TEST_S3_ENDPOINT=$plain"
     echo "export BURROW_TEST_S3_AUTH_ENDPOINT=$auth"
     echo "export BURROW_TEST_S3_AUTH_KEY_ID=${keys%% *}"
@@ -123,10 +110,11 @@ stop() {
 }
 
 case "${1:-}" in
+    venv) ensure_venv ;;
     start) start ;;
     stop) stop ;;
     *)
-        echo "usage: $0 start|stop" >&2
+        echo "usage: $0 venv|start|stop" >&2
         exit 2
         ;;
 esac

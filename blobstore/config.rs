@@ -343,12 +343,42 @@ fn s3(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<BlobStore, E
         max_retries: options.retry.max_retries,
         retry_timeout: options.retry.retry_timeout,
     });
+    // A plain-http endpoint is refused by the HTTP client on every request
+    // ("URL scheme is not allowed") unless http is allowed: say so now.
+    let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    let allow_http = builder
+        .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if let Some(endpoint) = endpoint.filter(|e| e.starts_with("http://")) {
+        if !allow_http {
+            return Err(config(
+                "S3 endpoint",
+                format!(
+                    "{endpoint} is plain http, which is refused unless allowed: set \
+                     AWS_ALLOW_HTTP=true (or StoreOptions::allow_http), or use https"
+                ),
+            ));
+        }
+    }
+    // With none of these, object_store falls back to the EC2 instance
+    // metadata service; off EC2 that fails with an HTTP error that does not
+    // say "no credentials" (see `StoreError::NoCredentials`).
+    let configured = |key: AmazonS3ConfigKey| builder.get_config_value(&key).is_some();
+    let implicit_credentials = !(configured(AmazonS3ConfigKey::AccessKeyId)
+        || configured(AmazonS3ConfigKey::SecretAccessKey)
+        || configured(AmazonS3ConfigKey::WebIdentityTokenFile)
+        || configured(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+        || configured(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+        || builder
+            .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")));
     let s3 = builder
         .build()
         .map_err(|e| config("S3 store", format!("s3://{bucket}/{prefix}: {e}")))?;
     let mut store = BlobStore::new(Arc::new(s3), prefix);
     store.description = format!("s3://{bucket}/{prefix}");
     store.bucket = Some(bucket.to_string());
+    store.implicit_credentials = implicit_credentials;
     Ok(store)
 }
 
@@ -425,11 +455,103 @@ mod tests {
             .contains("request timeout"));
     }
 
+    // Invariant: a local store path that is a file is reported as a file,
+    // not as missing and not as an OS error about creating a directory.
+    #[test]
+    fn store_path_that_is_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-store");
+        std::fs::write(&file, b"x").unwrap();
+        let url = file.display().to_string();
+        let err = BlobStore::from_url(&url, &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Store(super::super::StoreError::NotADirectory { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("is a file, not a directory"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+
     #[cfg(not(feature = "s3"))]
     #[test]
     fn s3_without_the_feature_says_so() {
         let err = BlobStore::from_url("s3://bucket/x", &StoreOptions::default()).unwrap_err();
         assert!(err.to_string().contains("lacks S3 support"), "{err}");
+    }
+
+    /// Options for a store whose endpoint is a closed port on 127.0.0.1.
+    #[cfg(feature = "s3")]
+    fn closed_endpoint() -> StoreOptions {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        StoreOptions {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            path_style: Some(true),
+            allow_http: Some(true),
+            retry: RetryOptions {
+                max_retries: 0,
+                retry_timeout: Duration::from_secs(5),
+                ..RetryOptions::default()
+            },
+            connect_timeout: Duration::from_secs(2),
+            ..StoreOptions::default()
+        }
+    }
+
+    // Invariant: an S3 store with no credentials configured says "no S3
+    // credentials" and what to set, not the metadata service's HTTP error.
+    #[cfg(feature = "s3")]
+    #[tokio::test]
+    async fn s3_without_credentials_says_no_credentials() {
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            if std::env::var_os(var).is_some() {
+                panic!("{var} is set: this test needs an environment without S3 credentials");
+            }
+        }
+        let mut options = closed_endpoint();
+        // Where object_store asks for instance credentials: a closed port
+        // too, so the test does not wait on 169.254.169.254.
+        let metadata = options.endpoint.clone().unwrap();
+        options.s3_settings = vec![("aws_metadata_endpoint".into(), metadata)];
+        let err = BlobStore::connect("s3://bucket/x", &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Store(super::super::StoreError::NoCredentials { .. })
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("no S3 credentials"), "{message}");
+        assert!(message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+    }
+
+    // Invariant: a plain-http endpoint without http allowed is refused when
+    // the store is opened, with the setting that allows it.
+    #[cfg(feature = "s3")]
+    #[test]
+    fn http_endpoint_without_allow_http_hints() {
+        let options = StoreOptions {
+            allow_http: Some(false),
+            ..closed_endpoint()
+        };
+        let err = BlobStore::from_url("s3://bucket/x", &options).unwrap_err();
+        assert!(err.to_string().contains("AWS_ALLOW_HTTP=true"), "{err}");
     }
 
     #[cfg(feature = "s3")]

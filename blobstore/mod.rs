@@ -75,6 +75,24 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// An S3 store was given no credentials (no keys, web identity or
+    /// container credentials in the environment or the options), and the
+    /// instance metadata service, the last place object_store looks, gave
+    /// none either.
+    #[error(
+        "{store}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with \
+         AWS_ROLE_ARN; AWS_PROFILE and ~/.aws are not read. Without them the EC2 instance \
+         role is tried, and that failed: {source}"
+    )]
+    NoCredentials {
+        store: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A local store's path exists but is not a directory.
+    #[error("store {}: is a file, not a directory (a local store is a directory)", path.display())]
+    NotADirectory { path: PathBuf },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -92,7 +110,9 @@ impl StoreError {
             StoreError::NotFound { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::BucketNotFound { .. }
-            | StoreError::CredentialsRejected { .. } => false,
+            | StoreError::CredentialsRejected { .. }
+            | StoreError::NoCredentials { .. }
+            | StoreError::NotADirectory { .. } => false,
             StoreError::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }
@@ -147,6 +167,21 @@ fn is_missing_bucket(error: &object_store::Error) -> bool {
     false
 }
 
+/// Whether a failed request failed while asking the EC2 instance metadata
+/// service for credentials (its token or credentials paths appear in the
+/// error's chain), rather than at the store itself.
+fn is_metadata_failure(error: &object_store::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if text.contains("/latest/api/token") || text.contains("/latest/meta-data/") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The body of a blob being read.
 pub(crate) enum BlobBody {
     File(std::fs::File),
@@ -168,6 +203,10 @@ pub struct BlobStore {
     description: String,
     /// The S3 bucket, for messages; `None` for other backends.
     bucket: Option<String>,
+    /// An S3 store whose only credential source is the instance metadata
+    /// service (nothing configured): a failed start-up check then says
+    /// "no credentials" instead of the metadata service's HTTP error.
+    implicit_credentials: bool,
     upload: UploadOptions,
 }
 
@@ -181,6 +220,7 @@ impl BlobStore {
             prefix: ObjectPath::from(prefix),
             description,
             bucket: None,
+            implicit_credentials: false,
             upload: UploadOptions::default(),
         }
     }
@@ -230,6 +270,12 @@ impl BlobStore {
                 })
             }
             Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) if self.implicit_credentials && is_metadata_failure(&source) => {
+                return Err(StoreError::NoCredentials {
+                    store,
+                    source: Box::new(source),
+                })
+            }
             Err(source) => {
                 return Err(StoreError::Backend {
                     op: "check",
@@ -259,6 +305,9 @@ impl BlobStore {
     /// survive a power cut.
     pub fn local(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir });
+        }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             op: "create store directory",
             path: dir.clone(),

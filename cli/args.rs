@@ -45,7 +45,22 @@ pub enum Command {
     /// Check every blob in the store and the announcement log; print each
     /// problem with the blob's name and fail if there is any.
     Verify(crate::verify::VerifyArgs),
+    /// Hold consumers at an announced version (they follow reverse deltas
+    /// back) until `burrow unpin`.
+    Pin(PinArgs),
+    /// Release a pin: consumers follow the newest announced version again.
+    Unpin(UnpinArgs),
 }
+
+#[derive(Debug, ClapArgs)]
+pub struct PinArgs {
+    /// The announced version to hold consumers at.
+    #[arg(value_name = "VERSION")]
+    pub target: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct UnpinArgs {}
 
 #[derive(Debug, ClapArgs)]
 pub struct FollowArgs {

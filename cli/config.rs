@@ -2,7 +2,7 @@
 //! settings. Every check of an argument's meaning lives here, and each
 //! failure is one line that names the argument and what is wrong with it.
 
-use crate::args::{Args, BlobArg, Command, DemoArgs, FollowArgs, InspectArgs};
+use crate::args::{Args, BlobArg, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,8 @@ impl StoreLocation {
     /// Opens a store that must already exist (for commands that only read).
     pub async fn open_existing(&self) -> Result<BlobStore> {
         if let Some(dir) = self.local_dir() {
-            if !dir.is_dir() {
+            // A file is not "missing": `open` says it is a file.
+            if !dir.exists() {
                 bail!(
                     "store {} does not exist (run `burrow demo` to make one, or pass --store)",
                     dir.display()
@@ -97,6 +98,9 @@ pub enum Task {
     Bench(Box<crate::bench::BenchArgs>),
     Follow(FollowConfig),
     Verify,
+    /// `burrow pin`: the version to pin.
+    Pin(u64),
+    Unpin,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +137,8 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Verify(_) => Task::Verify,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
+        Command::Pin(a) => Task::Pin(pin(a)?),
+        Command::Unpin(_) => Task::Unpin,
         Command::Bench(mut a) => {
             a.json = args.json;
             Task::Bench(Box::new(a))
@@ -225,6 +231,19 @@ fn inspect(a: InspectArgs) -> Result<InspectConfig> {
         version,
         blob: a.blob,
     })
+}
+
+fn pin(a: PinArgs) -> Result<u64> {
+    let version: u64 = a.target.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid VERSION {:?}: expected an announced version number (see `burrow versions`)",
+            a.target
+        )
+    })?;
+    if version == 0 {
+        bail!("invalid VERSION 0: versions start at 1 (see `burrow versions`)");
+    }
+    Ok(version)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod demo;
 mod follow;
 mod inspect;
 mod output;
+mod pin;
 mod verify;
 mod versions;
 
@@ -57,6 +58,10 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 follow::run(&cfg, global.store.open_existing().await?, &mut out).await
             }
             Task::Verify => verify::run(global.store.open_existing().await?, &mut out).await,
+            Task::Pin(version) => {
+                pin::pin(version, global.store.open_existing().await?, &mut out).await
+            }
+            Task::Unpin => pin::unpin(global.store.open_existing().await?, &mut out).await,
         }
     })
 }

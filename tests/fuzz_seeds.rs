@@ -80,7 +80,7 @@ fn real_blobs_decode_through_the_targets() {
 /// Regenerates the real-blob seeds of the corpus:
 /// `cargo test --all-features --test integration write_seeds -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "writes fuzz/corpus: run on purpose, with -- --ignored"]
 fn write_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let write = |target: &str, name: &str, data: &[u8]| {

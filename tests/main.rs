@@ -4,6 +4,8 @@
 mod bench_smoke;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_pin;
 mod common;
 mod conformance;
 #[cfg(feature = "failpoints")]

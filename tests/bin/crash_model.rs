@@ -11,7 +11,7 @@ pub fn generation(g: u64) -> CrashModel {
     let mut model = CrashModel::new();
     model.insert(0, (format!("generation {g}"), 2000));
     for i in 1..40u64 {
-        if (i + g) % 5 == 0 {
+        if (i + g).is_multiple_of(5) {
             continue;
         }
         model.insert(

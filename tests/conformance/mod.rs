@@ -2,7 +2,8 @@
 //! announcement log is one async function in `store_cases` or
 //! `announce_cases`, and the `conformance!` macro runs every one of them on
 //! every backend: in-memory, a local directory, and a real S3 server
-//! (moto, when built with `--features s3`). A backend cannot skip a case:
+//! (moto, when built with `--features s3`, started by the tests
+//! themselves: see `moto`). A backend cannot skip a case:
 //! the case list is written once, for all backends. Each run works under a
 //! random prefix of its own.
 //!
@@ -10,6 +11,8 @@
 //! `cargo test --test integration conformance::memory` runs one backend.
 
 mod announce_cases;
+#[cfg(feature = "s3")]
+mod moto;
 #[cfg(feature = "s3")]
 mod s3;
 mod store_cases;
@@ -66,10 +69,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    // `None` only off CI, after printing how to start moto.
-                    if let Some(backend) = Backend::s3().await {
-                        $suite::$case(&backend).await;
-                    }
+                    $suite::$case(&Backend::s3().await).await;
                 }
             )*
         }

@@ -2,30 +2,10 @@
 //! against a server that checks credentials, and a long announcement race.
 
 use super::announce_cases::race_rounds;
-use super::support::s3::{create_bucket, endpoint, options, BUCKET};
+use super::support::s3::{auth_server, create_bucket, options, plain_endpoint, BUCKET};
 use super::support::Backend;
 use burrow::blobstore::{BlobStore, StoreError};
 use burrow::Error;
-
-/// A server that checks credentials: `.ci/s3.sh` starts a second moto with
-/// IAM authentication on, a bucket `burrow-auth` and one user's keys.
-struct AuthServer {
-    endpoint: String,
-    key: String,
-    secret: String,
-}
-
-fn auth_server() -> Option<AuthServer> {
-    let endpoint = endpoint("BURROW_TEST_S3_AUTH_ENDPOINT")?;
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with the auth endpoint"))
-    };
-    Some(AuthServer {
-        endpoint,
-        key: var("BURROW_TEST_S3_AUTH_KEY_ID"),
-        secret: var("BURROW_TEST_S3_AUTH_SECRET"),
-    })
-}
 
 async fn check(endpoint: &str, bucket: &str, key: &str, secret: &str) -> Result<BlobStore, Error> {
     BlobStore::connect(
@@ -38,7 +18,7 @@ async fn check(endpoint: &str, bucket: &str, key: &str, secret: &str) -> Result<
 /// Start-up says which is wrong: rejected credentials, or a missing bucket.
 #[tokio::test]
 async fn startup_check_tells_bad_credentials_from_missing_bucket() {
-    let Some(server) = auth_server() else { return };
+    let server = auth_server();
 
     check(&server.endpoint, "burrow-auth", &server.key, &server.secret)
         .await
@@ -83,9 +63,7 @@ async fn startup_check_tells_bad_credentials_from_missing_bucket() {
 /// credentials: a missing bucket is `BucketNotFound`.
 #[tokio::test]
 async fn startup_check_reports_a_missing_bucket() {
-    let Some(endpoint) = endpoint(super::support::s3::ENDPOINT_VAR) else {
-        return;
-    };
+    let endpoint = plain_endpoint();
     create_bucket(&endpoint, BUCKET).await;
     check(&endpoint, BUCKET, "test", "test").await.unwrap();
     let err = check(&endpoint, "burrow-absent", "test", "test")
@@ -101,9 +79,6 @@ async fn startup_check_reports_a_missing_bucket() {
 /// error, reported within the retry bounds.
 #[tokio::test]
 async fn startup_check_reports_an_unreachable_server() {
-    if endpoint(super::support::s3::ENDPOINT_VAR).is_none() {
-        return;
-    }
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -124,9 +99,7 @@ async fn startup_check_reports_an_unreachable_server() {
 /// winner per entry, the others get `NotPrimary`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_announcers_race_for_many_rounds() {
-    let Some(backend) = Backend::s3().await else {
-        return;
-    };
+    let backend = Backend::s3().await;
     race_rounds(&backend, 25).await;
 }
 
@@ -186,9 +159,7 @@ async fn server_stopped_mid_cycle_publishes_nothing_a_consumer_follows() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let Some(endpoint) = endpoint(super::support::s3::ENDPOINT_VAR) else {
-        return;
-    };
+    let endpoint = plain_endpoint();
     create_bucket(&endpoint, BUCKET).await;
     let prefix = super::support::random_prefix();
     let url = format!("s3://{BUCKET}/{prefix}");
@@ -267,9 +238,7 @@ async fn server_stopped_mid_cycle_publishes_nothing_a_consumer_follows() {
 async fn publish_and_follow_on_s3() {
     use crate::common::*;
 
-    let Some(backend) = Backend::s3().await else {
-        return;
-    };
+    let backend = Backend::s3().await;
     let dir = tempfile::tempdir().unwrap();
     let producer = producer(&backend.store, "p1");
     let consumer = consumer(&backend.store, &dir.path().join("cache"));

@@ -306,41 +306,16 @@ impl Backend {
 
 #[cfg(feature = "s3")]
 pub mod s3 {
-    //! The S3 backend: a real S3 server (moto, started by `.ci/s3.sh`).
+    //! The S3 backend: a real S3 server (moto; see `super::super::moto`
+    //! for how the tests find or start it).
 
     use super::*;
     use burrow::blobstore::{RetryOptions, StoreOptions};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    pub const ENDPOINT_VAR: &str = "BURROW_TEST_S3_ENDPOINT";
+    pub use super::super::moto::{auth_server, plain_endpoint};
     pub const BUCKET: &str = "burrow-conformance";
-
-    /// The server's endpoint; `None` (after saying how to start one) on a
-    /// developer machine without it. Under `CI=true` a missing server is a
-    /// failure, never a skip.
-    pub fn endpoint(var: &str) -> Option<String> {
-        match std::env::var(var) {
-            Ok(url) if !url.is_empty() => {
-                assert!(
-                    url.starts_with("http://127.0.0.1:"),
-                    "{var}={url}: the S3 tests only talk to a server on 127.0.0.1"
-                );
-                Some(url)
-            }
-            _ if std::env::var("CI").as_deref() == Ok("true") => panic!(
-                "CI=true but {var} is not set: start the S3 server with \
-                 `eval \"$(.ci/s3.sh start)\"` before `cargo test --all-features`"
-            ),
-            _ => {
-                eprintln!(
-                    "skipping an S3 test: {var} is not set. To run it: \
-                     eval \"$(.ci/s3.sh start)\"; cargo test --all-features; .ci/s3.sh stop"
-                );
-                None
-            }
-        }
-    }
 
     /// Options for a test server: path-style, plain HTTP, test keys, short
     /// retries so that a broken server fails fast.
@@ -388,22 +363,17 @@ pub mod s3 {
     }
 
     impl Backend {
-        /// The S3 backend, or `None` when the server is not configured on a
-        /// developer machine (see [`endpoint`]).
-        pub async fn s3() -> Option<Backend> {
-            let endpoint = endpoint(ENDPOINT_VAR)?;
+        /// The S3 backend on the plain test server, started on first use;
+        /// panics (failing the test) when there is none and moto is missing.
+        pub async fn s3() -> Backend {
+            let endpoint = plain_endpoint();
             create_bucket(&endpoint, BUCKET).await;
             let prefix = random_prefix();
             let url = format!("s3://{BUCKET}/{prefix}");
             let s3 = BlobStore::from_url(&url, &options(&endpoint, "test", "test"))
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
             s3.check().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            Some(Backend::wrap(
-                "s3",
-                s3.object_store().clone(),
-                &prefix,
-                None,
-            ))
+            Backend::wrap("s3", s3.object_store().clone(), &prefix, None)
         }
     }
 }

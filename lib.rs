@@ -58,6 +58,7 @@ pub mod error;
 pub mod failpoint;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gc;
 pub mod producer;
 pub mod schema;
 pub mod verify;

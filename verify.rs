@@ -20,12 +20,14 @@
 //! The log is walked once, oldest first, carrying one [`ReadState`]
 //! forward, so each blob is fetched once and the cost is linear in the
 //! store's size. Blobs that no announcement names (orphans of failed
-//! cycles) are checked too, but are not problems for being orphans.
+//! cycles) are checked too, but are not problems for being orphans. The
+//! leftovers of interrupted writes ([`crate::gc`]) are listed, not read.
 
 use crate::announcer::{chain_to, AnnounceKind, Announcement, AnnouncementLog};
 use crate::blobstore::{BlobName, BlobStore};
 use crate::consumer::{ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
 use crate::error::{Error, FormatError};
+use crate::gc::{find_leftovers, Leftover};
 use crate::schema::blob::{record_at, OpenBlob};
 use crate::schema::envelope::BlobKind;
 use crate::schema::key_index::KeyIndex;
@@ -61,6 +63,10 @@ pub struct VerifyReport {
     pub versions_reachable: usize,
     /// Blobs that no announcement names.
     pub orphans: Vec<String>,
+    /// Leftovers of interrupted writes (partial writes, temporary uploads;
+    /// see [`crate::gc`]). Not problems: no name of burrow's points at them
+    /// and nothing reads them; `gc::sweep_leftovers` deletes them.
+    pub leftovers: Vec<Leftover>,
     pub problems: Vec<Problem>,
 }
 
@@ -96,6 +102,7 @@ pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
         report: &mut report,
     };
     checker.walk_log().await?;
+    checker.report.leftovers = find_leftovers(store).await?;
     let unchecked: Vec<BlobName> = listed
         .iter()
         .filter(|n| !checker.checked.contains_key(n))

@@ -208,6 +208,9 @@ pub struct BlobStore {
     /// "no credentials" instead of the metadata service's HTTP error.
     implicit_credentials: bool,
     upload: UploadOptions,
+    /// The directory of a local store ([`BlobStore::local`]), for what only
+    /// the file system shows (see [`crate::gc`]); `None` for other backends.
+    local_root: Option<PathBuf>,
 }
 
 impl BlobStore {
@@ -222,6 +225,7 @@ impl BlobStore {
             bucket: None,
             implicit_credentials: false,
             upload: UploadOptions::default(),
+            local_root: None,
         }
     }
 
@@ -244,6 +248,17 @@ impl BlobStore {
     /// The dataset prefix inside the object store.
     pub fn prefix(&self) -> &ObjectPath {
         &self.prefix
+    }
+
+    /// The directory that holds the dataset, for a local store; `None` for
+    /// other backends.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(
+            self.prefix
+                .parts()
+                .fold(root.clone(), |dir, part| dir.join(part.as_ref())),
+        )
     }
 
     /// Asks the store whether it can be used: the bucket exists and the
@@ -322,6 +337,7 @@ impl BlobStore {
             .with_fsync(true);
         let mut store = BlobStore::new(Arc::new(fs), "");
         store.description = dir.display().to_string();
+        store.local_root = Some(dir);
         Ok(store)
     }
 
@@ -346,7 +362,7 @@ impl BlobStore {
         self.path_of(&name.to_string())
     }
 
-    fn path_of(&self, rel: &str) -> ObjectPath {
+    pub(crate) fn path_of(&self, rel: &str) -> ObjectPath {
         let mut path = self.prefix.clone();
         for part in rel.split('/') {
             path = path.clone().join(part);
@@ -416,20 +432,35 @@ impl BlobStore {
         let mut out: Vec<BlobMeta> = metas
             .into_iter()
             .filter_map(|meta| {
-                let rel = meta
-                    .location
-                    .prefix_match(&self.prefix)?
-                    .map(|p| p.as_ref().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/");
                 Some(BlobMeta {
-                    name: BlobName::parse(&rel)?,
+                    name: BlobName::parse(&self.relative_name(&meta.location)?)?,
                     size: meta.size,
                 })
             })
             .collect();
         out.sort_by_key(|m| m.name.to_string());
         Ok(out)
+    }
+
+    /// `location`'s name relative to the dataset prefix; `None` if it is
+    /// not under the prefix.
+    pub(crate) fn relative_name(&self, location: &ObjectPath) -> Option<String> {
+        Some(
+            location
+                .prefix_match(&self.prefix)?
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
+        )
+    }
+
+    /// Deletes the object at `rel` (relative to the prefix); gone already is
+    /// not an error. Only garbage collection deletes ([`crate::gc`]).
+    pub(crate) async fn delete_raw(&self, rel: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path_of(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::from_backend("delete", rel, e)),
+        }
     }
 
     /// Opens a read of a whole blob: its size and its body, which is a

@@ -34,7 +34,7 @@
 //! - A process that dies mid-upload leaves an incomplete multipart upload
 //!   (S3: use a lifecycle rule that aborts them) or a temporary object under
 //!   `upload/`. Neither is ever read: blob names are parsed, and `upload/`
-//!   is not one of them. [`BlobStore::sweep_uploads`] deletes old ones.
+//!   is not one of them. [`crate::gc::sweep_leftovers`] deletes old ones.
 //! - If the temporary object cannot be deleted after a successful move, the
 //!   blob *is* created, so `finish` succeeds and logs the failure at warn
 //!   level; reporting an error would make the caller retry a create that can
@@ -42,7 +42,6 @@
 
 use super::{BlobName, BlobStore, StoreError, UploadOptions};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, WriteMultipart};
 
@@ -52,7 +51,7 @@ pub(crate) const UPLOAD_DIR: &str = "upload";
 /// Writes one blob in chunks; see the [module docs](self). Dropping a
 /// writer without [`BlobWriter::finish`] creates nothing (an upload in
 /// progress is left for the store's lifecycle rules and
-/// [`BlobStore::sweep_uploads`]; call [`BlobWriter::abort`] to clean up
+/// [`crate::gc::sweep_leftovers`]; call [`BlobWriter::abort`] to clean up
 /// at once).
 #[derive(Debug)]
 pub struct BlobWriter {
@@ -189,7 +188,7 @@ impl BlobWriter {
                 let dest = self.store.path(&self.name);
                 let moved = self.store.inner.copy_if_not_exists(&temp, &dest).await;
                 if let Err(error) = self.store.inner.delete(&temp).await {
-                    tracing::warn!(temp = %temp, %error, "could not delete a temporary upload; sweep_uploads will");
+                    tracing::warn!(temp = %temp, %error, "could not delete a temporary upload; gc::sweep_leftovers will");
                 }
                 moved.map_err(|e| StoreError::from_backend("create", &label, e))?;
             }
@@ -220,42 +219,5 @@ impl BlobStore {
     /// memory. See [`BlobWriter`].
     pub fn writer(&self, name: &BlobName) -> BlobWriter {
         BlobWriter::new(self.clone(), *name)
-    }
-
-    /// Deletes temporary upload objects older than `older_than` (left by
-    /// writers that died; see the [upload module docs](super::upload)).
-    /// Returns how many it deleted. Blobs are never touched.
-    pub async fn sweep_uploads(
-        &self,
-        older_than: std::time::Duration,
-    ) -> Result<usize, StoreError> {
-        let base = self.path_of(UPLOAD_DIR);
-        let metas: Vec<_> = self
-            .inner
-            .list(Some(&base))
-            .try_collect()
-            .await
-            .map_err(|e| StoreError::from_backend("list", UPLOAD_DIR, e))?;
-        let now_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut deleted = 0;
-        for meta in metas {
-            let age = now_secs.saturating_sub(meta.last_modified.timestamp());
-            if age >= older_than.as_secs() as i64 {
-                match self.inner.delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                    Err(e) => {
-                        return Err(StoreError::from_backend(
-                            "delete",
-                            meta.location.as_ref(),
-                            e,
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(deleted)
     }
 }

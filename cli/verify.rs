@@ -27,15 +27,19 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
         for p in &report.problems {
             out.line(&format!("PROBLEM {}: {}", p.blob, p.reason))?;
         }
+        for leftover in &report.leftovers {
+            out.line(&format!("LEFTOVER {leftover}"))?;
+        }
         out.line(&format!(
             "{}: {} blobs ({} records), {} announcement entries, {} versions reachable, \
-             {} orphan blobs: {}",
+             {} orphan blobs, {} leftovers of interrupted writes: {}",
             store.description(),
             report.blobs_checked,
             report.records_checked,
             report.entries_checked,
             report.versions_reachable,
             report.orphans.len(),
+            report.leftovers.len(),
             if report.is_clean() { "OK" } else { "PROBLEMS" }
         ))?;
     }
@@ -55,6 +59,12 @@ fn json(store: &str, r: &VerifyReport) -> serde_json::Value {
         "entries_checked": r.entries_checked,
         "versions_reachable": r.versions_reachable,
         "orphans": r.orphans,
+        "leftovers": r.leftovers.iter().map(|l| serde_json::json!({
+            "name": l.name,
+            "kind": l.kind.to_string(),
+            "bytes": l.size,
+            "age_seconds": l.age.as_secs(),
+        })).collect::<Vec<_>>(),
         "problems": r.problems.iter().map(|p| serde_json::json!({
             "blob": p.blob,
             "reason": p.reason,

@@ -15,6 +15,8 @@ mod failure;
 mod full_disk;
 #[cfg(feature = "fuzzing")]
 mod fuzz_seeds;
+#[cfg(feature = "cli")]
+mod gc;
 mod hostile;
 mod hostile_records;
 mod limits;

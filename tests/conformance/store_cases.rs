@@ -113,11 +113,10 @@ pub async fn large_blob_round_trips_through_multipart(b: &Backend) {
     assert_eq!(std::fs::metadata(path).unwrap().len(), bytes.len() as u64);
 
     assert_eq!(
-        b.store
-            .sweep_uploads(std::time::Duration::ZERO)
+        burrow::gc::sweep_leftovers(&b.store, std::time::Duration::ZERO)
             .await
             .unwrap(),
-        0
+        vec![]
     );
 }
 
@@ -154,11 +153,10 @@ pub async fn large_blob_is_create_only(b: &Backend) {
     );
     assert_eq!(b.store.get(&name).await.unwrap(), "winner");
     assert_eq!(
-        b.store
-            .sweep_uploads(std::time::Duration::ZERO)
+        burrow::gc::sweep_leftovers(&b.store, std::time::Duration::ZERO)
             .await
             .unwrap(),
-        0
+        vec![]
     );
 }
 
@@ -246,19 +244,21 @@ pub async fn sweep_removes_only_leftover_uploads(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(
-        b.store
-            .sweep_uploads(std::time::Duration::from_secs(3600))
+        burrow::gc::sweep_leftovers(&b.store, std::time::Duration::from_secs(3600))
             .await
             .unwrap(),
-        0
+        vec![]
     );
-    assert_eq!(
-        b.store
-            .sweep_uploads(std::time::Duration::ZERO)
-            .await
-            .unwrap(),
-        1
-    );
+    let listed = burrow::gc::find_leftovers(&b.store).await.unwrap();
+    assert_eq!(listed.len(), 1, "{}: {listed:?}", b.name);
+    assert_eq!(listed[0].name, "upload/snapshot-1.dead");
+    assert_eq!(listed[0].kind, burrow::gc::LeftoverKind::TemporaryUpload);
+    let swept = burrow::gc::sweep_leftovers(&b.store, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].name, listed[0].name);
+    assert_eq!(burrow::gc::find_leftovers(&b.store).await.unwrap(), vec![]);
     assert_eq!(b.store.get(&BlobName::Snapshot(5)).await.unwrap(), "keep");
 }
 

@@ -1,0 +1,275 @@
+//! Garbage collection: what a store holds that no reader will ever need.
+//!
+//! This module owns deleting things from a dataset's store. Today it sweeps
+//! the *leftovers of interrupted writes*; retention of old versions (a later
+//! issue) belongs here too.
+//!
+//! # Leftovers
+//!
+//! A write that dies half-way leaves an object no name of burrow's points
+//! at:
+//!
+//! - **Partial writes** on a local store. object_store's local backend
+//!   writes a put to a staging file beside its target, `<name>#<digits>`,
+//!   and renames it into place when it is whole. A producer killed during a
+//!   snapshot write leaves the staging file (tens of MB at a million
+//!   records). object_store's own listing hides such names, so they are
+//!   found by reading the directory. Other backends write atomically and
+//!   leave none.
+//! - **Temporary uploads** under `upload/` (see [`crate::blobstore::upload`]):
+//!   a large blob goes up under a temporary name and is moved into place;
+//!   a writer that dies between the two leaves the temporary object, on any
+//!   backend. (An S3 multipart upload that was never completed is invisible
+//!   to object_store; a bucket lifecycle rule that aborts incomplete
+//!   multipart uploads removes those.)
+//!
+//! # Invariants
+//!
+//! - Only leftovers are ever deleted: a name that parses as one of burrow's
+//!   blob or announcement names is never touched here.
+//! - A leftover is deleted only once it is older than a grace period (by its
+//!   modification time), so a sweep never races a write in progress: a
+//!   staging file or temporary upload that is still being written is young.
+//!   The producer sweeps with [`DEFAULT_LEFTOVER_GRACE`] when it restores;
+//!   `burrow verify` lists leftovers without deleting them.
+//! - Only the dataset's own directories are read (`snapshot/`, `delta/`,
+//!   `reverse/`, `announce/`, `upload/`), so datasets under sibling prefixes
+//!   of one store are never swept by each other.
+
+use crate::blobstore::{BlobStore, StoreError};
+use futures::TryStreamExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How old a leftover must be before the producer's sweep deletes it: far
+/// longer than any single blob write takes.
+pub const DEFAULT_LEFTOVER_GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// The dataset directories a local store's partial writes can be in.
+const BLOB_DIRS: [&str; 4] = ["snapshot", "delta", "reverse", "announce"];
+
+/// What kind of leftover an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftoverKind {
+    /// A local store's staging file `<name>#<digits>` of a put that never
+    /// finished.
+    PartialWrite,
+    /// A temporary object under `upload/` of a large blob's upload that was
+    /// never moved into place.
+    TemporaryUpload,
+}
+
+impl std::fmt::Display for LeftoverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeftoverKind::PartialWrite => "partial write",
+            LeftoverKind::TemporaryUpload => "temporary upload",
+        })
+    }
+}
+
+/// One leftover of an interrupted write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Where it is, relative to the dataset (e.g.
+    /// `snapshot/00000000000000000007#3` or `upload/<id>`).
+    pub name: String,
+    pub kind: LeftoverKind,
+    pub size: u64,
+    /// Time since it was last written (zero if its clock is ahead of ours).
+    pub age: Duration,
+}
+
+impl std::fmt::Display for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} of {} bytes, last written {} s ago",
+            self.name,
+            self.kind,
+            self.size,
+            self.age.as_secs()
+        )
+    }
+}
+
+/// Every leftover of interrupted writes in `store`, oldest name first.
+/// Reads only; see the [module docs](self) for what counts.
+pub async fn find_leftovers(store: &BlobStore) -> Result<Vec<Leftover>, StoreError> {
+    let now = SystemTime::now();
+    let mut found = temporary_uploads(store, now).await?;
+    if let Some(dir) = store.local_dir() {
+        let partial = tokio::task::spawn_blocking(move || partial_writes(&dir, now))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "list partial writes",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })??;
+        found.extend(partial);
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// Deletes the leftovers of `store` that are at least `grace` old and
+/// returns them. Younger ones may belong to a write in progress and stay.
+/// A leftover that is already gone when it is deleted (another sweep) is
+/// not an error.
+pub async fn sweep_leftovers(
+    store: &BlobStore,
+    grace: Duration,
+) -> Result<Vec<Leftover>, StoreError> {
+    let mut deleted = Vec::new();
+    for leftover in find_leftovers(store).await? {
+        if leftover.age < grace {
+            continue;
+        }
+        match leftover.kind {
+            LeftoverKind::TemporaryUpload => store.delete_raw(&leftover.name).await?,
+            LeftoverKind::PartialWrite => {
+                let Some(dir) = store.local_dir() else {
+                    continue;
+                };
+                let path = dir.join(&leftover.name);
+                tokio::task::spawn_blocking(move || remove_file(&path))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        op: "delete partial write",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })??;
+            }
+        }
+        tracing::info!(leftover = %leftover, "deleted a leftover of an interrupted write");
+        deleted.push(leftover);
+    }
+    if !deleted.is_empty() {
+        metrics::counter!("burrow_gc_leftovers_deleted_total").increment(deleted.len() as u64);
+    }
+    Ok(deleted)
+}
+
+async fn temporary_uploads(
+    store: &BlobStore,
+    now: SystemTime,
+) -> Result<Vec<Leftover>, StoreError> {
+    let dir = crate::blobstore::upload::UPLOAD_DIR;
+    let metas: Vec<_> = store
+        .object_store()
+        .list(Some(&store.path_of(dir)))
+        .try_collect()
+        .await
+        .map_err(|e| StoreError::from_backend("list", dir, e))?;
+    Ok(metas
+        .into_iter()
+        .filter_map(|meta| {
+            let name = store.relative_name(&meta.location)?;
+            let written = SystemTime::UNIX_EPOCH
+                + Duration::from_millis(meta.last_modified.timestamp_millis().max(0) as u64);
+            Some(Leftover {
+                name,
+                kind: LeftoverKind::TemporaryUpload,
+                size: meta.size,
+                age: now.duration_since(written).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+/// Whether `file_name` is an object_store local staging file:
+/// `<target>#<digits>` (the names its own listing hides).
+fn is_staging_file(file_name: &str) -> bool {
+    match file_name.rsplit_once('#') {
+        Some((target, suffix)) => {
+            !target.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+fn partial_writes(dataset: &Path, now: SystemTime) -> Result<Vec<Leftover>, StoreError> {
+    let mut found = Vec::new();
+    for sub in BLOB_DIRS {
+        let dir = dataset.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read store directory",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::Io {
+                op: "read store directory",
+                path: dir.clone(),
+                source,
+            })?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if !is_staging_file(file_name) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(meta) if meta.is_file() => meta,
+                Ok(_) => continue,
+                // Renamed into place or swept since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "stat partial write",
+                        path: entry.path(),
+                        source,
+                    })
+                }
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            found.push(Leftover {
+                name: format!("{sub}/{file_name}"),
+                kind: LeftoverKind::PartialWrite,
+                size: meta.len(),
+                age,
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            op: "delete partial write",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_are_recognised_like_object_store_does() {
+        assert!(is_staging_file("00000000000000000007#1"));
+        assert!(is_staging_file(
+            "00000000000000000001-00000000000000000002#42"
+        ));
+        assert!(!is_staging_file("00000000000000000007"));
+        assert!(!is_staging_file("00000000000000000007#"));
+        assert!(!is_staging_file("00000000000000000007#a1"));
+        assert!(!is_staging_file("#1"));
+    }
+}

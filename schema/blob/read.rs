@@ -177,7 +177,10 @@ impl OpenBlob {
                 _blob: self.clone(),
             });
         }
-        if start < base || end > base + bytes.len() || start % std::mem::align_of::<T>() != 0 {
+        if start < base
+            || end > base + bytes.len()
+            || !start.is_multiple_of(std::mem::align_of::<T>())
+        {
             return Err(self.corrupt(format!("{what} lies outside the blob")));
         }
         Ok(Region {

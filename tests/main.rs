@@ -16,6 +16,7 @@ mod fuzz_seeds;
 mod hostile;
 mod hostile_records;
 mod limits;
+mod producer_restore;
 mod property;
 mod resilience;
 #[cfg(feature = "cli")]

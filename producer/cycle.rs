@@ -197,10 +197,16 @@ async fn mint(config: &Config, last: Option<&Announced>) -> Result<Option<Announ
         (None, Some(n)) => Err(cycle_err(CycleStep::Mint, n.version + 1)(
             ProducerError::NeedsRestore { version: n.version }.into(),
         )),
-        // Entries after ours that keep our version are pins and unpins
-        // (every entry carries the newest version, and versions only
-        // grow): we are still the primary producer.
-        (Some(a), Some(n)) if n.seq != a.entry.seq && n.version != a.entry.version => {
+        // Entries after ours that are pins and unpins (an operator's) leave
+        // us the primary producer; an announcement is another producer's.
+        (Some(a), Some(n)) if n.seq > a.entry.seq => {
+            pins_since(config, a.entry.seq)
+                .await
+                .map_err(|e| cycle_err(CycleStep::Mint, last_version + 1)(e.into()))?;
+            Ok(newest)
+        }
+        // A log behind our own last entry was rewritten under us.
+        (Some(a), Some(n)) if n.seq != a.entry.seq => {
             Err(cycle_err(CycleStep::Mint, last_version + 1)(
                 AnnounceError::NotPrimary { seq: n.seq }.into(),
             ))
@@ -368,11 +374,53 @@ async fn announce(
         reverse_bytes: size_of(|n| matches!(n, BlobName::Reverse(..))),
     };
     crate::failpoint::hit("before-announce");
-    config
-        .log
-        .append(&entry)
-        .await
-        .map_err(|e| cycle_err(CycleStep::Announce, version)(e.into()))?;
+    let mut entry = entry;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match config.log.append(&entry).await {
+            Ok(()) => break,
+            // The seq was taken: by an operator's pin or unpin, written
+            // during this cycle, we announce after it and keep the pin; by
+            // another producer's announcement, we are not the primary.
+            Err(AnnounceError::NotPrimary { seq }) if attempts < MAX_ANNOUNCE_ATTEMPTS => {
+                let pins = pins_since(config, seq - 1)
+                    .await
+                    .map_err(|e| cycle_err(CycleStep::Announce, version)(e.into()))?;
+                let Some(last) = pins.last() else {
+                    return Err(cycle_err(CycleStep::Announce, version)(
+                        AnnounceError::NotPrimary { seq }.into(),
+                    ));
+                };
+                tracing::info!(
+                    version,
+                    seq = last.seq,
+                    kind = last.kind.as_str(),
+                    "an operator's entry was written during the cycle; announcing after it"
+                );
+                entry.seq = last.seq + 1;
+                entry.pinned_version = last.pinned_version;
+            }
+            Err(e) => return Err(cycle_err(CycleStep::Announce, version)(e.into())),
+        }
+    }
     tracing::info!(version, seq = entry.seq, "announced");
     Ok(entry)
+}
+
+/// How many times the announce step appends after operators' entries
+/// before it gives up (each retry needs another pin or unpin written
+/// during the previous attempt).
+const MAX_ANNOUNCE_ATTEMPTS: u32 = 16;
+
+/// The log's entries after `seq`, provided they are all pins and unpins (an
+/// operator's entries); [`AnnounceError::NotPrimary`] naming the first
+/// announcement among them otherwise, whoever wrote it: every announcement
+/// after this producer's own is another producer's.
+async fn pins_since(config: &Config, seq: u64) -> Result<Vec<Announcement>, AnnounceError> {
+    let entries = config.log.entries_from(seq + 1).await?;
+    if let Some(other) = entries.iter().find(|e| e.kind == AnnounceKind::Announce) {
+        return Err(AnnounceError::NotPrimary { seq: other.seq });
+    }
+    Ok(entries)
 }

@@ -6,7 +6,8 @@
 //! 1. **Mint** a version greater than the last announced one. The log's
 //!    newest entry is read first: if another producer announced since this
 //!    one's last cycle, the cycle stops with `NotPrimary` before writing
-//!    anything.
+//!    anything. Pins and unpins (an operator's entries) are not another
+//!    producer: the cycle goes on.
 //! 2. **Populate**: the caller adds every current record through the
 //!    generated builders ([`Populate::add`]) or from existing readers
 //!    ([`Populate::add_reader`]). Each record is canonicalized once.
@@ -19,7 +20,10 @@
 //!    every `snapshot_every` cycles, the snapshot, each with a create-only
 //!    put. If a name is already taken (an orphan of a producer that died
 //!    before announcing), the version is bumped and the blobs rewritten.
-//! 7. **Announce** with a create-only put of the next log entry; only then
+//! 7. **Announce** with a create-only put of the next log entry (if an
+//!    operator's pin or unpin took that entry during the cycle, the
+//!    announcement goes after it and carries its pin: a pin holds consumers
+//!    until an unpin, across cycles); only then
 //!    does the new state become the producer's "last announced" state. Any
 //!    failure before that leaves the producer where it was and returns an
 //!    error naming the step; blobs written by a failed cycle are orphans

@@ -6,6 +6,7 @@
 //! succeeded; every step before that returns an error naming itself
 //! ([`ProducerError::Cycle`]) and leaves the state untouched.
 
+use super::blocking::blocking;
 use super::builder::Config;
 use super::populate::Populate;
 use super::state::{self, Batch, TypeDiff, TypeState};
@@ -101,7 +102,8 @@ impl Producer {
         timer.done(CycleStep::Mint);
 
         // 2. Populate.
-        let batches = run_populate(config, last.map(|a| a.types.as_slice()), version, populate)?;
+        let batches =
+            blocking(|| run_populate(config, last.map(|a| a.types.as_slice()), version, populate))?;
         let populate_time = started.elapsed();
         timer.done(CycleStep::Populate);
 
@@ -118,7 +120,7 @@ impl Producer {
                 &empty
             }
         };
-        let diffs = identify(config, prev_types, batches, version)?;
+        let diffs = blocking(|| identify(config, prev_types, batches, version))?;
         let changes = changes(config, prev_types, &diffs);
         timer.done(CycleStep::Identify);
 
@@ -309,8 +311,8 @@ async fn write_and_publish(
     loop {
         attempts += 1;
         let version = req.version;
-        let written =
-            write_blobs(config, &req).map_err(cycle_err(CycleStep::WriteBlobs, version))?;
+        let written = blocking(|| write_blobs(config, &req))
+            .map_err(cycle_err(CycleStep::WriteBlobs, version))?;
         match publish(config, &written).await {
             Ok(()) => return Ok((version, written)),
             Err(Error::Store(StoreError::AlreadyExists { name })) if attempts < 16 => {
@@ -326,7 +328,9 @@ async fn write_and_publish(
     }
 }
 
-/// Puts each blob with a create-only put, deltas first.
+/// Puts each blob with a create-only put, deltas first. (On a local
+/// store, the file writes and fsyncs run on tokio's blocking pool: see
+/// `blocking`.)
 async fn publish(config: &Config, blobs: &[(BlobName, Bytes)]) -> Result<(), Error> {
     crate::failpoint::hit("before-publish");
     for (name, bytes) in blobs {

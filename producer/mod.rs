@@ -46,7 +46,10 @@
 //!   directions) and snapshot.
 //! - `restore`: [`Producer::restore`].
 //! - `validate`: [`Validator`]s.
+//! - `blocking`: how the blocking steps (populate, identify, blob writing,
+//!   restore's decoding) stay off the tokio worker threads.
 
+mod blocking;
 mod builder;
 mod cycle;
 mod populate;

@@ -13,6 +13,7 @@
 //! older snapshot and the deltas after it. A restore that had to go around
 //! a bad snapshot makes the next cycle write a fresh one.
 
+use super::blocking::blocking;
 use super::builder::Config;
 use super::builder::RegisteredType;
 use super::state::{Batch, TypeState};
@@ -48,10 +49,13 @@ impl Producer {
                 reason: format!("no announce entry for version {}", newest.version),
             })?;
         let (read, restored) = load(config, &newest, &head).await?;
-        let mut types = Vec::with_capacity(config.types.len());
-        for t in &config.types {
-            types.push(restore_type(t, &read)?);
-        }
+        let types = blocking(|| {
+            config
+                .types
+                .iter()
+                .map(|t| restore_type(t, &read))
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
         let version = head.version;
         *guard = Some(Announced {
             entry: Announcement {
@@ -151,15 +155,18 @@ async fn apply_plan(config: &Config, plan: &Plan) -> Result<ReadState, (BlobName
         let name = step.blob();
         let result = async {
             let bytes = config.store.get(&name).await?;
-            let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);
-            match (*step, &state) {
-                (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
-                (Step::Delta(a, b), Some(base)) => base.apply(blob, a, b),
-                _ => Err(ProducerError::Restore {
-                    reason: format!("the plan applies {name} to no state"),
+            // Verifying the checksum and applying a delta are CPU work.
+            blocking(|| {
+                let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);
+                match (*step, &state) {
+                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
+                    (Step::Delta(a, b), Some(base)) => base.apply(blob, a, b),
+                    _ => Err(ProducerError::Restore {
+                        reason: format!("the plan applies {name} to no state"),
+                    }
+                    .into()),
                 }
-                .into()),
-            }
+            })
         }
         .await;
         match result {

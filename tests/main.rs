@@ -16,6 +16,7 @@ mod fuzz_seeds;
 mod hostile;
 mod hostile_records;
 mod limits;
+mod producer_blocking;
 mod producer_pin;
 mod producer_restore;
 mod property;

@@ -147,7 +147,7 @@ impl Producer {
         let (version, blobs) = write_and_publish(
             config,
             WriteRequest {
-                version: last_version + 1,
+                version,
                 prev_version: prev_entry.map(|e| e.version),
                 diffs: &diffs,
                 prev_types,

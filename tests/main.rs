@@ -20,6 +20,9 @@ mod gc;
 mod hostile;
 mod hostile_records;
 mod limits;
+mod producer_blocking;
+mod producer_pin;
+mod producer_restore;
 mod property;
 mod resilience;
 #[cfg(feature = "cli")]

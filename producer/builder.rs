@@ -1,0 +1,206 @@
+//! Building a producer: its configuration (store, id, snapshot cadence,
+//! record limits), the record types it publishes with their primary keys,
+//! validators, listeners and header tags.
+//!
+//! [`ProducerBuilder::build`] checks the configuration once (a type
+//! registered twice, no types, a zero cadence, an empty id are errors), so
+//! a cycle never meets a bad one. The resulting [`Config`] is immutable and
+//! shared by every cycle.
+
+use super::{CycleEvent, CycleListener, Producer, Validator};
+use crate::announcer::AnnouncementLog;
+use crate::blobstore::BlobStore;
+use crate::error::Error;
+use crate::schema::blob::DatasetSchema;
+use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
+use std::any::TypeId;
+use std::sync::Arc;
+
+/// A registered record type.
+pub(super) struct RegisteredType {
+    pub(super) info: TypeInfo,
+    pub(super) rust_type: TypeId,
+    pub(super) key: Option<KeySpec>,
+    pub(super) key_fields: Vec<String>,
+    /// Encodes the key of a canonical record of this type.
+    pub(super) key_of: fn(&KeySpec, &[u64], &mut KeyBuf) -> capnp::Result<()>,
+}
+
+/// Encodes the key of a canonical record of `T` (from its words when the
+/// key fields sit at fixed places, else by reflection).
+fn key_of<T: RecordType>(spec: &KeySpec, words: &[u64], out: &mut KeyBuf) -> capnp::Result<()> {
+    if spec.encode_words(words, out) {
+        return Ok(());
+    }
+    let message = crate::schema::record::record_message(words, u64::MAX >> 8);
+    let record: T::Reader<'_> = message.get_root()?;
+    spec.resolved()?.encode_record(T::dynamic(record), out)
+}
+
+/// Builds a [`Producer`].
+pub struct ProducerBuilder {
+    store: BlobStore,
+    producer_id: String,
+    snapshot_every: u32,
+    max_record_bytes: u64,
+    types: Vec<Result<RegisteredType, Error>>,
+    validators: Vec<Arc<dyn Validator>>,
+    listeners: Vec<Arc<dyn CycleListener>>,
+    tags: Vec<(String, String)>,
+}
+
+impl ProducerBuilder {
+    pub fn new(store: BlobStore) -> Self {
+        ProducerBuilder {
+            store,
+            producer_id: format!("producer-{}", std::process::id()),
+            snapshot_every: 1,
+            max_record_bytes: 64 << 20,
+            types: Vec::new(),
+            validators: Vec::new(),
+            listeners: Vec::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds a listener that sees every cycle's steps and outcome.
+    pub fn listener(mut self, listener: impl CycleListener + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Names this producer in blob headers and announcements.
+    pub fn producer_id(mut self, id: impl Into<String>) -> Self {
+        self.producer_id = id.into();
+        self
+    }
+
+    /// Writes a snapshot on the first cycle and then every `n` cycles
+    /// (default 1: every cycle). Deltas and reverse deltas are written every
+    /// cycle.
+    pub fn snapshot_every(mut self, n: u32) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
+    /// Refuses records larger than `bytes` (default 64 MiB).
+    pub fn max_record_bytes(mut self, bytes: u64) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Registers record type `T` with a primary key of the named fields.
+    pub fn primary_key<T: RecordType>(mut self, fields: &[&str]) -> Self {
+        let info = TypeInfo::of::<T>();
+        let registered = KeySpec::resolve(&info, fields)
+            .map(|spec| RegisteredType {
+                rust_type: TypeId::of::<T>(),
+                key_fields: spec.names().map(str::to_string).collect(),
+                key: Some(spec),
+                info,
+                key_of: key_of::<T>,
+            })
+            .map_err(Error::from);
+        self.types.push(registered);
+        self
+    }
+
+    /// Registers record type `T` without a primary key: records are
+    /// identified by their content, and identical records are one record.
+    pub fn record_type<T: RecordType>(mut self) -> Self {
+        self.types.push(Ok(RegisteredType {
+            info: TypeInfo::of::<T>(),
+            rust_type: TypeId::of::<T>(),
+            key: None,
+            key_fields: Vec::new(),
+            key_of: key_of::<T>,
+        }));
+        self
+    }
+
+    /// Adds a header tag written into every blob.
+    pub fn header_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds a validator; validators run in the order added.
+    pub fn validator(mut self, validator: impl Validator + 'static) -> Self {
+        self.validators.push(Arc::new(validator));
+        self
+    }
+
+    pub fn build(self) -> Result<Producer, Error> {
+        let config = |what: &str, reason: String| Error::Config {
+            what: what.to_string(),
+            reason,
+        };
+        if self.snapshot_every == 0 {
+            return Err(config("snapshot_every", "must be at least 1".into()));
+        }
+        if self.producer_id.is_empty() {
+            return Err(config("producer_id", "must not be empty".into()));
+        }
+        let mut types = Vec::new();
+        for t in self.types {
+            let t = t?;
+            if types
+                .iter()
+                .any(|x: &RegisteredType| x.info.type_id == t.info.type_id)
+            {
+                return Err(config(
+                    "record types",
+                    format!("{} is registered twice", t.info.name),
+                ));
+            }
+            types.push(t);
+        }
+        if types.is_empty() {
+            return Err(config(
+                "record types",
+                "register at least one with primary_key::<T>() or record_type::<T>()".into(),
+            ));
+        }
+        let infos: Vec<TypeInfo> = types.iter().map(|t| t.info.clone()).collect();
+        let schema = DatasetSchema::of(&infos)
+            .map_err(|e| config("record types", format!("cannot read their schema: {e}")))?;
+        Ok(Producer {
+            config: Arc::new(Config {
+                log: AnnouncementLog::new(self.store.clone()),
+                store: self.store,
+                producer_id: self.producer_id,
+                snapshot_every: self.snapshot_every,
+                max_record_bytes: self.max_record_bytes,
+                types,
+                validators: self.validators,
+                listeners: self.listeners,
+                tags: self.tags,
+                schema,
+            }),
+            announced: tokio::sync::Mutex::new(None),
+        })
+    }
+}
+
+/// What a built producer is configured with; shared by every cycle.
+pub(super) struct Config {
+    pub(super) store: BlobStore,
+    pub(super) log: AnnouncementLog,
+    pub(super) producer_id: String,
+    pub(super) snapshot_every: u32,
+    pub(super) max_record_bytes: u64,
+    pub(super) types: Vec<RegisteredType>,
+    pub(super) validators: Vec<Arc<dyn Validator>>,
+    pub(super) listeners: Vec<Arc<dyn CycleListener>>,
+    pub(super) tags: Vec<(String, String)>,
+    pub(super) schema: DatasetSchema,
+}
+
+impl Config {
+    /// Tells every listener about `event`, in the order they were added.
+    pub(super) fn emit(&self, event: CycleEvent<'_>) {
+        for l in &self.listeners {
+            l.on_event(&event);
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The cycle, one small function per step (see the module doc of
+//! [`crate::producer`] for the steps and their guarantees).
+//!
+//! [`Producer::cycle`] holds the producer's mutex for the whole cycle and
+//! only replaces the last announced state after the announce step
+//! succeeded; every step before that returns an error naming itself
+//! ([`ProducerError::Cycle`]) and leaves the state untouched.
+
+use super::blocking::blocking;
+use super::builder::Config;
+use super::populate::Populate;
+use super::state::{self, Batch, TypeDiff, TypeState};
+use super::write::{write_blobs, WriteRequest};
+use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
+use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
+use crate::blobstore::{BlobName, StoreError};
+use crate::error::Error;
+use bytes::Bytes;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Wraps an error of `step` into [`ProducerError::Cycle`].
+fn cycle_err(step: CycleStep, version: u64) -> impl FnOnce(Error) -> Error {
+    move |source| {
+        ProducerError::Cycle {
+            step,
+            version,
+            source: Box::new(source),
+        }
+        .into()
+    }
+}
+
+/// Times the steps of one cycle and reports each to the listeners.
+struct StepTimer<'a> {
+    config: &'a Config,
+    since: Instant,
+}
+
+impl StepTimer<'_> {
+    fn done(&mut self, step: CycleStep) {
+        let duration = self.since.elapsed();
+        self.since = Instant::now();
+        tracing::debug!(%step, ?duration, "cycle step done");
+        self.config.emit(CycleEvent::StepDone { step, duration });
+    }
+}
+
+impl Producer {
+    /// Runs one cycle. `populate` must add every record of the dataset.
+    pub async fn run_cycle<F>(&self, populate: F) -> Result<CycleReport, Error>
+    where
+        F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
+    {
+        let span = tracing::info_span!("cycle", producer = %self.config.producer_id);
+        let started = Instant::now();
+        let result = self.cycle(populate).instrument(span).await;
+        let config = &*self.config;
+        metrics::histogram!("burrow_producer_cycle_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(report) if report.published => {
+                metrics::counter!("burrow_producer_cycles_total").increment(1);
+                metrics::gauge!("burrow_producer_version").set(report.version as f64);
+                config.emit(CycleEvent::Announced { report });
+            }
+            Ok(report) => config.emit(CycleEvent::NoChange {
+                version: report.version,
+            }),
+            Err(error) => {
+                metrics::counter!("burrow_producer_cycle_failures_total").increment(1);
+                let step = match error {
+                    Error::Producer(ProducerError::Cycle { step, .. }) => *step,
+                    _ => CycleStep::Mint,
+                };
+                tracing::warn!(%error, %step, "cycle failed");
+                config.emit(CycleEvent::Failed { step, error });
+            }
+        }
+        result
+    }
+
+    async fn cycle<F>(&self, populate: F) -> Result<CycleReport, Error>
+    where
+        F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
+    {
+        let config = &*self.config;
+        let started = Instant::now();
+        let mut timer = StepTimer {
+            config,
+            since: started,
+        };
+        let cycle_start_micros = crate::announcer::now_micros();
+        let mut guard = self.announced.lock().await;
+        let last = guard.as_ref();
+        let last_version = last.map_or(0, |a| a.entry.version);
+
+        // 1. Mint.
+        let newest = mint(config, last).await?;
+        let version = last_version + 1;
+        config.emit(CycleEvent::Started { version });
+        timer.done(CycleStep::Mint);
+
+        // 2. Populate.
+        let batches =
+            blocking(|| run_populate(config, last.map(|a| a.types.as_slice()), version, populate))?;
+        let populate_time = started.elapsed();
+        timer.done(CycleStep::Populate);
+
+        // 3. Identify.
+        let empty: Vec<TypeState>;
+        let prev_types: &[TypeState] = match last {
+            Some(a) => &a.types,
+            None => {
+                empty = config
+                    .types
+                    .iter()
+                    .map(|t| TypeState::empty(t.key.is_some()))
+                    .collect();
+                &empty
+            }
+        };
+        let diffs = blocking(|| identify(config, prev_types, batches, version))?;
+        let changes = changes(config, prev_types, &diffs);
+        timer.done(CycleStep::Identify);
+
+        // 4. No change: no version.
+        if last.is_some() && diffs.iter().all(TypeDiff::is_empty) {
+            return Ok(CycleReport {
+                version: last_version,
+                published: false,
+                changes,
+                blobs: Vec::new(),
+                populate_time,
+                total_time: started.elapsed(),
+            });
+        }
+
+        // 5. Validate.
+        validate(config, version, &changes)?;
+        timer.done(CycleStep::Validate);
+
+        // 6. Write and publish; bump past names taken by orphans.
+        let prev_entry = last.map(|a| &a.entry);
+        let cycles_since = last.map_or(0, |a| a.cycles_since_snapshot + 1);
+        let with_snapshot = prev_entry.is_none() || cycles_since >= config.snapshot_every;
+        let (version, blobs) = write_and_publish(
+            config,
+            WriteRequest {
+                version,
+                prev_version: prev_entry.map(|e| e.version),
+                diffs: &diffs,
+                prev_types,
+                with_snapshot,
+                cycle_start_micros,
+            },
+        )
+        .await?;
+        timer.done(CycleStep::Publish);
+
+        // 7. Announce.
+        let entry = announce(
+            config,
+            newest.as_ref(),
+            prev_entry,
+            version,
+            with_snapshot,
+            &blobs,
+        )
+        .await?;
+        timer.done(CycleStep::Announce);
+        *guard = Some(Announced {
+            entry,
+            cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },
+            types: diffs.into_iter().map(|d| d.next).collect(),
+        });
+        Ok(CycleReport {
+            version,
+            published: true,
+            changes,
+            blobs: blobs.iter().map(|(n, b)| (*n, b.len() as u64)).collect(),
+            populate_time,
+            total_time: started.elapsed(),
+        })
+    }
+}
+
+/// Step 1: reads the log's newest entry and checks that this producer is
+/// still the primary one. Returns the newest entry (the announce step
+/// appends after it).
+async fn mint(config: &Config, last: Option<&Announced>) -> Result<Option<Announcement>, Error> {
+    let last_version = last.map_or(0, |a| a.entry.version);
+    let newest = config
+        .log
+        .latest()
+        .await
+        .map_err(|e| cycle_err(CycleStep::Mint, last_version + 1)(e.into()))?;
+    match (last, &newest) {
+        (None, Some(n)) => Err(cycle_err(CycleStep::Mint, n.version + 1)(
+            ProducerError::NeedsRestore { version: n.version }.into(),
+        )),
+        // Entries after ours that are pins and unpins (an operator's) leave
+        // us the primary producer; an announcement is another producer's.
+        (Some(a), Some(n)) if n.seq > a.entry.seq => {
+            pins_since(config, a.entry.seq)
+                .await
+                .map_err(|e| cycle_err(CycleStep::Mint, last_version + 1)(e.into()))?;
+            Ok(newest)
+        }
+        // A log behind our own last entry was rewritten under us.
+        (Some(a), Some(n)) if n.seq != a.entry.seq => {
+            Err(cycle_err(CycleStep::Mint, last_version + 1)(
+                AnnounceError::NotPrimary { seq: n.seq }.into(),
+            ))
+        }
+        (Some(_), None) => Err(cycle_err(CycleStep::Mint, last_version + 1)(
+            ProducerError::Restore {
+                reason: "this producer announced before, but the store's log is empty".into(),
+            }
+            .into(),
+        )),
+        _ => Ok(newest),
+    }
+}
+
+/// Step 2: hands the caller a [`Populate`] and returns the records it added,
+/// one batch per type. (The populate state is not `Send`: it lives only
+/// inside this synchronous function, never across an await.)
+fn run_populate<F>(
+    config: &Config,
+    prev: Option<&[TypeState]>,
+    version: u64,
+    populate: F,
+) -> Result<Vec<Batch>, Error>
+where
+    F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
+{
+    let mut pop = Populate::new(config, prev);
+    populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
+    Ok(pop.into_batches())
+}
+
+/// Step 3: identifies each type's records against its last announced
+/// state; a duplicate primary key is an error naming the key.
+fn identify(
+    config: &Config,
+    prev_types: &[TypeState],
+    batches: Vec<Batch>,
+    version: u64,
+) -> Result<Vec<TypeDiff>, Error> {
+    let mut diffs = Vec::with_capacity(config.types.len());
+    for ((t, batch), prev) in config.types.iter().zip(batches).zip(prev_types) {
+        let diff = state::identify(prev, batch, t.key.is_some()).map_err(|dup| {
+            cycle_err(CycleStep::Identify, version)(
+                ProducerError::DuplicateKey {
+                    type_name: t.info.name.clone(),
+                    key: state::render_key(t.key.as_ref(), &dup.key),
+                }
+                .into(),
+            )
+        })?;
+        diffs.push(diff);
+    }
+    Ok(diffs)
+}
+
+/// What each type's diff changed, as validators and reports see it.
+fn changes(config: &Config, prev_types: &[TypeState], diffs: &[TypeDiff]) -> Vec<TypeChange> {
+    config
+        .types
+        .iter()
+        .zip(diffs)
+        .zip(prev_types)
+        .map(|((t, d), prev)| TypeChange {
+            type_name: t.info.name.clone(),
+            records_before: prev.count,
+            records_after: d.next.count,
+            added: d.added.len() as u32,
+            changed: d.changed.len() as u32,
+            removed: d.removed.len() as u32,
+        })
+        .collect()
+}
+
+/// Step 5: runs the validators in order; the first refusal stops the cycle.
+fn validate(config: &Config, version: u64, changes: &[TypeChange]) -> Result<(), Error> {
+    for v in &config.validators {
+        v.validate(version, changes).map_err(|reason| {
+            cycle_err(CycleStep::Validate, version)(
+                ProducerError::Validation {
+                    validator: v.name().to_string(),
+                    version,
+                    reason,
+                }
+                .into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Step 6: writes the blobs and publishes them. A name already taken is
+/// an orphan of a cycle that died before announcing: the version is bumped
+/// past it and the blobs rewritten (at most 16 times). Returns the version
+/// published and its blobs.
+async fn write_and_publish(
+    config: &Config,
+    mut req: WriteRequest<'_>,
+) -> Result<(u64, Vec<(BlobName, Bytes)>), Error> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let version = req.version;
+        let written = blocking(|| write_blobs(config, &req))
+            .map_err(cycle_err(CycleStep::WriteBlobs, version))?;
+        match publish(config, &written).await {
+            Ok(()) => return Ok((version, written)),
+            Err(Error::Store(StoreError::AlreadyExists { name })) if attempts < 16 => {
+                tracing::warn!(
+                    version,
+                    blob = %name,
+                    "blob name already taken (an orphan of an unannounced cycle); bumping the version"
+                );
+                req.version += 1;
+            }
+            Err(e) => return Err(cycle_err(CycleStep::Publish, version)(e)),
+        }
+    }
+}
+
+/// Puts each blob with a create-only put, deltas first. (On a local
+/// store, the file writes and fsyncs run on tokio's blocking pool: see
+/// `blocking`.)
+async fn publish(config: &Config, blobs: &[(BlobName, Bytes)]) -> Result<(), Error> {
+    crate::failpoint::hit("before-publish");
+    for (name, bytes) in blobs {
+        config.store.create(name, vec![bytes.clone()]).await?;
+        crate::failpoint::hit(match name {
+            BlobName::Delta(..) => "after-delta-put",
+            BlobName::Reverse(..) => "after-reverse-put",
+            _ => "after-snapshot-put",
+        });
+    }
+    Ok(())
+}
+
+/// Step 7: appends the announce entry of `version` after `newest`.
+async fn announce(
+    config: &Config,
+    newest: Option<&Announcement>,
+    prev_entry: Option<&Announcement>,
+    version: u64,
+    with_snapshot: bool,
+    blobs: &[(BlobName, Bytes)],
+) -> Result<Announcement, Error> {
+    let size_of = |kind: fn(&BlobName) -> bool| {
+        blobs
+            .iter()
+            .find(|(n, _)| kind(n))
+            .map_or(0, |(_, b)| b.len() as u64)
+    };
+    let entry = Announcement {
+        seq: newest.map_or(1, |n| n.seq + 1),
+        kind: AnnounceKind::Announce,
+        version,
+        from_version: prev_entry.map_or(0, |e| e.version),
+        snapshot_version: if with_snapshot {
+            version
+        } else {
+            prev_entry.map_or(0, |e| e.snapshot_version)
+        },
+        has_snapshot: with_snapshot,
+        pinned_version: newest.and_then(|n| n.pinned_version),
+        producer_id: config.producer_id.clone(),
+        timestamp_micros: crate::announcer::now_micros(),
+        snapshot_bytes: size_of(|n| matches!(n, BlobName::Snapshot(_))),
+        delta_bytes: size_of(|n| matches!(n, BlobName::Delta(..))),
+        reverse_bytes: size_of(|n| matches!(n, BlobName::Reverse(..))),
+    };
+    crate::failpoint::hit("before-announce");
+    let mut entry = entry;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match config.log.append(&entry).await {
+            Ok(()) => break,
+            // The seq was taken: by an operator's pin or unpin, written
+            // during this cycle, we announce after it and keep the pin; by
+            // another producer's announcement, we are not the primary.
+            Err(AnnounceError::NotPrimary { seq }) if attempts < MAX_ANNOUNCE_ATTEMPTS => {
+                let pins = pins_since(config, seq - 1)
+                    .await
+                    .map_err(|e| cycle_err(CycleStep::Announce, version)(e.into()))?;
+                let Some(last) = pins.last() else {
+                    return Err(cycle_err(CycleStep::Announce, version)(
+                        AnnounceError::NotPrimary { seq }.into(),
+                    ));
+                };
+                tracing::info!(
+                    version,
+                    seq = last.seq,
+                    kind = last.kind.as_str(),
+                    "an operator's entry was written during the cycle; announcing after it"
+                );
+                entry.seq = last.seq + 1;
+                entry.pinned_version = last.pinned_version;
+            }
+            Err(e) => return Err(cycle_err(CycleStep::Announce, version)(e.into())),
+        }
+    }
+    tracing::info!(version, seq = entry.seq, "announced");
+    Ok(entry)
+}
+
+/// How many times the announce step appends after operators' entries
+/// before it gives up (each retry needs another pin or unpin written
+/// during the previous attempt).
+const MAX_ANNOUNCE_ATTEMPTS: u32 = 16;
+
+/// The log's entries after `seq`, provided they are all pins and unpins (an
+/// operator's entries); [`AnnounceError::NotPrimary`] naming the first
+/// announcement among them otherwise, whoever wrote it: every announcement
+/// after this producer's own is another producer's.
+async fn pins_since(config: &Config, seq: u64) -> Result<Vec<Announcement>, AnnounceError> {
+    let entries = config.log.entries_from(seq + 1).await?;
+    if let Some(other) = entries.iter().find(|e| e.kind == AnnounceKind::Announce) {
+        return Err(AnnounceError::NotPrimary { seq: other.seq });
+    }
+    Ok(entries)
+}

@@ -1,0 +1,205 @@
+//! Populate: how the caller hands a cycle every current record.
+//!
+//! Records are built with the generated builders ([`Populate::add`]) or
+//! copied from existing readers ([`Populate::add_reader`]), then
+//! canonicalized once into the type's [`Batch`] arena together with their
+//! primary key bytes ([`push_record`]). A record over the configured size
+//! limit, a record that does not read back, or a record of a type the
+//! builder did not register is an error naming the type.
+
+use super::builder::Config;
+use super::state::{Batch, TypeState};
+use super::ProducerError;
+use crate::error::Error;
+use crate::schema::record::{append_canonical, KeyBuf, RecordType, ResolvedKey, TypeInfo};
+use std::any::TypeId;
+
+/// Buffers reused for every record of a populate.
+#[derive(Default)]
+struct RecordWork {
+    /// Where records are canonicalized.
+    canon: Vec<capnp::Word>,
+    key: KeyBuf,
+}
+
+/// Largest scratch buffer a populate reuses for building records (64 KiB).
+const MAX_SCRATCH_WORDS: usize = 8192;
+
+/// Adds the records of one cycle. Every record of the dataset must be
+/// added every cycle; a record not added is removed.
+pub struct Populate<'a> {
+    config: &'a Config,
+    batches: Vec<Batch>,
+    build_scratch: Vec<capnp::Word>,
+    /// Size the build scratch should have: about twice the largest record.
+    scratch_words: usize,
+    work: RecordWork,
+    /// Key fields resolved once per cycle, for keys read by reflection.
+    resolved: Vec<Option<ResolvedKey>>,
+}
+
+impl<'a> Populate<'a> {
+    /// A populate for one cycle. Each type's arena starts at the size of
+    /// its last announced state (`prev`), so it rarely grows.
+    pub(super) fn new(config: &'a Config, prev: Option<&[TypeState]>) -> Self {
+        Populate {
+            config,
+            batches: config
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let prev = prev.map(|p| &p[i]);
+                    Batch::with_capacity(
+                        t.key.is_some(),
+                        prev.map_or(0, |p| p.total_words + p.total_words / 8),
+                        prev.map_or(0, |p| p.count as usize),
+                    )
+                })
+                .collect(),
+            build_scratch: Vec::new(),
+            scratch_words: 64,
+            work: RecordWork::default(),
+            resolved: config.types.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// The records added, one batch per registered type.
+    pub(super) fn into_batches(self) -> Vec<Batch> {
+        self.batches
+    }
+
+    fn type_index<T: RecordType>(&self) -> Result<usize, Error> {
+        let id = TypeId::of::<T>();
+        self.config
+            .types
+            .iter()
+            .position(|t| t.rust_type == id)
+            .ok_or_else(|| {
+                ProducerError::UnknownType {
+                    type_name: TypeInfo::of::<T>().name,
+                }
+                .into()
+            })
+    }
+
+    /// Adds a record built with `T`'s generated builder.
+    pub fn add<T: RecordType>(
+        &mut self,
+        fill: impl FnOnce(T::Builder<'_>) -> capnp::Result<()>,
+    ) -> Result<(), Error> {
+        let t = self.type_index::<T>()?;
+        // The builder's first segment is a reused scratch buffer, sized to
+        // the records seen so far (capnp zeroes it for each record, so it
+        // should not be much larger than a record).
+        if self.build_scratch.len() < self.scratch_words {
+            self.build_scratch = capnp::Word::allocate_zeroed_vec(self.scratch_words);
+        }
+        let mut message =
+            capnp::message::Builder::new(capnp::message::ScratchSpaceHeapAllocator::new(
+                capnp::Word::words_to_bytes_mut(&mut self.build_scratch),
+            ));
+        let type_name = || self.config.types[t].info.name.clone();
+        fill(message.init_root::<T::Builder<'_>>()).map_err(|source| ProducerError::BadRecord {
+            type_name: type_name(),
+            source,
+        })?;
+        let root = message
+            .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
+            .map_err(|source| ProducerError::BadRecord {
+                type_name: type_name(),
+                source,
+            })?;
+        let used: usize = message
+            .get_segments_for_output()
+            .iter()
+            .map(|s| s.len() / 8)
+            .sum();
+        if used * 2 > self.scratch_words && self.scratch_words < MAX_SCRATCH_WORDS {
+            self.scratch_words = (used * 2).next_power_of_two().min(MAX_SCRATCH_WORDS);
+        }
+        push_record::<T>(
+            self.config,
+            t,
+            root,
+            Some(used),
+            &mut self.batches[t],
+            &mut self.work,
+            &mut self.resolved[t],
+        )
+    }
+
+    /// Adds a copy of an existing record (from a consumer's view, say).
+    pub fn add_reader<T: RecordType>(&mut self, record: T::Reader<'_>) -> Result<(), Error> {
+        let t = self.type_index::<T>()?;
+        let mut message = capnp::message::Builder::new_default();
+        message
+            .set_root::<T>(record)
+            .map_err(|source| ProducerError::BadRecord {
+                type_name: self.config.types[t].info.name.clone(),
+                source,
+            })?;
+        let root = message
+            .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
+            .map_err(|source| ProducerError::BadRecord {
+                type_name: self.config.types[t].info.name.clone(),
+                source,
+            })?;
+        push_record::<T>(
+            self.config,
+            t,
+            root,
+            None,
+            &mut self.batches[t],
+            &mut self.work,
+            &mut self.resolved[t],
+        )
+    }
+}
+
+fn push_record<T: RecordType>(
+    config: &Config,
+    t: usize,
+    root: capnp::any_pointer::Reader<'_>,
+    size_bound_words: Option<usize>,
+    batch: &mut Batch,
+    work: &mut RecordWork,
+    resolved: &mut Option<ResolvedKey>,
+) -> Result<(), Error> {
+    let RecordWork {
+        canon: scratch,
+        key,
+    } = work;
+    let registered = &config.types[t];
+    let bad = |source| ProducerError::BadRecord {
+        type_name: registered.info.name.clone(),
+        source,
+    };
+    let start = batch.words.len();
+    let added = append_canonical(root, size_bound_words, scratch, &mut batch.words).map_err(bad)?;
+    let bytes = added as u64 * 8;
+    if bytes > config.max_record_bytes {
+        batch.words.truncate(start);
+        return Err(ProducerError::RecordTooLarge {
+            type_name: registered.info.name.clone(),
+            bytes,
+            limit: config.max_record_bytes,
+        }
+        .into());
+    }
+    key.clear();
+    if let Some(spec) = &registered.key {
+        if !spec.encode_words(&batch.words[start..], key) {
+            let record: T::Reader<'_> = root.get_as().map_err(bad)?;
+            if resolved.is_none() {
+                *resolved = Some(spec.resolved().map_err(bad)?);
+            }
+            let resolved = resolved.as_ref().expect("just set");
+            resolved
+                .encode_record(T::dynamic(record), key)
+                .map_err(bad)?;
+        }
+    }
+    batch.push(start, key.as_bytes());
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Restore: rebuilding the producer's last announced state from the store,
+//! so that a restarted producer's next cycle is a delta on the chain.
+//!
+//! The state is read back from the blobs that a consumer would load for
+//! the newest announced version, and each type's records get back the
+//! ordinals they had, so the next delta names the same ordinals a
+//! consumer holds.
+//!
+//! The blobs are chosen by the consumer's planning ([`plan::plan`]) and
+//! the state is built with the consumer's [`ReadState`], so restore reaches
+//! every version a consumer reaches: a snapshot that is corrupt or missing
+//! is added to a failed set and the plan is made again, going through an
+//! older snapshot and the deltas after it. A restore that had to go around
+//! a bad snapshot makes the next cycle write a fresh one.
+
+use super::blocking::blocking;
+use super::builder::Config;
+use super::builder::RegisteredType;
+use super::state::{Batch, TypeState};
+use super::{Announced, Producer, ProducerError};
+use crate::announcer::Announcement;
+use crate::blobstore::{BlobName, StoreError};
+use crate::consumer::{plan, Plan, ReadState, Step};
+use crate::error::{Error, FormatError};
+use crate::schema::blob::OpenBlob;
+use crate::schema::record::KeyBuf;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+impl Producer {
+    /// Rebuilds the last announced state from the store so that the next
+    /// cycle is a delta on the chain. Returns the restored version, or
+    /// `None` if nothing was announced yet (the next cycle then starts a
+    /// chain with a snapshot).
+    pub async fn restore(&self) -> Result<Option<u64>, Error> {
+        let mut guard = self.announced.lock().await;
+        let config = &*self.config;
+        let Some(newest) = config.log.latest().await? else {
+            *guard = None;
+            return Ok(None);
+        };
+        // The newest *announce* entry holds the producer's state; pins only
+        // move consumers.
+        let head = config
+            .log
+            .find_version(&newest, newest.version)
+            .await?
+            .ok_or_else(|| ProducerError::Restore {
+                reason: format!("no announce entry for version {}", newest.version),
+            })?;
+        let (read, restored) = load(config, &newest, &head).await?;
+        let types = blocking(|| {
+            config
+                .types
+                .iter()
+                .map(|t| restore_type(t, &read))
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
+        let version = head.version;
+        *guard = Some(Announced {
+            entry: Announcement {
+                seq: newest.seq,
+                pinned_version: newest.pinned_version,
+                ..head
+            },
+            cycles_since_snapshot: restored.cycles_since_snapshot(config),
+            types,
+        });
+        tracing::info!(
+            version,
+            snapshot = restored.snapshot,
+            deltas = restored.deltas,
+            "restored"
+        );
+        Ok(Some(version))
+    }
+}
+
+/// Which blobs a restore loaded.
+struct Restored {
+    /// The snapshot it started from.
+    snapshot: u64,
+    /// The deltas applied on it.
+    deltas: u32,
+    /// Whether that snapshot is the one the head entry names.
+    named_snapshot: bool,
+}
+
+impl Restored {
+    /// Cycles since the last snapshot, as the next cycle counts them: a
+    /// restore that went around the named snapshot (it is bad) makes the
+    /// next cycle write one, so consumers do not have to go around it too.
+    fn cycles_since_snapshot(&self, config: &Config) -> u32 {
+        if self.named_snapshot {
+            self.deltas
+        } else {
+            config.snapshot_every.saturating_sub(1)
+        }
+    }
+}
+
+/// Loads the state of `head` (an announce entry) the way a consumer with no
+/// state would, planning again around every blob found corrupt or missing
+/// until a plan succeeds or none is left.
+async fn load(
+    config: &Config,
+    newest: &Announcement,
+    head: &Announcement,
+) -> Result<(ReadState, Restored), Error> {
+    let mut failed: HashSet<BlobName> = HashSet::new();
+    let mut last_error: Option<Error> = None;
+    loop {
+        let plan = plan::plan(&config.log, newest, head, None, &failed, false).await?;
+        let Some(plan) = plan else {
+            let mut bad: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            bad.sort();
+            return Err(ProducerError::Restore {
+                reason: format!(
+                    "no usable path of blobs reaches version {} (unusable: {}; last error: {})",
+                    head.version,
+                    bad.join(", "),
+                    last_error.map_or_else(|| "none".to_string(), |e| e.to_string()),
+                ),
+            }
+            .into());
+        };
+        match apply_plan(config, &plan).await {
+            Ok(state) => {
+                let snapshot = match plan.steps.first() {
+                    Some(Step::Snapshot(v)) => *v,
+                    _ => 0,
+                };
+                let restored = Restored {
+                    snapshot,
+                    deltas: plan.steps.len().saturating_sub(1) as u32,
+                    named_snapshot: snapshot == head.snapshot_version,
+                };
+                return Ok((state, restored));
+            }
+            Err((blob, error)) if is_bad_blob(&error) => {
+                tracing::warn!(%blob, %error, "restore: blob is bad; planning around it");
+                failed.insert(blob);
+                last_error = Some(error);
+            }
+            Err((_, error)) => return Err(error),
+        }
+    }
+}
+
+/// Fetches, verifies and applies each blob of `plan` (a plan from no
+/// state: a snapshot, then deltas). On failure, names the blob.
+async fn apply_plan(config: &Config, plan: &Plan) -> Result<ReadState, (BlobName, Error)> {
+    let mut state: Option<ReadState> = None;
+    for step in &plan.steps {
+        let name = step.blob();
+        let result = async {
+            let bytes = config.store.get(&name).await?;
+            // Verifying the checksum and applying a delta are CPU work.
+            blocking(|| {
+                let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);
+                match (*step, &state) {
+                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
+                    (Step::Delta(a, b), Some(base)) => base.apply(blob, a, b),
+                    _ => Err(ProducerError::Restore {
+                        reason: format!("the plan applies {name} to no state"),
+                    }
+                    .into()),
+                }
+            })
+        }
+        .await;
+        match result {
+            Ok(next) => state = Some(next),
+            Err(e) => return Err((name, e)),
+        }
+    }
+    state.ok_or_else(|| {
+        (
+            BlobName::Snapshot(0),
+            ProducerError::Restore {
+                reason: "the plan has no steps".into(),
+            }
+            .into(),
+        )
+    })
+}
+
+/// Whether an error means the blob itself is bad (so the plan should go
+/// around it), as opposed to the store being unreachable. The same rule as
+/// the consumer's.
+fn is_bad_blob(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Format(FormatError::Corrupt { .. } | FormatError::Incompatible { .. })
+            | Error::Store(StoreError::NotFound { .. })
+    )
+}
+
+fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error> {
+    let keyed = t.key.is_some();
+    let Some(section) = read.raw_type(t.info.type_id) else {
+        return Ok(TypeState::empty(keyed));
+    };
+    if section.key_fields() != t.key_fields.as_slice() {
+        return Err(ProducerError::Restore {
+            reason: format!(
+                "{}: the store's key is {:?}, this producer's is {:?}",
+                t.info.name,
+                section.key_fields(),
+                t.key_fields
+            ),
+        }
+        .into());
+    }
+    let mut batch = Batch::new(keyed);
+    let mut ordinal_of = Vec::with_capacity(section.record_count() as usize);
+    let mut key = KeyBuf::new();
+    for o in 0..section.ordinal_limit() {
+        let Some(words) = section.record_words(o)? else {
+            continue;
+        };
+        let start = batch.words.len();
+        batch.words.extend_from_slice(words);
+        key.clear();
+        if let Some(spec) = &t.key {
+            (t.key_of)(spec, words, &mut key).map_err(|e| {
+                FormatError::capnp(&t.info.name, &format!("record at ordinal {o}"), e)
+            })?;
+        }
+        batch.push(start, key.as_bytes());
+        ordinal_of.push(o);
+    }
+    Ok(TypeState::from_ordinals(
+        batch,
+        ordinal_of,
+        section.ordinal_limit(),
+    ))
+}

@@ -1,0 +1,171 @@
+//! Blob writing: turning a cycle's diffs into the bytes of its delta,
+//! reverse delta and snapshot (no I/O; publishing them is the cycle's
+//! publish step).
+//!
+//! The forward delta (previous → new) and the reverse delta (new →
+//! previous) are mirror images: what one removes the other sets, and a
+//! changed record is set to its new bytes going forward and to its old
+//! bytes going back. Both are built by [`delta_blob`], called once per
+//! [`Direction`], so the two cannot disagree on what a cycle changed.
+
+use super::builder::Config;
+use super::state::{TypeDiff, TypeState};
+use crate::blobstore::BlobName;
+use crate::error::Error;
+use crate::schema::blob::{
+    write_delta, write_snapshot, DeltaTypeSource, HeaderInfo, SnapshotTypeSource,
+};
+use crate::schema::envelope::BlobKind;
+use bytes::Bytes;
+
+/// Which way a delta goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From the previous version to the new one (`delta/<prev>-<new>`).
+    Forward,
+    /// From the new version back to the previous one (`reverse/<new>-<prev>`).
+    Reverse,
+}
+
+/// One type's part of a delta in one direction: the ordinals it removes
+/// (with the key hash of the record that leaves) and the ordinals it sets
+/// (with their record and key hash), each sorted by ordinal.
+struct TypeDelta<'a> {
+    removed: Vec<(u32, u64)>,
+    set: Vec<(u32, &'a [u64], u64)>,
+    /// The state the delta leads to.
+    after: &'a TypeState,
+}
+
+/// One type's delta in `direction`, given its diff against `prev`.
+fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction) -> TypeDelta<'a> {
+    let next = &diff.next;
+    // `from` is the state the delta is applied to, `to` the one it makes;
+    // `leaving` are ordinals in `from` only, `arriving` ordinals in `to` only.
+    let (from, to, leaving, arriving) = match direction {
+        Direction::Forward => (prev, next, &diff.removed, &diff.added),
+        Direction::Reverse => (next, prev, &diff.added, &diff.removed),
+    };
+    let removed = leaving
+        .iter()
+        .map(|&(o, r)| (o, from.batch.hash(r)))
+        .collect();
+    let mut set: Vec<(u32, &[u64], u64)> = arriving
+        .iter()
+        .map(|&(o, r)| (o, to.batch.record(r), to.batch.hash(r)))
+        .chain(diff.changed.iter().map(|&(o, in_next, in_prev)| {
+            let r = match direction {
+                Direction::Forward => in_next,
+                Direction::Reverse => in_prev,
+            };
+            (o, to.batch.record(r), to.batch.hash(r))
+        }))
+        .collect();
+    set.sort_unstable_by_key(|x| x.0);
+    TypeDelta {
+        removed,
+        set,
+        after: to,
+    }
+}
+
+/// The delta blob between `prev_version` and `version` in `direction`.
+fn delta_blob(
+    config: &Config,
+    direction: Direction,
+    head: &HeaderInfo<'_>,
+    diffs: &[TypeDiff],
+    prev_types: &[TypeState],
+) -> Result<Vec<u8>, Error> {
+    let parts: Vec<Option<TypeDelta<'_>>> = diffs
+        .iter()
+        .zip(prev_types)
+        .map(|(d, prev)| (!d.is_empty()).then(|| type_delta(d, prev, direction)))
+        .collect();
+    let sources: Vec<DeltaTypeSource<'_>> = config
+        .types
+        .iter()
+        .zip(&parts)
+        .filter_map(|(t, part)| {
+            let part = part.as_ref()?;
+            Some(DeltaTypeSource {
+                info: &t.info,
+                key_fields: &t.key_fields,
+                removed: &part.removed,
+                set: &part.set,
+                record_count_after: part.after.count,
+                ordinal_limit_after: part.after.ordinal_limit(),
+            })
+        })
+        .collect();
+    let kind = match direction {
+        Direction::Forward => BlobKind::Delta,
+        Direction::Reverse => BlobKind::Reverse,
+    };
+    Ok(write_delta(kind, head, &sources)?)
+}
+
+/// What [`write_blobs`] needs to know about the cycle.
+pub(super) struct WriteRequest<'a> {
+    pub version: u64,
+    /// The last announced version; `None` on the first cycle (no deltas).
+    pub prev_version: Option<u64>,
+    pub diffs: &'a [TypeDiff],
+    pub prev_types: &'a [TypeState],
+    pub with_snapshot: bool,
+    pub cycle_start_micros: i64,
+}
+
+/// Builds the blobs of one cycle: the delta and reverse delta (unless this
+/// is the first cycle), then the snapshot if one is due.
+pub(super) fn write_blobs(
+    config: &Config,
+    req: &WriteRequest<'_>,
+) -> Result<Vec<(BlobName, Bytes)>, Error> {
+    let version = req.version;
+    let head = |from, to| HeaderInfo {
+        from_version: from,
+        to_version: to,
+        producer_id: &config.producer_id,
+        cycle_start_micros: req.cycle_start_micros,
+        schema: &config.schema,
+        tags: &config.tags,
+    };
+    let mut out = Vec::new();
+    if let Some(prev) = req.prev_version {
+        let forward = delta_blob(
+            config,
+            Direction::Forward,
+            &head(prev, version),
+            req.diffs,
+            req.prev_types,
+        )?;
+        out.push((BlobName::Delta(prev, version), Bytes::from(forward)));
+        let reverse = delta_blob(
+            config,
+            Direction::Reverse,
+            &head(version, prev),
+            req.diffs,
+            req.prev_types,
+        )?;
+        out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
+    }
+    if req.with_snapshot {
+        let sources: Vec<SnapshotTypeSource<'_>> = config
+            .types
+            .iter()
+            .zip(req.diffs)
+            .map(|(t, d)| SnapshotTypeSource {
+                info: &t.info,
+                key_fields: &t.key_fields,
+                ordinal_limit: d.next.ordinal_limit(),
+                record_count: d.next.count,
+                total_words: d.next.total_words,
+                records: &d.next,
+            })
+            .collect();
+        let snapshot = write_snapshot(&head(0, version), &sources)?;
+        out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
+    }
+    Ok(out)
+}

@@ -13,7 +13,7 @@ use std::path::Path;
 /// Records in the bench dataset: moderate, so `cargo bench` stays short.
 pub const N: u64 = 100_000;
 
-pub use burrow::schema::examples::workload::{Movie, Rng};
+pub use burrow::testing::workload::{Movie, Rng};
 
 /// Generation of each record: cycle 1 all 0, then 1% set to the cycle.
 pub fn generations(cycle: u32) -> Vec<u32> {

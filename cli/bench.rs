@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context};
 use burrow::blobstore::{BlobCache, BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::schema::examples::movies_capnp::movie;
-use burrow::schema::examples::workload::{Movie, Rng};
+use burrow::testing::workload::{Movie, Rng};
 use report::{Figure, Report, Unit};
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //!
 //! The processes are `burrow-crashtest` (tests/bin/crashtest.rs): the real
 //! producer and consumer code. They are killed at failpoints
-//! (`BURROW_FAILPOINT`, see `burrow::failpoint`) and, to reach the points
+//! (`BURROW_FAILPOINT`, see `burrow::testing::failpoint`) and, to reach the points
 //! between failpoints, from outside after pseudo-random delays (a fixed
 //! seed, printed, so a failure can be replayed).
 
@@ -193,7 +193,7 @@ async fn producer_killed_at_every_step() {
     let mut exercised = 0;
     let mut not_reached = 0;
     let mut inconsistent = Vec::new();
-    let producer_points = &burrow::failpoint::NAMES[..7];
+    let producer_points = &burrow::testing::failpoint::NAMES[..7];
     let mut runs: Vec<String> = Vec::new();
     for name in producer_points {
         // The killed process publishes three generations: with a snapshot
@@ -291,7 +291,7 @@ async fn consumer_killed_while_fetching() {
     let mut exercised = 0;
     let mut inconsistent = Vec::new();
     let mut temp_files_left = 0;
-    for name in &burrow::failpoint::NAMES[7..] {
+    for name in &burrow::testing::failpoint::NAMES[7..] {
         for n in 1..=2 {
             let spec = format!("{name}@{n}");
             let cache = dir.path().join(format!("cache-{name}-{n}"));

@@ -448,8 +448,7 @@ impl MultipartUpload for GuardedUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blobstore::faults::{FaultyStore, Op};
-    use crate::blobstore::resilience::ManualClock;
+    use crate::testing::{FaultyStore, ManualClock, Op};
     use futures::TryStreamExt;
 
     #[tokio::test]

@@ -36,7 +36,7 @@ mod clock;
 mod retry;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreakerStore};
-pub use clock::{random_duration, with_timeout, Clock, ManualClock, Rng, SeededRng, SystemClock};
+pub use clock::{random_duration, with_timeout, Clock, Rng, SeededRng, SystemClock};
 pub use retry::{RetryPolicy, RetryStore};
 
 use crate::blobstore::{BlobStore, StoreError};

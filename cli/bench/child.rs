@@ -9,7 +9,7 @@ use burrow::consumer::ConsumerBuilder;
 use burrow::producer::ProducerBuilder;
 use burrow::schema::blob::OpenBlob;
 use burrow::schema::examples::movies_capnp::movie;
-use burrow::schema::examples::workload::{Dataset, Movie};
+use burrow::testing::workload::{Dataset, Movie};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;

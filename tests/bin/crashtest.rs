@@ -1,6 +1,6 @@
 //! The process the crash tests (tests/crash.rs) kill: burrow's real
 //! producer and consumer code, run against a local store, with failpoints
-//! armed by `BURROW_FAILPOINT` (see `burrow::failpoint`).
+//! armed by `BURROW_FAILPOINT` (see `burrow::testing::failpoint`).
 //!
 //! ```text
 //! burrow-crashtest produce <store-dir> <from-generation> <to-generation>

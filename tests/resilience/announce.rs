@@ -3,9 +3,9 @@
 
 use super::{lenient_breaker, rig, rig_over};
 use burrow::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog};
-use burrow::blobstore::faults::Op;
 use burrow::blobstore::resilience::RetryPolicy;
 use burrow::blobstore::BlobStore;
+use burrow::testing::faults::Op;
 use object_store::ObjectStore;
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! [`FaultyStore`]: an `ObjectStore` wrapper that injects faults, **a test
-//! tool**. It is public (not `cfg(test)`) because integration tests, fuzz
+//! tool** (feature `testing`). It is public (not `cfg(test)`) because integration tests, fuzz
 //! targets and benches use it; production code has no reason to.
 //!
 //! Faults, checked in this order on every call:

@@ -6,7 +6,7 @@ mod bench_smoke;
 mod cli;
 mod common;
 mod conformance;
-#[cfg(feature = "failpoints")]
+#[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
 mod e2e;
 mod failure;

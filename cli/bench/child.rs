@@ -69,7 +69,7 @@ pub async fn produce(
     let mut cycles = Vec::new();
     for cycle in 1..=4u32 {
         if cycle > 1 {
-            data.advance(cycle, change, churn);
+            data.advance(u64::from(cycle), change, churn.unwrap_or(0.0));
         }
         let started = Instant::now();
         let report = producer.run_cycle(|p| data.populate(p)).await?;

@@ -3,6 +3,7 @@
 //! decode-everything consumer's open (so start-up and resident memory are
 //! measured from a cold process). Each prints one JSON object on stdout.
 
+use crate::config::BenchWorkload;
 use anyhow::{anyhow, Context};
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
@@ -53,12 +54,15 @@ pub fn peak_rss() -> anyhow::Result<u64> {
 /// Runs the four cycles of the workload on a local store in `dir/store`.
 pub async fn produce(
     dir: &Path,
-    records: u64,
-    change: f64,
-    churn: Option<f64>,
+    workload: &BenchWorkload,
     snapshot_every: u32,
-    seed: u64,
 ) -> anyhow::Result<()> {
+    let BenchWorkload {
+        records,
+        change,
+        churn,
+        seed,
+    } = *workload;
     let store = BlobStore::local(dir.join("store"))?;
     let producer = ProducerBuilder::new(store)
         .producer_id("bench")

@@ -69,14 +69,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "C", default_value_t = 5)]
     pub cycles: u64,
 
-    /// Fraction of records changed by each cycle after the first.
-    #[arg(
-        long,
-        value_name = "F",
-        default_value_t = 0.01,
-        allow_negative_numbers = true
-    )]
-    pub change: f64,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
 
     /// Fraction of keys removed, and of new keys added, by each cycle after
     /// the first.
@@ -116,14 +110,10 @@ pub enum BlobArg {
     Reverse,
 }
 
-/// Arguments of `burrow bench`, as typed; [`crate::config`] validates them
-/// into a `BenchConfig`.
+/// The workload's per-cycle change, as `demo` and `bench` take it.
 #[derive(Debug, ClapArgs)]
-pub struct BenchArgs {
-    /// Records in the dataset (N).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub records: u64,
-    /// Fraction of the records changed in each of cycles 2–4 (f).
+pub struct ChangeArgs {
+    /// Fraction of records changed by each cycle after the first (f).
     #[arg(
         long,
         value_name = "F",
@@ -131,6 +121,17 @@ pub struct BenchArgs {
         allow_negative_numbers = true
     )]
     pub change: f64,
+}
+
+/// Arguments of `burrow bench`, as typed; [`crate::config`] validates them
+/// into a `BenchConfig`.
+#[derive(Debug, ClapArgs)]
+pub struct BenchArgs {
+    /// Records in the dataset (N).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub records: u64,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
     /// Also remove and add this fraction of keys each cycle (0.001 when
     /// given without a value).
     #[arg(

@@ -239,7 +239,7 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
             a.cycles
         );
     }
-    let change = fraction("--change", a.change)?;
+    let change = fraction("--change", a.changes.change)?;
     let churn = fraction("--churn", a.churn)?;
     if change + churn > 1.0 {
         bail!(
@@ -276,21 +276,18 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
             a.records
         );
     }
-    if !(a.change > 0.0 && a.change <= 1.0) {
-        bail!(
-            "invalid --change {}: must be a fraction in (0, 1]",
-            a.change
-        );
+    let change = a.changes.change;
+    if !(change > 0.0 && change <= 1.0) {
+        bail!("invalid --change {change}: must be a fraction in (0, 1]");
     }
     if let Some(churn) = a.churn {
         if !(churn > 0.0 && churn <= 0.5) {
             bail!("invalid --churn {churn}: must be a fraction in (0, 0.5]");
         }
-        if a.change + churn > 1.0 {
+        if change + churn > 1.0 {
             bail!(
-                "invalid --change {} with --churn {churn}: together they must not exceed 1 \
-                 (a record is either changed or removed in a cycle)",
-                a.change
+                "invalid --change {change} with --churn {churn}: together they must not exceed \
+                 1 (a record is either changed or removed in a cycle)"
             );
         }
     }
@@ -304,7 +301,7 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
     }
     let workload = BenchWorkload {
         records: a.records,
-        change: a.change,
+        change,
         churn: a.churn,
         seed: a.seed,
     };

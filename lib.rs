@@ -55,15 +55,33 @@ pub mod announcer;
 pub mod blobstore;
 pub mod consumer;
 pub mod error;
-pub mod failpoint;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod gc;
 pub mod producer;
 pub mod schema;
+#[cfg(any(
+    feature = "testing",
+    feature = "workload",
+    feature = "fuzzing",
+    feature = "failpoints"
+))]
+pub mod testing;
+// Without a test-tool feature only the failpoint hook is left (and, in unit
+// tests, the faulty store and manual clock), so the module stays private.
+#[cfg(not(any(
+    feature = "testing",
+    feature = "workload",
+    feature = "fuzzing",
+    feature = "failpoints"
+)))]
+#[cfg_attr(not(test), allow(dead_code))]
+mod testing;
 pub mod verify;
 
 pub use error::{Error, FormatError, Result};
+// The failpoint hook library code calls (`crate::failpoint::hit`): it lives
+// with the test tools in `testing/` and is empty unless the `failpoints`
+// feature is on.
+pub(crate) use testing::failpoint;
 
 /// The Cap'n Proto runtime burrow is built on, re-exported so that a crate
 /// with its own schema needs no `capnp` dependency (and cannot pick a

@@ -5,7 +5,7 @@
 
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{Consumer, ConsumerBuilder};
-use burrow::producer::{Populate, Producer, ProducerBuilder};
+use burrow::producer::{Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,29 +13,17 @@ use std::path::Path;
 /// Records in the bench dataset: moderate, so `cargo bench` stays short.
 pub const N: u64 = 100_000;
 
-pub use burrow::schema::examples::workload::{Movie, Rng};
+#[allow(unused_imports)] // each bench uses a part
+pub use burrow::testing::workload::{Dataset, Movie, Rng};
 
-/// Generation of each record: cycle 1 all 0, then 1% set to the cycle.
-pub fn generations(cycle: u32) -> Vec<u32> {
-    let mut g = vec![0u32; N as usize];
-    let mut rng = Rng::new(7);
+/// The workload's dataset at `cycle`: cycle 1 all at generation 0, then
+/// each cycle 1% set to the cycle (no churn).
+pub fn dataset(cycle: u64) -> Dataset {
+    let mut data = Dataset::new(N, 7);
     for c in 2..=cycle {
-        for _ in 0..N / 100 {
-            g[rng.below(N) as usize] = c;
-        }
+        data.advance(c, 0.01, 0.0);
     }
-    g
-}
-
-pub fn populate(p: &mut Populate<'_>, generations: &[u32]) -> burrow::Result<()> {
-    for (i, &g) in generations.iter().enumerate() {
-        let movie = Movie::new(i as u64, g);
-        p.add::<movie::Owned>(|m| {
-            movie.fill(m);
-            Ok(())
-        })?;
-    }
-    Ok(())
+    data
 }
 
 pub fn producer(store: &BlobStore, snapshot_every: u32) -> Producer {
@@ -77,15 +65,15 @@ pub fn publish(rt: &tokio::runtime::Runtime) -> Published {
     let producer = producer(&store, u32::MAX);
     let consumer = consumer(&store, &dir.path().join("cache"));
     rt.block_on(async {
-        let g1 = generations(1);
+        let g1 = dataset(1);
         let v1 = producer
-            .run_cycle(|p| populate(p, &g1))
+            .run_cycle(|p| g1.populate(p))
             .await
             .expect("cycle 1")
             .version;
-        let g2 = generations(2);
+        let g2 = dataset(2);
         let v2 = producer
-            .run_cycle(|p| populate(p, &g2))
+            .run_cycle(|p| g2.populate(p))
             .await
             .expect("cycle 2")
             .version;

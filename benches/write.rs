@@ -9,7 +9,7 @@ use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::record::{
     append_canonical, key_hash, words_as_bytes, KeyBuf, KeySpec, RecordType, TypeInfo,
 };
-use common::{generations, populate, producer, runtime, Movie, N};
+use common::{dataset, producer, runtime, Movie, N};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -80,8 +80,8 @@ fn no_change_cycle(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = BlobStore::local(dir.path().join("store")).expect("store");
     let producer = producer(&store, u32::MAX);
-    let g1 = generations(1);
-    rt.block_on(producer.run_cycle(|p| populate(p, &g1)))
+    let g1 = dataset(1);
+    rt.block_on(producer.run_cycle(|p| g1.populate(p)))
         .expect("cycle 1");
     let mut g = c.benchmark_group("producer_cycle_100k");
     g.throughput(Throughput::Elements(N));
@@ -90,8 +90,8 @@ fn no_change_cycle(c: &mut Criterion) {
     g.bench_function("hashmap_build", |b| {
         b.iter(|| {
             let mut map = HashMap::with_capacity(N as usize);
-            for (i, &gen) in g1.iter().enumerate() {
-                let m = Movie::new(i as u64, gen);
+            for (&i, &gen) in g1.records() {
+                let m = Movie::new(i, gen);
                 map.insert(m.id, m);
             }
             map
@@ -102,7 +102,7 @@ fn no_change_cycle(c: &mut Criterion) {
     g.bench_function("burrow_no_change_cycle", |b| {
         b.iter(|| {
             let report = rt
-                .block_on(producer.run_cycle(|p| populate(p, &g1)))
+                .block_on(producer.run_cycle(|p| g1.populate(p)))
                 .expect("cycle");
             assert!(!report.published);
             report

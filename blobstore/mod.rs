@@ -24,7 +24,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod faults;
 mod names;
 pub mod resilience;
 pub mod upload;

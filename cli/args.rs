@@ -38,7 +38,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run the anchor workload end to end and print its figures with
     /// their baselines.
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Follow the store with a consumer: print each version it reaches and
     /// each change of its health, until interrupted.
     Follow(FollowArgs),
@@ -84,14 +84,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "C", default_value_t = 5)]
     pub cycles: u64,
 
-    /// Fraction of records changed by each cycle after the first.
-    #[arg(
-        long,
-        value_name = "F",
-        default_value_t = 0.01,
-        allow_negative_numbers = true
-    )]
-    pub change: f64,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
 
     /// Fraction of keys removed, and of new keys added, by each cycle after
     /// the first.
@@ -129,6 +123,83 @@ pub enum BlobArg {
     Snapshot,
     Delta,
     Reverse,
+}
+
+/// The workload's per-cycle change, as `demo` and `bench` take it.
+#[derive(Debug, ClapArgs)]
+pub struct ChangeArgs {
+    /// Fraction of records changed by each cycle after the first (f).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.01,
+        allow_negative_numbers = true
+    )]
+    pub change: f64,
+}
+
+/// Arguments of `burrow bench`, as typed; [`crate::config`] validates them
+/// into a `BenchConfig`.
+#[derive(Debug, ClapArgs)]
+pub struct BenchArgs {
+    /// Records in the dataset (N).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub records: u64,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
+    /// Also remove and add this fraction of keys each cycle (0.001 when
+    /// given without a value).
+    #[arg(
+        long,
+        value_name = "F",
+        num_args = 0..=1,
+        default_missing_value = "0.001",
+        allow_negative_numbers = true
+    )]
+    pub churn: Option<f64>,
+    /// Runs per figure [default: 5 for in-process figures, 3 for figures
+    /// that need a process of their own].
+    #[arg(long, value_name = "R")]
+    pub runs: Option<usize>,
+    /// Runs of the process figures (producer, consumer open), overriding
+    /// `--runs`.
+    #[arg(long, value_name = "R")]
+    pub process_runs: Option<usize>,
+    /// Random key lookups timed per run.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub lookups: usize,
+    /// Seed of the generator that picks changed records and lookup keys.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+    /// Works in this new directory, removed at the end unless `--keep`
+    /// [default: a new one under the system's temporary directory]. An
+    /// existing directory must be empty.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keeps the working directory.
+    #[arg(long)]
+    pub keep: bool,
+    /// Internal: run as one of a bench run's child processes.
+    #[arg(long, hide = true, value_enum)]
+    pub child: Option<ChildMode>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub snapshot_every: u32,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub t0_ns: u128,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub lookup_id: u64,
+    #[arg(long = "at-version", hide = true, default_value_t = 0)]
+    pub at_version: u64,
+    #[arg(long, hide = true)]
+    pub blob: Option<PathBuf>,
+}
+
+/// The hidden child processes of a bench run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChildMode {
+    Produce,
+    Open,
+    Decode,
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@
 mod child;
 mod report;
 
+use crate::config::{BenchChild, BenchConfig, BenchRun};
 use anyhow::{anyhow, bail, Context};
 use burrow::blobstore::{BlobCache, BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::schema::examples::movies_capnp::movie;
-use burrow::schema::examples::workload::{Movie, Rng};
+use burrow::testing::workload::{Movie, Rng};
 use report::{Figure, Report, Unit};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -29,126 +30,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Arguments of `burrow bench`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Records in the dataset (N).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub records: u64,
-    /// Fraction of the records changed in each of cycles 2–4 (f).
-    #[arg(long, default_value_t = 0.01)]
-    pub change: f64,
-    /// Also remove and add this fraction of keys each cycle (0.001 when
-    /// given without a value).
-    #[arg(long, num_args = 0..=1, default_missing_value = "0.001")]
-    pub churn: Option<f64>,
-    /// Runs per figure (default 5 for in-process figures, 3 for figures
-    /// that need a process of their own).
-    #[arg(long)]
-    pub runs: Option<usize>,
-    /// Runs of the process figures (producer, consumer open), overriding
-    /// `--runs`.
-    #[arg(long)]
-    pub process_runs: Option<usize>,
-    /// Random key lookups timed per run.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub lookups: usize,
-    /// Seed of the generator that picks changed records and lookup keys.
-    #[arg(long, default_value_t = 0x5eed)]
-    pub seed: u64,
-    /// Prints one JSON object instead of a table (set from the global
-    /// `--json`).
-    #[arg(skip)]
-    pub json: bool,
-    /// Works in this new directory, removed at the end unless `--keep`
-    /// (default: a new one under the system's temporary directory). An
-    /// existing directory must be empty.
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// Keeps the working directory.
-    #[arg(long)]
-    pub keep: bool,
-    #[arg(long, hide = true, value_enum)]
-    pub child: Option<ChildMode>,
-    #[arg(long, hide = true, default_value_t = 1)]
-    pub snapshot_every: u32,
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub t0_ns: u128,
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub lookup_id: u64,
-    #[arg(long = "at-version", hide = true, default_value_t = 0)]
-    pub at_version: u64,
-    #[arg(long, hide = true)]
-    pub blob: Option<PathBuf>,
-}
-
-/// The hidden child processes of a bench run.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildMode {
-    Produce,
-    Open,
-    Decode,
-}
-
-/// Runs `burrow bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(mode) = args.child {
-        let dir = || {
-            args.dir
-                .as_deref()
-                .ok_or_else(|| anyhow!("--dir is required"))
-        };
-        return match mode {
-            ChildMode::Produce => {
-                child::produce(
-                    dir()?,
-                    args.records,
-                    args.change,
-                    args.churn,
-                    args.snapshot_every,
-                    args.seed,
-                )
-                .await
-            }
-            ChildMode::Open => child::open(dir()?, args.t0_ns, args.lookup_id).await,
-            ChildMode::Decode => child::decode(
-                args.blob
-                    .as_deref()
-                    .ok_or_else(|| anyhow!("--blob is required"))?,
-                args.at_version,
-                args.t0_ns,
-                args.lookup_id,
-            ),
-        };
-    }
-    check(&args)?;
+/// Runs `burrow bench` (validated in [`crate::config`]): the figures, or
+/// one of the hidden child processes a run starts.
+pub async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
+    let args = match cfg {
+        BenchConfig::Run(args) => args,
+        BenchConfig::Child(BenchChild::Produce {
+            dir,
+            workload,
+            snapshot_every,
+        }) => return child::produce(&dir, &workload, snapshot_every).await,
+        BenchConfig::Child(BenchChild::Open {
+            dir,
+            t0_ns,
+            lookup_id,
+        }) => return child::open(&dir, t0_ns, lookup_id).await,
+        BenchConfig::Child(BenchChild::Decode {
+            blob,
+            at_version,
+            t0_ns,
+            lookup_id,
+        }) => return child::decode(&blob, at_version, t0_ns, lookup_id),
+    };
     let work = WorkDir::new(&args)?;
     let report = bench(&args, &work.path).await?;
     if args.json {
         println!("{}", report.json());
     } else {
         print!("{}", report.table());
-    }
-    Ok(())
-}
-
-fn check(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.records < 100 {
-        bail!("--records must be at least 100, got {}", args.records);
-    }
-    if !(args.change > 0.0 && args.change <= 1.0) {
-        bail!("--change must be in (0, 1], got {}", args.change);
-    }
-    if let Some(c) = args.churn {
-        if !(c > 0.0 && c <= 0.5) {
-            bail!("--churn must be in (0, 0.5], got {c}");
-        }
-    }
-    if args.runs == Some(0) || args.process_runs == Some(0) {
-        bail!("--runs and --process-runs must be at least 1");
-    }
-    if args.lookups == 0 {
-        bail!("--lookups must be at least 1");
     }
     Ok(())
 }
@@ -160,7 +69,7 @@ struct WorkDir {
 }
 
 impl WorkDir {
-    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+    fn new(args: &BenchRun) -> anyhow::Result<Self> {
         let path = match &args.dir {
             Some(d) => d.clone(),
             None => std::env::temp_dir().join(format!(
@@ -246,22 +155,22 @@ impl Produced {
     }
 }
 
-fn produce(args: &BenchArgs, dir: &Path, snapshot_every: u32) -> anyhow::Result<Produced> {
+fn produce(args: &BenchRun, dir: &Path, snapshot_every: u32) -> anyhow::Result<Produced> {
     let mut a = vec![
         "--child".into(),
         "produce".into(),
         "--dir".into(),
         dir.display().to_string(),
         "--records".into(),
-        args.records.to_string(),
+        args.workload.records.to_string(),
         "--change".into(),
-        args.change.to_string(),
+        args.workload.change.to_string(),
         "--snapshot-every".into(),
         snapshot_every.to_string(),
         "--seed".into(),
-        args.seed.to_string(),
+        args.workload.seed.to_string(),
     ];
-    if let Some(c) = args.churn {
+    if let Some(c) = args.workload.churn {
         a.push(format!("--churn={c}"));
     }
     let v = child_json(&a)?;
@@ -287,9 +196,8 @@ fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
-    let runs = args.runs.unwrap_or(5);
-    let process_runs = args.process_runs.or(args.runs).unwrap_or(3);
+async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
+    let (runs, process_runs) = (args.runs, args.process_runs);
     let say = |what: String| eprintln!("bench: {what}");
 
     // Producer: both configurations, interleaved.
@@ -304,7 +212,7 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
             say(format!(
                 "producer run {}/{process_runs} ({name}), {} records",
                 r + 1,
-                args.records
+                args.workload.records
             ));
             let dir = work.join(format!("{name}-{r}"));
             out.push(produce(args, &dir, every)?);
@@ -338,7 +246,7 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
         ids.push(m.id);
         map.insert(m.id, m);
     }
-    let mut rng = Rng::new(args.seed ^ 0x0100_c0b5);
+    let mut rng = Rng::new(args.workload.seed ^ 0x0100_c0b5);
     let queries: Vec<u64> = (0..args.lookups)
         .map(|_| ids[rng.below(ids.len() as u64) as usize])
         .collect();
@@ -635,14 +543,14 @@ async fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<Report> {
         .target("< 5% of decode", Some(0.05), None),
     ];
     let config = json!({
-        "records": args.records,
-        "change": args.change,
-        "change_text": pct(args.change),
-        "churn": args.churn,
+        "records": args.workload.records,
+        "change": args.workload.change,
+        "change_text": pct(args.workload.change),
+        "churn": args.workload.churn,
         "runs": runs,
         "process_runs": process_runs,
         "lookups": args.lookups,
-        "seed": args.seed,
+        "seed": args.workload.seed,
         "versions": deltas.last().map(|p| p.cycles.iter().map(|c| c["version"].clone()).collect::<Vec<_>>()),
         "records_after": deltas.last().and_then(|p| p.cycles.last()).map(|c| c["records"].clone()),
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),

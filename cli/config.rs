@@ -2,7 +2,9 @@
 //! settings. Every check of an argument's meaning lives here, and each
 //! failure is one line that names the argument and what is wrong with it.
 
-use crate::args::{Args, BlobArg, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs};
+use crate::args::{
+    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
+};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
@@ -95,7 +97,7 @@ pub enum Task {
     Demo(DemoConfig),
     Versions,
     Inspect(InspectConfig),
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<BenchConfig>),
     Follow(FollowConfig),
     Verify,
     /// `burrow pin`: the version to pin.
@@ -116,6 +118,61 @@ pub struct DemoConfig {
     pub change: f64,
     pub churn: f64,
     pub cache: PathBuf,
+}
+
+/// `burrow bench`: the figures, or one of the child processes a run starts.
+#[derive(Debug, Clone)]
+pub enum BenchConfig {
+    Run(BenchRun),
+    Child(BenchChild),
+}
+
+/// The workload a bench run publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchWorkload {
+    /// Records in the first cycle, at least [`MIN_BENCH_RECORDS`].
+    pub records: u64,
+    /// Fraction changed per cycle, in (0, 1].
+    pub change: f64,
+    /// Fraction removed and added per cycle, in (0, 0.5], if any.
+    pub churn: Option<f64>,
+    pub seed: u64,
+}
+
+/// A bench run's settings.
+#[derive(Debug, Clone)]
+pub struct BenchRun {
+    pub workload: BenchWorkload,
+    /// Runs of each in-process figure (at least 1).
+    pub runs: usize,
+    /// Runs of each figure that needs its own process (at least 1).
+    pub process_runs: usize,
+    /// Lookups timed per run (at least 1).
+    pub lookups: usize,
+    pub json: bool,
+    pub dir: Option<PathBuf>,
+    pub keep: bool,
+}
+
+/// A bench run's child process (`--child`, hidden).
+#[derive(Debug, Clone)]
+pub enum BenchChild {
+    Produce {
+        dir: PathBuf,
+        workload: BenchWorkload,
+        snapshot_every: u32,
+    },
+    Open {
+        dir: PathBuf,
+        t0_ns: u128,
+        lookup_id: u64,
+    },
+    Decode {
+        blob: PathBuf,
+        at_version: u64,
+        t0_ns: u128,
+        lookup_id: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -139,10 +196,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
         Command::Pin(a) => Task::Pin(pin(a)?),
         Command::Unpin(_) => Task::Unpin,
-        Command::Bench(mut a) => {
-            a.json = args.json;
-            Task::Bench(Box::new(a))
-        }
+        Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
     Ok((global, task))
 }
@@ -191,7 +245,7 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
             a.cycles
         );
     }
-    let change = fraction("--change", a.change)?;
+    let change = fraction("--change", a.changes.change)?;
     let churn = fraction("--churn", a.churn)?;
     if change + churn > 1.0 {
         bail!(
@@ -215,6 +269,79 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
         churn,
         cache,
     })
+}
+
+/// The fewest records a bench run takes: its figures sample ids and time
+/// per-record costs, which mean nothing on a handful of records.
+pub const MIN_BENCH_RECORDS: u64 = 100;
+
+fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
+    if a.records < MIN_BENCH_RECORDS || a.records > MAX_RECORDS {
+        bail!(
+            "invalid --records {}: must be between {MIN_BENCH_RECORDS} and {MAX_RECORDS}",
+            a.records
+        );
+    }
+    let change = a.changes.change;
+    if !(change > 0.0 && change <= 1.0) {
+        bail!("invalid --change {change}: must be a fraction in (0, 1]");
+    }
+    if let Some(churn) = a.churn {
+        if !(churn > 0.0 && churn <= 0.5) {
+            bail!("invalid --churn {churn}: must be a fraction in (0, 0.5]");
+        }
+        if change + churn > 1.0 {
+            bail!(
+                "invalid --change {change} with --churn {churn}: together they must not exceed \
+                 1 (a record is either changed or removed in a cycle)"
+            );
+        }
+    }
+    for (flag, value) in [("--runs", a.runs), ("--process-runs", a.process_runs)] {
+        if value == Some(0) {
+            bail!("invalid {flag} 0: must be at least 1");
+        }
+    }
+    if a.lookups == 0 {
+        bail!("invalid --lookups 0: must be at least 1");
+    }
+    let workload = BenchWorkload {
+        records: a.records,
+        change,
+        churn: a.churn,
+        seed: a.seed,
+    };
+    let Some(mode) = a.child else {
+        return Ok(BenchConfig::Run(BenchRun {
+            workload,
+            runs: a.runs.unwrap_or(5),
+            process_runs: a.process_runs.or(a.runs).unwrap_or(3),
+            lookups: a.lookups,
+            json,
+            dir: a.dir,
+            keep: a.keep,
+        }));
+    };
+    let dir = || a.dir.clone().context("invalid --child: it needs --dir");
+    let child = match mode {
+        ChildMode::Produce => BenchChild::Produce {
+            dir: dir()?,
+            workload,
+            snapshot_every: a.snapshot_every,
+        },
+        ChildMode::Open => BenchChild::Open {
+            dir: dir()?,
+            t0_ns: a.t0_ns,
+            lookup_id: a.lookup_id,
+        },
+        ChildMode::Decode => BenchChild::Decode {
+            blob: a.blob.context("invalid --child decode: it needs --blob")?,
+            at_version: a.at_version,
+            t0_ns: a.t0_ns,
+            lookup_id: a.lookup_id,
+        },
+    };
+    Ok(BenchConfig::Child(child))
 }
 
 fn inspect(a: InspectArgs) -> Result<InspectConfig> {

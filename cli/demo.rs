@@ -5,7 +5,10 @@
 //! - Every later cycle picks, with a generator seeded by the cycle number,
 //!   `round(n × change)` records to set to generation = cycle number, and
 //!   `round(n × churn)` other records to remove, then adds as many new ids
-//!   above the highest one (n is the record count before the cycle).
+//!   above the highest one (n is the record count before the cycle). The
+//!   records and the edits are the workload generator's
+//!   (`burrow::testing::workload`), shared with `bench`, the benches and the
+//!   tests.
 //! - The cycle number of a version is the version itself, so a second run on
 //!   the same store restores the producer from the log and chains on: its
 //!   cycles are deltas, and its generations keep rising.
@@ -18,119 +21,15 @@ use crate::output::{self, Out, Progress};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobCache, BlobName, BlobStore};
 use burrow::consumer::{Consumer, ConsumerBuilder, RefreshReport, Step};
-use burrow::producer::{CycleReport, Producer, ProducerBuilder};
+use burrow::producer::{CycleReport, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::record::TypeInfo;
+use burrow::testing::workload::{generation_of, Dataset, Rng};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-const TAGS: [&str; 8] = [
-    "action", "drama", "comedy", "horror", "doc", "kids", "anime", "thriller",
-];
-
-/// The dataset as the producer is given it: id → generation.
-type Model = BTreeMap<u64, u64>;
-
-fn title(id: u64, generation: u64, out: &mut String) {
-    out.clear();
-    // Writing to a String cannot fail.
-    let _ = write!(out, "Title number {id}");
-    if generation > 0 {
-        let _ = write!(out, " v{generation}");
-    }
-}
-
-fn year(id: u64) -> u32 {
-    1950 + (id % 70) as u32
-}
-
-/// Reads a title back into its generation; `None` if it does not follow
-/// the workload's formula for `id`.
-fn generation_of(id: u64, title: &str) -> Option<u64> {
-    let rest = title.strip_prefix("Title number ")?;
-    let rest = rest.strip_prefix(id.to_string().as_str())?;
-    if rest.is_empty() {
-        return Some(0);
-    }
-    rest.strip_prefix(" v")?.parse().ok().filter(|&g| g > 0)
-}
-
-/// SplitMix64: small, seedable, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x6275_7272_6f77_0001)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-
-    /// `k` distinct indices of `0..n`, in random order.
-    fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let k = k.min(n);
-        if k * 4 >= n {
-            // Dense: a partial Fisher-Yates shuffle.
-            let mut all: Vec<usize> = (0..n).collect();
-            for i in 0..k {
-                let j = i + self.below(n - i);
-                all.swap(i, j);
-            }
-            all.truncate(k);
-            return all;
-        }
-        let mut seen = std::collections::HashSet::with_capacity(k);
-        let mut out = Vec::with_capacity(k);
-        while out.len() < k {
-            let i = self.below(n);
-            if seen.insert(i) {
-                out.push(i);
-            }
-        }
-        out
-    }
-}
-
-/// One cycle's edits of the model.
-#[derive(Default)]
-struct Edits {
-    removed: Vec<u64>,
-}
-
-/// Applies cycle `cycle`'s changes and churn to the model.
-fn edit(model: &mut Model, cycle: u64, change: f64, churn: f64) -> Edits {
-    let n = model.len();
-    let changes = (n as f64 * change).round() as usize;
-    let churns = (n as f64 * churn).round() as usize;
-    let mut rng = Rng::new(cycle);
-    let keys: Vec<u64> = model.keys().copied().collect();
-    let picked = rng.sample(n, changes + churns);
-    let (removed, changed) = picked.split_at(churns.min(picked.len()));
-    for &i in changed {
-        model.insert(keys[i], cycle);
-    }
-    let mut edits = Edits::default();
-    for &i in removed {
-        model.remove(&keys[i]);
-        edits.removed.push(keys[i]);
-    }
-    let next = keys.last().map_or(0, |&k| k + 1);
-    for id in next..next + churns as u64 {
-        model.insert(id, 0);
-    }
-    edits
-}
+/// The seed of the demo's edits (`Dataset::advance` mixes in the cycle).
+const SEED: u64 = 0x6275_7272_6f77_0001;
 
 /// Clears cached blobs of a dataset that no longer exists: the cache knows
 /// blobs by name only, so a store that was deleted and published again would
@@ -158,30 +57,9 @@ fn clear_stale_cache(cache: &BlobCache) -> Result<usize> {
     Ok(cleared)
 }
 
-async fn publish(producer: &Producer, model: &Model) -> burrow::Result<CycleReport> {
-    producer
-        .run_cycle(|p| {
-            let mut text = String::new();
-            for (&id, &generation) in model {
-                title(id, generation, &mut text);
-                p.add::<movie::Owned>(|mut m| {
-                    m.set_id(id);
-                    m.set_title(text.as_str());
-                    m.set_year(year(id));
-                    let mut tags = m.init_tags(2);
-                    tags.set(0, TAGS[(id % 8) as usize]);
-                    tags.set(1, TAGS[((id / 8) % 8) as usize]);
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })
-        .await
-}
-
 /// Reads the consumer's state back into a model (to chain on a store that
 /// already holds the demo's dataset).
-fn model_of(consumer: &Consumer, store: &str) -> Result<Model> {
+fn model_of(consumer: &Consumer, store: &str) -> Result<Dataset> {
     let state = consumer.state()?;
     let info = TypeInfo::of::<movie::Owned>();
     if state.raw_type(info.type_id).is_none() && !state.types().is_empty() {
@@ -191,9 +69,9 @@ fn model_of(consumer: &Consumer, store: &str) -> Result<Model> {
             info.name
         );
     }
-    let mut model = Model::new();
+    let mut model = Vec::new();
     if state.raw_type(info.type_id).is_none() {
-        return Ok(model);
+        return Ok(Dataset::from_records(model, SEED));
     }
     let view = state.view::<movie::Owned>()?;
     for item in view.iter() {
@@ -213,9 +91,9 @@ fn model_of(consumer: &Consumer, store: &str) -> Result<Model> {
                  never writes; use an empty store"
             )
         })?;
-        model.insert(id, generation);
+        model.push((id, generation));
     }
-    Ok(model)
+    Ok(Dataset::from_records(model, SEED))
 }
 
 fn blob_size(report: &CycleReport, pick: fn(&BlobName) -> bool) -> Option<u64> {
@@ -309,7 +187,7 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
                     cfg.cache.display()
                 ));
             }
-            Model::new()
+            Dataset::new(0, SEED)
         }
     };
 
@@ -324,9 +202,9 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         let last = producer.version().await.unwrap_or(0);
         let cycle = last + 1;
         if last == 0 {
-            model = (0..cfg.records).map(|id| (id, 0)).collect();
+            model = Dataset::new(cfg.records, SEED);
         } else {
-            let edits = edit(&mut model, cycle, cfg.change, cfg.churn);
+            let edits = model.advance(cycle, cfg.change, cfg.churn);
             removed_ids.extend(edits.removed);
         }
         progress.set(&format!(
@@ -334,7 +212,8 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
             cfg.cycles,
             model.len()
         ));
-        let report = publish(&producer, &model)
+        let report = producer
+            .run_cycle(|p| model.populate(p))
             .await
             .with_context(|| format!("cycle {i} failed"))?;
         progress.set(&format!(
@@ -399,7 +278,12 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
 
 /// Looks up a few ids through the consumer, prints them, and checks a
 /// larger seeded sample and the record count against the model.
-fn lookup_check(consumer: &Consumer, model: &Model, removed: &[u64], out: &mut Out) -> Result<()> {
+fn lookup_check(
+    consumer: &Consumer,
+    model: &Dataset,
+    removed: &[u64],
+    out: &mut Out,
+) -> Result<()> {
     let state = consumer.state()?;
     let view = state.view::<movie::Owned>()?;
     if view.len() as usize != model.len() {
@@ -411,23 +295,22 @@ fn lookup_check(consumer: &Consumer, model: &Model, removed: &[u64], out: &mut O
             model.len()
         );
     }
-    let keys: Vec<u64> = model.keys().copied().collect();
+    let keys: Vec<u64> = model.records().keys().copied().collect();
     let mut shown: Vec<u64> = Vec::new();
     if let (Some(&first), Some(&last)) = (keys.first(), keys.last()) {
         shown.extend([first, keys[keys.len() / 2], last]);
     }
-    if let Some((&id, _)) = model.iter().find(|(_, &g)| g > 0) {
+    if let Some((&id, _)) = model.records().iter().find(|(_, &g)| g > 0) {
         shown.push(id);
     }
     shown.push(removed.last().copied().unwrap_or(u64::MAX));
     let mut seen = std::collections::HashSet::new();
     shown.retain(|id| seen.insert(*id));
-    let mut rng = Rng::new(u64::from(view.len()));
+    let mut rng = Rng::new(SEED ^ u64::from(view.len()));
     let sample: Vec<u64> = (0..keys.len().min(1000))
-        .map(|_| keys[rng.below(keys.len())])
+        .map(|_| keys[rng.below(keys.len() as u64) as usize])
         .collect();
 
-    let mut text = String::new();
     let mut table = output::Table::new(&[
         ("ID", output::Align::Right),
         ("FOUND", output::Align::Left),
@@ -451,10 +334,7 @@ fn lookup_check(consumer: &Consumer, model: &Model, removed: &[u64], out: &mut O
             }
             None => None,
         };
-        let expected = model.get(&id).map(|&g| {
-            title(id, g, &mut text);
-            (text.clone(), year(id))
-        });
+        let expected = model.movie(id).map(|m| (m.title, m.year));
         if found != expected {
             bail!(
                 "lookup check failed for id {id} at version {}: the consumer has {found:?}, the \
@@ -500,47 +380,4 @@ fn lookup_check(consumer: &Consumer, model: &Model, removed: &[u64], out: &mut O
         table.write(out)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn titles_round_trip() {
-        let mut t = String::new();
-        title(42, 0, &mut t);
-        assert_eq!(t, "Title number 42");
-        assert_eq!(generation_of(42, &t), Some(0));
-        title(42, 7, &mut t);
-        assert_eq!(t, "Title number 42 v7");
-        assert_eq!(generation_of(42, &t), Some(7));
-        assert_eq!(generation_of(4, &t), None);
-        assert_eq!(generation_of(42, "Title number 42 v0"), None);
-    }
-
-    #[test]
-    fn edits_follow_the_workload() {
-        let mut model: Model = (0..10_000).map(|i| (i, 0)).collect();
-        let edits = edit(&mut model, 2, 0.01, 0.001);
-        assert_eq!(edits.removed.len(), 10);
-        assert_eq!(model.len(), 10_000);
-        assert_eq!(model.values().filter(|&&g| g == 2).count(), 100);
-        assert!(model.contains_key(&10_009) && !model.contains_key(&10_010));
-        // Seeded: the same cycle makes the same edits.
-        let mut again: Model = (0..10_000).map(|i| (i, 0)).collect();
-        edit(&mut again, 2, 0.01, 0.001);
-        assert_eq!(model, again);
-    }
-
-    #[test]
-    fn samples_are_distinct() {
-        let mut rng = Rng::new(1);
-        for (n, k) in [(10, 10), (100, 3), (1000, 999)] {
-            let mut s = rng.sample(n, k);
-            s.sort_unstable();
-            s.dedup();
-            assert_eq!(s.len(), k);
-        }
-    }
 }

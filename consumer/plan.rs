@@ -151,7 +151,7 @@ pub async fn plan(
 mod tests {
     use super::*;
     use crate::announcer::AnnounceKind;
-    use crate::blobstore::faults::{FaultyStore, Op};
+    use crate::testing::faults::{FaultyStore, Op};
     use crate::blobstore::BlobStore;
     use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! The blob format: the envelope, the generated Cap'n Proto code for
-//! `schema/burrow.capnp`, and the example dataset of the anchor workload.
+//! `schema/burrow.capnp`, and the example datasets' generated code (the anchor
+//! workload's generator is `crate::testing::workload`).
 //!
 //! One module per layout: [`envelope`] (the frame around every blob),
 //! [`blob`] (bodies: [`blob::write`] and [`blob::read`]), [`record`] (a
@@ -36,5 +37,4 @@ pub mod probe_capnp {
 pub mod examples {
     pub use super::movies_capnp;
     pub use super::probe_capnp;
-    pub mod workload;
 }

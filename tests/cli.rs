@@ -202,3 +202,34 @@ async fn follow_reaches_each_announced_version() {
         "follow exits cleanly on SIGTERM: {status:?}"
     );
 }
+
+/// `burrow bench` validates its arguments in the CLI's one conversion
+/// (args -> config) like every command: a bad one fails at once, with one
+/// line naming it, before any working directory is made or child started.
+#[test]
+fn bench_bad_arguments_fail_naming_the_argument_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let work = dir.path().join("work");
+    let work_arg = work.to_str().unwrap();
+    for (args, names) in [
+        (&["--records", "0"][..], "invalid --records 0"),
+        (&["--records", "99"][..], "invalid --records 99"),
+        (&["--change", "0"][..], "invalid --change 0"),
+        (&["--change", "1.5"][..], "invalid --change 1.5"),
+        (&["--change", "NaN"][..], "invalid --change NaN"),
+        (&["--churn=-0.1"][..], "invalid --churn -0.1"),
+        (&["--churn=0.6"][..], "invalid --churn 0.6"),
+        (&["--change", "0.9", "--churn=0.2"][..], "--churn 0.2"),
+        (&["--runs", "0"][..], "invalid --runs 0"),
+        (&["--process-runs", "0"][..], "invalid --process-runs 0"),
+        (&["--lookups", "0"][..], "invalid --lookups 0"),
+        (&["--runs", "x"][..], "--runs"),
+        (&["--child", "decode"][..], "--blob"),
+    ] {
+        let mut full = vec!["bench", "--dir", work_arg];
+        full.extend_from_slice(args);
+        assert_fails(&burrow(&store, &full), names);
+        assert!(!work.exists(), "bench {args:?} made its working directory");
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! The processes are `burrow-crashtest` (tests/bin/crashtest.rs): the real
 //! producer and consumer code. They are killed at failpoints
-//! (`BURROW_FAILPOINT`, see `burrow::failpoint`) and, to reach the points
+//! (`BURROW_FAILPOINT`, see `burrow::testing::failpoint`) and, to reach the points
 //! between failpoints, from outside after pseudo-random delays (a fixed
 //! seed, printed, so a failure can be replayed).
 
@@ -17,6 +17,7 @@ use burrow::blobstore::{BlobCache, BlobStore};
 use burrow::consumer::{Consumer, ConsumerBuilder, ReadState};
 use burrow::schema::blob::OpenBlob;
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::testing::workload::{Movie, Rng};
 use crash_model::{generation, generation_of, CrashModel};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -80,12 +81,9 @@ fn model_of(state: &ReadState) -> CrashModel {
     let mut out = CrashModel::new();
     for item in view.iter() {
         let (ordinal, record) = item.unwrap();
-        let m = record.get().unwrap();
-        out.insert(
-            m.get_id(),
-            (m.get_title().unwrap().to_string().unwrap(), m.get_year()),
-        );
-        let (found, _) = view.find(&m.get_id()).unwrap().unwrap();
+        let m = Movie::decode(record.get().unwrap()).unwrap();
+        let (found, _) = view.find(&m.id).unwrap().unwrap();
+        out.insert(m.id, m);
         assert_eq!(found, ordinal);
     }
     assert_eq!(view.len() as usize, out.len());
@@ -112,18 +110,6 @@ fn consumer(store: &BlobStore, cache: &Path) -> Consumer {
         .cache_dir(cache)
         .build()
         .unwrap()
-}
-
-/// A small deterministic generator (xorshift64*), so runs can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// One kill of the producer, then recovery; returns what was inconsistent.
@@ -193,7 +179,7 @@ async fn producer_killed_at_every_step() {
     let mut exercised = 0;
     let mut not_reached = 0;
     let mut inconsistent = Vec::new();
-    let producer_points = &burrow::failpoint::NAMES[..7];
+    let producer_points = &burrow::testing::failpoint::NAMES[..7];
     let mut runs: Vec<String> = Vec::new();
     for name in producer_points {
         // The killed process publishes three generations: with a snapshot
@@ -226,10 +212,10 @@ async fn producer_killed_at_every_step() {
     }
     // Kills from outside, at pseudo-random moments of a run of cycles.
     let seed = 0x5eed_b0b0;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut async_kills = 0;
     for i in 0..16 {
-        let delay = Duration::from_micros(rng.next() % 40_000);
+        let delay = Duration::from_micros(rng.below(40_000));
         let (end, bad) = kill_and_recover(
             &store_dir,
             &store,
@@ -291,7 +277,7 @@ async fn consumer_killed_while_fetching() {
     let mut exercised = 0;
     let mut inconsistent = Vec::new();
     let mut temp_files_left = 0;
-    for name in &burrow::failpoint::NAMES[7..] {
+    for name in &burrow::testing::failpoint::NAMES[7..] {
         for n in 1..=2 {
             let spec = format!("{name}@{n}");
             let cache = dir.path().join(format!("cache-{name}-{n}"));

@@ -54,7 +54,7 @@ fn producer_and_consumer_are_send_and_sync() {
 /// refresh repeats no GETs.
 #[tokio::test]
 async fn entries_are_read_from_the_store_once() {
-    use burrow::blobstore::faults::{FaultyStore, Op};
+    use burrow::testing::faults::{FaultyStore, Op};
     let faulty = std::sync::Arc::new(FaultyStore::memory());
     let store = BlobStore::new(faulty.clone(), "");
     let producer = producer(&store, "p");

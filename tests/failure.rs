@@ -3,8 +3,8 @@
 //! cycle succeeds and chains on.
 
 use crate::common::*;
-use burrow::blobstore::faults::FaultyStore;
 use burrow::blobstore::BlobStore;
+use burrow::testing::faults::FaultyStore;
 use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +147,7 @@ async fn listeners_see_steps_and_outcomes_and_validators_refuse() {
     // A failed announcement is reported as such.
     model.insert(1, movie_value(1, 1));
     faulty.fail_matching(|op, path| {
-        op == burrow::blobstore::faults::Op::Put && path.contains("announce/0")
+        op == burrow::testing::faults::Op::Put && path.contains("announce/0")
     });
     publish(&producer, &model).await.unwrap_err();
     faulty.heal();

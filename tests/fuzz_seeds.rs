@@ -2,9 +2,9 @@
 //! seed corpus (`fuzz/corpus/<target>/`, which includes every crash the
 //! fuzzers found) without panicking, on stable, in the ordinary test run.
 //! The targets' own checks (records readable, counts right, consumers and
-//! model agreeing) run on each input; see `burrow::fuzzing`.
+//! model agreeing) run on each input; see `burrow::testing::fuzzing`.
 
-use burrow::fuzzing;
+use burrow::testing::fuzzing;
 use std::path::{Path, PathBuf};
 
 fn corpus(target: &str) -> Vec<PathBuf> {

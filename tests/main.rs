@@ -8,7 +8,7 @@ mod cli;
 mod cli_pin;
 mod common;
 mod conformance;
-#[cfg(feature = "failpoints")]
+#[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
 mod e2e;
 mod failure;

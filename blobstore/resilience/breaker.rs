@@ -21,18 +21,13 @@
 //! outcome; for `get` the response head does (errors while reading the
 //! body are not counted); each multipart call is a call of its own.
 
+use super::decorated::{Call, Decorated, Decorator, Fut, MakeOnce, Op, Stream, Upload};
 use super::{indicates_unhealthy, Clock, ResilienceError};
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result, UploadPart,
-};
-use std::fmt;
+use object_store::{MultipartUpload, ObjectStore, PutPayload, PutResult, Result, UploadPart};
 use std::future::Future;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -83,10 +78,15 @@ impl BreakerState {
     }
 }
 
-/// An `ObjectStore` decorator with a circuit breaker (see the module docs).
+/// An `ObjectStore` decorator with a circuit breaker (see the module docs):
+/// the [`Breaker`] over [`Decorated`]'s forwarding.
+pub type CircuitBreakerStore = Decorated<Breaker>;
+
+/// The circuit breaker, as the [`Decorator`] of a [`CircuitBreakerStore`]:
+/// every call and stream is admitted or refused by the breaker's state,
+/// and its outcome recorded.
 #[derive(Debug)]
-pub struct CircuitBreakerStore {
-    inner: Arc<dyn ObjectStore>,
+pub struct Breaker {
     core: Arc<Core>,
 }
 
@@ -281,132 +281,55 @@ impl Core {
 impl CircuitBreakerStore {
     pub fn new(inner: Arc<dyn ObjectStore>, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
-        CircuitBreakerStore {
-            core: Arc::new(Core {
-                name: inner.to_string(),
-                config,
-                clock,
-                machine: Mutex::new(Machine {
-                    state: BreakerState::Closed,
-                    consecutive_failures: 0,
-                    opened_at: now,
-                    trials_started: 0,
-                }),
-                transitions: AtomicU64::new(0),
+        let core = Arc::new(Core {
+            name: inner.to_string(),
+            config,
+            clock,
+            machine: Mutex::new(Machine {
+                state: BreakerState::Closed,
+                consecutive_failures: 0,
+                opened_at: now,
+                trials_started: 0,
             }),
-            inner,
-        }
+            transitions: AtomicU64::new(0),
+        });
+        Decorated::decorate(inner, Breaker { core })
     }
 
     /// The state after the last call (see the module docs).
     pub fn state(&self) -> BreakerState {
-        self.core.machine().state
+        self.decorator().core.machine().state
     }
 
     /// Unhealthy failures since the last success.
     pub fn consecutive_failures(&self) -> u32 {
-        self.core.machine().consecutive_failures
+        self.decorator().core.machine().consecutive_failures
     }
 
     /// State changes so far.
     pub fn transitions(&self) -> u64 {
-        self.core.transitions.load(Ordering::Relaxed)
+        self.decorator().core.transitions.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &BreakerConfig {
-        &self.core.config
-    }
-
-    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner
+        &self.decorator().core.config
     }
 }
 
-impl fmt::Display for CircuitBreakerStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CircuitBreaker({})", self.inner)
-    }
-}
+impl Decorator for Breaker {
+    const NAME: &'static str = "CircuitBreaker";
 
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl ObjectStore for CircuitBreakerStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        self.core
-            .call(self.inner.put_opts(location, payload, opts))
-            .await
+    fn call<'a, T: Send + 'a>(&'a self, _: Op, _: &'a str, mut call: Call<'a, T>) -> Fut<'a, T> {
+        Box::pin(self.core.call(call()))
     }
 
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        let upload = self
-            .core
-            .call(self.inner.put_multipart_opts(location, opts))
-            .await?;
-        Ok(Box::new(GuardedUpload {
-            upload,
-            core: Arc::clone(&self.core),
-        }))
+    fn stream_once<T: Send + 'static>(&self, _: Op, _: String, make: MakeOnce<T>) -> Stream<T> {
+        self.core.stream(make)
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.core.call(self.inner.get_opts(location, options)).await
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.core
-            .call(self.inner.get_ranges(location, ranges))
-            .await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        let inner = Arc::clone(&self.inner);
-        self.core.stream(move || inner.delete_stream(locations))
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        self.core.stream(move || inner.list(prefix.as_ref()))
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        let offset = offset.clone();
-        self.core
-            .stream(move || inner.list_with_offset(prefix.as_ref(), &offset))
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.core.call(self.inner.list_with_delimiter(prefix)).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.core
-            .call(self.inner.copy_opts(from, to, options))
-            .await
-    }
-
-    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.core
-            .call(self.inner.rename_opts(from, to, options))
-            .await
+    fn upload(&self, _path: &Path, upload: Upload) -> Upload {
+        let core = Arc::clone(&self.core);
+        Box::new(GuardedUpload { upload, core })
     }
 }
 
@@ -448,8 +371,7 @@ impl MultipartUpload for GuardedUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blobstore::faults::{FaultyStore, Op};
-    use crate::blobstore::resilience::ManualClock;
+    use crate::testing::{FaultyStore, ManualClock, Op};
     use futures::TryStreamExt;
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Resilience for store calls: retries with backoff and timeouts
 //! ([`RetryStore`]) and circuit breaking ([`CircuitBreakerStore`]), as
 //! `object_store::ObjectStore` decorators over any `Arc<dyn ObjectStore>`,
-//! with time and randomness injected ([`Clock`], [`Rng`]).
+//! with time and randomness injected ([`Clock`], [`Rng`]). Both are a
+//! [`Decorator`] over [`Decorated`], which writes the forwarding of every
+//! `ObjectStore` method once for all decorators.
 //!
 //! # Stacking
 //!
@@ -33,11 +35,13 @@
 
 mod breaker;
 mod clock;
+pub mod decorated;
 mod retry;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreakerStore};
-pub use clock::{random_duration, with_timeout, Clock, ManualClock, Rng, SeededRng, SystemClock};
-pub use retry::{RetryPolicy, RetryStore};
+pub use breaker::{Breaker, BreakerConfig, BreakerState, CircuitBreakerStore};
+pub use clock::{random_duration, with_timeout, Clock, Rng, SeededRng, SystemClock};
+pub use decorated::{Decorated, Decorator, Op};
+pub use retry::{Retry, RetryPolicy, RetryStore};
 
 use crate::blobstore::{BlobStore, StoreError};
 use object_store::ObjectStore;

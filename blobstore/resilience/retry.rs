@@ -29,19 +29,18 @@
 //!   would be a second part. A failed upload fails as a whole; the writer
 //!   starts over.
 
+use super::decorated::{Call, Decorated, Decorator, Fut, Make, MakeOnce, Op, Put, Stream, Upload};
 use super::{is_transient, random_duration, with_timeout, Clock, ResilienceError, Rng};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    Result, UploadPart,
+    GetOptions, GetResult, GetResultPayload, MultipartUpload, ObjectStore, PutMode, PutPayload,
+    PutResult, Result, UploadPart,
 };
 use std::fmt;
 use std::future::Future;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,19 +92,16 @@ impl RetryPolicy {
 }
 
 /// An `ObjectStore` decorator that retries transient failures and times
-/// out calls that hang. See the module docs for what is retried.
+/// out calls that hang: the [`Retry`] policy over [`Decorated`]'s
+/// forwarding. See the module docs for what is retried.
+pub type RetryStore = Decorated<Retry>;
+
+/// Retries and timeouts, as the [`Decorator`] of a [`RetryStore`].
 #[derive(Debug, Clone)]
-pub struct RetryStore {
-    inner: Arc<dyn ObjectStore>,
+pub struct Retry {
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
-}
-
-impl fmt::Display for RetryStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Retry({})", self.inner)
-    }
 }
 
 /// Where a retried call stands.
@@ -123,22 +119,16 @@ impl RetryStore {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
-        RetryStore {
-            inner,
-            policy,
-            clock,
-            rng,
-        }
+        Decorated::decorate(inner, Retry { policy, clock, rng })
     }
 
+    /// How calls are retried.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
+        &self.decorator().policy
     }
+}
 
-    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner
-    }
-
+impl Retry {
     fn begin(&self, op: &'static str, path: impl fmt::Display) -> Attempts {
         Attempts {
             op,
@@ -225,6 +215,7 @@ impl RetryStore {
     /// is unknown: it succeeded if the object holds exactly `payload`.
     async fn reconcile_create(
         &self,
+        inner: &Arc<dyn ObjectStore>,
         location: &Path,
         payload: &PutPayload,
         exists: object_store::Error,
@@ -232,7 +223,7 @@ impl RetryStore {
         let mut attempts = self.begin("get (reconcile create)", location);
         let stored = self
             .retry(&mut attempts, || async {
-                let got = self.inner.get_opts(location, GetOptions::default()).await?;
+                let got = inner.get_opts(location, GetOptions::default()).await?;
                 let meta = got.meta.clone();
                 Ok((meta, got.bytes().await?))
             })
@@ -273,16 +264,16 @@ impl RetryStore {
     }
 
     /// A listing re-made from scratch while it has yielded nothing.
-    fn retried_list(
+    fn retried_list<T: Send + 'static>(
         &self,
         op: &'static str,
         path: String,
-        make: impl Fn() -> BoxStream<'static, Result<ObjectMeta>> + Send + Sync + 'static,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        struct State<M> {
-            store: RetryStore,
+        make: impl Fn() -> BoxStream<'static, Result<T>> + Send + Sync + 'static,
+    ) -> BoxStream<'static, Result<T>> {
+        struct State<M, T> {
+            store: Retry,
             make: M,
-            stream: Option<BoxStream<'static, Result<ObjectMeta>>>,
+            stream: Option<BoxStream<'static, Result<T>>>,
             attempts: Attempts,
             yielded: bool,
             done: bool,
@@ -312,9 +303,9 @@ impl RetryStore {
                     st.store.attempt_timeout(&st.attempts)
                 };
                 let err = match with_timeout(&*st.store.clock, timeout, stream.next()).await {
-                    Some(Some(Ok(meta))) => {
+                    Some(Some(Ok(item))) => {
                         st.yielded = true;
-                        return Some((Ok(meta), st));
+                        return Some((Ok(item), st));
                     }
                     Some(None) => return None,
                     Some(Some(Err(err))) => err,
@@ -384,123 +375,58 @@ fn idle_timeout<T: Send + 'static>(
     .boxed()
 }
 
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl ObjectStore for RetryStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        let create = matches!(opts.mode, PutMode::Create);
-        let mut attempts = self.begin("put", location);
-        let result = self
-            .retry(&mut attempts, || {
-                self.inner.put_opts(location, payload.clone(), opts.clone())
-            })
-            .await;
-        match result {
-            Err(exists @ object_store::Error::AlreadyExists { .. })
-                if create && attempts.made > 1 =>
-            {
-                self.reconcile_create(location, &payload, exists).await
-            }
-            other => other,
-        }
+impl Decorator for Retry {
+    const NAME: &'static str = "Retry";
+
+    fn call<'a, T: Send + 'a>(&'a self, op: Op, path: &'a str, call: Call<'a, T>) -> Fut<'a, T> {
+        let mut attempts = self.begin(op.label(), path);
+        Box::pin(async move { self.retry(&mut attempts, call).await })
     }
 
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        let mut attempts = self.begin("put multipart", location);
-        let upload = self
-            .retry(&mut attempts, || {
-                self.inner.put_multipart_opts(location, opts.clone())
-            })
-            .await?;
-        Ok(Box::new(TimedUpload {
+    fn stream_once<T: Send + 'static>(&self, op: Op, path: String, make: MakeOnce<T>) -> Stream<T> {
+        self.timed_stream(make(), op.label(), path)
+    }
+
+    fn stream<T: Send + 'static>(&self, op: Op, path: String, make: Make<T>) -> Stream<T> {
+        self.retried_list(op.label(), path, make)
+    }
+
+    fn upload(&self, path: &Path, upload: Upload) -> Upload {
+        Box::new(TimedUpload {
             upload,
             clock: Arc::clone(&self.clock),
             timeout: self.policy.call_timeout,
-            path: location.to_string(),
-        }))
+            path: path.to_string(),
+        })
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let mut attempts = self.begin("get", location);
-        let result = self
-            .retry(&mut attempts, || {
-                self.inner.get_opts(location, options.clone())
-            })
-            .await?;
+    fn got(&self, path: &Path, result: GetResult) -> GetResult {
         let payload = match result.payload {
             GetResultPayload::Stream(stream) => {
-                GetResultPayload::Stream(self.timed_stream(stream, "read", location.to_string()))
+                GetResultPayload::Stream(self.timed_stream(stream, "read", path.to_string()))
             }
             file @ GetResultPayload::File(..) => file,
         };
-        Ok(GetResult { payload, ..result })
+        GetResult { payload, ..result }
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        let mut attempts = self.begin("get ranges", location);
-        self.retry(&mut attempts, || self.inner.get_ranges(location, ranges))
-            .await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        let stream = self.inner.delete_stream(locations);
-        self.timed_stream(stream, "delete", String::new())
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        let label = prefix.as_ref().map(|p| p.to_string()).unwrap_or_default();
-        self.retried_list("list", label, move || inner.list(prefix.as_ref()))
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        let offset = offset.clone();
-        let label = prefix.as_ref().map(|p| p.to_string()).unwrap_or_default();
-        self.retried_list("list", label, move || {
-            inner.list_with_offset(prefix.as_ref(), &offset)
+    /// A create-only put whose retry meets `AlreadyExists` is reconciled
+    /// (see the module docs).
+    fn put<'a>(&'a self, put: Put<'a>) -> Fut<'a, PutResult> {
+        let create = matches!(put.opts.mode, PutMode::Create);
+        let mut attempts = self.begin(Op::Put.label(), put.location);
+        Box::pin(async move {
+            match self.retry(&mut attempts, || put.send()).await {
+                Err(exists @ object_store::Error::AlreadyExists { .. })
+                    if create && attempts.made > 1 =>
+                {
+                    let (inner, location) = (put.inner, put.location);
+                    self.reconcile_create(inner, location, &put.payload, exists)
+                        .await
+                }
+                other => other,
+            }
         })
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let label = prefix.map(|p| p.to_string()).unwrap_or_default();
-        let mut attempts = self.begin("list", label);
-        self.retry(&mut attempts, || self.inner.list_with_delimiter(prefix))
-            .await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        let mut attempts = self.begin("copy", from);
-        self.retry(&mut attempts, || {
-            self.inner.copy_opts(from, to, options.clone())
-        })
-        .await
-    }
-
-    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        let mut attempts = self.begin("rename", from);
-        self.retry(&mut attempts, || {
-            self.inner.rename_opts(from, to, options.clone())
-        })
-        .await
     }
 }
 

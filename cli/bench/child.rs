@@ -3,13 +3,14 @@
 //! decode-everything consumer's open (so start-up and resident memory are
 //! measured from a cold process). Each prints one JSON object on stdout.
 
+use crate::config::BenchWorkload;
 use anyhow::{anyhow, Context};
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::producer::ProducerBuilder;
 use burrow::schema::blob::OpenBlob;
 use burrow::schema::examples::movies_capnp::movie;
-use burrow::schema::examples::workload::{Dataset, Movie};
+use burrow::testing::workload::{Dataset, Movie};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,12 +54,15 @@ pub fn peak_rss() -> anyhow::Result<u64> {
 /// Runs the four cycles of the workload on a local store in `dir/store`.
 pub async fn produce(
     dir: &Path,
-    records: u64,
-    change: f64,
-    churn: Option<f64>,
+    workload: &BenchWorkload,
     snapshot_every: u32,
-    seed: u64,
 ) -> anyhow::Result<()> {
+    let BenchWorkload {
+        records,
+        change,
+        churn,
+        seed,
+    } = *workload;
     let store = BlobStore::local(dir.join("store"))?;
     let producer = ProducerBuilder::new(store)
         .producer_id("bench")
@@ -69,7 +73,7 @@ pub async fn produce(
     let mut cycles = Vec::new();
     for cycle in 1..=4u32 {
         if cycle > 1 {
-            data.advance(cycle, change, churn);
+            data.advance(u64::from(cycle), change, churn.unwrap_or(0.0));
         }
         let started = Instant::now();
         let report = producer.run_cycle(|p| data.populate(p)).await?;

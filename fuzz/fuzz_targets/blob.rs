@@ -1,4 +1,4 @@
-//! Fuzz target `blob`: see `burrow::fuzzing::blob` for what it checks.
+//! Fuzz target `blob`: see `burrow::testing::fuzzing::blob` for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::fuzzing::blob(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::testing::fuzzing::blob(data));

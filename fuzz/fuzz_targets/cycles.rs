@@ -1,4 +1,4 @@
-//! Fuzz target `cycles`: see `burrow::fuzzing::cycles` for what it checks.
+//! Fuzz target `cycles`: see `burrow::testing::fuzzing::cycles` for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::fuzzing::cycles(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::testing::fuzzing::cycles(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `delta`: see `burrow::fuzzing::delta` for what it checks.
+//! Fuzz target `delta`: see `burrow::testing::fuzzing::delta` for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::fuzzing::delta(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow::testing::fuzzing::delta(data));

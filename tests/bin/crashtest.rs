@@ -1,6 +1,6 @@
 //! The process the crash tests (tests/crash.rs) kill: burrow's real
 //! producer and consumer code, run against a local store, with failpoints
-//! armed by `BURROW_FAILPOINT` (see `burrow::failpoint`).
+//! armed by `BURROW_FAILPOINT` (see `burrow::testing::failpoint`).
 //!
 //! ```text
 //! burrow-crashtest produce <store-dir> <from-generation> <to-generation>
@@ -62,11 +62,9 @@ async fn produce(store: &str, from: u64, to: u64) -> burrow::Result<()> {
         let model = crash_model::generation(g);
         let report = producer
             .run_cycle(|p| {
-                for (id, (title, year)) in &model {
-                    p.add::<movie::Owned>(|mut m| {
-                        m.set_id(*id);
-                        m.set_title(title.as_str());
-                        m.set_year(*year);
+                for movie in model.values() {
+                    p.add::<movie::Owned>(|m| {
+                        movie.fill(m);
                         Ok(())
                     })?;
                 }

@@ -5,27 +5,17 @@ use burrow::blobstore::BlobStore;
 use burrow::consumer::{Consumer, ConsumerBuilder};
 use burrow::producer::{Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::testing::workload::Movie;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The model: id → (title, year, tags).
 pub type Model = BTreeMap<u64, (String, u32, Vec<String>)>;
 
-pub const TAGS: [&str; 8] = [
-    "action", "drama", "comedy", "horror", "doc", "kids", "anime", "thriller",
-];
-
+/// Record `i` at `generation`, as the workload generator defines it.
 pub fn movie_value(i: u64, generation: u64) -> (String, u32, Vec<String>) {
-    let title = if generation > 0 {
-        format!("Title number {i} v{generation}")
-    } else {
-        format!("Title number {i}")
-    };
-    let tags = vec![
-        TAGS[(i % 8) as usize].to_string(),
-        TAGS[((i / 8) % 8) as usize].to_string(),
-    ];
-    (title, 1950 + (i % 70) as u32, tags)
+    let m = Movie::new(i, generation);
+    (m.title, m.year, m.tags)
 }
 
 pub fn producer(store: &BlobStore, id: &str) -> Producer {

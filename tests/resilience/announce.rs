@@ -3,9 +3,9 @@
 
 use super::{lenient_breaker, rig, rig_over};
 use burrow::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog};
-use burrow::blobstore::faults::Op;
 use burrow::blobstore::resilience::RetryPolicy;
 use burrow::blobstore::BlobStore;
+use burrow::testing::faults::Op;
 use object_store::ObjectStore;
 use std::sync::Arc;
 
@@ -108,7 +108,7 @@ async fn resilience_announcement_append_survives_transient_faults() {
 /// corrupt announcement, neither by the log's reads nor by the chain query.
 #[tokio::test]
 async fn announcement_read_store_failure_is_not_corrupt() {
-    let faulty = Arc::new(burrow::blobstore::faults::FaultyStore::memory());
+    let faulty = Arc::new(burrow::testing::faults::FaultyStore::memory());
     let writer = AnnouncementLog::new(BlobStore::new(faulty.clone(), "dataset"));
     for seq in 1..=3 {
         writer.append(&entry(seq, seq, "p1")).await.unwrap();

@@ -3,12 +3,13 @@
 //! the store is back; final answers (NotFound, AlreadyExists) never open it.
 
 use super::rig;
-use burrow::blobstore::faults::{FaultyStore, Op};
 use burrow::blobstore::resilience::{
-    resilience_error, BreakerConfig, BreakerState, CircuitBreakerStore, ManualClock,
-    ResilienceError, RetryPolicy,
+    resilience_error, BreakerConfig, BreakerState, CircuitBreakerStore, ResilienceError,
+    RetryPolicy,
 };
 use burrow::blobstore::{BlobName, BlobStore};
+use burrow::testing::faults::{FaultyStore, Op};
+use burrow::testing::ManualClock;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use std::sync::Arc;

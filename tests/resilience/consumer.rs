@@ -3,12 +3,13 @@
 //! refresh among concurrent triggers. Time is a manual clock throughout.
 
 use crate::common::*;
-use burrow::blobstore::faults::{FaultyStore, Op};
 use burrow::blobstore::resilience::{
-    BreakerConfig, BreakerState, ManualClock, Resilience, RetryPolicy, SeededRng,
+    BreakerConfig, BreakerState, Resilience, RetryPolicy, SeededRng,
 };
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{ConsumerBuilder, WatchConfig, WatchEvent};
+use burrow::testing::faults::{FaultyStore, Op};
+use burrow::testing::ManualClock;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -6,11 +6,12 @@ mod breaker;
 mod consumer;
 mod retry;
 
-use burrow::blobstore::faults::FaultyStore;
 use burrow::blobstore::resilience::{
-    resilience_error, BreakerConfig, ManualClock, Resilience, ResilienceError, ResilientStack,
-    RetryPolicy, SeededRng,
+    resilience_error, BreakerConfig, Resilience, ResilienceError, ResilientStack, RetryPolicy,
+    SeededRng,
 };
+use burrow::testing::faults::FaultyStore;
+use burrow::testing::ManualClock;
 use object_store::ObjectStore;
 use std::sync::Arc;
 use std::time::Duration;

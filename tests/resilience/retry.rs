@@ -2,9 +2,9 @@
 //! hung calls time out, final answers are returned at once.
 
 use super::{backoffs, kind, lenient_breaker, rig};
-use burrow::blobstore::faults::Op;
 use burrow::blobstore::resilience::{ResilienceError, RetryPolicy};
 use burrow::blobstore::{BlobName, BlobStore, StoreError};
+use burrow::testing::faults::Op;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;

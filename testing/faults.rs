@@ -1,5 +1,5 @@
 //! [`FaultyStore`]: an `ObjectStore` wrapper that injects faults, **a test
-//! tool**. It is public (not `cfg(test)`) because integration tests, fuzz
+//! tool** (feature `testing`). It is public (not `cfg(test)`) because integration tests, fuzz
 //! targets and benches use it; production code has no reason to.
 //!
 //! Faults, checked in this order on every call:
@@ -25,56 +25,17 @@
 //! meets its fault) when first polled; a `delete_stream` is one call with
 //! an empty path.
 
+pub use crate::blobstore::resilience::Op;
+
+use crate::blobstore::resilience::decorated::{Call, Fut, MakeOnce, Stream, Upload};
+use crate::blobstore::resilience::{Decorated, Decorator};
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result, UploadPart,
-};
+use object_store::{MultipartUpload, ObjectStore, PutPayload, PutResult, Result, UploadPart};
 use std::fmt;
 use std::future::Future;
-use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The kind of a call, for counters, predicates and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Put,
-    PutMultipart,
-    PutPart,
-    CompleteMultipart,
-    AbortMultipart,
-    Get,
-    GetRanges,
-    Delete,
-    List,
-    ListWithDelimiter,
-    Copy,
-    Rename,
-}
-
-impl Op {
-    const ALL: [Op; 12] = [
-        Op::Put,
-        Op::PutMultipart,
-        Op::PutPart,
-        Op::CompleteMultipart,
-        Op::AbortMultipart,
-        Op::Get,
-        Op::GetRanges,
-        Op::Delete,
-        Op::List,
-        Op::ListWithDelimiter,
-        Op::Copy,
-        Op::Rename,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// The error inside an injected failure.
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +53,13 @@ type Predicate = Arc<dyn Fn(Op, &str) -> bool + Send + Sync>;
 type ErrorMaker = Arc<dyn Fn(Op, &str) -> object_store::Error + Send + Sync>;
 
 /// A store that fails, hangs or loses answers on command (see the module
-/// docs). Keep an `Arc<FaultyStore>` to steer it and hand a clone, as
+/// docs): the [`Faulty`] decorator over [`Decorated`]'s forwarding. Keep an
+/// `Arc<FaultyStore>` to steer it and hand a clone, as
 /// `Arc<dyn ObjectStore>`, to the code under test.
-pub struct FaultyStore {
-    inner: Arc<dyn ObjectStore>,
+pub type FaultyStore = Decorated<Faulty>;
+
+/// The faults, as the [`Decorator`] of a [`FaultyStore`].
+pub struct Faulty {
     shared: Arc<Shared>,
 }
 
@@ -126,17 +90,9 @@ enum Decision {
     LoseResponse,
 }
 
-impl fmt::Debug for FaultyStore {
+impl fmt::Debug for Faulty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultyStore")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for FaultyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Faulty({})", self.inner)
+        f.debug_struct("Faulty").finish_non_exhaustive()
     }
 }
 
@@ -219,18 +175,25 @@ impl Shared {
         }
     }
 
-    async fn run<T>(&self, op: Op, path: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    /// One call: `call` makes the inner call, only if the faults let it
+    /// through.
+    async fn run<T, Fut: Future<Output = Result<T>>>(
+        &self,
+        op: Op,
+        path: &str,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T> {
         match self.decide(op, path) {
-            Decision::Forward => fut.await,
+            Decision::Forward => call().await,
             Decision::Fail(fault) => Err(self.error(op, path, fault)),
             Decision::Hang(generation) => {
                 self.wait_release(generation).await;
-                fut.await
+                call().await
             }
             Decision::LoseResponse => {
                 // The call happens; its answer (if it was a success) is
                 // replaced by the injected error.
-                fut.await?;
+                call().await?;
                 Err(self.error(op, path, "response lost"))
             }
         }
@@ -274,13 +237,15 @@ impl Shared {
 impl FaultyStore {
     /// A store that forwards everything to `inner` until told otherwise.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore {
-            inner,
-            shared: Arc::new(Shared {
-                faults: Mutex::new(Faults::default()),
-                released: tokio::sync::Notify::new(),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            faults: Mutex::new(Faults::default()),
+            released: tokio::sync::Notify::new(),
+        });
+        Decorated::decorate(inner, Faulty { shared })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.decorator().shared
     }
 
     /// Over a fresh in-memory store.
@@ -288,30 +253,29 @@ impl FaultyStore {
         FaultyStore::new(Arc::new(object_store::memory::InMemory::new()))
     }
 
-    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner
-    }
-
     /// Down: every call fails until `set_down(false)`.
     pub fn set_down(&self, down: bool) {
-        self.shared.faults().down = down;
+        self.shared().faults().down = down;
     }
 
     /// The next `k` calls fail (added to any still pending).
     pub fn fail_next(&self, k: u64) {
-        self.shared.faults().fail_next += k;
+        self.shared().faults().fail_next += k;
     }
 
     /// After `n` more calls go through, every call fails until
     /// [`FaultyStore::heal`].
     pub fn fail_after(&self, n: u64) {
-        self.shared.faults().successes_left = Some(n);
+        self.shared().faults().successes_left = Some(n);
     }
 
     /// Calls for which `predicate(op, path)` holds fail until
     /// [`FaultyStore::heal`]. For lists the path is the prefix listed.
     pub fn fail_matching(&self, predicate: impl Fn(Op, &str) -> bool + Send + Sync + 'static) {
-        self.shared.faults().fail_matching.push(Arc::new(predicate));
+        self.shared()
+            .faults()
+            .fail_matching
+            .push(Arc::new(predicate));
     }
 
     /// Calls on paths that start with `prefix` fail until
@@ -324,7 +288,7 @@ impl FaultyStore {
     /// Calls for which `predicate(op, path)` holds hang until
     /// [`FaultyStore::release`].
     pub fn hang_matching(&self, predicate: impl Fn(Op, &str) -> bool + Send + Sync + 'static) {
-        self.shared.faults().hang = Some(Arc::new(predicate));
+        self.shared().faults().hang = Some(Arc::new(predicate));
     }
 
     /// Every call hangs until [`FaultyStore::release`].
@@ -335,22 +299,22 @@ impl FaultyStore {
     /// Lets every hung call go on to the inner store, and stops hanging.
     pub fn release(&self) {
         {
-            let mut f = self.shared.faults();
+            let mut f = self.shared().faults();
             f.hang = None;
             f.release_generation += 1;
         }
-        self.shared.released.notify_waiters();
+        self.shared().released.notify_waiters();
     }
 
     /// Calls hanging right now.
     pub fn hanging(&self) -> u64 {
-        self.shared.faults().hanging
+        self.shared().faults().hanging
     }
 
     /// The next `k` calls that go through reach the inner store, but the
     /// caller gets an injected error instead of the answer.
     pub fn lose_next_responses(&self, k: u64) {
-        self.shared.faults().lose_next += k;
+        self.shared().faults().lose_next += k;
     }
 
     /// Injected failures use `make(op, path)` instead of a `Generic` error
@@ -359,13 +323,13 @@ impl FaultyStore {
         &self,
         make: impl Fn(Op, &str) -> object_store::Error + Send + Sync + 'static,
     ) {
-        self.shared.faults().error = Some(Arc::new(make));
+        self.shared().faults().error = Some(Arc::new(make));
     }
 
     /// Clears every fault (and releases hung calls); counters stay.
     pub fn heal(&self) {
         {
-            let mut f = self.shared.faults();
+            let mut f = self.shared().faults();
             f.down = false;
             f.fail_next = 0;
             f.fail_matching.clear();
@@ -378,119 +342,45 @@ impl FaultyStore {
 
     /// Calls of kind `op` that reached this store, failed ones included.
     pub fn calls(&self, op: Op) -> u64 {
-        self.shared.faults().calls[op.index()]
+        self.shared().faults().calls[op.index()]
     }
 
     /// Calls of every kind that reached this store.
     pub fn total_calls(&self) -> u64 {
-        self.shared.faults().calls.iter().sum()
+        self.shared().faults().calls.iter().sum()
     }
 
     /// Calls that met an injected failure (lost responses included).
     pub fn injected_failures(&self) -> u64 {
-        self.shared.faults().injected
+        self.shared().faults().injected
     }
 
     /// Zeroes the call and failure counters.
     pub fn reset_counts(&self) {
-        let mut f = self.shared.faults();
+        let mut f = self.shared().faults();
         f.calls = [0; Op::ALL.len()];
         f.injected = 0;
     }
 }
 
-fn label(prefix: Option<&Path>) -> String {
-    prefix.map(|p| p.to_string()).unwrap_or_default()
-}
+impl Decorator for Faulty {
+    const NAME: &'static str = "Faulty";
 
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl ObjectStore for FaultyStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        let fut = self.inner.put_opts(location, payload, opts);
-        self.shared.run(Op::Put, location.as_ref(), fut).await
+    fn call<'a, T: Send + 'a>(&'a self, op: Op, path: &'a str, call: Call<'a, T>) -> Fut<'a, T> {
+        Box::pin(self.shared.run(op, path, call))
     }
 
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        let fut = self.inner.put_multipart_opts(location, opts);
-        let upload = self
-            .shared
-            .run(Op::PutMultipart, location.as_ref(), fut)
-            .await?;
-        Ok(Box::new(FaultyUpload {
+    fn stream_once<T: Send + 'static>(&self, op: Op, path: String, make: MakeOnce<T>) -> Stream<T> {
+        self.shared.stream(op, path, make)
+    }
+
+    fn upload(&self, path: &Path, upload: Upload) -> Upload {
+        let (shared, path) = (Arc::clone(&self.shared), path.to_string());
+        Box::new(FaultyUpload {
             upload,
-            shared: Arc::clone(&self.shared),
-            path: location.to_string(),
-        }))
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let fut = self.inner.get_opts(location, options);
-        self.shared.run(Op::Get, location.as_ref(), fut).await
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        let fut = self.inner.get_ranges(location, ranges);
-        self.shared.run(Op::GetRanges, location.as_ref(), fut).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        let inner = Arc::clone(&self.inner);
-        self.shared.stream(Op::Delete, String::new(), move || {
-            inner.delete_stream(locations)
+            shared,
+            path,
         })
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        self.shared
-            .stream(Op::List, label(prefix.as_ref()), move || {
-                inner.list(prefix.as_ref())
-            })
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = Arc::clone(&self.inner);
-        let prefix = prefix.cloned();
-        let offset = offset.clone();
-        self.shared
-            .stream(Op::List, label(prefix.as_ref()), move || {
-                inner.list_with_offset(prefix.as_ref(), &offset)
-            })
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let fut = self.inner.list_with_delimiter(prefix);
-        self.shared
-            .run(Op::ListWithDelimiter, &label(prefix), fut)
-            .await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        let fut = self.inner.copy_opts(from, to, options);
-        self.shared.run(Op::Copy, from.as_ref(), fut).await
-    }
-
-    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        let fut = self.inner.rename_opts(from, to, options);
-        self.shared.run(Op::Rename, from.as_ref(), fut).await
     }
 }
 
@@ -515,19 +405,19 @@ impl MultipartUpload for FaultyUpload {
         let part = self.upload.put_part(data);
         let shared = Arc::clone(&self.shared);
         let path = self.path.clone();
-        Box::pin(async move { shared.run(Op::PutPart, &path, part).await })
+        Box::pin(async move { shared.run(Op::PutPart, &path, || part).await })
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
         let shared = Arc::clone(&self.shared);
         let fut = self.upload.complete();
-        shared.run(Op::CompleteMultipart, &self.path, fut).await
+        shared.run(Op::CompleteMultipart, &self.path, || fut).await
     }
 
     async fn abort(&mut self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         let fut = self.upload.abort();
-        shared.run(Op::AbortMultipart, &self.path, fut).await
+        shared.run(Op::AbortMultipart, &self.path, || fut).await
     }
 }
 

@@ -204,21 +204,13 @@ async fn duplicate_keys_and_bad_key_fields_are_named() {
 }
 
 /// The reference `capnp` tool decodes a snapshot body given
-/// schema/burrow.capnp. Needs Debian's `capnproto` (installed by .ci/run);
-/// in CI it must run, elsewhere it is skipped with a message.
+/// schema/burrow.capnp. Needs Debian's `capnproto`: provided by
+/// `tools::require_capnp` (installed by .ci/run, or here when root), and
+/// a failure naming it when it cannot be had, never a skip.
 #[tokio::test]
 async fn reference_tool_decodes_a_snapshot() {
-    let have_tool = std::process::Command::new("capnp")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have_tool {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install capnproto for this test"
-        );
-        eprintln!("skipping: install Debian's capnproto to run this test");
-        return;
+    if let Err(missing) = crate::common::tools::require_capnp() {
+        panic!("{missing}");
     }
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");

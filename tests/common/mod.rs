@@ -1,6 +1,8 @@
 //! Shared helpers: the Movie workload and a model of what consumers should hold.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{Consumer, ConsumerBuilder};
 use burrow::producer::{Producer, ProducerBuilder};

@@ -14,9 +14,11 @@
 //! `BURROW_TEST_S3_AUTH_ENDPOINT` with `BURROW_TEST_S3_AUTH_KEY_ID` and
 //! `BURROW_TEST_S3_AUTH_SECRET`, as `eval "$(.ci/s3.sh start)"` exports) is
 //! used instead of starting one. Otherwise moto is found as
-//! `BURROW_TEST_MOTO`, `.ci/.venv/bin/moto_server` (made by `.ci/s3.sh venv`),
-//! or `moto_server` on `PATH`; when none exists, every S3 test fails with a
-//! message saying so and how to install it. No S3 test is ever skipped.
+//! `BURROW_TEST_MOTO` or `.ci/.venv/bin/moto_server`; when the venv is
+//! missing (a fresh clone) the tests create it with `.ci/s3.sh venv` (pip
+//! from PyPI), falling back to `moto_server` on `PATH`; when none can be
+//! had, every S3 test fails with a message saying so and how to install
+//! it. No S3 test is ever skipped.
 //!
 //! Invariants: a started server listens on 127.0.0.1 only, on a port the
 //! kernel picked (`-p 0`; the port is read from the server's own "Running
@@ -119,9 +121,16 @@ fn named(var: &str) -> Option<String> {
     }
 }
 
-/// moto's server executable: `BURROW_TEST_MOTO`, the repository's venv, or
-/// `PATH`.
+/// moto's server executable, found (or installed) once per test process,
+/// so that two servers starting at once never both create the venv.
 fn find_moto() -> Result<PathBuf, String> {
+    static MOTO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    MOTO.get_or_init(locate_moto).clone()
+}
+
+/// moto's server executable: `BURROW_TEST_MOTO`, the repository's venv
+/// (created if missing), or `PATH`.
+fn locate_moto() -> Result<PathBuf, String> {
     if let Ok(path) = std::env::var("BURROW_TEST_MOTO") {
         let path = PathBuf::from(path);
         return if path.is_file() {
@@ -133,10 +142,23 @@ fn find_moto() -> Result<PathBuf, String> {
             ))
         };
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/.venv/bin/moto_server");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join(".ci/.venv/bin/moto_server");
     if venv.is_file() {
         return Ok(venv);
     }
+    // A fresh clone: make the repository's venv (pip from PyPI), as
+    // `.ci/run` does, so that the README's test command runs the S3 tests
+    // with nothing installed by hand.
+    let made = std::process::Command::new("bash")
+        .arg(root.join(".ci/s3.sh"))
+        .arg("venv")
+        .output();
+    let venv_failure = match made {
+        Ok(out) if out.status.success() && venv.is_file() => return Ok(venv),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("moto_server"))
@@ -145,8 +167,8 @@ fn find_moto() -> Result<PathBuf, String> {
     on_path.ok_or_else(|| {
         format!(
             "the S3 tests need an S3 server and found none: BURROW_TEST_S3_ENDPOINT is not set, \
-             and moto's moto_server is neither at BURROW_TEST_MOTO, nor at {}, nor on PATH. \
-             Install it with: .ci/s3.sh venv",
+             moto's moto_server is neither at BURROW_TEST_MOTO nor on PATH, and creating {} \
+             with `.ci/s3.sh venv` failed ({venv_failure}). Install it with: .ci/s3.sh venv",
             venv.display()
         )
     })

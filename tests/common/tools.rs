@@ -1,0 +1,63 @@
+//! Outside tools some tests need, provided rather than skipped.
+//!
+//! No test passes by skipping: a test that needs a tool gets it here, and
+//! if it cannot be had, the test fails with a message naming what is
+//! missing and the command that installs it.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The reference Cap'n Proto tool (`capnp`) with its standard schemas in
+/// `/usr/include/capnp`, from Debian's `capnproto` and `libcapnp-dev`.
+/// When they are missing and this process is root on a Debian-like
+/// machine, they are installed with apt-get (once per test process), as
+/// `.ci/run` does; otherwise the error says how to install them.
+pub fn require_capnp() -> Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            if capnp_present() {
+                return Ok(());
+            }
+            let how = "install Debian's capnproto and libcapnp-dev \
+                       (apt-get install capnproto libcapnp-dev)";
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 || Command::new("apt-get").arg("--version").output().is_err() {
+                return Err(format!("the reference tool `capnp` is missing: {how}"));
+            }
+            let apt = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .output()
+                    .map_err(|e| e.to_string())
+                    .and_then(|out| {
+                        if out.status.success() {
+                            Ok(())
+                        } else {
+                            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                        }
+                    })
+            };
+            let install = ["install", "-y", "-qq", "capnproto", "libcapnp-dev"];
+            if apt(&install).is_err() {
+                apt(&["update", "-qq"])
+                    .and_then(|()| apt(&install))
+                    .map_err(|e| format!("the reference tool `capnp` is missing and apt-get could not install it ({e}): {how}"))?;
+            }
+            if capnp_present() {
+                Ok(())
+            } else {
+                Err(format!("apt-get ran but `capnp` is still missing: {how}"))
+            }
+        })
+        .clone()
+}
+
+fn capnp_present() -> bool {
+    Command::new("capnp")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && std::path::Path::new("/usr/include/capnp/schema.capnp").is_file()
+}

@@ -41,6 +41,7 @@ pub struct Problem {
     /// The blob (or announcement entry) the problem is in, e.g.
     /// `delta/00000000000000000001-00000000000000000002`.
     pub blob: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -67,6 +68,7 @@ pub struct VerifyReport {
     /// see [`crate::gc`]). Not problems: no name of burrow's points at them
     /// and nothing reads them; `gc::sweep_leftovers` deletes them.
     pub leftovers: Vec<Leftover>,
+    /// Everything found wrong; empty for a clean store.
     pub problems: Vec<Problem>,
 }
 

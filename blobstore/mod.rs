@@ -44,23 +44,37 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The object does not exist (on every backend alike).
     #[error("{name}: not found in the blob store")]
-    NotFound { name: String },
+    NotFound {
+        /// The object's name relative to the dataset prefix.
+        name: String,
+    },
+    /// A create-only put found the name taken.
     #[error("{name}: already exists in the blob store, and blobs are never overwritten")]
-    AlreadyExists { name: String },
+    AlreadyExists {
+        /// The object's name relative to the dataset prefix.
+        name: String,
+    },
     /// The backend failed; `source` says how.
     #[error("blob store {op} of {name} failed: {source}")]
     Backend {
+        /// The operation (`get`, `create`, `list`, ...).
         op: &'static str,
+        /// The object (or store) it was applied to.
         name: String,
+        /// The backend's own error.
         #[source]
         source: object_store::Error,
     },
     /// The bucket named by the store URL does not exist.
     #[error("{store}: bucket {bucket} does not exist (or these credentials cannot see it)")]
     BucketNotFound {
+        /// The store, as described in messages.
         store: String,
+        /// The bucket that was not found.
         bucket: String,
+        /// The backend's own error.
         #[source]
         source: Box<object_store::Error>,
     },
@@ -70,7 +84,9 @@ pub enum StoreError {
          (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and the bucket policy)"
     )]
     CredentialsRejected {
+        /// The store, as described in messages.
         store: String,
+        /// The backend's own error.
         #[source]
         source: Box<object_store::Error>,
     },
@@ -85,18 +101,26 @@ pub enum StoreError {
          role is tried, and that failed: {source}"
     )]
     NoCredentials {
+        /// The store, as described in messages.
         store: String,
+        /// The instance metadata service's error.
         #[source]
         source: Box<object_store::Error>,
     },
     /// A local store's path exists but is not a directory.
     #[error("store {}: is a file, not a directory (a local store is a directory)", path.display())]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path that was given as the store.
+        path: PathBuf,
+    },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`create store directory`, `rename`, ...).
         op: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -190,7 +214,9 @@ pub(crate) enum BlobBody {
 /// Metadata of one listed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
+    /// The blob's name.
     pub name: BlobName,
+    /// Its size in bytes.
     pub size: u64,
 }
 

@@ -28,6 +28,7 @@ pub enum Step {
 }
 
 impl Step {
+    /// The blob this step applies.
     pub fn blob(&self) -> BlobName {
         match *self {
             Step::Snapshot(v) => BlobName::Snapshot(v),
@@ -40,7 +41,9 @@ impl Step {
 /// A plan and its cost in bytes to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The blobs to apply, in order.
     pub steps: Vec<Step>,
+    /// Their total size, from the announcements (what the plan costs to fetch).
     pub bytes: u64,
 }
 

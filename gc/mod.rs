@@ -74,7 +74,9 @@ pub struct Leftover {
     /// Where it is, relative to the dataset (e.g.
     /// `snapshot/00000000000000000007#3` or `upload/<id>`).
     pub name: String,
+    /// Which kind of interrupted write left it.
     pub kind: LeftoverKind,
+    /// Its size in bytes.
     pub size: u64,
     /// Time since it was last written (zero if its clock is ahead of ours).
     pub age: Duration,

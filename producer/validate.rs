@@ -4,11 +4,17 @@
 /// What one cycle did to one type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeChange {
+    /// The type's display name.
     pub type_name: String,
+    /// Records at the last announced version.
     pub records_before: u32,
+    /// Records at the new version.
     pub records_after: u32,
+    /// Records whose keys are new.
     pub added: u32,
+    /// Records whose keys stayed and whose content changed.
     pub changed: u32,
+    /// Records whose keys are gone.
     pub removed: u32,
 }
 
@@ -23,6 +29,7 @@ pub struct TypeChange {
 pub trait Validator: Send + Sync {
     /// A short name for error messages.
     fn name(&self) -> &str;
+    /// Checks the changes that would make `version`; `Err` says why the cycle must stop.
     fn validate(&self, version: u64, changes: &[TypeChange]) -> Result<(), String>;
 }
 
@@ -31,6 +38,7 @@ pub trait Validator: Send + Sync {
 /// instance). A type's first cycle (no records before) is not checked.
 #[derive(Debug, Clone)]
 pub struct RecordCountChangeLimit {
+    /// The largest change allowed, as a fraction of the previous count (0.5: half).
     pub max_fraction: f64,
 }
 
@@ -71,6 +79,7 @@ impl<F> FnValidator<F>
 where
     F: Fn(u64, &[TypeChange]) -> Result<(), String> + Send + Sync,
 {
+    /// A validator named `name` that runs `check`.
     pub fn new(name: impl Into<String>, check: F) -> Self {
         FnValidator {
             name: name.into(),

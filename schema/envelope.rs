@@ -66,6 +66,7 @@ impl BlobKind {
 /// The decoded envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope {
+    /// What the blob holds.
     pub kind: BlobKind,
     /// For a snapshot, 0; for a delta, its start; for a reverse delta, the
     /// newer version it undoes; for an announcement, 0.
@@ -224,12 +225,15 @@ impl Envelope {
 pub struct BodyHasher(Xxh3);
 
 impl BodyHasher {
+    /// A hasher that has seen nothing.
     pub fn new() -> Self {
         BodyHasher(Xxh3::new())
     }
+    /// Hashes the next bytes of the body.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes)
     }
+    /// The xxh3-128 of everything seen, as the envelope stores it.
     pub fn finish(&self) -> u128 {
         self.0.digest128()
     }

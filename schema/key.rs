@@ -20,10 +20,23 @@ use capnp::schema::{Field, StructSchema};
 /// How one key field is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// A `Bool` field: one byte, 0 or 1.
     Bool,
-    Signed { min: i64, max: i64 },
-    Unsigned { max: u64 },
+    /// A signed integer field, with its type's range.
+    Signed {
+        /// The smallest value of the field's type.
+        min: i64,
+        /// The largest value of the field's type.
+        max: i64,
+    },
+    /// An unsigned integer field, with its type's largest value.
+    Unsigned {
+        /// The largest value of the field's type.
+        max: u64,
+    },
+    /// A `Text` field: its UTF-8 bytes.
     Text,
+    /// A `Data` field: its bytes.
     Data,
 }
 
@@ -355,9 +368,13 @@ impl ResolvedKey {
 /// One value of a query key.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyPart<'a> {
+    /// Any integer (checked against the field's range).
     Int(i128),
+    /// A bool.
     Bool(bool),
+    /// A text.
     Text(&'a str),
+    /// Bytes.
     Data(&'a [u8]),
 }
 
@@ -411,6 +428,7 @@ impl QueryEncoder<'_, '_> {
 /// A value that can be looked up as a primary key: integers, bools, strings,
 /// byte slices, and tuples of them for compound keys.
 pub trait Key {
+    /// Pushes this key's parts, in key-field order, into `encoder`.
     fn encode(&self, encoder: &mut QueryEncoder<'_, '_>) -> Result<(), KeyError>;
 }
 
@@ -485,10 +503,12 @@ impl Default for KeyBuf {
 }
 
 impl KeyBuf {
+    /// An empty buffer.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Empties the buffer, keeping its allocation.
     pub fn clear(&mut self) {
         self.len = 0;
         self.spill.clear();
@@ -512,6 +532,7 @@ impl KeyBuf {
         self.push(bytes);
     }
 
+    /// The encoded key.
     pub fn as_bytes(&self) -> &[u8] {
         if self.spill.is_empty() {
             &self.inline[..self.len]

@@ -41,10 +41,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FaultError {
+    /// A failure the faulty store was told to inject.
     #[error("injected fault ({fault}) on {op:?} of {path:?}")]
     Injected {
+        /// Which fault (`fail`, `hang`, `lose answer`, ...).
         fault: &'static str,
+        /// The call it hit.
         op: Op,
+        /// The object the call was for.
         path: String,
     },
 }

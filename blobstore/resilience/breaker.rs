@@ -69,6 +69,7 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// Lower-case name, as shown in health reports and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -279,6 +280,7 @@ impl Core {
 }
 
 impl CircuitBreakerStore {
+    /// A breaker in front of `inner`, closed, timing its cool-down on `clock`.
     pub fn new(inner: Arc<dyn ObjectStore>, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
         let core = Arc::new(Core {
@@ -311,6 +313,7 @@ impl CircuitBreakerStore {
         self.decorator().core.transitions.load(Ordering::Relaxed)
     }
 
+    /// The configuration it runs with.
     pub fn config(&self) -> &BreakerConfig {
         &self.decorator().core.config
     }

@@ -39,6 +39,7 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
 ///   seeded with a fixed value yields the same sequence of values every run.
 /// - Never fails, never blocks.
 pub trait Rng: fmt::Debug + Send + Sync + 'static {
+    /// The next value of the sequence.
     fn next_u64(&self) -> u64;
 }
 

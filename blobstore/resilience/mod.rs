@@ -56,8 +56,11 @@ pub enum ResilienceError {
     /// One call took longer than the per-call timeout and was abandoned.
     #[error("{op} of {path:?} timed out after {after:?}")]
     Timeout {
+        /// The object store call.
         op: &'static str,
+        /// The object it was applied to.
         path: String,
+        /// The per-call timeout that ran out.
         after: Duration,
     },
     /// Every attempt the retry policy allows failed with a transient error;
@@ -66,10 +69,15 @@ pub enum ResilienceError {
         "{op} of {path:?} failed after {attempts} attempt(s) over {elapsed:?}; last error: {last}"
     )]
     RetriesExhausted {
+        /// The object store call.
         op: &'static str,
+        /// The object it was applied to.
         path: String,
+        /// How many attempts were made.
         attempts: u32,
+        /// Time from the first attempt to giving up.
         elapsed: Duration,
+        /// The last attempt's error.
         #[source]
         last: object_store::Error,
     },
@@ -80,7 +88,12 @@ pub enum ResilienceError {
         "circuit breaker is open for {store}: the store is failing, so calls fail fast without \
          reaching it ({detail})"
     )]
-    CircuitOpen { store: String, detail: String },
+    CircuitOpen {
+        /// The store behind the breaker.
+        store: String,
+        /// The breaker's state and when it will let a trial call through.
+        detail: String,
+    },
 }
 
 impl ResilienceError {
@@ -147,9 +160,13 @@ impl StoreError {
 /// the clock and randomness both use.
 #[derive(Debug, Clone)]
 pub struct Resilience {
+    /// How failed calls are retried.
     pub retry: RetryPolicy,
+    /// When the breaker opens and how long it stays open.
     pub breaker: BreakerConfig,
+    /// The clock both use (injected, so tests run on a manual one).
     pub clock: Arc<dyn Clock>,
+    /// The randomness behind the retries' jitter.
     pub rng: Arc<dyn Rng>,
 }
 
@@ -169,11 +186,13 @@ impl Resilience {
         Resilience::new(Arc::new(SystemClock), Arc::new(SeededRng::from_entropy()))
     }
 
+    /// The same stack with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
+    /// The same stack with another breaker configuration.
     pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
         self.breaker = breaker;
         self
@@ -202,7 +221,9 @@ impl Resilience {
 /// The stacked store and its breaker (to read its state).
 #[derive(Debug, Clone)]
 pub struct ResilientStack {
+    /// `Retry(CircuitBreaker(inner))`: what callers use.
     pub store: Arc<dyn ObjectStore>,
+    /// The breaker inside it, to read its state.
     pub breaker: Arc<CircuitBreakerStore>,
 }
 

@@ -113,6 +113,7 @@ struct Attempts {
 }
 
 impl RetryStore {
+    /// Retries `inner`'s calls by `policy`, sleeping on `clock` with jitter from `rng`.
     pub fn new(
         inner: Arc<dyn ObjectStore>,
         policy: RetryPolicy,

@@ -101,13 +101,7 @@ pub async fn find_leftovers(store: &BlobStore) -> Result<Vec<Leftover>, StoreErr
     let now = SystemTime::now();
     let mut found = temporary_uploads(store, now).await?;
     if let Some(dir) = store.local_dir() {
-        let partial = tokio::task::spawn_blocking(move || partial_writes(&dir, now))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "list partial writes",
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })??;
+        let partial = blocking("list partial writes", move || partial_writes(&dir, now)).await?;
         found.extend(partial);
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
@@ -134,13 +128,7 @@ pub async fn sweep_leftovers(
                     continue;
                 };
                 let path = dir.join(&leftover.name);
-                tokio::task::spawn_blocking(move || remove_file(&path))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        op: "delete partial write",
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(e),
-                    })??;
+                blocking("delete partial write", move || remove_file(&path)).await?;
             }
         }
         tracing::info!(leftover = %leftover, "deleted a leftover of an interrupted write");
@@ -177,6 +165,20 @@ async fn temporary_uploads(
             })
         })
         .collect())
+}
+
+/// Runs file system work off the async workers.
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io {
+            op,
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// Whether `file_name` is an object_store local staging file:

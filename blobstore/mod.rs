@@ -75,6 +75,15 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// Another owner (a process, or another cache in this one) holds the
+    /// cache directory's lock.
+    #[error(
+        "cache directory {} is in use by another consumer (it holds {}); \
+         give each process a cache directory of its own",
+        dir.display(),
+        dir.join(cache::LOCK_FILE).display()
+    )]
+    CacheInUse { dir: PathBuf },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -92,7 +101,8 @@ impl StoreError {
             StoreError::NotFound { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::BucketNotFound { .. }
-            | StoreError::CredentialsRejected { .. } => false,
+            | StoreError::CredentialsRejected { .. }
+            | StoreError::CacheInUse { .. } => false,
             StoreError::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }

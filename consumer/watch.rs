@@ -84,6 +84,10 @@ pub enum WatchEvent {
     },
     /// The first successful poll after failures.
     Recovered,
+    /// A cache file was found corrupt when this process re-verified it: it
+    /// was evicted, and the state is rebuilt from blobs refetched from the
+    /// store. The cache's fault, not the store's.
+    CacheCorrupt(super::CacheFault),
 }
 
 /// A consumer's view of its own freshness.
@@ -101,6 +105,13 @@ pub struct Health {
     pub last_error: Option<String>,
     /// The circuit breaker's state, when the consumer was given one.
     pub breaker: Option<BreakerState>,
+    /// Whether every blob of the served state has been verified by this
+    /// process (see [`Consumer::state_verified`]).
+    pub verified: bool,
+    /// Cache files found corrupt (each evicted and refetched).
+    pub cache_faults: u64,
+    /// The last of them.
+    pub last_cache_fault: Option<String>,
 }
 
 impl Health {
@@ -152,11 +163,18 @@ impl Consumer {
         let sender = events.clone();
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
-            loop {
+            let mut checks = consumer.rechecks.subscribe();
+            let mut faults_seen = 0;
+            'watch: loop {
                 if *stopped.borrow() {
                     break;
                 }
-                let delay = match consumer.refresh().await {
+                let outcome = consumer.refresh().await;
+                for fault in consumer.rechecks.faults().into_iter().skip(faults_seen) {
+                    faults_seen += 1;
+                    let _ = sender.send(WatchEvent::CacheCorrupt(fault));
+                }
+                let delay = match outcome {
                     Ok(report) => {
                         if failures > 0 {
                             let _ = sender.send(WatchEvent::Recovered);
@@ -187,9 +205,23 @@ impl Consumer {
                         retry_in
                     }
                 };
-                tokio::select! {
-                    _ = config.clock.sleep(delay) => {}
-                    _ = stopped.changed() => break,
+                let sleep = config.clock.sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = stopped.changed() => break 'watch,
+                        // A background check found a corrupt cache file:
+                        // rebuild now rather than at the next poll.
+                        changed = checks.changed() => {
+                            if changed.is_ok()
+                                && (consumer.rechecks.rebuild_pending()
+                                    || consumer.rechecks.fault_count() > faults_seen)
+                            {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         });

@@ -18,7 +18,6 @@ use crate::schema::envelope::{frame, BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::record::TypeInfo;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Cap'n Proto's bound on list elements (exclusive).
@@ -441,38 +440,23 @@ impl std::fmt::Debug for OpenBlob {
 }
 
 impl OpenBlob {
-    /// Maps a cache file. The envelope and the file's length are always
-    /// checked; the body checksum only when `verify` is set (cache files
-    /// were verified when they entered the cache; see
-    /// [`crate::blobstore::cache`]).
-    pub fn map(path: &Path, name: &str, verify: bool) -> Result<Self, crate::Error> {
-        let file =
-            std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
-                op: "open cached blob",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        // SAFETY: cache files are created by rename after they are whole and
-        // verified, and are never written again (the cache's contract), so
-        // the mapped bytes do not change while mapped. Deleting the file
-        // leaves the mapping valid.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
-            crate::blobstore::StoreError::Io {
-                op: "map cached blob",
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+    /// Takes a read-only map of a cache file (the cache opens and maps it:
+    /// see [`crate::blobstore::cache::map_file`]; this layer does no I/O).
+    /// The envelope and the length are checked; the body checksum only by
+    /// [`OpenBlob::verify`].
+    pub fn from_mmap(map: memmap2::Mmap, name: &str) -> Result<Self, FormatError> {
         let envelope = Envelope::decode(&map, name)?;
         envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
-        if verify {
-            envelope.verify_body(&map[ENVELOPE_LEN..], name)?;
-        }
         Ok(OpenBlob {
             name: name.to_string(),
             envelope,
             data: BlobBytes::Mapped(map),
         })
+    }
+
+    /// Checks the body against the envelope's checksum (reads every byte).
+    pub fn verify(&self) -> Result<(), FormatError> {
+        self.envelope.verify_body(self.body(), &self.name)
     }
 
     /// Takes a whole blob from memory, verifying envelope and checksum.

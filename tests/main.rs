@@ -6,6 +6,7 @@ mod bench_smoke;
 mod cli;
 mod common;
 mod conformance;
+mod consumer_cache;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod e2e;

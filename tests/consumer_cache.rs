@@ -1,0 +1,117 @@
+//! The consumer's cache as the store's local copy: files that rot on disk
+//! after they were verified, blobs that fail and come back, and one owner
+//! per cache directory.
+
+use crate::common::*;
+use burrow::blobstore::{BlobName, BlobStore};
+use burrow::consumer::ConsumerBuilder;
+
+/// Flips one byte of `needle`'s first occurrence in `path`.
+fn flip_byte_of(path: &std::path::Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{} holds no {:?}", path.display(), needle));
+    bytes[at] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Invariant: a consumer does not keep serving a state built from a cache
+/// file that no longer matches its checksum: a new process re-verifies each
+/// cache file it maps, evicts the bad one, refetches it and swaps in a
+/// rebuilt state, and reports the fault as the cache's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_cached_blob_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let cache = dir.path().join("cache");
+    let producer = producer(&store, "p1");
+    let model: Model = (0..50).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    {
+        let first = consumer(&store, &cache);
+        first.refresh().await.unwrap();
+        assert_eq!(snapshot_of(&first), model);
+        assert!(first.state_verified(), "fetched blobs are verified");
+    }
+    let file = cache.join(BlobName::Snapshot(v1).cache_file_name());
+    flip_byte_of(&file, b"Title number 17");
+
+    let second = consumer(&store, &cache);
+    second.refresh().await.unwrap();
+    assert_eq!(second.version(), Some(v1));
+    assert!(
+        second.wait_verified().await.unwrap(),
+        "the state ends verified"
+    );
+    assert_eq!(
+        snapshot_of(&second),
+        model,
+        "the rebuilt state serves the right data"
+    );
+    let faults = second.cache_faults();
+    assert_eq!(faults.len(), 1, "one cache fault: {faults:?}");
+    assert_eq!(faults[0].path, file);
+    assert_eq!(faults[0].blob, BlobName::Snapshot(v1).to_string());
+    let health = second.health();
+    assert!(health.verified);
+    assert_eq!(health.cache_faults, 1);
+    assert_eq!(health.consecutive_failures, 0, "not the store's fault");
+    // The refetched file is whole again.
+    burrow::blobstore::cache::map_file(&file, "snapshot", true).expect("refetched file verifies");
+    // Not avoided as a bad blob: a third process loads the same snapshot.
+    drop(second);
+    let third = consumer(&store, &cache);
+    third.refresh().await.unwrap();
+    assert!(third.wait_verified().await.unwrap());
+    assert!(third.cache_faults().is_empty());
+    assert_eq!(snapshot_of(&third), model);
+}
+
+/// Invariant: a consumer built with the default options on a cache it
+/// fetched into itself reports its state verified at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_fetched_by_this_process_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&producer, &model).await.unwrap();
+    let c = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .build()
+        .unwrap();
+    assert!(!c.state_verified(), "no state, nothing verified");
+    c.refresh().await.unwrap();
+    assert!(c.state_verified());
+    assert!(c.wait_verified().await.unwrap());
+}
+
+/// Invariant: the bench's open timings are ordered (verified comes after
+/// the first lookup) and the lookup sees the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_timings_order_first_lookup_before_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&producer, &model).await.unwrap();
+    drop(consumer(&store, &dir.path().join("cache")));
+    let warm = consumer(&store, &dir.path().join("cache"));
+    warm.refresh().await.unwrap();
+    drop(warm);
+    let mut seen = 0;
+    let (c, t) = burrow::consumer::Consumer::open_timed(
+        ConsumerBuilder::new(store.clone()).cache_dir(dir.path().join("cache")),
+        |state| {
+            seen = state_model(state).len();
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen, model.len());
+    assert!(t.to_first_lookup <= t.to_verified);
+    assert!(c.state_verified());
+}

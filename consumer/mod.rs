@@ -7,8 +7,10 @@
 //! into the cache (verified as it arrives), maps it, builds the next
 //! [`ReadState`] beside the current one and swaps it in atomically. A
 //! refresh that fails at any step leaves the current state serving and
-//! returns the error; a blob that failed verification is evicted from the
-//! cache and remembered, so the next plan avoids it.
+//! returns the error; a blob that failed verification (or is missing) is
+//! evicted from the cache and avoided by planning for a back-off that grows
+//! with its failures in a row (1 s doubling to 5 min, on the consumer's
+//! clock), then tried again.
 //!
 //! Cache files this process did not fetch itself are re-verified in the
 //! background the first time they are mapped (see [`recheck`]): the state
@@ -35,7 +37,7 @@ use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::OpenBlob;
 use arc_swap::ArcSwapOption;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,7 +161,7 @@ impl ConsumerBuilder {
             current: ArcSwapOption::empty(),
             inner: tokio::sync::Mutex::new(Inner {
                 watcher: Watcher::new(log.clone()),
-                failed: HashSet::new(),
+                failed: HashMap::new(),
                 last_outcome: None,
             }),
             completed: AtomicU64::new(0),
@@ -176,9 +178,33 @@ impl ConsumerBuilder {
     }
 }
 
+/// The first back-off of a blob that failed; it doubles with each failure
+/// in a row, up to [`FAILED_BLOB_MAX_BACKOFF`].
+pub const FAILED_BLOB_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a failed blob is avoided before it is tried again.
+pub const FAILED_BLOB_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A blob that failed: avoided by planning until `retry_at`.
+#[derive(Debug, Clone, Copy)]
+struct FailedBlob {
+    failures: u32,
+    retry_at: Instant,
+}
+
+impl FailedBlob {
+    fn backoff(failures: u32) -> Duration {
+        FAILED_BLOB_FIRST_BACKOFF
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(FAILED_BLOB_MAX_BACKOFF)
+    }
+}
+
 struct Inner {
     watcher: Watcher,
-    failed: HashSet<BlobName>,
+    /// Blobs that failed (corrupt, incompatible, missing), each avoided
+    /// for a back-off that grows with its failures in a row; a blob that
+    /// later succeeds leaves the map.
+    failed: HashMap<BlobName, FailedBlob>,
     /// The outcome of the last refresh, shared with callers that waited
     /// for it (single flight).
     last_outcome: Option<Result<Option<RefreshReport>, String>>,
@@ -459,12 +485,19 @@ impl Consumer {
         let deep = current
             .as_ref()
             .is_some_and(|s| s.delta_depth() >= self.max_delta_depth);
+        let now = self.clock.now();
+        let avoid: HashSet<BlobName> = inner
+            .failed
+            .iter()
+            .filter(|(_, f)| now < f.retry_at)
+            .map(|(name, _)| *name)
+            .collect();
         let plan = plan::plan(
             &self.log,
             newest,
             &target,
             current.as_ref().map(|s| s.version()),
-            &inner.failed,
+            &avoid,
             deep,
         )
         .await?
@@ -526,13 +559,22 @@ impl Consumer {
                     if fetched {
                         fetched_bytes += len;
                     }
+                    inner.failed.remove(&name);
                     blobs.push(name);
                     state = Some(Arc::new(next));
                 }
                 Err(e) => {
                     if is_bad_blob(&e) {
-                        tracing::warn!(blob = %name, error = %e, "blob is bad; evicting it and planning around it");
-                        inner.failed.insert(name);
+                        let failures = inner.failed.get(&name).map_or(0, |f| f.failures) + 1;
+                        let backoff = FailedBlob::backoff(failures);
+                        tracing::warn!(blob = %name, error = %e, failures, ?backoff, "blob is bad; evicting it and planning around it for a while");
+                        inner.failed.insert(
+                            name,
+                            FailedBlob {
+                                failures,
+                                retry_at: self.clock.now() + backoff,
+                            },
+                        );
                         let _ = self.cache.evict(&name);
                     }
                     return Err(fail(e));
@@ -603,8 +645,10 @@ impl Consumer {
     }
 }
 
-/// Whether an error means the blob itself is bad (so plans should avoid
-/// it), as opposed to the store being unreachable.
+/// Whether an error means the blob itself is bad or missing (so plans
+/// avoid it for a back-off), as opposed to the store being unreachable.
+/// Missing is not bad for good: a blob being copied back, or a listing
+/// that lags, is found on a later try.
 fn is_bad_blob(e: &Error) -> bool {
     matches!(
         e,

@@ -115,3 +115,74 @@ async fn open_timings_order_first_lookup_before_verified() {
     assert!(t.to_first_lookup <= t.to_verified);
     assert!(c.state_verified());
 }
+
+/// Invariant: a blob that failed (here: missing from the store) is avoided
+/// only for a bounded back-off, measured on the consumer's clock; once it
+/// is back and the back-off has passed, the consumer uses it again without
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_blob_is_retried_after_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let clock = burrow::blobstore::resilience::ManualClock::new();
+    let c = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .clock(std::sync::Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    let blob = dir
+        .path()
+        .join("store")
+        .join(BlobName::Snapshot(v1).to_string());
+    let aside = dir.path().join("aside");
+    std::fs::rename(&blob, &aside).unwrap();
+    let err = c.refresh().await.unwrap_err().to_string();
+    assert!(err.contains("not found"), "{err}");
+    // Within the back-off the blob is avoided: no path.
+    std::fs::rename(&aside, &blob).unwrap();
+    let err = c.refresh().await.unwrap_err().to_string();
+    assert!(err.contains("no usable path"), "{err}");
+    // After it, the blob is tried again and works.
+    clock.advance(burrow::consumer::FAILED_BLOB_FIRST_BACKOFF);
+    c.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&c), model);
+}
+
+/// Invariant: the back-off of a blob that keeps failing grows, and is
+/// bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_blob_backoff_grows_and_is_bounded() {
+    use burrow::consumer::{FAILED_BLOB_FIRST_BACKOFF, FAILED_BLOB_MAX_BACKOFF};
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let model: Model = (0..3).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let clock = burrow::blobstore::resilience::ManualClock::new();
+    let c = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .clock(std::sync::Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    let blob = dir
+        .path()
+        .join("store")
+        .join(BlobName::Snapshot(v1).to_string());
+    std::fs::remove_file(&blob).unwrap();
+    let mut backoff = FAILED_BLOB_FIRST_BACKOFF;
+    for _ in 0..12 {
+        // A try: the blob is missing again.
+        let err = c.refresh().await.unwrap_err().to_string();
+        assert!(err.contains("not found"), "{err}");
+        // Avoided until its back-off has passed, and no longer.
+        clock.advance(backoff - std::time::Duration::from_millis(1));
+        let err = c.refresh().await.unwrap_err().to_string();
+        assert!(err.contains("no usable path"), "{err}");
+        clock.advance(std::time::Duration::from_millis(1));
+        backoff = (backoff * 2).min(FAILED_BLOB_MAX_BACKOFF);
+    }
+    assert_eq!(backoff, FAILED_BLOB_MAX_BACKOFF);
+}

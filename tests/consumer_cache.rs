@@ -186,3 +186,52 @@ async fn failed_blob_backoff_grows_and_is_bounded() {
     }
     assert_eq!(backoff, FAILED_BLOB_MAX_BACKOFF);
 }
+
+/// Invariant: one owner per cache directory: a second consumer on a cache
+/// in use is refused with an error naming the directory; once the first
+/// is gone, the directory can be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_consumer_on_same_cache_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let cache = dir.path().join("cache");
+    let first = consumer(&store, &cache);
+    let err = ConsumerBuilder::new(store.clone())
+        .cache_dir(&cache)
+        .build()
+        .err()
+        .expect("a second owner is refused")
+        .to_string();
+    assert!(err.contains("in use"), "{err}");
+    assert!(
+        err.contains(&cache.display().to_string()),
+        "names the directory: {err}"
+    );
+    drop(first);
+    consumer(&store, &cache);
+}
+
+/// Invariant: opening a cache never deletes another owner's temp files (a
+/// fetch in progress): only the owner of the lock cleans them up.
+#[test]
+fn startup_does_not_delete_other_process_temp_files() {
+    use burrow::blobstore::BlobCache;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let owner = BlobCache::open(&cache).unwrap();
+    let in_flight = cache.join(format!(
+        "{}.tmp-0123456789abcdef",
+        BlobName::Snapshot(1).cache_file_name()
+    ));
+    std::fs::write(&in_flight, b"half a blob").unwrap();
+    let err = BlobCache::open(&cache).expect_err("the directory is owned");
+    assert!(err.to_string().contains("in use"), "{err}");
+    assert!(in_flight.exists(), "another owner's temp file was deleted");
+    drop(owner);
+    // The next owner cleans up what the last one left.
+    BlobCache::open(&cache).unwrap();
+    assert!(
+        !in_flight.exists(),
+        "a leftover temp file survived start-up"
+    );
+}

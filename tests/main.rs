@@ -4,6 +4,8 @@
 mod bench_smoke;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_cache_lock;
 mod common;
 mod conformance;
 mod consumer_cache;

@@ -63,6 +63,10 @@ pub enum ConsumerError {
     /// The target version was never announced.
     #[error("version {version} was never announced")]
     NotAnnounced { version: u64 },
+    /// A background poll of the announcement log did not answer within its
+    /// bound (one poll interval): the store is slow or unreachable.
+    #[error("the announcement log did not answer within {after:?} (one poll interval); the store may be unreachable")]
+    PollTimedOut { after: Duration },
     /// This caller joined a refresh already in flight, which failed.
     #[error("the refresh this call joined failed: {message}")]
     JoinedRefreshFailed { message: String },
@@ -325,7 +329,7 @@ impl Consumer {
             self.rechecks.settled(&self.blobs_in_use()).await;
             if self.rechecks.rebuild_pending() {
                 if let Some(v) = self.version() {
-                    self.single_flight(Some(v)).await?;
+                    self.single_flight(Some(v), None).await?;
                     continue;
                 }
             }
@@ -348,15 +352,29 @@ impl Consumer {
     /// Single flight: a call made while another refresh runs waits for it
     /// and shares its outcome instead of starting a second one.
     pub async fn refresh(&self) -> Result<Option<RefreshReport>, Error> {
-        self.single_flight(None).await
+        self.single_flight(None, None).await
+    }
+
+    /// [`Consumer::refresh`] with the poll of the log bounded by `limit`
+    /// on `clock` (the background watcher's bound: one poll interval).
+    pub(crate) async fn refresh_polling_within(
+        &self,
+        limit: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Option<RefreshReport>, Error> {
+        self.single_flight(None, Some((limit, clock))).await
     }
 
     /// Moves to a specific announced version.
     pub async fn refresh_to(&self, version: u64) -> Result<Option<RefreshReport>, Error> {
-        self.single_flight(Some(version)).await
+        self.single_flight(Some(version), None).await
     }
 
-    async fn single_flight(&self, version: Option<u64>) -> Result<Option<RefreshReport>, Error> {
+    async fn single_flight(
+        &self,
+        version: Option<u64>,
+        poll_limit: Option<(Duration, &dyn Clock)>,
+    ) -> Result<Option<RefreshReport>, Error> {
         let ticket = self.completed.load(Ordering::SeqCst);
         let mut inner = self.inner.lock().await;
         if version.is_none() && self.completed.load(Ordering::SeqCst) != ticket {
@@ -369,7 +387,19 @@ impl Consumer {
         let span =
             tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
         let outcome = async {
-            inner.watcher.poll().await?;
+            match poll_limit {
+                // Cancelling a poll is safe: the watcher records what it
+                // found only when the poll completes.
+                Some((limit, clock)) => tokio::select! {
+                    polled = inner.watcher.poll() => { polled?; }
+                    _ = clock.sleep(limit) => {
+                        return Err(ConsumerError::PollTimedOut { after: limit }.into());
+                    }
+                },
+                None => {
+                    inner.watcher.poll().await?;
+                }
+            }
             let newest = inner
                 .watcher
                 .newest()

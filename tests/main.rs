@@ -9,6 +9,7 @@ mod cli_cache_lock;
 mod common;
 mod conformance;
 mod consumer_cache;
+mod consumer_outage;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod e2e;

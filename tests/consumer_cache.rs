@@ -235,3 +235,35 @@ fn startup_does_not_delete_other_process_temp_files() {
         "a leftover temp file survived start-up"
     );
 }
+
+/// Invariant: a cache file whose envelope or length no longer checks out
+/// when it is mapped is the cache's fault: it is evicted and refetched in
+/// the same refresh, reported as a cache fault, and the store's blob is not
+/// avoided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_cache_file_is_refetched_not_avoided() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let cache = dir.path().join("cache");
+    let producer = producer(&store, "p1");
+    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    consumer(&store, &cache).refresh().await.unwrap();
+    let file = cache.join(BlobName::Snapshot(v1).cache_file_name());
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 8)
+        .unwrap();
+    let c = consumer(&store, &cache);
+    let report = c.refresh().await.unwrap().expect("loaded");
+    assert!(report.fetched_bytes > 0, "the snapshot was fetched again");
+    assert_eq!(snapshot_of(&c), model);
+    assert!(c.state_verified());
+    let faults = c.cache_faults();
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!(faults[0].path, file);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+}

@@ -653,7 +653,7 @@ impl Consumer {
             self.rechecks.mark_verified(*name);
         } else {
             self.rechecks
-                .start(*name, Arc::clone(&blob), self.cache.clone());
+                .start(*name, Arc::clone(&blob), self.cache.path(name));
         }
         Ok((blob, fetched))
     }

@@ -11,7 +11,7 @@
 //! and flags the consumer for a rebuild, which refetches it from the store
 //! and swaps a fresh state in.
 
-use crate::blobstore::{BlobCache, BlobName};
+use crate::blobstore::BlobName;
 use crate::schema::blob::OpenBlob;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -89,8 +89,9 @@ impl Rechecks {
 
     /// Starts re-verifying a mapped cache file in the background, unless
     /// this process already verified (or is verifying) it. Must be called
-    /// inside a tokio runtime.
-    pub(crate) fn start(&self, name: BlobName, blob: Arc<OpenBlob>, cache: BlobCache) {
+    /// inside a tokio runtime. The task holds the file's path, not the
+    /// cache, so it never keeps the cache directory's lock alive.
+    pub(crate) fn start(&self, name: BlobName, blob: Arc<OpenBlob>, path: PathBuf) {
         {
             let mut status = lock(&self.shared.status);
             match status.get(&name) {
@@ -111,9 +112,12 @@ impl Rechecks {
                 Err(e) => {
                     status.insert(name, Status::Corrupt);
                     drop(status);
-                    let path = cache.path(&name);
-                    if let Err(err) = cache.evict(&name) {
-                        tracing::warn!(%err, "cannot evict a corrupt cache file");
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(err) => {
+                            tracing::warn!(%err, path = %path.display(), "cannot evict a corrupt cache file")
+                        }
                     }
                     let fault = CacheFault {
                         blob: name.to_string(),

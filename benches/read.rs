@@ -5,7 +5,7 @@
 mod common;
 
 use burrow::blobstore::BlobName;
-use burrow::schema::blob::{record_at, OpenBlob};
+use burrow::schema::blob::record_at;
 use burrow::schema::examples::movies_capnp::movie;
 use common::{hashmap_of, publish, runtime, Movie, Rng, N};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -74,7 +74,9 @@ fn delta_apply(c: &mut Criterion) {
     let state = p.consumer.state().expect("state at v1");
     let name = BlobName::Delta(p.v1, p.v2);
     let path = p.consumer.cache().path(&name);
-    let blob = Arc::new(OpenBlob::map(&path, &name.to_string(), false).expect("delta maps"));
+    let blob = Arc::new(
+        burrow::blobstore::cache::map_file(&path, &name.to_string(), false).expect("delta maps"),
+    );
     let (_, sections) = blob.delta().expect("delta reads");
     let changed = sections[0].ordinals.get().len() as u64;
     let map = hashmap_of(&p.consumer);

@@ -1,29 +1,102 @@
-//! A consumer's local cache of verified blobs.
+//! A consumer's local cache of verified blobs, and the one place that opens
+//! and maps them ([`BlobCache::map`], [`map_file`]; the format layer does
+//! no I/O, it is handed the mapped bytes).
 //!
 //! A blob enters the cache only one way: streamed from the store into
 //! `<dir>/<name>.tmp-<random>` while its checksum is computed, fsynced,
 //! checked against its envelope, renamed to `<dir>/<name>`, and the
-//! directory fsynced. So a file with a final name is whole and was verified
-//! when it arrived; it is never rewritten, so a mapping of it never changes
-//! under a reader. Leftover temp files (a process killed mid-fetch) are
-//! removed when the cache opens.
+//! directory fsynced (file writes, fsyncs and renames run on tokio's
+//! blocking pool, never on a worker thread). So a file with a final name
+//! was whole and verified when it arrived; it is never rewritten, so a
+//! mapping of it never changes under a reader. A disk can still change it
+//! afterwards: the consumer re-verifies each file the first time a process
+//! maps it (see [`crate::consumer`]) and evicts one that fails.
+//!
+//! One process owns a cache directory at a time: [`BlobCache::open`] takes
+//! an exclusive lock on `<dir>/.lock` (`flock`, on Unix) held for the
+//! cache's life, and a second owner gets [`StoreError::CacheInUse`]. Only
+//! the owner removes leftover temp files (a process killed mid-fetch), so
+//! start-up never deletes another process's fetch in progress.
 
 use super::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
+use crate::schema::blob::OpenBlob;
 use crate::schema::envelope::{BodyHasher, Envelope, ENVELOPE_LEN};
 use futures::StreamExt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const TMP_MARK: &str = ".tmp-";
 
-/// A directory of verified blobs.
+/// The lock file that marks a cache directory's owner.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A directory of verified blobs, owned by this process while any clone of
+/// it lives.
 #[derive(Debug, Clone)]
 pub struct BlobCache {
     dir: PathBuf,
     max_blob_bytes: u64,
+    /// The open lock file; the lock is released when the last clone drops.
+    _lock: Arc<File>,
+}
+
+/// Opens and maps a cache file (or any file holding one whole blob). The
+/// envelope and the length are checked; the body checksum only when
+/// `verify` is set (it reads every byte).
+pub fn map_file(path: &Path, name: &str, verify: bool) -> Result<OpenBlob, Error> {
+    let file = File::open(path).map_err(io("open cached blob", path))?;
+    // SAFETY: cache files are created by rename after they are whole and
+    // verified, and are never written again (the cache's contract), so the
+    // mapped bytes do not change while mapped. Deleting the file leaves the
+    // mapping valid.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("map cached blob", path))?;
+    let blob = OpenBlob::from_mmap(map, name)?;
+    if verify {
+        blob.verify()?;
+    }
+    Ok(blob)
+}
+
+/// Takes the exclusive lock of a cache directory, or reports who holds it.
+#[cfg(unix)]
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open cache lock file", &path))?;
+    // SAFETY: flock on a descriptor `file` owns and keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(StoreError::CacheInUse {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(io("lock cache directory", &path)(err));
+    }
+    Ok(file)
+}
+
+/// Without `flock`, the lock file is only opened: nothing stops a second
+/// owner (documented in the module).
+#[cfg(not(unix))]
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open cache lock file", &path))
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -32,11 +105,13 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
 }
 
 impl BlobCache {
-    /// Opens (creating if needed) a cache directory and removes temp files
-    /// left by an interrupted fetch.
+    /// Opens (creating if needed) a cache directory, takes its lock
+    /// ([`StoreError::CacheInUse`] if another owner holds it), and then
+    /// removes temp files left by an interrupted fetch.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create cache directory", &dir))?;
+        let lock = lock_dir(&dir)?;
         for entry in std::fs::read_dir(&dir).map_err(io("read cache directory", &dir))? {
             let entry = entry.map_err(io("read cache directory", &dir))?;
             if entry.file_name().to_string_lossy().contains(TMP_MARK) {
@@ -48,6 +123,7 @@ impl BlobCache {
         Ok(BlobCache {
             dir,
             max_blob_bytes: u64::MAX,
+            _lock: Arc::new(lock),
         })
     }
 
@@ -71,12 +147,28 @@ impl BlobCache {
         self.path(name).is_file()
     }
 
+    /// Opens and maps the cached copy of `name` without reading its body
+    /// (see [`map_file`]).
+    pub fn map(&self, name: &BlobName) -> Result<OpenBlob, Error> {
+        map_file(&self.path(name), &name.to_string(), false)
+    }
+
     /// Returns the cached path of `name`, fetching and verifying it first if
     /// it is not cached yet.
     pub async fn fetch(&self, store: &BlobStore, name: &BlobName) -> Result<PathBuf, Error> {
+        Ok(self.fetch_reporting(store, name).await?.0)
+    }
+
+    /// Like [`BlobCache::fetch`], and says whether the blob came from the
+    /// store now (`true`: verified as it arrived) or was already cached.
+    pub async fn fetch_reporting(
+        &self,
+        store: &BlobStore,
+        name: &BlobName,
+    ) -> Result<(PathBuf, bool), Error> {
         let dest = self.path(name);
         if dest.is_file() {
-            return Ok(dest);
+            return Ok((dest, false));
         }
         let label = name.to_string();
         let (size, body) = store.open_read(name).await?;
@@ -94,20 +186,59 @@ impl BlobCache {
             name.cache_file_name(),
             unique_suffix()
         ));
+        let joined = |e: tokio::task::JoinError| -> Error {
+            StoreError::Io {
+                op: "write blob into the cache",
+                path: tmp.clone(),
+                source: std::io::Error::other(e),
+            }
+            .into()
+        };
         let result = async {
-            let mut incoming = Incoming::new(&tmp, label.clone(), size)?;
-            match body {
+            let incoming = {
+                let (tmp, label) = (tmp.clone(), label.clone());
+                tokio::task::spawn_blocking(move || Incoming::new(&tmp, label, size))
+                    .await
+                    .map_err(joined)??
+            };
+            let incoming = match body {
                 BlobBody::Stream(mut stream) => {
+                    // Chunks go to a writer on the blocking pool, so no
+                    // write runs on a tokio worker.
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+                    let writer = tokio::task::spawn_blocking(move || {
+                        let mut incoming = incoming;
+                        while let Some(chunk) = rx.blocking_recv() {
+                            incoming.push(&chunk)?;
+                        }
+                        Ok::<_, Error>(incoming)
+                    });
+                    let mut read_error = None;
                     while let Some(chunk) = stream.next().await {
-                        let chunk =
-                            chunk.map_err(|e| StoreError::from_backend("read", &label, e))?;
-                        incoming.push(&chunk)?;
+                        match chunk {
+                            Ok(chunk) => {
+                                if tx.send(chunk).await.is_err() {
+                                    break; // the writer stopped on an error
+                                }
+                            }
+                            Err(e) => {
+                                read_error = Some(StoreError::from_backend("read", &label, e));
+                                break;
+                            }
+                        }
                     }
+                    drop(tx);
+                    let written = writer.await.map_err(joined)?;
+                    if let Some(e) = read_error {
+                        return Err(e.into());
+                    }
+                    written?
                 }
                 BlobBody::File(mut file) => {
                     // A local store's file: copy it with large reads on the
                     // blocking pool.
-                    incoming = tokio::task::spawn_blocking(move || {
+                    tokio::task::spawn_blocking(move || {
+                        let mut incoming = incoming;
                         let mut buf = vec![0u8; 1 << 20];
                         loop {
                             let n = std::io::Read::read(&mut file, &mut buf)
@@ -119,26 +250,27 @@ impl BlobCache {
                         }
                     })
                     .await
-                    .map_err(|e| StoreError::Io {
-                        op: "copy blob from the local store",
-                        path: tmp.clone(),
-                        source: std::io::Error::other(e),
-                    })??;
+                    .map_err(joined)??
                 }
-            }
-            incoming.finish()?;
-            crate::failpoint::hit("fetch-before-rename");
-            std::fs::rename(&tmp, &dest).map_err(io("rename into cache", &dest))?;
-            crate::failpoint::hit("fetch-after-rename");
-            sync_dir(&self.dir)?;
-            Ok::<_, Error>(())
+            };
+            let (tmp, dest, dir) = (tmp.clone(), dest.clone(), self.dir.clone());
+            tokio::task::spawn_blocking(move || {
+                incoming.finish()?;
+                crate::failpoint::hit("fetch-before-rename");
+                std::fs::rename(&tmp, &dest).map_err(io("rename into cache", &dest))?;
+                crate::failpoint::hit("fetch-after-rename");
+                sync_dir(&dir)?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .map_err(joined)?
         }
         .await;
         if let Err(err) = result {
             let _ = std::fs::remove_file(&tmp);
             return Err(err);
         }
-        Ok(dest)
+        Ok((dest, true))
     }
 
     /// Removes a cached blob (one found corrupt, or no longer needed).

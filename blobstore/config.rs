@@ -144,6 +144,19 @@ impl Default for RetryOptions {
     }
 }
 
+impl RetryOptions {
+    /// No retries in object_store: for a store that burrow's own retry
+    /// decorator wraps ([`BlobStore::resilient`]), so that only one layer
+    /// retries and a failing call is reported within the decorator's
+    /// bounds (object_store's attempts would multiply them).
+    pub fn none() -> Self {
+        RetryOptions {
+            max_retries: 0,
+            ..RetryOptions::default()
+        }
+    }
+}
+
 /// How large blobs go up (see [`super::BlobWriter`]).
 ///
 /// A writer holds at most `part_size * (max_concurrent_parts + 1)` bytes of

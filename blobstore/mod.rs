@@ -113,6 +113,15 @@ pub enum StoreError {
         /// The path that was given as the store.
         path: PathBuf,
     },
+    /// Another owner (a process, or another cache in this one) holds the
+    /// cache directory's lock.
+    #[error(
+        "cache directory {} is in use by another consumer (it holds {}); \
+         give each process a cache directory of its own",
+        dir.display(),
+        dir.join(cache::LOCK_FILE).display()
+    )]
+    CacheInUse { dir: PathBuf },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -136,6 +145,7 @@ impl StoreError {
             | StoreError::CredentialsRejected { .. }
             | StoreError::NoCredentials { .. }
             | StoreError::NotADirectory { .. } => false,
+            StoreError::CacheInUse { .. } => false,
             StoreError::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }

@@ -253,6 +253,8 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
 
     // Consumer open and decode-everything open, each a new process.
     let snapshot_file = consumer.cache().path(&BlobName::Snapshot(head));
+    // The children open this cache: one owner at a time (the state stays).
+    drop(consumer);
     let mut open = Vec::new();
     let mut open_rss = Vec::new();
     let mut open_anon = Vec::new();

@@ -37,6 +37,32 @@ impl StoreLocation {
             .with_context(|| format!("cannot open store {}", self.url))
     }
 
+    /// Opens a store that must already exist with object_store's own
+    /// retries off, for a caller that wraps it in burrow's retry decorator
+    /// (`burrow follow`): only one layer retries.
+    pub async fn open_existing_for_resilience(&self) -> Result<BlobStore> {
+        self.check_exists()?;
+        let options = StoreOptions {
+            retry: burrow::blobstore::RetryOptions::none(),
+            ..StoreOptions::default()
+        };
+        BlobStore::connect(&self.url, &options)
+            .await
+            .with_context(|| format!("cannot open store {}", self.url))
+    }
+
+    fn check_exists(&self) -> Result<()> {
+        if let Some(dir) = self.local_dir() {
+            if !dir.is_dir() {
+                bail!(
+                    "store {} does not exist (run `burrow demo` to make one, or pass --store)",
+                    dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a store that must already exist (for commands that only read).
     pub async fn open_existing(&self) -> Result<BlobStore> {
         if let Some(dir) = self.local_dir() {

@@ -99,6 +99,19 @@ fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::R
                 ))
             }
         }
+        WatchEvent::CacheCorrupt(fault) => {
+            if out.json {
+                out.json(&json!({
+                    "event": "cache_corrupt",
+                    "blob": fault.blob,
+                    "path": fault.path.display().to_string(),
+                    "reason": fault.reason,
+                    "serving": health.version,
+                }))
+            } else {
+                out.line(&format!("cache fault: {fault}"))
+            }
+        }
         WatchEvent::Recovered => {
             if out.json {
                 out.json(&json!({ "event": "recovered", "serving": health.version }))
@@ -124,6 +137,8 @@ fn print_health(out: &mut Out, h: &Health) -> std::io::Result<()> {
             "seconds_since_success": h.since_last_success.map(|d| d.as_secs_f64()),
             "consecutive_failures": h.consecutive_failures,
             "breaker": breaker,
+            "verified": h.verified,
+            "cache_faults": h.cache_faults,
         }))
     } else {
         out.line(&format!(

@@ -55,7 +55,8 @@ fn run(global: &Global, task: Task) -> Result<()> {
             }
             Task::Bench(args) => bench::run(*args).await,
             Task::Follow(cfg) => {
-                follow::run(&cfg, global.store.open_existing().await?, &mut out).await
+                let store = global.store.open_existing_for_resilience().await?;
+                follow::run(&cfg, store, &mut out).await
             }
             Task::Verify => verify::run(global.store.open_existing().await?, &mut out).await,
             Task::Pin(version) => {

@@ -7,24 +7,37 @@
 //! into the cache (verified as it arrives), maps it, builds the next
 //! [`ReadState`] beside the current one and swaps it in atomically. A
 //! refresh that fails at any step leaves the current state serving and
-//! returns the error; a blob that failed verification is evicted from the
-//! cache and remembered, so the next plan avoids it.
+//! returns the error; a blob that failed verification (or is missing) is
+//! evicted from the cache and avoided by planning for a back-off that grows
+//! with its failures in a row (1 s doubling to 5 min, on the consumer's
+//! clock), then tried again.
+//!
+//! Cache files this process did not fetch itself are re-verified in the
+//! background the first time they are mapped (see [`recheck`]): the state
+//! serves at once, [`Consumer::state_verified`] says whether all its blobs
+//! are verified yet, [`Consumer::wait_verified`] waits for it, and a file
+//! that fails is evicted, refetched and the state rebuilt and swapped in;
+//! the failure is a [`CacheFault`] (the cache's fault, not the store's).
+//! Blocking work (state building, delta apply, cache writes) runs on
+//! tokio's blocking pool.
 
 pub mod plan;
+mod recheck;
 mod state;
 mod watch;
 
-pub use plan::{chain_to, Plan, Step};
+pub use plan::{Plan, Step};
+pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog, Watcher};
 use crate::blobstore::resilience::{CircuitBreakerStore, Clock, SystemClock};
 use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
-use crate::error::{Error, FormatError};
+use crate::error::Error;
 use crate::schema::blob::OpenBlob;
 use arc_swap::ArcSwapOption;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +63,10 @@ pub enum ConsumerError {
     /// The target version was never announced.
     #[error("version {version} was never announced")]
     NotAnnounced { version: u64 },
+    /// A background poll of the announcement log did not answer within its
+    /// bound (one poll interval): the store is slow or unreachable.
+    #[error("the announcement log did not answer within {after:?} (one poll interval); the store may be unreachable")]
+    PollTimedOut { after: Duration },
     /// This caller joined a refresh already in flight, which failed.
     #[error("the refresh this call joined failed: {message}")]
     JoinedRefreshFailed { message: String },
@@ -108,8 +125,9 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Re-checks each cached blob's body checksum when it is mapped
-    /// (default off: blobs are verified when they enter the cache).
+    /// Re-checks each cached blob's body checksum when it is mapped, before
+    /// the refresh uses it (default off: such blobs are re-verified in the
+    /// background instead, so the open stays instant).
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.verify_on_open = verify;
         self
@@ -147,11 +165,13 @@ impl ConsumerBuilder {
             current: ArcSwapOption::empty(),
             inner: tokio::sync::Mutex::new(Inner {
                 watcher: Watcher::new(log.clone()),
-                failed: HashSet::new(),
+                failed: HashMap::new(),
                 last_outcome: None,
             }),
             completed: AtomicU64::new(0),
             health: Mutex::new(HealthState::default()),
+            rechecks: recheck::Rechecks::new(),
+            current_blobs: Mutex::new(Vec::new()),
             clock: self.clock,
             breaker: self.breaker,
             log,
@@ -162,9 +182,33 @@ impl ConsumerBuilder {
     }
 }
 
+/// The first back-off of a blob that failed; it doubles with each failure
+/// in a row, up to [`FAILED_BLOB_MAX_BACKOFF`].
+pub const FAILED_BLOB_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a failed blob is avoided before it is tried again.
+pub const FAILED_BLOB_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A blob that failed: avoided by planning until `retry_at`.
+#[derive(Debug, Clone, Copy)]
+struct FailedBlob {
+    failures: u32,
+    retry_at: Instant,
+}
+
+impl FailedBlob {
+    fn backoff(failures: u32) -> Duration {
+        FAILED_BLOB_FIRST_BACKOFF
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(FAILED_BLOB_MAX_BACKOFF)
+    }
+}
+
 struct Inner {
     watcher: Watcher,
-    failed: HashSet<BlobName>,
+    /// Blobs that failed (corrupt, incompatible, missing), each avoided
+    /// for a back-off that grows with its failures in a row; a blob that
+    /// later succeeds leaves the map.
+    failed: HashMap<BlobName, FailedBlob>,
     /// The outcome of the last refresh, shared with callers that waited
     /// for it (single flight).
     last_outcome: Option<Result<Option<RefreshReport>, String>>,
@@ -194,6 +238,10 @@ pub struct Consumer {
     health: Mutex<HealthState>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<CircuitBreakerStore>>,
+    rechecks: recheck::Rechecks,
+    /// The blobs the current state was built from (its snapshot and every
+    /// delta applied since).
+    current_blobs: Mutex<Vec<BlobName>>,
 }
 
 /// What a refresh did.
@@ -207,7 +255,44 @@ pub struct RefreshReport {
     pub duration: Duration,
 }
 
+/// How long a consumer took from being built to its first lookup, and to
+/// a verified state (see [`Consumer::open_timed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTimings {
+    /// Build, first refresh (map the cached blobs, build the state) and the
+    /// first lookup.
+    pub to_first_lookup: Duration,
+    /// Until every blob of the state was re-verified (or the state rebuilt
+    /// from refetched blobs).
+    pub to_verified: Duration,
+}
+
 impl Consumer {
+    /// Builds a consumer, refreshes it, runs `lookup` on its first state,
+    /// and waits for the state to be verified, timing both: the figures
+    /// `burrow bench` reports as "open to first lookup" and "open to
+    /// verified".
+    pub async fn open_timed(
+        builder: ConsumerBuilder,
+        lookup: impl FnOnce(&ReadState) -> Result<(), Error>,
+    ) -> Result<(Consumer, OpenTimings), Error> {
+        let started = Instant::now();
+        let consumer = builder.build()?;
+        consumer.refresh().await?;
+        let state = consumer.state()?;
+        lookup(&state)?;
+        let to_first_lookup = started.elapsed();
+        consumer.wait_verified().await?;
+        let to_verified = started.elapsed();
+        Ok((
+            consumer,
+            OpenTimings {
+                to_first_lookup,
+                to_verified,
+            },
+        ))
+    }
+
     /// The current state, if one is loaded. Cheap; never waits.
     pub fn current(&self) -> Option<Arc<ReadState>> {
         self.current.load_full()
@@ -227,21 +312,69 @@ impl Consumer {
         &self.cache
     }
 
+    /// Whether every blob of the current state has been verified by this
+    /// process (fetched by it, or re-verified since it was mapped). `false`
+    /// with no state.
+    pub fn state_verified(&self) -> bool {
+        self.current().is_some() && self.rechecks.all_verified(&self.blobs_in_use())
+    }
+
+    /// Waits until the current state is verified: the background checks of
+    /// its blobs have ended and, if one found a corrupt cache file, the
+    /// state has been rebuilt from refetched blobs and swapped in. Returns
+    /// whether the state is verified (`false` with no state). Fails if a
+    /// rebuild fails (the store cannot be reached).
+    pub async fn wait_verified(&self) -> Result<bool, Error> {
+        loop {
+            self.rechecks.settled(&self.blobs_in_use()).await;
+            if self.rechecks.rebuild_pending() {
+                if let Some(v) = self.version() {
+                    self.single_flight(Some(v), None).await?;
+                    continue;
+                }
+            }
+            return Ok(self.state_verified());
+        }
+    }
+
+    /// The cache files found corrupt so far (each evicted and refetched).
+    pub fn cache_faults(&self) -> Vec<CacheFault> {
+        self.rechecks.faults()
+    }
+
+    fn blobs_in_use(&self) -> Vec<BlobName> {
+        self.current_blobs.lock().expect("blobs lock").clone()
+    }
+
     /// Moves to the version the log says consumers should be at (the pin,
     /// if there is one). Returns `None` if already there.
     ///
     /// Single flight: a call made while another refresh runs waits for it
     /// and shares its outcome instead of starting a second one.
     pub async fn refresh(&self) -> Result<Option<RefreshReport>, Error> {
-        self.single_flight(None).await
+        self.single_flight(None, None).await
+    }
+
+    /// [`Consumer::refresh`] with the poll of the log bounded by `limit`
+    /// on `clock` (the background watcher's bound: one poll interval).
+    pub(crate) async fn refresh_polling_within(
+        &self,
+        limit: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Option<RefreshReport>, Error> {
+        self.single_flight(None, Some((limit, clock))).await
     }
 
     /// Moves to a specific announced version.
     pub async fn refresh_to(&self, version: u64) -> Result<Option<RefreshReport>, Error> {
-        self.single_flight(Some(version)).await
+        self.single_flight(Some(version), None).await
     }
 
-    async fn single_flight(&self, version: Option<u64>) -> Result<Option<RefreshReport>, Error> {
+    async fn single_flight(
+        &self,
+        version: Option<u64>,
+        poll_limit: Option<(Duration, &dyn Clock)>,
+    ) -> Result<Option<RefreshReport>, Error> {
         let ticket = self.completed.load(Ordering::SeqCst);
         let mut inner = self.inner.lock().await;
         if version.is_none() && self.completed.load(Ordering::SeqCst) != ticket {
@@ -254,7 +387,19 @@ impl Consumer {
         let span =
             tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
         let outcome = async {
-            inner.watcher.poll().await?;
+            match poll_limit {
+                // Cancelling a poll is safe: the watcher records what it
+                // found only when the poll completes.
+                Some((limit, clock)) => tokio::select! {
+                    polled = inner.watcher.poll() => { polled?; }
+                    _ = clock.sleep(limit) => {
+                        return Err(ConsumerError::PollTimedOut { after: limit }.into());
+                    }
+                },
+                None => {
+                    inner.watcher.poll().await?;
+                }
+            }
             let newest = inner
                 .watcher
                 .newest()
@@ -313,7 +458,11 @@ impl Consumer {
         if let Some(since) = since {
             metrics::gauge!("burrow_consumer_seconds_since_refresh").set(since.as_secs_f64());
         }
+        let faults = self.rechecks.faults();
         Health {
+            verified: self.state_verified(),
+            cache_faults: faults.len() as u64,
+            last_cache_fault: faults.last().map(|f| f.to_string()),
             version: self.version(),
             newest_target: h.newest_target,
             since_last_success: since,
@@ -330,9 +479,29 @@ impl Consumer {
         target_version: u64,
     ) -> Result<Option<RefreshReport>, Error> {
         let started = Instant::now();
-        let current = self.current();
-        let from = current.as_ref().map(|s| s.version());
-        if from == Some(target_version) {
+        let rebuild = self.rechecks.take_rebuild();
+        let outcome = self
+            .refresh_steps(inner, newest, target_version, started, rebuild)
+            .await;
+        if rebuild && outcome.is_err() {
+            self.rechecks.set_rebuild();
+        }
+        outcome
+    }
+
+    async fn refresh_steps(
+        &self,
+        inner: &mut Inner,
+        newest: &Announcement,
+        target_version: u64,
+        started: Instant,
+        rebuild: bool,
+    ) -> Result<Option<RefreshReport>, Error> {
+        let from = self.version();
+        // A rebuild (a blob of the current state was found corrupt in the
+        // cache) plans as if nothing were loaded.
+        let current = if rebuild { None } else { self.current() };
+        if current.is_some() && from == Some(target_version) {
             return Ok(None);
         }
         let target = self
@@ -346,12 +515,30 @@ impl Consumer {
         let deep = current
             .as_ref()
             .is_some_and(|s| s.delta_depth() >= self.max_delta_depth);
-        let plan = plan::plan(&self.log, newest, &target, from, &inner.failed, deep)
-            .await?
-            .ok_or(ConsumerError::NoPath {
-                target: target_version,
-            })?;
-        let mut state: Option<ReadState> = None;
+        let now = self.clock.now();
+        let avoid: HashSet<BlobName> = inner
+            .failed
+            .iter()
+            .filter(|(_, f)| now < f.retry_at)
+            .map(|(name, _)| *name)
+            .collect();
+        let plan = plan::plan(
+            &self.log,
+            newest,
+            &target,
+            current.as_ref().map(|s| s.version()),
+            &avoid,
+            deep,
+        )
+        .await?
+        .ok_or(ConsumerError::NoPath {
+            target: target_version,
+        })?;
+        let mut blobs = match plan.steps.first() {
+            Some(Step::Delta(..) | Step::Reverse(..)) => self.blobs_in_use(),
+            _ => Vec::new(),
+        };
+        let mut state: Option<Arc<ReadState>> = None;
         let mut fetched_bytes = 0;
         for step in &plan.steps {
             let name = step.blob();
@@ -363,44 +550,61 @@ impl Consumer {
                 }
                 .into()
             };
-            let was_cached = self.cache.contains(&name);
-            let step_span = tracing::info_span!("refresh_step", blob = %name, cached = was_cached);
+            let step_span = tracing::info_span!("refresh_step", blob = %name);
             let step_started = Instant::now();
             let result = async {
-                let path = self.cache.fetch(&self.store, &name).await?;
-                let blob = Arc::new(OpenBlob::map(
-                    &path,
-                    &name.to_string(),
-                    self.verify_on_open,
-                )?);
+                let (blob, fetched) = self.open_blob(&name).await?;
                 let len = blob.len();
-                let next = match *step {
-                    Step::Snapshot(v) => ReadState::from_snapshot(blob, v)?
-                        .with_record_traversal_words(self.record_traversal_words),
-                    Step::Delta(a, b) | Step::Reverse(a, b) => {
-                        let base = match &state {
-                            Some(s) => s,
-                            None => current.as_deref().ok_or(ConsumerError::NoState)?,
-                        };
-                        base.apply(blob, a, b)?
-                    }
+                let base = match *step {
+                    Step::Snapshot(_) => None,
+                    Step::Delta(..) | Step::Reverse(..) => Some(match &state {
+                        Some(s) => Arc::clone(s),
+                        None => current.clone().ok_or(ConsumerError::NoState)?,
+                    }),
                 };
-                Ok::<_, Error>((next, len))
+                let step = *step;
+                let words = self.record_traversal_words;
+                let next = tokio::task::spawn_blocking(move || match (step, base) {
+                    (Step::Snapshot(v), _) => Ok::<_, Error>(
+                        ReadState::from_snapshot(blob, v)?.with_record_traversal_words(words),
+                    ),
+                    (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => base.apply(blob, a, b),
+                    (_, None) => Err(ConsumerError::NoState.into()),
+                })
+                .await
+                .map_err(|e| {
+                    Error::from(StoreError::Io {
+                        op: "build the next state",
+                        path: self.cache.path(&name),
+                        source: std::io::Error::other(e),
+                    })
+                })??;
+                Ok::<_, Error>((next, len, fetched))
             }
             .instrument(step_span)
             .await;
             tracing::debug!(blob = %name, elapsed = ?step_started.elapsed(), ok = result.is_ok(), "refresh step");
             match result {
-                Ok((next, len)) => {
-                    if !was_cached {
+                Ok((next, len, fetched)) => {
+                    if fetched {
                         fetched_bytes += len;
                     }
-                    state = Some(next);
+                    inner.failed.remove(&name);
+                    blobs.push(name);
+                    state = Some(Arc::new(next));
                 }
                 Err(e) => {
-                    if is_bad_blob(&e) {
-                        tracing::warn!(blob = %name, error = %e, "blob is bad; evicting it and planning around it");
-                        inner.failed.insert(name);
+                    if plan::is_bad_blob(&e) {
+                        let failures = inner.failed.get(&name).map_or(0, |f| f.failures) + 1;
+                        let backoff = FailedBlob::backoff(failures);
+                        tracing::warn!(blob = %name, error = %e, failures, ?backoff, "blob is bad; evicting it and planning around it for a while");
+                        inner.failed.insert(
+                            name,
+                            FailedBlob {
+                                failures,
+                                retry_at: self.clock.now() + backoff,
+                            },
+                        );
                         let _ = self.cache.evict(&name);
                     }
                     return Err(fail(e));
@@ -411,7 +615,8 @@ impl Consumer {
             return Ok(None);
         };
         let to = state.version();
-        self.current.store(Some(Arc::new(state)));
+        *self.current_blobs.lock().expect("blobs lock") = blobs;
+        self.current.store(Some(state));
         tracing::info!(?from, to, steps = plan.steps.len(), "refreshed");
         Ok(Some(RefreshReport {
             from,
@@ -421,14 +626,51 @@ impl Consumer {
             duration: started.elapsed(),
         }))
     }
-}
 
-/// Whether an error means the blob itself is bad (so plans should avoid
-/// it), as opposed to the store being unreachable.
-fn is_bad_blob(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Format(FormatError::Corrupt { .. } | FormatError::Incompatible { .. })
-            | Error::Store(StoreError::NotFound { .. })
-    )
+    /// Fetches (if needed) and maps one blob. Returns it and whether it was
+    /// fetched from the store now. A cached file that fails its checks here
+    /// is the cache's fault: it is evicted, reported, and fetched again. A
+    /// cached file that passes is re-verified in the background (or here,
+    /// with `verify_on_open`), once per process.
+    async fn open_blob(&self, name: &BlobName) -> Result<(Arc<OpenBlob>, bool), Error> {
+        let (_, fetched) = self.cache.fetch_reporting(&self.store, name).await?;
+        let opened = self.map_blob(name, !fetched && self.verify_on_open).await;
+        let (blob, fetched) = match opened {
+            Ok(blob) => (blob, fetched),
+            Err(Error::Format(e)) if !fetched => {
+                let _ = self.cache.evict(name);
+                self.rechecks.record_fault(CacheFault {
+                    blob: name.to_string(),
+                    path: self.cache.path(name),
+                    reason: e.to_string(),
+                });
+                let (_, fetched) = self.cache.fetch_reporting(&self.store, name).await?;
+                (self.map_blob(name, false).await?, fetched)
+            }
+            Err(e) => return Err(e),
+        };
+        if fetched || self.verify_on_open {
+            self.rechecks.mark_verified(*name);
+        } else {
+            self.rechecks
+                .start(*name, Arc::clone(&blob), self.cache.path(name));
+        }
+        Ok((blob, fetched))
+    }
+
+    async fn map_blob(&self, name: &BlobName, verify: bool) -> Result<Arc<OpenBlob>, Error> {
+        let path = self.cache.path(name);
+        let label = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::blobstore::cache::map_file(&path, &label, verify).map(Arc::new)
+        })
+        .await
+        .map_err(|e| {
+            Error::from(StoreError::Io {
+                op: "map cached blob",
+                path: self.cache.path(name),
+                source: std::io::Error::other(e),
+            })
+        })?
+    }
 }

@@ -7,14 +7,11 @@
 //! orphan of a failed cycle) is never used. The chain itself is read by
 //! [`chain_to`], which belongs to the announcement log.
 
-use crate::announcer::{AnnounceError, Announcement, AnnouncementLog};
-use crate::blobstore::BlobName;
+use crate::announcer::{chain_to, AnnounceError, Announcement, AnnouncementLog};
+use crate::blobstore::{BlobName, StoreError};
+use crate::error::{Error, FormatError};
 use std::collections::HashSet;
 
-/// The chain query lives with the log it reads ([`crate::announcer`]);
-/// re-exported here for `consumer::chain_to`, which the producer's restore
-/// still names.
-pub use crate::announcer::chain_to;
 
 /// One blob to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +145,19 @@ pub async fn plan(
         chain = older;
     }
     Ok(best)
+}
+
+/// Whether an error means the blob itself is bad or missing (so plans
+/// avoid it for a back-off), as opposed to the store being unreachable.
+/// Missing is not bad for good: a blob being copied back, or a listing
+/// that lags, is found on a later try. The producer's restore plans
+/// around blobs by the same rule.
+pub(crate) fn is_bad_blob(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Format(FormatError::Corrupt { .. } | FormatError::Incompatible { .. })
+            | Error::Store(StoreError::NotFound { .. })
+    )
 }
 
 #[cfg(test)]

@@ -2,9 +2,13 @@
 //!
 //! [`Consumer::watch`] spawns a tokio task that refreshes on an interval
 //! (with jitter, so many consumers do not poll in step). A poll that finds
-//! nothing new is one small GET (see [`crate::announcer::Watcher`]). While
-//! polls or refreshes fail, the delay grows exponentially up to a bound,
-//! and the consumer keeps serving its last good state throughout. Time and
+//! nothing new is one small GET (see [`crate::announcer::Watcher`]); a poll
+//! is bounded by one interval, so an unreachable store is reported within
+//! one interval. While polls or refreshes fail (an open breaker included),
+//! the delay grows exponentially up to a bound, the consumer is not
+//! "current" ([`Health::is_current`]), and it keeps serving its last good
+//! state throughout. Each tick refreshes the staleness gauge. A cache file
+//! found corrupt by a background check triggers a rebuild at once. Time and
 //! randomness come from the injected [`Clock`] and [`Rng`], so tests drive
 //! the watcher with a manual clock and never sleep.
 //!
@@ -84,6 +88,10 @@ pub enum WatchEvent {
     },
     /// The first successful poll after failures.
     Recovered,
+    /// A cache file was found corrupt when this process re-verified it: it
+    /// was evicted, and the state is rebuilt from blobs refetched from the
+    /// store. The cache's fault, not the store's.
+    CacheCorrupt(super::CacheFault),
 }
 
 /// A consumer's view of its own freshness.
@@ -101,12 +109,24 @@ pub struct Health {
     pub last_error: Option<String>,
     /// The circuit breaker's state, when the consumer was given one.
     pub breaker: Option<BreakerState>,
+    /// Whether every blob of the served state has been verified by this
+    /// process (see [`Consumer::state_verified`]).
+    pub verified: bool,
+    /// Cache files found corrupt (each evicted and refetched).
+    pub cache_faults: u64,
+    /// The last of them.
+    pub last_cache_fault: Option<String>,
 }
 
 impl Health {
-    /// Whether the consumer serves the version the log asks for.
+    /// Whether the consumer serves the version the log asks for, as far as
+    /// it can tell: never while the store cannot be reached (the last poll
+    /// failed, or the breaker is open), since the log may have moved.
     pub fn is_current(&self) -> bool {
-        self.version.is_some() && self.version == self.newest_target
+        self.version.is_some()
+            && self.version == self.newest_target
+            && self.consecutive_failures == 0
+            && self.breaker != Some(BreakerState::Open)
     }
 }
 
@@ -152,11 +172,25 @@ impl Consumer {
         let sender = events.clone();
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
-            loop {
+            let mut checks = consumer.rechecks.subscribe();
+            let mut faults_seen = 0;
+            'watch: loop {
                 if *stopped.borrow() {
                     break;
                 }
-                let delay = match consumer.refresh().await {
+                // The poll is bounded by one interval, so an unreachable
+                // store is reported within one interval, not after the
+                // retry layer's attempts.
+                let outcome = consumer
+                    .refresh_polling_within(config.interval, config.clock.as_ref())
+                    .await;
+                // Keeps the staleness gauge fresh without a health() caller.
+                let _ = consumer.health();
+                for fault in consumer.rechecks.faults().into_iter().skip(faults_seen) {
+                    faults_seen += 1;
+                    let _ = sender.send(WatchEvent::CacheCorrupt(fault));
+                }
+                let delay = match outcome {
                     Ok(report) => {
                         if failures > 0 {
                             let _ = sender.send(WatchEvent::Recovered);
@@ -169,15 +203,11 @@ impl Consumer {
                     }
                     Err(error) => {
                         failures += 1;
-                        // An open breaker already keeps calls off the store,
-                        // and fails fast: keep polling at the nominal
-                        // interval so recovery is seen within one interval
-                        // of the breaker's trial succeeding.
-                        let retry_in = if circuit_open(&error) {
-                            config.delay(0)
-                        } else {
-                            config.delay(failures)
-                        };
+                        // Back off while failing, the breaker open or not
+                        // (an open breaker fails fast, so polling it at the
+                        // nominal interval is a busy loop); recovery is
+                        // seen within `max_backoff` (plus jitter).
+                        let retry_in = config.delay(failures);
                         tracing::warn!(%error, failures, ?retry_in, "background refresh failed; serving the current state");
                         let _ = sender.send(WatchEvent::Failed {
                             error: error.to_string(),
@@ -187,9 +217,23 @@ impl Consumer {
                         retry_in
                     }
                 };
-                tokio::select! {
-                    _ = config.clock.sleep(delay) => {}
-                    _ = stopped.changed() => break,
+                let sleep = config.clock.sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = stopped.changed() => break 'watch,
+                        // A background check found a corrupt cache file:
+                        // rebuild now rather than at the next poll.
+                        changed = checks.changed() => {
+                            if changed.is_ok()
+                                && (consumer.rechecks.rebuild_pending()
+                                    || consumer.rechecks.fault_count() > faults_seen)
+                            {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -200,19 +244,4 @@ impl Consumer {
             task: Some(task),
         }
     }
-}
-
-/// Whether an error, anywhere in its source chain, is an open circuit
-/// breaker.
-fn circuit_open(error: &crate::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cur {
-        if let Some(crate::blobstore::resilience::ResilienceError::CircuitOpen { .. }) =
-            e.downcast_ref::<crate::blobstore::resilience::ResilienceError>()
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }

@@ -19,7 +19,7 @@ use super::builder::RegisteredType;
 use super::state::{Batch, TypeState};
 use super::{Announced, Producer, ProducerError};
 use crate::announcer::Announcement;
-use crate::blobstore::{BlobName, StoreError};
+use crate::blobstore::BlobName;
 use crate::consumer::{plan, Plan, ReadState, Step};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::OpenBlob;
@@ -137,7 +137,7 @@ async fn load(
                 };
                 return Ok((state, restored));
             }
-            Err((blob, error)) if is_bad_blob(&error) => {
+            Err((blob, error)) if crate::consumer::plan::is_bad_blob(&error) => {
                 tracing::warn!(%blob, %error, "restore: blob is bad; planning around it");
                 failed.insert(blob);
                 last_error = Some(error);
@@ -183,17 +183,6 @@ async fn apply_plan(config: &Config, plan: &Plan) -> Result<ReadState, (BlobName
             .into(),
         )
     })
-}
-
-/// Whether an error means the blob itself is bad (so the plan should go
-/// around it), as opposed to the store being unreachable. The same rule as
-/// the consumer's.
-fn is_bad_blob(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Format(FormatError::Corrupt { .. } | FormatError::Incompatible { .. })
-            | Error::Store(StoreError::NotFound { .. })
-    )
 }
 
 fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error> {

@@ -9,7 +9,6 @@
 
 use crate::common::*;
 use burrow::blobstore::{BlobCache, BlobStore};
-use burrow::schema::blob::OpenBlob;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,16 +83,18 @@ async fn a_full_disk_during_a_fetch_leaves_the_consumer_serving() {
     let files: Vec<String> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f != burrow::blobstore::cache::LOCK_FILE)
         .collect();
     assert!(files.iter().all(|f| !f.contains(".tmp-")), "{files:?}");
-    BlobCache::open(&cache).unwrap();
+    // The running consumer owns the directory: a second owner is refused.
+    assert!(BlobCache::open(&cache).is_err());
     for f in &files {
-        OpenBlob::map(&cache.join(f), f, true).unwrap();
+        burrow::blobstore::cache::map_file(&cache.join(f), f, true).unwrap();
     }
     // A full disk is not a bad blob: once there is room, the same
     // consumer fetches version 2.
     drop(_mount);
-    let c2 = consumer(&store, &cache);
+    let c2 = consumer(&store, &dir.path().join("cache2"));
     c2.refresh().await.unwrap();
     c.refresh().await.unwrap();
     assert_eq!(snapshot_of(&c), model);

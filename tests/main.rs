@@ -5,9 +5,13 @@ mod bench_smoke;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
+mod cli_cache_lock;
+#[cfg(feature = "cli")]
 mod cli_pin;
 mod common;
 mod conformance;
+mod consumer_cache;
+mod consumer_outage;
 #[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
 mod e2e;

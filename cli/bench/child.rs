@@ -8,7 +8,6 @@ use anyhow::{anyhow, Context};
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
 use burrow::producer::ProducerBuilder;
-use burrow::schema::blob::OpenBlob;
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::testing::workload::{Dataset, Movie};
 use serde_json::json;
@@ -167,7 +166,7 @@ pub fn decode(blob: &Path, version: u64, t0_ns: u128, id: u64) -> anyhow::Result
 /// Every record of a snapshot blob, decoded into owned structs.
 pub fn decode_all(blob: &Path, version: u64) -> anyhow::Result<HashMap<u64, Movie>> {
     let name = BlobName::Snapshot(version).to_string();
-    let open = Arc::new(OpenBlob::map(blob, &name, false)?);
+    let open = Arc::new(burrow::blobstore::cache::map_file(blob, &name, false)?);
     let state = burrow::consumer::ReadState::from_snapshot(open, version)?;
     let view = state.view::<movie::Owned>()?;
     let mut map = HashMap::with_capacity(view.len() as usize);

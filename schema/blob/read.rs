@@ -9,7 +9,6 @@ use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::key_index;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
-use std::path::Path;
 use std::sync::Arc;
 
 /// A blob's bytes held for reading: a read-only map of a verified cache
@@ -33,49 +32,21 @@ impl std::fmt::Debug for OpenBlob {
 
 impl OpenBlob {
     /// Takes a blob from an already-mapped file: no I/O, the format layer
-    /// maps no files (the cache does; see [`crate::blobstore::cache`]). The
-    /// envelope and the map's length are always checked; the body checksum
-    /// only when `verify` is set (a cache verifies a file when it enters
-    /// the cache; [`OpenBlob::verify`] checks it again later).
+    /// maps no files (the cache does: [`crate::blobstore::cache::map_file`]).
+    /// The envelope and the map's length are checked; the body checksum
+    /// only by [`OpenBlob::verify`] (a cache verifies a file when it enters
+    /// the cache, and a consumer re-verifies it in the background).
     ///
     /// The caller guarantees what the map's safety rests on: the file is
     /// immutable while mapped.
-    pub fn from_mmap(map: memmap2::Mmap, name: &str, verify: bool) -> Result<Self, FormatError> {
+    pub fn from_mmap(map: memmap2::Mmap, name: &str) -> Result<Self, FormatError> {
         let envelope = Envelope::decode(&map, name)?;
         envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
-        if verify {
-            envelope.verify_body(&map[ENVELOPE_LEN..], name)?;
-        }
         Ok(OpenBlob {
             name: name.to_string(),
             envelope,
             data: BlobBytes::Mapped(map),
         })
-    }
-
-    /// Opens and maps a cache file, then [`OpenBlob::from_mmap`]. Kept for
-    /// the callers that still hand over a path (the consumer's refresh, the
-    /// bench child); the opening and mapping belong to the cache, which
-    /// should map the file itself and call [`OpenBlob::from_mmap`].
-    pub fn map(path: &Path, name: &str, verify: bool) -> Result<Self, crate::Error> {
-        let file =
-            std::fs::File::open(path).map_err(|source| crate::blobstore::StoreError::Io {
-                op: "open cached blob",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        // SAFETY: cache files are created by rename after they are whole and
-        // verified, and are never written again (the cache's contract), so
-        // the mapped bytes do not change while mapped. Deleting the file
-        // leaves the mapping valid.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
-            crate::blobstore::StoreError::Io {
-                op: "map cached blob",
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        Ok(Self::from_mmap(map, name, verify)?)
     }
 
     /// Checks the body against the envelope's checksum (a blob taken with
@@ -469,14 +440,13 @@ mod tests {
             tags: &[],
         };
         let mut bytes = write_snapshot(&head, &[]).unwrap();
-        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", true).unwrap();
+        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1").unwrap();
         blob.verify().unwrap();
         *bytes.last_mut().unwrap() ^= 1;
-        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", false).unwrap();
+        let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1").unwrap();
         let err = blob.verify().unwrap_err().to_string();
         assert!(err.contains("snapshot/1"), "{err}");
-        assert!(OpenBlob::from_mmap(mapped(&bytes), "snapshot/1", true).is_err());
-        let err = OpenBlob::from_mmap(mapped(&bytes[..20]), "snapshot/1", false)
+        let err = OpenBlob::from_mmap(mapped(&bytes[..20]), "snapshot/1")
             .unwrap_err()
             .to_string();
         assert!(err.contains("truncated envelope"), "{err}");

@@ -221,6 +221,7 @@ pub async fn fetch_verifies_and_rejects_corrupt_blobs(b: &Backend) {
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f != burrow::blobstore::cache::LOCK_FILE)
         .collect();
     assert_eq!(
         files,

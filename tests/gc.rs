@@ -33,7 +33,8 @@ fn staging_files(store: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Runs `burrow demo` on `store` and SIGKILLs it as soon as a snapshot's
-/// staging file exists, i.e. in the middle of writing that snapshot.
+/// staging file has bytes in it, i.e. in the middle of writing that
+/// snapshot.
 /// Returns whether the kill landed mid-write (the staging file survived).
 fn kill_demo_mid_snapshot_write(store: &Path, records: &str) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
@@ -49,7 +50,11 @@ fn kill_demo_mid_snapshot_write(store: &Path, records: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = false;
     while Instant::now() < deadline {
-        if !staging_files(store).is_empty() {
+        // Mid-write: the staging file exists and has bytes in it.
+        if staging_files(store)
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        {
             seen = true;
             break;
         }

@@ -256,6 +256,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
     // The children open this cache: one owner at a time (the state stays).
     drop(consumer);
     let mut open = Vec::new();
+    let mut open_verified = Vec::new();
     let mut open_rss = Vec::new();
     let mut open_anon = Vec::new();
     let mut decode = Vec::new();
@@ -275,6 +276,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
             child::wall_ns().to_string(),
         ])?;
         open.push(num(&v, "open_seconds")?);
+        open_verified.push(num(&v, "verified_seconds")?);
         open_rss.push(num(&v, "rss_bytes")?);
         open_anon.push(num(&v, "anon_bytes")?);
         let v = child_json(&[
@@ -468,6 +470,13 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         )
         .vs("decode_open")
         .target("100x faster than decode", Some(0.01), None),
+        Figure::new(
+            "consumer_open_verified",
+            "consumer open to verified (new process; checksums re-checked in the background)",
+            Unit::Seconds,
+            open_verified,
+        )
+        .vs("decode_open"),
         Figure::new(
             "delta_refresh",
             "consumer delta refresh (delta fetched)",

@@ -12,7 +12,6 @@ use crate::blobstore::{BlobName, StoreError};
 use crate::error::{Error, FormatError};
 use std::collections::HashSet;
 
-
 /// One blob to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

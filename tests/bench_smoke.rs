@@ -15,6 +15,7 @@ const FIGURES: &[&str] = &[
     "reverse_bytes",
     "decode_open",
     "consumer_open",
+    "consumer_open_verified",
     "delta_refresh",
     "delta_refresh_cached",
     "hashmap_lookup",

@@ -13,10 +13,12 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// A watcher of `log` that has seen nothing yet.
     pub fn new(log: AnnouncementLog) -> Self {
         Watcher { log, newest: None }
     }
 
+    /// The log it watches.
     pub fn log(&self) -> &AnnouncementLog {
         &self.log
     }

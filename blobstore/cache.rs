@@ -133,6 +133,7 @@ impl BlobCache {
         self
     }
 
+    /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

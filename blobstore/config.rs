@@ -35,7 +35,12 @@ pub const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `s3://bucket/prefix`
-    S3 { bucket: String, prefix: String },
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The dataset's prefix inside it ("" for the bucket's root).
+        prefix: String,
+    },
     /// A local directory.
     Local(PathBuf),
 }
@@ -126,9 +131,13 @@ fn check_bucket(bucket: &str) -> Result<(), Error> {
 /// since the first attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryOptions {
+    /// Retries after the first attempt (0: object_store does not retry).
     pub max_retries: usize,
+    /// No retry starts after this long since the first attempt.
     pub retry_timeout: Duration,
+    /// The first back-off; it doubles with each retry.
     pub init_backoff: Duration,
+    /// The longest back-off.
     pub max_backoff: Duration,
 }
 
@@ -181,6 +190,7 @@ impl Default for UploadOptions {
 }
 
 impl UploadOptions {
+    /// Refuses settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), Error> {
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(config(
@@ -216,11 +226,14 @@ pub struct StoreOptions {
     /// `aws_copy_if_not_exists`, ...), applied after the environment. An
     /// unknown key is a configuration error.
     pub s3_settings: Vec<(String, String)>,
+    /// object_store's own HTTP retries (off where burrow's retry decorator
+    /// wraps the store: only one layer retries).
     pub retry: RetryOptions,
     /// Whole-request timeout, body included (default 60 s).
     pub request_timeout: Duration,
     /// TCP connect timeout (default 5 s).
     pub connect_timeout: Duration,
+    /// How large blobs are uploaded (part size, parts in flight).
     pub upload: UploadOptions,
 }
 
@@ -241,6 +254,7 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
+    /// Refuses settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), Error> {
         self.upload.validate()?;
         if self.request_timeout.is_zero() {

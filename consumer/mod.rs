@@ -56,25 +56,45 @@ pub enum ConsumerError {
     NothingAnnounced,
     /// The state has no records of this type.
     #[error("version {version} has no type {type_name}")]
-    UnknownType { type_name: String, version: u64 },
+    UnknownType {
+        /// The type asked for.
+        type_name: String,
+        /// The version of the state asked.
+        version: u64,
+    },
     /// No combination of available, unfailed blobs reaches the target.
     #[error("no usable path of blobs reaches version {target}")]
-    NoPath { target: u64 },
+    NoPath {
+        /// The version no path reaches.
+        target: u64,
+    },
     /// The target version was never announced.
     #[error("version {version} was never announced")]
-    NotAnnounced { version: u64 },
+    NotAnnounced {
+        /// The version asked for.
+        version: u64,
+    },
     /// A background poll of the announcement log did not answer within its
     /// bound (one poll interval): the store is slow or unreachable.
     #[error("the announcement log did not answer within {after:?} (one poll interval); the store may be unreachable")]
-    PollTimedOut { after: Duration },
+    PollTimedOut {
+        /// The bound that ran out.
+        after: Duration,
+    },
     /// This caller joined a refresh already in flight, which failed.
     #[error("the refresh this call joined failed: {message}")]
-    JoinedRefreshFailed { message: String },
+    JoinedRefreshFailed {
+        /// The joined refresh's error, as text (it belongs to that call).
+        message: String,
+    },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
+        /// The version the refresh was moving to.
         target: u64,
+        /// The blob it failed at.
         blob: String,
+        /// Why.
         #[source]
         source: Box<Error>,
     },
@@ -93,6 +113,7 @@ pub struct ConsumerBuilder {
 }
 
 impl ConsumerBuilder {
+    /// A builder for a consumer of `store`; [`ConsumerBuilder::cache_dir`] is required.
     pub fn new(store: BlobStore) -> Self {
         ConsumerBuilder {
             store,
@@ -152,6 +173,7 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Checks the settings, opens (and locks) the cache directory, and makes the consumer; it has no state until its first refresh.
     pub fn build(self) -> Result<Consumer, Error> {
         let dir = self.cache_dir.ok_or_else(|| Error::Config {
             what: "cache_dir".into(),
@@ -247,11 +269,15 @@ pub struct Consumer {
 /// What a refresh did.
 #[derive(Debug, Clone)]
 pub struct RefreshReport {
+    /// The version before (`None` for a first load).
     pub from: Option<u64>,
+    /// The version now served.
     pub to: u64,
+    /// The blobs applied, in order.
     pub steps: Vec<Step>,
     /// Bytes fetched from the store (0 when every blob was cached).
     pub fetched_bytes: u64,
+    /// Wall time of the refresh, planning to swap.
     pub duration: Duration,
 }
 
@@ -308,6 +334,7 @@ impl Consumer {
         self.current.load().as_ref().map(|s| s.version())
     }
 
+    /// The consumer's blob cache.
     pub fn cache(&self) -> &BlobCache {
         &self.cache
     }

@@ -35,7 +35,9 @@ pub struct WatchConfig {
     pub jitter: f64,
     /// Upper bound of the delay while polls fail (default 60 s).
     pub max_backoff: Duration,
+    /// The clock the watcher waits on (a manual one in tests).
     pub clock: Arc<dyn Clock>,
+    /// The randomness behind the jitter.
     pub rng: Arc<dyn Rng>,
 }
 
@@ -82,8 +84,11 @@ pub enum WatchEvent {
     Refreshed(RefreshReport),
     /// A poll or refresh failed; the consumer keeps serving its state.
     Failed {
+        /// What failed.
         error: String,
+        /// Failures in a row, this one included.
         consecutive: u32,
+        /// When the watcher tries again (grows while failures go on).
         retry_in: Duration,
     },
     /// The first successful poll after failures.
@@ -106,6 +111,7 @@ pub struct Health {
     pub since_last_success: Option<Duration>,
     /// Failed polls or refreshes in a row.
     pub consecutive_failures: u32,
+    /// The last failure's message, until a success clears it.
     pub last_error: Option<String>,
     /// The circuit breaker's state, when the consumer was given one.
     pub breaker: Option<BreakerState>,

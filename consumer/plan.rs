@@ -151,12 +151,13 @@ pub async fn plan(
 mod tests {
     use super::*;
     use crate::announcer::AnnounceKind;
-    use crate::testing::faults::{FaultyStore, Op};
     use crate::blobstore::BlobStore;
+    use crate::testing::faults::{FaultyStore, Op};
     use std::sync::Arc;
 
     fn entry(version: u64, snapshot_version: u64) -> Announcement {
         Announcement {
+            dataset_id: crate::schema::DatasetId::from_u128(1).unwrap(),
             seq: version,
             kind: AnnounceKind::Announce,
             version,

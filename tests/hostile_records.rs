@@ -13,8 +13,14 @@ use burrow::schema::burrow_capnp::snapshot;
 use burrow::schema::envelope::{frame, BlobKind};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::record::TypeInfo;
+use burrow::schema::DatasetId;
 use bytes::Bytes;
 use std::sync::Arc;
+
+/// The dataset of the hand-built snapshots and their announcement.
+fn hostile_dataset() -> DatasetId {
+    DatasetId::from_u128(0x4057_11e0_0000_0000_0000_0000_0000_0001).unwrap()
+}
 
 /// One type section of a hand-built snapshot of Movies.
 #[derive(Default)]
@@ -52,6 +58,8 @@ fn snapshot_blob(section: &Section) -> Vec<u8> {
         let mut h = root.reborrow().init_header();
         h.set_to_version(1);
         h.set_producer_id("hostile");
+        h.set_dataset_id_hi(hostile_dataset().hi());
+        h.set_dataset_id_lo(hostile_dataset().lo());
         let mut t = root.init_types(1).get(0);
         t.set_type_id(info.type_id);
         t.set_name(info.name.as_str());
@@ -403,6 +411,7 @@ fn serve(snapshot: Vec<u8>) -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path().join("store")).unwrap();
     let entry = Announcement {
+        dataset_id: hostile_dataset(),
         seq: 1,
         kind: AnnounceKind::Announce,
         version: 1,

@@ -21,7 +21,9 @@
 pub mod read;
 pub mod write;
 
-pub use read::{record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection};
+pub use read::{
+    check_dataset, record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection,
+};
 pub use write::{
     index_slots, write_delta, write_snapshot, DatasetSchema, DeltaTypeSource, HeaderInfo,
     SnapshotRecords, SnapshotTypeSource,

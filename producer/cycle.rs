@@ -100,9 +100,12 @@ impl Producer {
         let newest = mint(config, last).await?;
         let version = last_version + 1;
         // The dataset's identity: kept from the last announced state
-        // (restored from the log), or minted by the first cycle of a new
-        // dataset.
-        let dataset_id = last.map_or_else(DatasetId::mint, |a| a.entry.dataset_id);
+        // (restored from the log), or, on the first cycle of a new dataset,
+        // the builder's or a freshly minted one.
+        let dataset_id = match last {
+            Some(a) => a.entry.dataset_id,
+            None => config.dataset_id.unwrap_or_else(DatasetId::mint),
+        };
         config.emit(CycleEvent::Started { version });
         timer.done(CycleStep::Mint);
 

@@ -28,6 +28,7 @@ use crate::blobstore::{BlobName, StoreError};
 use crate::consumer::{plan, Plan, ReadState, Step};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::dataset_id::check_same;
 use crate::schema::record::KeyBuf;
 use crate::schema::DatasetId;
 use std::collections::HashSet;
@@ -45,6 +46,14 @@ impl Producer {
             *guard = None;
             return Ok(None);
         };
+        // A producer given its dataset's id restores only that dataset.
+        if let Some(expected) = config.dataset_id {
+            check_same(
+                &BlobName::Announce(newest.seq).to_string(),
+                expected,
+                newest.dataset_id,
+            )?;
+        }
         // The newest *announce* entry holds the producer's state; pins only
         // move consumers.
         let head = config

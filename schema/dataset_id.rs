@@ -66,8 +66,11 @@ impl DatasetId {
     }
 
     /// The id with this value; `None` for zero (no identity).
-    pub fn from_u128(value: u128) -> Option<DatasetId> {
-        NonZeroU128::new(value).map(DatasetId)
+    pub const fn from_u128(value: u128) -> Option<DatasetId> {
+        match NonZeroU128::new(value) {
+            Some(value) => Some(DatasetId(value)),
+            None => None,
+        }
     }
 
     /// The id from its two wire fields; `None` if both are zero.

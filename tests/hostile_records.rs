@@ -291,13 +291,19 @@ fn shared_pointer_amplification_is_bounded_by_the_traversal_limit() {
 #[test]
 fn zero_sized_struct_lists_cannot_amplify_a_blob() {
     for kind in [BlobKind::Snapshot, BlobKind::Delta] {
-        let words: [u64; 4] = [
+        let words: [u64; 10] = [
             struct_ptr(0, 0, 2),       // root: Snapshot or Delta, 2 pointers
-            0,                         // header: null (all defaults)
+            struct_ptr(2, 6, 0),       // header: the 6 data words at word 4
             list_ptr(0, 7, 0),         // types: inline composite, 0 words
             struct_ptr(1 << 28, 0, 0), // tag: 2^28 elements of 0 words
+            0,                         // header: versions, time, schema hash
+            0,
+            0,
+            0,
+            0, // datasetIdHi
+            1, // datasetIdLo: a dataset id, so the reader gets to the types
         ];
-        let mut body = vec![0u8, 0, 0, 0, 4, 0, 0, 0];
+        let mut body = vec![0u8, 0, 0, 0, 10, 0, 0, 0];
         for w in words {
             body.extend_from_slice(&w.to_le_bytes());
         }

@@ -242,6 +242,27 @@ mod tests {
         let back = Announcement::decode(&pinned.encode(), "a").unwrap();
         assert_eq!(back.target(), 50);
         assert_eq!(back.seq, 8);
+        // A pin carries the dataset of the entry it follows.
+        assert_eq!(back.dataset_id, e.dataset_id);
+        check_next(&e, &back).unwrap();
+    }
+
+    /// An entry of another dataset after this one is refused, naming it and
+    /// both datasets.
+    #[test]
+    fn an_entry_of_another_dataset_does_not_follow() {
+        let e = entry();
+        let mut next = e.follow_up(AnnounceKind::Unpin, None, "op");
+        next.dataset_id = DatasetId::from_u128(0xb).unwrap();
+        let err = check_next(&e, &next).unwrap_err().to_string();
+        for part in [
+            "announce/00000000000000000008",
+            "announce/00000000000000000007",
+            &e.dataset_id.to_string(),
+            &next.dataset_id.to_string(),
+        ] {
+            assert!(err.contains(part), "{err}");
+        }
     }
 
     #[test]

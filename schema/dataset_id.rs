@@ -29,13 +29,19 @@
 use crate::error::FormatError;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::num::NonZeroU128;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A dataset's identity (never zero). `Display` gives 32 lowercase hex
 /// digits; [`DatasetId::parse`] reads them back.
+///
+/// Held as two `u64`s (high first, so the derived order is the number's),
+/// not a `u128`: that keeps its alignment, and so the size of the errors
+/// that carry two of them, at 8 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DatasetId(NonZeroU128);
+pub struct DatasetId {
+    hi: u64,
+    lo: u64,
+}
 
 impl DatasetId {
     /// A fresh id, different (with overwhelming probability) from every
@@ -67,15 +73,15 @@ impl DatasetId {
 
     /// The id with this value; `None` for zero (no identity).
     pub const fn from_u128(value: u128) -> Option<DatasetId> {
-        match NonZeroU128::new(value) {
-            Some(value) => Some(DatasetId(value)),
-            None => None,
-        }
+        DatasetId::from_parts((value >> 64) as u64, value as u64)
     }
 
     /// The id from its two wire fields; `None` if both are zero.
-    pub fn from_parts(hi: u64, lo: u64) -> Option<DatasetId> {
-        DatasetId::from_u128(u128::from(hi) << 64 | u128::from(lo))
+    pub const fn from_parts(hi: u64, lo: u64) -> Option<DatasetId> {
+        if hi == 0 && lo == 0 {
+            return None;
+        }
+        Some(DatasetId { hi, lo })
     }
 
     /// The id as read from a blob or entry named `blob`: zero is an error
@@ -87,18 +93,19 @@ impl DatasetId {
         })
     }
 
+    /// The id as one number.
     pub fn get(self) -> u128 {
-        self.0.get()
+        u128::from(self.hi) << 64 | u128::from(self.lo)
     }
 
     /// The high 64 bits (`datasetIdHi`).
     pub fn hi(self) -> u64 {
-        (self.get() >> 64) as u64
+        self.hi
     }
 
     /// The low 64 bits (`datasetIdLo`).
     pub fn lo(self) -> u64 {
-        self.get() as u64
+        self.lo
     }
 
     /// Reads 32 hex digits (either case); `None` for anything else or zero.
@@ -155,6 +162,11 @@ mod tests {
         assert_eq!(DatasetId::parse(&text), Some(id));
         assert_eq!(DatasetId::from_parts(id.hi(), id.lo()), Some(id));
         assert_eq!(DatasetId::from_parts(0, 0), None);
+        assert_eq!(
+            DatasetId::from_parts(0, 1).unwrap().to_string(),
+            format!("{:032x}", 1)
+        );
+        assert!(DatasetId::from_parts(1, 0) > DatasetId::from_parts(0, u64::MAX));
         assert_eq!(DatasetId::parse(&"0".repeat(32)), None);
         assert_eq!(DatasetId::parse("12"), None);
         assert_eq!(DatasetId::parse(&"+1".repeat(16)), None);

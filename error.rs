@@ -30,6 +30,15 @@ pub enum FormatError {
         value: u64,
         limit: u64,
     },
+    /// The blob (or entry) belongs to another dataset than the one it
+    /// meets: a state, an announcement, the log before it. Two datasets'
+    /// blobs never mix (see [`crate::schema::dataset_id`]).
+    #[error("{blob}: belongs to dataset {found}, expected dataset {expected}")]
+    DatasetMismatch {
+        blob: String,
+        expected: crate::schema::DatasetId,
+        found: crate::schema::DatasetId,
+    },
 }
 
 impl FormatError {

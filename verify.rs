@@ -17,6 +17,13 @@
 //!   must hold the same records, and the reverse delta must take the state
 //!   back to the version before.
 //!
+//! - dataset identity: every entry of the log carries the same dataset id
+//!   (an entry whose id differs from the one before it is a problem: a
+//!   store recreated under its readers, or two datasets mixed under one
+//!   prefix), and every blob, orphans included, carries the log's (that of
+//!   its newest entry, the one consumers follow); a blob of another dataset
+//!   is a problem, and is not used to reach a version.
+//!
 //! The log is walked once, oldest first, carrying one [`ReadState`]
 //! forward, so each blob is fetched once and the cost is linear in the
 //! store's size. Blobs that no announcement names (orphans of failed
@@ -28,10 +35,11 @@ use crate::blobstore::{BlobName, BlobStore};
 use crate::consumer::{ReadState, DEFAULT_RECORD_TRAVERSAL_WORDS};
 use crate::error::{Error, FormatError};
 use crate::gc::{find_leftovers, Leftover};
-use crate::schema::blob::{record_at, OpenBlob};
+use crate::schema::blob::{check_dataset, record_at, OpenBlob};
 use crate::schema::envelope::BlobKind;
 use crate::schema::key_index::KeyIndex;
 use crate::schema::record::record_message;
+use crate::schema::DatasetId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -54,6 +62,9 @@ impl std::fmt::Display for Problem {
 /// What [`verify_store`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// The dataset the log belongs to (its newest entry's); `None` when the
+    /// log is empty or unreadable.
+    pub dataset_id: Option<DatasetId>,
     /// Blobs read and checked (announcement entries not included).
     pub blobs_checked: usize,
     /// Records read, over all blobs.
@@ -100,6 +111,7 @@ pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
     let mut checker = Checker {
         store,
         listed: &listed,
+        dataset: None,
         checked: BTreeMap::new(),
         report: &mut report,
     };
@@ -120,6 +132,8 @@ pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
 struct Checker<'a> {
     store: &'a BlobStore,
     listed: &'a BTreeSet<BlobName>,
+    /// The log's dataset, once its entries are read.
+    dataset: Option<DatasetId>,
     /// Blobs checked so far, and whether each was good.
     checked: BTreeMap<BlobName, bool>,
     report: &'a mut VerifyReport,
@@ -149,7 +163,13 @@ impl Checker<'_> {
             self.checked.insert(name, false);
             return Ok(None);
         };
-        match check_blob(name, &bytes, &label) {
+        let checked = check_blob(name, &bytes, &label).and_then(|(blob, records)| {
+            if let Some(expected) = self.dataset {
+                check_dataset(&blob, expected)?;
+            }
+            Ok((blob, records))
+        });
+        match checked {
             Ok((blob, records)) => {
                 if first {
                     self.report.blobs_checked += 1;
@@ -210,6 +230,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.check_dataset_ids(&entries);
         let mut prev: Option<(Announcement, Option<ReadState>)> = None;
         let mut announced = BTreeSet::new();
         for entry in entries.values() {
@@ -261,6 +282,33 @@ impl Checker<'_> {
             prev = Some((entry.clone(), state));
         }
         Ok(())
+    }
+
+    /// Takes the log's dataset id (its newest entry's, which consumers
+    /// follow) and reports every entry whose id differs from the entry
+    /// before it.
+    fn check_dataset_ids(&mut self, entries: &BTreeMap<u64, Announcement>) {
+        self.dataset = entries.values().last().map(|e| e.dataset_id);
+        self.report.dataset_id = self.dataset;
+        let mut before: Option<&Announcement> = None;
+        for entry in entries.values() {
+            if let Some(prev) = before {
+                if prev.dataset_id != entry.dataset_id {
+                    self.report.problem(
+                        BlobName::Announce(entry.seq).to_string(),
+                        format!(
+                            "belongs to dataset {}, but {} before it to dataset {}: the store was \
+                             recreated under its readers, or two datasets' entries are mixed \
+                             under one prefix",
+                            entry.dataset_id,
+                            BlobName::Announce(prev.seq),
+                            prev.dataset_id
+                        ),
+                    );
+                }
+            }
+            before = Some(entry);
+        }
     }
 
     /// The state of `entry`'s version, reached from the previous announced

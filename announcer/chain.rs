@@ -31,16 +31,17 @@ pub async fn chain_to(
         }
         // Walk back to the announce entry of `entry.from_version`.
         let want = entry.from_version;
-        let mut seq = entry.seq;
+        // Each entry read is checked against the one after it: one log,
+        // one dataset.
+        let mut at = entry.clone();
         let prev = loop {
-            if seq <= 1 {
+            if at.seq <= 1 {
                 return Err(broken(head, from_version, &entry));
             }
-            seq -= 1;
-            match log.read(seq).await? {
+            match log.read_before(&at).await? {
                 Some(e) if e.kind == AnnounceKind::Announce && e.version == want => break e,
                 Some(e) if e.version < want => return Err(broken(head, from_version, &entry)),
-                Some(_) => continue,
+                Some(e) => at = e,
                 None => return Err(broken(head, from_version, &entry)),
             }
         };

@@ -2,8 +2,10 @@
 //! to-version = seq) around an `Announcement` message of
 //! `schema/burrow.capnp`.
 
+use crate::blobstore::BlobName;
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::announcement;
+use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{frame, BlobKind, Envelope};
 
 /// What an entry does.
@@ -31,6 +33,9 @@ impl AnnounceKind {
 /// state, so the newest entry alone says where consumers should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
+    /// The dataset the log belongs to: every entry of one log carries the
+    /// same id, as does every blob the entries name.
+    pub dataset_id: DatasetId,
     pub seq: u64,
     pub kind: AnnounceKind,
     /// Newest version the producer published.
@@ -58,7 +63,7 @@ impl Announcement {
     }
 
     /// The next entry after this one, of another kind, with the same
-    /// published state.
+    /// published state (and so the same dataset id).
     pub fn follow_up(&self, kind: AnnounceKind, pinned: Option<u64>, writer_id: &str) -> Self {
         Announcement {
             seq: self.seq + 1,
@@ -76,6 +81,8 @@ impl Announcement {
         {
             let mut a = message.init_root::<announcement::Builder>();
             a.set_seq(self.seq);
+            a.set_dataset_id_hi(self.dataset_id.hi());
+            a.set_dataset_id_lo(self.dataset_id.lo());
             a.set_kind(match self.kind {
                 AnnounceKind::Announce => announcement::Kind::Announce,
                 AnnounceKind::Pin => announcement::Kind::Pin,
@@ -141,6 +148,7 @@ impl Announcement {
             .map_err(|e| FormatError::capnp(blob, "producer id", e))?;
         let pinned = a.get_pinned_version();
         let entry = Announcement {
+            dataset_id: DatasetId::read(a.get_dataset_id_hi(), a.get_dataset_id_lo(), blob)?,
             seq: a.get_seq(),
             kind,
             version: a.get_version(),
@@ -170,6 +178,24 @@ impl Announcement {
     }
 }
 
+/// Checks that `next`, the entry read after `prev` (the one before it in
+/// the log), belongs to the same dataset. Entries of one log all carry one
+/// id: an entry with another is a store recreated under the readers, or two
+/// datasets' entries mixed under one prefix, and the log is corrupt from
+/// there on ([`FormatError::DatasetMismatch`] naming `announce/<next.seq>`
+/// and both ids).
+pub fn check_next(prev: &Announcement, next: &Announcement) -> Result<(), FormatError> {
+    check_same(
+        &format!(
+            "{} (the log's dataset changes after {})",
+            BlobName::Announce(next.seq),
+            BlobName::Announce(prev.seq)
+        ),
+        prev.dataset_id,
+        next.dataset_id,
+    )
+}
+
 /// Copies a small body into word-aligned memory (entries are tiny; blobs
 /// that are mapped are aligned by construction and never copied).
 fn aligned_words(body: &[u8]) -> Vec<capnp::Word> {
@@ -192,6 +218,7 @@ mod tests {
 
     fn entry() -> Announcement {
         Announcement {
+            dataset_id: DatasetId::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210).unwrap(),
             seq: 7,
             kind: AnnounceKind::Announce,
             version: 70,
@@ -215,6 +242,27 @@ mod tests {
         let back = Announcement::decode(&pinned.encode(), "a").unwrap();
         assert_eq!(back.target(), 50);
         assert_eq!(back.seq, 8);
+        // A pin carries the dataset of the entry it follows.
+        assert_eq!(back.dataset_id, e.dataset_id);
+        check_next(&e, &back).unwrap();
+    }
+
+    /// An entry of another dataset after this one is refused, naming it and
+    /// both datasets.
+    #[test]
+    fn an_entry_of_another_dataset_does_not_follow() {
+        let e = entry();
+        let mut next = e.follow_up(AnnounceKind::Unpin, None, "op");
+        next.dataset_id = DatasetId::from_u128(0xb).unwrap();
+        let err = check_next(&e, &next).unwrap_err().to_string();
+        for part in [
+            "announce/00000000000000000008",
+            "announce/00000000000000000007",
+            &e.dataset_id.to_string(),
+            &next.dataset_id.to_string(),
+        ] {
+            assert!(err.contains(part), "{err}");
+        }
     }
 
     #[test]

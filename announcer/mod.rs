@@ -16,13 +16,21 @@
 //! GET per poll when nothing changed, no LIST. [`chain_to`] reads the
 //! chain of announced deltas between two versions (for update planning,
 //! restore and verify).
+//!
+//! Every entry carries the dataset id ([`crate::schema::dataset_id`]), and
+//! one log is one dataset's: every walk from an entry to its neighbour
+//! ([`AnnouncementLog::read_after`], [`AnnouncementLog::read_before`],
+//! used by [`AnnouncementLog::latest`], [`AnnouncementLog::entries_from`],
+//! [`AnnouncementLog::find_version`], [`chain_to`] and the [`Watcher`])
+//! refuses an entry whose id differs from the one before it, with
+//! [`FormatError::DatasetMismatch`].
 
 mod chain;
 mod entry;
 mod watcher;
 
 pub use chain::chain_to;
-pub use entry::{now_micros, AnnounceKind, Announcement};
+pub use entry::{check_next, now_micros, AnnounceKind, Announcement};
 pub use watcher::Watcher;
 
 use crate::blobstore::{BlobBody, BlobName, BlobStore, StoreError};
@@ -127,6 +135,36 @@ impl AnnouncementLog {
         }
     }
 
+    /// Reads the entry after `prev` (`prev.seq + 1`); `None` if it does not
+    /// exist. An entry of another dataset than `prev`'s is refused
+    /// ([`check_next`]): the log is one dataset's, and an entry of another
+    /// means the store was recreated under its readers or two datasets
+    /// were mixed under one prefix.
+    pub async fn read_after(
+        &self,
+        prev: &Announcement,
+    ) -> Result<Option<Announcement>, AnnounceError> {
+        let Some(next) = self.read(prev.seq + 1).await? else {
+            return Ok(None);
+        };
+        check_next(prev, &next)?;
+        Ok(Some(next))
+    }
+
+    /// Reads the entry before `next` (`next.seq - 1`, which must be at
+    /// least 1); `None` if it does not exist. Refuses an entry of another
+    /// dataset, as [`AnnouncementLog::read_after`] does.
+    pub async fn read_before(
+        &self,
+        next: &Announcement,
+    ) -> Result<Option<Announcement>, AnnounceError> {
+        let Some(prev) = self.read(next.seq - 1).await? else {
+            return Ok(None);
+        };
+        check_next(&prev, next)?;
+        Ok(Some(prev))
+    }
+
     /// Reads a whole entry, refusing (and not reading) one over
     /// [`MAX_ENTRY_BYTES`], whatever size the store claims for it.
     async fn get_bounded(&self, name: &BlobName) -> Result<Bytes, AnnounceError> {
@@ -222,7 +260,7 @@ impl AnnouncementLog {
                 }
             }
         };
-        while let Some(next) = self.read(newest.seq + 1).await? {
+        while let Some(next) = self.read_after(&newest).await? {
             newest = next;
         }
         Ok(Some(newest))
@@ -262,13 +300,16 @@ impl AnnouncementLog {
         Ok(())
     }
 
-    /// Every entry from `from_seq` (inclusive) to the newest, in order.
+    /// Every entry from `from_seq` (inclusive) to the newest, in order,
+    /// all of one dataset (an entry of another is refused, as by
+    /// [`AnnouncementLog::read_after`]).
     pub async fn entries_from(&self, from_seq: u64) -> Result<Vec<Announcement>, AnnounceError> {
-        let mut out = Vec::new();
-        let mut seq = from_seq;
-        while let Some(entry) = self.read(seq).await? {
+        let Some(first) = self.read(from_seq).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![first];
+        while let Some(entry) = self.read_after(out.last().expect("not empty")).await? {
             out.push(entry);
-            seq += 1;
         }
         Ok(out)
     }
@@ -288,14 +329,15 @@ impl AnnouncementLog {
             if entry.version < version || entry.seq <= 1 {
                 return Ok(None);
             }
-            match self.read(entry.seq - 1).await? {
+            match self.read_before(&entry).await? {
                 Some(prev) => entry = prev,
                 None => return Ok(None),
             }
         }
     }
 
-    /// Pins consumers to `version`, which must have been announced.
+    /// Pins consumers to `version`, which must have been announced. The pin
+    /// carries the dataset id of the newest entry, like every entry after it.
     pub async fn pin(&self, version: u64, writer_id: &str) -> Result<Announcement, AnnounceError> {
         let newest = self.latest().await?.ok_or(AnnounceError::Empty)?;
         if self.find_version(&newest, version).await?.is_none() {

@@ -34,10 +34,15 @@ impl Watcher {
         let found = match &self.newest {
             None => self.log.latest().await?,
             Some(known) => {
-                let mut newest = None;
-                let mut seq = known.seq + 1;
-                while let Some(entry) = self.log.read(seq).await? {
-                    seq = entry.seq + 1;
+                // Each entry is checked against the one before it: an
+                // entry of another dataset (a store recreated under this
+                // watcher) is an error, never followed.
+                let mut newest: Option<Announcement> = None;
+                while let Some(entry) = self
+                    .log
+                    .read_after(newest.as_ref().unwrap_or(known))
+                    .await?
+                {
                     newest = Some(entry);
                 }
                 newest

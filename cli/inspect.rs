@@ -1,7 +1,9 @@
 //! `burrow inspect <VERSION>`: one blob of an announced version, read the
 //! way a consumer reads it (envelope and checksum first), shown as its
 //! envelope, header and per-type counts. A snapshot's key indexes are
-//! checked against their types' offsets ([`KeyIndex::check`]) on the way.
+//! checked against their types' offsets ([`KeyIndex::check`]) on the way,
+//! and the blob's dataset id against the announcement's (a blob of another
+//! dataset is an error naming both ids).
 
 use crate::args::BlobArg;
 use crate::config::InspectConfig;
@@ -58,6 +60,8 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
         OpenBlob::from_bytes(&bytes, &name.to_string())
             .with_context(|| format!("{name} failed its checks"))?,
     );
+    burrow::schema::blob::check_dataset(&blob, entry.dataset_id)
+        .with_context(|| format!("{name} does not belong to the log's dataset"))?;
     let env = *blob.envelope();
     let envelope = json!({
         "kind": env.kind.as_str(),
@@ -159,6 +163,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
             "bytes": blob.len(),
             "envelope": envelope,
             "header": {
+                "dataset_id": header.dataset_id.to_string(),
                 "from_version": header.from_version,
                 "to_version": header.to_version,
                 "producer": header.producer_id,
@@ -194,6 +199,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
             "checksum",
             format!("xxh3-128 {:032x} (verified)", env.checksum),
         ),
+        ("dataset", header.dataset_id.to_string()),
         ("producer", header.producer_id.clone()),
         ("cycle start", output::utc(header.cycle_start_micros)),
         (

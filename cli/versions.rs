@@ -1,4 +1,7 @@
 //! `burrow versions`: the announcement log, one row (or JSON line) per entry.
+//! The text form names the log's dataset once, above the table (every
+//! entry of one log carries the same id: reading refuses a log that mixes
+//! two); each JSON line carries it as `dataset_id`.
 
 use crate::output::{self, Align, Out, Table};
 use anyhow::{bail, Result};
@@ -31,6 +34,7 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
     for e in &entries {
         if out.json {
             out.json(&json!({
+                "dataset_id": e.dataset_id.to_string(),
                 "seq": e.seq,
                 "kind": e.kind.as_str(),
                 "version": e.version,
@@ -79,6 +83,9 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
         ]);
     }
     if !out.json {
+        if let Some(first) = entries.first() {
+            out.line(&format!("dataset {}", first.dataset_id))?;
+        }
         table.write(out)?;
     }
     Ok(())

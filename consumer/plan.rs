@@ -154,8 +154,11 @@ pub async fn plan(
 pub(crate) fn is_bad_blob(e: &Error) -> bool {
     matches!(
         e,
-        Error::Format(FormatError::Corrupt { .. } | FormatError::Incompatible { .. })
-            | Error::Store(StoreError::NotFound { .. })
+        Error::Format(
+            FormatError::Corrupt { .. }
+                | FormatError::Incompatible { .. }
+                | FormatError::DatasetMismatch { .. }
+        ) | Error::Store(StoreError::NotFound { .. })
     )
 }
 
@@ -169,6 +172,7 @@ mod tests {
 
     fn entry(version: u64, snapshot_version: u64) -> Announcement {
         Announcement {
+            dataset_id: crate::schema::DatasetId::from_u128(1).unwrap(),
             seq: version,
             kind: AnnounceKind::Announce,
             version,

@@ -13,12 +13,17 @@
 //! own key, so a stale index entry (a removed key, a reused ordinal) can
 //! never answer.
 //!
+//! A state belongs to one dataset ([`ReadState::dataset_id`], from its
+//! snapshot's header): a delta whose header names another is refused with
+//! [`FormatError::DatasetMismatch`], naming the delta and both ids.
+//!
 //! States are immutable once built; the consumer swaps whole states in
 //! atomically, and a reader holding an `Arc<ReadState>` keeps a consistent
 //! view for as long as it holds it.
 
 use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{record_at, BlobHeader, DeltaSection, OpenBlob, SnapshotSection};
+use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
 use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
@@ -383,6 +388,10 @@ impl ReadState {
         }
         let (header, sections) = blob.delta()?;
         check_header(&header, &blob, from, to)?;
+        // A delta of another dataset never applies, even where its
+        // versions and counts happen to fit (a store recreated at the same
+        // place reuses every name).
+        check_same(blob.name(), self.header.dataset_id, header.dataset_id)?;
         let mut types = self.types.clone();
         for section in sections {
             let at = match types.iter().position(|t| t.type_id == section.type_id) {
@@ -420,6 +429,13 @@ impl ReadState {
     /// The version these records are.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The dataset these records belong to: every blob the state was
+    /// built from carries it ([`ReadState::apply`] refuses a delta of
+    /// another).
+    pub fn dataset_id(&self) -> DatasetId {
+        self.header.dataset_id
     }
 
     /// The header of the last blob this state was built from.

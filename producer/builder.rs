@@ -13,6 +13,7 @@ use crate::blobstore::BlobStore;
 use crate::error::Error;
 use crate::schema::blob::DatasetSchema;
 use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
+use crate::schema::DatasetId;
 use std::any::TypeId;
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ pub struct ProducerBuilder {
     validators: Vec<Arc<dyn Validator>>,
     listeners: Vec<Arc<dyn CycleListener>>,
     tags: Vec<(String, String)>,
+    dataset_id: Option<DatasetId>,
 }
 
 impl ProducerBuilder {
@@ -60,6 +62,7 @@ impl ProducerBuilder {
             validators: Vec::new(),
             listeners: Vec::new(),
             tags: Vec::new(),
+            dataset_id: None,
         }
     }
 
@@ -115,6 +118,18 @@ impl ProducerBuilder {
             key_fields: Vec::new(),
             key_of: key_of::<T>,
         }));
+        self
+    }
+
+    /// The dataset this producer publishes. A new dataset (an empty log)
+    /// gets this id at its first cycle instead of a freshly minted one, and
+    /// [`Producer::restore`] refuses a log of another dataset. Without it,
+    /// the first cycle mints an id and restore takes whatever the log says.
+    ///
+    /// Two datasets must never share an id: give one only to pin a producer
+    /// to its dataset, or for reproducible blobs (tests, golden files).
+    pub fn dataset_id(mut self, id: DatasetId) -> Self {
+        self.dataset_id = Some(id);
         self
     }
 
@@ -175,6 +190,7 @@ impl ProducerBuilder {
                 validators: self.validators,
                 listeners: self.listeners,
                 tags: self.tags,
+                dataset_id: self.dataset_id,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -194,6 +210,8 @@ pub(super) struct Config {
     pub(super) listeners: Vec<Arc<dyn CycleListener>>,
     pub(super) tags: Vec<(String, String)>,
     pub(super) schema: DatasetSchema,
+    /// The dataset id given to the builder, if any.
+    pub(super) dataset_id: Option<DatasetId>,
 }
 
 impl Config {

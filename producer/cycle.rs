@@ -14,7 +14,8 @@ use super::write::{write_blobs, WriteRequest};
 use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
 use crate::blobstore::{BlobName, StoreError};
-use crate::error::Error;
+use crate::error::{Error, FormatError};
+use crate::schema::DatasetId;
 use bytes::Bytes;
 use std::time::Instant;
 use tracing::Instrument;
@@ -98,6 +99,13 @@ impl Producer {
         // 1. Mint.
         let newest = mint(config, last).await?;
         let version = last_version + 1;
+        // The dataset's identity: kept from the last announced state
+        // (restored from the log), or, on the first cycle of a new dataset,
+        // the builder's or a freshly minted one.
+        let dataset_id = match last {
+            Some(a) => a.entry.dataset_id,
+            None => config.dataset_id.unwrap_or_else(DatasetId::mint),
+        };
         config.emit(CycleEvent::Started { version });
         timer.done(CycleStep::Mint);
 
@@ -147,6 +155,7 @@ impl Producer {
         let (version, blobs) = write_and_publish(
             config,
             WriteRequest {
+                dataset_id,
                 version,
                 prev_version: prev_entry.map(|e| e.version),
                 diffs: &diffs,
@@ -161,6 +170,7 @@ impl Producer {
         // 7. Announce.
         let entry = announce(
             config,
+            dataset_id,
             newest.as_ref(),
             prev_entry,
             version,
@@ -199,6 +209,19 @@ async fn mint(config: &Config, last: Option<&Announced>) -> Result<Option<Announ
         (None, Some(n)) => Err(cycle_err(CycleStep::Mint, n.version + 1)(
             ProducerError::NeedsRestore { version: n.version }.into(),
         )),
+        // A log of another dataset (the store was recreated and another
+        // producer started a new dataset in it): ours is gone; nothing of
+        // ours may be appended to it.
+        (Some(a), Some(n)) if n.dataset_id != a.entry.dataset_id => {
+            Err(cycle_err(CycleStep::Mint, last_version + 1)(
+                FormatError::DatasetMismatch {
+                    blob: BlobName::Announce(n.seq).to_string(),
+                    expected: a.entry.dataset_id,
+                    found: n.dataset_id,
+                }
+                .into(),
+            ))
+        }
         // Entries after ours that are pins and unpins (an operator's) leave
         // us the primary producer; an announcement is another producer's.
         (Some(a), Some(n)) if n.seq > a.entry.seq => {
@@ -347,6 +370,7 @@ async fn publish(config: &Config, blobs: &[(BlobName, Bytes)]) -> Result<(), Err
 /// Step 7: appends the announce entry of `version` after `newest`.
 async fn announce(
     config: &Config,
+    dataset_id: DatasetId,
     newest: Option<&Announcement>,
     prev_entry: Option<&Announcement>,
     version: u64,
@@ -360,6 +384,7 @@ async fn announce(
             .map_or(0, |(_, b)| b.len() as u64)
     };
     let entry = Announcement {
+        dataset_id,
         seq: newest.map_or(1, |n| n.seq + 1),
         kind: AnnounceKind::Announce,
         version,

@@ -31,6 +31,13 @@
 //!
 //! [`Producer::restore`] rebuilds the last announced state from the store,
 //! so a restarted producer's next cycle is a delta on the chain.
+//!
+//! The dataset's identity ([`crate::schema::dataset_id`]) is minted by the
+//! first cycle of a new dataset (no state, empty log), written into every
+//! blob header and announcement from then on, taken back from the log by
+//! restore, and checked at mint: a log whose newest entry is of another
+//! dataset (the store was recreated and another producer started a new
+//! dataset in it) stops the cycle before it writes anything.
 
 //!
 //! Where each part lives:
@@ -215,6 +222,17 @@ impl Producer {
             .await
             .as_ref()
             .map(|a| a.entry.version)
+    }
+
+    /// The dataset's identity, once this producer has one: restored from
+    /// the log, or minted by the first cycle of a new dataset and
+    /// announced. `None` before either.
+    pub async fn dataset_id(&self) -> Option<crate::schema::DatasetId> {
+        self.announced
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.entry.dataset_id)
     }
 
     pub fn producer_id(&self) -> &str {

@@ -12,6 +12,11 @@
 //! is added to a failed set and the plan is made again, going through an
 //! older snapshot and the deltas after it. A restore that had to go around
 //! a bad snapshot makes the next cycle write a fresh one.
+//!
+//! The restored producer keeps the log's dataset id. Every blob is checked
+//! against it before it is used: a blob of another dataset (a name that a
+//! recreated store's old dataset left behind) is bad, and planned around
+//! like a corrupt one.
 
 use super::blocking::blocking;
 use super::builder::Config;
@@ -22,8 +27,10 @@ use crate::announcer::Announcement;
 use crate::blobstore::BlobName;
 use crate::consumer::{plan, Plan, ReadState, Step};
 use crate::error::{Error, FormatError};
-use crate::schema::blob::OpenBlob;
+use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::dataset_id::check_same;
 use crate::schema::record::KeyBuf;
+use crate::schema::DatasetId;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -39,6 +46,14 @@ impl Producer {
             *guard = None;
             return Ok(None);
         };
+        // A producer given its dataset's id restores only that dataset.
+        if let Some(expected) = config.dataset_id {
+            check_same(
+                &BlobName::Announce(newest.seq).to_string(),
+                expected,
+                newest.dataset_id,
+            )?;
+        }
         // The newest *announce* entry holds the producer's state; pins only
         // move consumers.
         let head = config
@@ -124,7 +139,7 @@ async fn load(
             }
             .into());
         };
-        match apply_plan(config, &plan).await {
+        match apply_plan(config, &plan, newest.dataset_id).await {
             Ok(state) => {
                 let snapshot = match plan.steps.first() {
                     Some(Step::Snapshot(v)) => *v,
@@ -149,7 +164,11 @@ async fn load(
 
 /// Fetches, verifies and applies each blob of `plan` (a plan from no
 /// state: a snapshot, then deltas). On failure, names the blob.
-async fn apply_plan(config: &Config, plan: &Plan) -> Result<ReadState, (BlobName, Error)> {
+async fn apply_plan(
+    config: &Config,
+    plan: &Plan,
+    dataset_id: DatasetId,
+) -> Result<ReadState, (BlobName, Error)> {
     let mut state: Option<ReadState> = None;
     for step in &plan.steps {
         let name = step.blob();
@@ -158,6 +177,9 @@ async fn apply_plan(config: &Config, plan: &Plan) -> Result<ReadState, (BlobName
             // Verifying the checksum and applying a delta are CPU work.
             blocking(|| {
                 let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);
+                // A blob of another dataset than the log's is bad, whatever
+                // its name says: plan around it.
+                check_dataset(&blob, dataset_id)?;
                 match (*step, &state) {
                     (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
                     (Step::Delta(a, b), Some(base)) => base.apply(blob, a, b),

@@ -16,6 +16,7 @@ use crate::schema::blob::{
     write_delta, write_snapshot, DeltaTypeSource, HeaderInfo, SnapshotTypeSource,
 };
 use crate::schema::envelope::BlobKind;
+use crate::schema::DatasetId;
 use bytes::Bytes;
 
 /// Which way a delta goes.
@@ -107,6 +108,8 @@ fn delta_blob(
 
 /// What [`write_blobs`] needs to know about the cycle.
 pub(super) struct WriteRequest<'a> {
+    /// The dataset every blob's header names.
+    pub dataset_id: DatasetId,
     pub version: u64,
     /// The last announced version; `None` on the first cycle (no deltas).
     pub prev_version: Option<u64>,
@@ -124,6 +127,7 @@ pub(super) fn write_blobs(
 ) -> Result<Vec<(BlobName, Bytes)>, Error> {
     let version = req.version;
     let head = |from, to| HeaderInfo {
+        dataset_id: req.dataset_id,
         from_version: from,
         to_version: to,
         producer_id: &config.producer_id,

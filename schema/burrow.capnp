@@ -18,6 +18,10 @@ struct Header {
   schemaHash @4 :UInt64;       # xxh3-64 over the canonical bytes of `nodes`, sorted by id
   nodes @5 :List(Schema.Node); # every struct and enum node the dataset's types reach
   tags @6 :List(Tag);          # user header tags
+  # The dataset's identity: 128 random bits minted at its first cycle, high
+  # 64 bits first. Never zero (zero: written before dataset ids; refused).
+  datasetIdHi @7 :UInt64;
+  datasetIdLo @8 :UInt64;
 }
 
 struct Tag {
@@ -87,6 +91,10 @@ struct Announcement {
   snapshotBytes @9 :UInt64;    # sizes of this version's blobs, for update planning
   deltaBytes @10 :UInt64;
   reverseBytes @11 :UInt64;
+  # The dataset's identity, as in every blob's Header; every entry of one
+  # log carries the same one (pins and unpins too). Never zero.
+  datasetIdHi @12 :UInt64;
+  datasetIdLo @13 :UInt64;
 
   enum Kind {
     announce @0;

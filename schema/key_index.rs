@@ -48,7 +48,7 @@ pub fn slots_for(count: u32) -> usize {
 /// Checks that `words` index words are two per slot for a power-of-two
 /// number of slots (or none); the reason if not.
 pub fn check_shape(words: usize) -> Result<(), String> {
-    if words != 0 && (words % 2 != 0 || !(words / 2).is_power_of_two()) {
+    if words != 0 && (!words.is_multiple_of(2) || !(words / 2).is_power_of_two()) {
         return Err(format!(
             "key index has {words} words, not two per slot for a power-of-two number of slots"
         ));

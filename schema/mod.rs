@@ -10,10 +10,13 @@
 //! cache made).
 
 pub mod blob;
+pub mod dataset_id;
 pub mod envelope;
 pub mod key;
 pub mod key_index;
 pub mod record;
+
+pub use dataset_id::DatasetId;
 
 #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
 pub mod burrow_capnp {

@@ -298,6 +298,13 @@ fn check_count(state: &ReadState) {
     }
 }
 
+/// The dataset of [`base_state`] and of its seed blobs.
+pub const BASE_DATASET: crate::schema::DatasetId =
+    match crate::schema::DatasetId::from_u128(0xf022_ba5e_0000_0000_0000_0000_0000_0002) {
+        Some(id) => id,
+        None => panic!("not zero"),
+    };
+
 /// The version of [`base_state`].
 pub const BASE_VERSION: u64 = 2;
 
@@ -330,6 +337,9 @@ pub fn base_blobs() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let store = BlobStore::memory();
         let producer = ProducerBuilder::new(store.clone())
             .producer_id("fuzz-base")
+            // A fixed id: the committed delta seeds must belong to the
+            // dataset of the base state every run builds.
+            .dataset_id(BASE_DATASET)
             .primary_key::<movie::Owned>(&["id"])
             .build()
             .expect("producer builds");

@@ -80,6 +80,25 @@ fn demo_versions_and_inspect_on_a_local_store() {
         assert_eq!(e["version"], i as u64 + 1);
     }
     assert_eq!(entries[1]["from_version"], 1);
+    // The dataset id: 32 lowercase hex digits, the same on every entry.
+    let dataset = entries[0]["dataset_id"]
+        .as_str()
+        .expect("dataset_id")
+        .to_string();
+    assert!(
+        dataset.len() == 32
+            && dataset
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{dataset}"
+    );
+    assert!(entries.iter().all(|e| e["dataset_id"] == dataset.as_str()));
+    let out = burrow(&store, &["versions"]);
+    assert!(
+        text(&out.stdout).contains(&format!("dataset {dataset}")),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = burrow(&store, &["inspect", "2", "--json"]);
     assert!(out.status.success(), "inspect: {}", text(&out.stderr));
@@ -93,6 +112,13 @@ fn demo_versions_and_inspect_on_a_local_store() {
     assert_eq!(blob["types"][0]["key_index_entries"], 2000);
     assert_eq!(blob["types"][0]["key_fields"][0], "id");
     assert_eq!(blob["header"]["tags"]["workload"], "movies");
+    assert_eq!(blob["header"]["dataset_id"], dataset.as_str());
+    let out = burrow(&store, &["inspect", "2"]);
+    assert!(
+        text(&out.stdout).contains(&dataset),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = burrow(&store, &["inspect", "3", "--blob", "delta", "--json"]);
     assert!(out.status.success(), "inspect delta: {}", text(&out.stderr));
@@ -111,6 +137,11 @@ fn demo_versions_and_inspect_on_a_local_store() {
     assert_eq!(lines[0]["consumer_plan"], "delta");
     assert_eq!(lines[1]["event"], "lookup");
     assert_eq!(lines[1]["ok"], true);
+    // ... of the same dataset: a restarted producer keeps the id.
+    let out = burrow(&store, &["--json", "versions"]);
+    let entries = json_lines(&out);
+    assert_eq!(entries.len(), 4);
+    assert!(entries.iter().all(|e| e["dataset_id"] == dataset.as_str()));
 }
 
 #[test]

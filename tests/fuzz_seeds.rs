@@ -122,6 +122,8 @@ fn write_seeds() {
     write("delta", "seed-empty", &[]);
     write("delta", "seed-snapshot-as-delta", &body(&snapshot));
     let entry = burrow::announcer::Announcement {
+        dataset_id: burrow::schema::DatasetId::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0007)
+            .unwrap(),
         seq: 7,
         kind: burrow::announcer::AnnounceKind::Announce,
         version: 70,

@@ -13,8 +13,14 @@ use burrow::schema::burrow_capnp::snapshot;
 use burrow::schema::envelope::{frame, BlobKind};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::record::TypeInfo;
+use burrow::schema::DatasetId;
 use bytes::Bytes;
 use std::sync::Arc;
+
+/// The dataset of the hand-built snapshots and their announcement.
+fn hostile_dataset() -> DatasetId {
+    DatasetId::from_u128(0x4057_11e0_0000_0000_0000_0000_0000_0001).unwrap()
+}
 
 /// One type section of a hand-built snapshot of Movies.
 #[derive(Default)]
@@ -52,6 +58,8 @@ fn snapshot_blob(section: &Section) -> Vec<u8> {
         let mut h = root.reborrow().init_header();
         h.set_to_version(1);
         h.set_producer_id("hostile");
+        h.set_dataset_id_hi(hostile_dataset().hi());
+        h.set_dataset_id_lo(hostile_dataset().lo());
         let mut t = root.init_types(1).get(0);
         t.set_type_id(info.type_id);
         t.set_name(info.name.as_str());
@@ -283,13 +291,19 @@ fn shared_pointer_amplification_is_bounded_by_the_traversal_limit() {
 #[test]
 fn zero_sized_struct_lists_cannot_amplify_a_blob() {
     for kind in [BlobKind::Snapshot, BlobKind::Delta] {
-        let words: [u64; 4] = [
+        let words: [u64; 10] = [
             struct_ptr(0, 0, 2),       // root: Snapshot or Delta, 2 pointers
-            0,                         // header: null (all defaults)
+            struct_ptr(2, 6, 0),       // header: the 6 data words at word 4
             list_ptr(0, 7, 0),         // types: inline composite, 0 words
             struct_ptr(1 << 28, 0, 0), // tag: 2^28 elements of 0 words
+            0,                         // header: versions, time, schema hash
+            0,
+            0,
+            0,
+            0, // datasetIdHi
+            1, // datasetIdLo: a dataset id, so the reader gets to the types
         ];
-        let mut body = vec![0u8, 0, 0, 0, 4, 0, 0, 0];
+        let mut body = vec![0u8, 0, 0, 0, 10, 0, 0, 0];
         for w in words {
             body.extend_from_slice(&w.to_le_bytes());
         }
@@ -403,6 +417,7 @@ fn serve(snapshot: Vec<u8>) -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path().join("store")).unwrap();
     let entry = Announcement {
+        dataset_id: hostile_dataset(),
         seq: 1,
         kind: AnnounceKind::Announce,
         version: 1,

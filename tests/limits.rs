@@ -132,7 +132,9 @@ fn a_blob_with_too_many_types_is_refused_by_name() {
     use burrow::schema::envelope::{frame, BlobKind};
     let mut message = capnp::message::Builder::new_default();
     {
-        let root = message.init_root::<snapshot::Builder>();
+        let mut root = message.init_root::<snapshot::Builder>();
+        // A header with a dataset id, so that the reader gets to the types.
+        root.reborrow().init_header().set_dataset_id_lo(1);
         root.init_types(MAX_TYPES + 1);
     }
     let body = capnp::serialize::write_message_to_words(&message);

@@ -14,6 +14,7 @@ mod consumer_cache;
 mod consumer_outage;
 #[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
+mod dataset_id;
 mod e2e;
 mod failure;
 mod full_disk;

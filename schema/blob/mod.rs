@@ -17,11 +17,17 @@
 //! traversed about once; the limit stops shared pointers and lists of
 //! zero-sized structs from making that read unbounded), and each record is
 //! read with its own bounded reader.
+//!
+//! Every header carries the dataset's id ([`crate::schema::dataset_id`]);
+//! reading a header refuses one without (zero), and [`check_dataset`] is
+//! the check a reader makes of a blob against the dataset it expects.
 
 pub mod read;
 pub mod write;
 
-pub use read::{record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection};
+pub use read::{
+    check_dataset, record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection,
+};
 pub use write::{
     index_slots, write_delta, write_snapshot, DatasetSchema, DeltaTypeSource, HeaderInfo,
     SnapshotRecords, SnapshotTypeSource,

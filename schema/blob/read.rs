@@ -5,6 +5,7 @@
 use super::MAX_TYPES;
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot};
+use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::key_index;
 use capnp::message::ReaderOptions;
@@ -197,6 +198,32 @@ impl OpenBlob {
         )))
     }
 
+    /// Reads only the header (of a snapshot, delta or reverse delta): what
+    /// a reader checks before it uses the blob.
+    pub fn header(&self) -> Result<BlobHeader, FormatError> {
+        let message = self.message()?;
+        let cap = |what: &'static str| self.cap(what);
+        let header = match self.envelope.kind {
+            BlobKind::Snapshot => message
+                .get_root::<snapshot::Reader>()
+                .map_err(cap("snapshot root"))?
+                .get_header(),
+            BlobKind::Delta | BlobKind::Reverse => message
+                .get_root::<delta::Reader>()
+                .map_err(cap("delta root"))?
+                .get_header(),
+            BlobKind::Announcement => {
+                return Err(self.corrupt("expected a snapshot or delta, found an announcement"))
+            }
+        };
+        BlobHeader::read(header.map_err(cap("header"))?, &self.name)
+    }
+
+    /// The dataset the blob belongs to (read from its header).
+    pub fn dataset_id(&self) -> Result<DatasetId, FormatError> {
+        Ok(self.header()?.dataset_id)
+    }
+
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
         self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
@@ -322,6 +349,9 @@ impl<T> Region<T> {
 /// The header of a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobHeader {
+    /// The dataset the blob belongs to (never zero: a blob without one is
+    /// refused when its header is read).
+    pub dataset_id: DatasetId,
     pub from_version: u64,
     pub to_version: u64,
     pub producer_id: String,
@@ -344,6 +374,7 @@ impl BlobHeader {
             ));
         }
         Ok(BlobHeader {
+            dataset_id: DatasetId::read(h.get_dataset_id_hi(), h.get_dataset_id_lo(), blob)?,
             from_version: h.get_from_version(),
             to_version: h.get_to_version(),
             producer_id: text(h.get_producer_id(), blob, "producer id")?,
@@ -356,6 +387,20 @@ impl BlobHeader {
             tags,
         })
     }
+}
+
+/// Checks that `blob` belongs to the dataset `expected`: the id of the
+/// announcement a reader planned by, or of the state a blob is applied to.
+/// [`FormatError::DatasetMismatch`] naming the blob and both ids if not;
+/// `Corrupt` if the blob has no identity or its header does not read.
+///
+/// A consumer calls it on every blob it fetched or mapped from its cache,
+/// before building a state from it, with the `dataset_id` of the
+/// announcement it planned by: a cache file left by another dataset under
+/// the same name then fails here, as the cache's file, instead of being
+/// served.
+pub fn check_dataset(blob: &OpenBlob, expected: DatasetId) -> Result<(), FormatError> {
+    check_same(blob.name(), expected, blob.dataset_id()?)
 }
 
 /// One type of a snapshot.
@@ -432,6 +477,7 @@ mod tests {
     fn from_mmap_checks_the_envelope_and_verify_the_body() {
         let schema = DatasetSchema::default();
         let head = HeaderInfo {
+            dataset_id: DatasetId::mint(),
             from_version: 0,
             to_version: 1,
             producer_id: "p",

@@ -4,6 +4,7 @@
 use super::MAX_LIST_ELEMENTS;
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
+use crate::schema::dataset_id::DatasetId;
 use crate::schema::envelope::{frame, BlobKind};
 use crate::schema::key_index::KeyIndexBuilder;
 use crate::schema::record::TypeInfo;
@@ -79,6 +80,8 @@ impl DatasetSchema {
 
 /// What every blob's header says.
 pub struct HeaderInfo<'a> {
+    /// The dataset the blob belongs to (see [`crate::schema::dataset_id`]).
+    pub dataset_id: DatasetId,
     pub from_version: u64,
     pub to_version: u64,
     pub producer_id: &'a str,
@@ -94,6 +97,8 @@ impl HeaderInfo<'_> {
         h.set_producer_id(self.producer_id);
         h.set_cycle_start_micros(self.cycle_start_micros);
         h.set_schema_hash(self.schema.hash);
+        h.set_dataset_id_hi(self.dataset_id.hi());
+        h.set_dataset_id_lo(self.dataset_id.lo());
         let mut nodes = h.reborrow().init_nodes(self.schema.nodes.len() as u32);
         for (i, (_, words)) in self.schema.nodes.iter().enumerate() {
             let reader = capnp::message::Reader::new(

@@ -4,11 +4,18 @@
 use super::support::Backend;
 use burrow::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
 use burrow::blobstore::BlobName;
+use burrow::schema::DatasetId;
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 
+/// The dataset of every entry these cases append.
+pub fn dataset() -> DatasetId {
+    DatasetId::from_u128(0xa11_0000_0000_0000_0000_0000_0000_0001).unwrap()
+}
+
 pub fn entry(seq: u64, version: u64, producer: &str) -> Announcement {
     Announcement {
+        dataset_id: dataset(),
         seq,
         kind: AnnounceKind::Announce,
         version,

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 fn entry(seq: u64, version: u64, producer: &str) -> Announcement {
     Announcement {
+        dataset_id: burrow::schema::DatasetId::from_u128(0x7e5_1000_0000_0000_0000_0000_0000_0001)
+            .unwrap(),
         seq,
         kind: AnnounceKind::Announce,
         version,

@@ -12,6 +12,11 @@
 //! afterwards: the consumer re-verifies each file the first time a process
 //! maps it (see [`crate::consumer`]) and evicts one that fails.
 //!
+//! Blobs are kept per dataset, in `<dir>/<dataset id>/` ([`BlobCache::for_dataset`]):
+//! the consumer caches by the dataset id of the announcements it follows,
+//! so a store deleted and published again (a new dataset) is never read
+//! through its predecessor's files.
+//!
 //! One process owns a cache directory at a time: [`BlobCache::open`] takes
 //! an exclusive lock on `<dir>/.lock` (`flock`, on Unix) held for the
 //! cache's life, and a second owner gets [`StoreError::CacheInUse`]. Only
@@ -22,6 +27,7 @@ use super::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::OpenBlob;
 use crate::schema::envelope::{BodyHasher, Envelope, ENVELOPE_LEN};
+use crate::schema::DatasetId;
 use futures::StreamExt;
 use std::fs::File;
 use std::io::Write;
@@ -99,6 +105,19 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .map_err(io("open cache lock file", &path))
 }
 
+/// Removes the temp files of interrupted fetches from one directory.
+fn remove_temp_files(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir).map_err(io("read cache directory", dir))? {
+        let entry = entry.map_err(io("read cache directory", dir))?;
+        if entry.file_name().to_string_lossy().contains(TMP_MARK) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io("remove stale temp file", &path))?;
+            tracing::info!(path = %path.display(), "removed a temp file left by an interrupted fetch");
+        }
+    }
+    Ok(())
+}
+
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { op, path, source }
@@ -112,18 +131,31 @@ impl BlobCache {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create cache directory", &dir))?;
         let lock = lock_dir(&dir)?;
+        remove_temp_files(&dir)?;
         for entry in std::fs::read_dir(&dir).map_err(io("read cache directory", &dir))? {
             let entry = entry.map_err(io("read cache directory", &dir))?;
-            if entry.file_name().to_string_lossy().contains(TMP_MARK) {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(io("remove stale temp file", &path))?;
-                tracing::info!(path = %path.display(), "removed a temp file left by an interrupted fetch");
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_temp_files(&entry.path())?;
             }
         }
         Ok(BlobCache {
             dir,
             max_blob_bytes: u64::MAX,
             _lock: Arc::new(lock),
+        })
+    }
+
+    /// The part of this cache that holds dataset `id`'s blobs: the
+    /// subdirectory `<dir>/<id>` (created if missing), under the same lock.
+    /// Blobs are cached by dataset and name, so a store recreated at the
+    /// same place (a new dataset) never reads its predecessor's files.
+    pub fn for_dataset(&self, id: DatasetId) -> Result<BlobCache, StoreError> {
+        let dir = self.dir.join(id.to_string());
+        std::fs::create_dir_all(&dir).map_err(io("create cache directory", &dir))?;
+        Ok(BlobCache {
+            dir,
+            max_blob_bytes: self.max_blob_bytes,
+            _lock: Arc::clone(&self._lock),
         })
     }
 

@@ -252,7 +252,10 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         .collect();
 
     // Consumer open and decode-everything open, each a new process.
-    let snapshot_file = consumer.cache().path(&BlobName::Snapshot(head));
+    let snapshot_file = consumer
+        .cache()
+        .for_dataset(consumer.state()?.dataset_id())?
+        .path(&BlobName::Snapshot(head));
     // The children open this cache: one owner at a time (the state stays).
     drop(consumer);
     let mut open = Vec::new();
@@ -356,20 +359,32 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
     let delta_name = BlobName::Delta(v1, v2);
     master.fetch(&delta_store, &snap_name).await?;
     master.fetch(&delta_store, &delta_name).await?;
+    // A consumer's cache keeps each dataset's blobs in a directory named by
+    // the dataset's id.
+    let dataset = burrow::blobstore::cache::map_file(
+        &master.path(&snap_name),
+        &snap_name.to_string(),
+        false,
+    )?
+    .dataset_id()?
+    .to_string();
     let mut refresh_fetch = Vec::new();
     let mut refresh_cached = Vec::new();
     for r in 0..runs {
         say(format!("delta refresh {}/{runs}", r + 1));
         for cached in [false, true] {
             let dir = deltas_dir.join(format!("cache-{r}-{cached}"));
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(dir.join(&dataset))?;
             let names: &[BlobName] = if cached {
                 &[snap_name, delta_name]
             } else {
                 &[snap_name]
             };
             for n in names {
-                link_or_copy(&master.path(n), &dir.join(n.cache_file_name()))?;
+                link_or_copy(
+                    &master.path(n),
+                    &dir.join(&dataset).join(n.cache_file_name()),
+                )?;
             }
             let c = ConsumerBuilder::new(delta_store.clone())
                 .cache_dir(&dir)

@@ -19,7 +19,7 @@
 use crate::config::DemoConfig;
 use crate::output::{self, Out, Progress};
 use anyhow::{bail, Context, Result};
-use burrow::blobstore::{BlobCache, BlobName, BlobStore};
+use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::{Consumer, ConsumerBuilder, RefreshReport, Step};
 use burrow::producer::{CycleReport, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
@@ -30,32 +30,6 @@ use std::fmt::Write as _;
 
 /// The seed of the demo's edits (`Dataset::advance` mixes in the cycle).
 const SEED: u64 = 0x6275_7272_6f77_0001;
-
-/// Clears cached blobs of a dataset that no longer exists: the cache knows
-/// blobs by name only, so a store that was deleted and published again would
-/// otherwise be read through its predecessor's `snapshot/1`.
-fn clear_stale_cache(cache: &BlobCache) -> Result<usize> {
-    let dir = cache.dir();
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read cache directory {}", dir.display()))?;
-    let mut cleared = 0;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let file = entry.file_name();
-        let Some(name) = file
-            .to_str()
-            .and_then(|f| f.split_once('-'))
-            .and_then(|(dir, rest)| BlobName::parse(&format!("{dir}/{rest}")))
-        else {
-            continue;
-        };
-        if cache.path(&name) == entry.path() {
-            cache.evict(&name)?;
-            cleared += 1;
-        }
-    }
-    Ok(cleared)
-}
 
 /// Reads the consumer's state back into a model (to chain on a store that
 /// already holds the demo's dataset).
@@ -177,18 +151,7 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
             ));
             model
         }
-        None => {
-            let cleared = clear_stale_cache(consumer.cache())?;
-            if cleared > 0 {
-                progress.clear();
-                output::note(&format!(
-                    "the store is new, so {cleared} blobs cached from an earlier dataset were \
-                     removed from {}",
-                    cfg.cache.display()
-                ));
-            }
-            Dataset::new(0, SEED)
-        }
+        None => Dataset::new(0, SEED),
     };
 
     if !out.json {

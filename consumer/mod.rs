@@ -31,12 +31,14 @@ pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
-use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog, Watcher};
+use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
 use crate::blobstore::resilience::{CircuitBreakerStore, Clock, SystemClock};
 use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
-use crate::error::Error;
-use crate::schema::blob::OpenBlob;
+use crate::error::{Error, FormatError};
+use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::DatasetId;
 use arc_swap::ArcSwapOption;
+use recheck::BlobKey;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,7 +265,26 @@ pub struct Consumer {
     rechecks: recheck::Rechecks,
     /// The blobs the current state was built from (its snapshot and every
     /// delta applied since).
-    current_blobs: Mutex<Vec<BlobName>>,
+    current_blobs: Mutex<Vec<BlobKey>>,
+}
+
+impl Inner {
+    /// Polls the log. A log that changed datasets under the watcher (the
+    /// store was deleted and published again) is followed from its newest
+    /// entry by a fresh watcher, instead of being refused at every poll.
+    async fn poll(&mut self) -> Result<(), AnnounceError> {
+        match self.watcher.poll().await {
+            Err(AnnounceError::Format(FormatError::DatasetMismatch { .. })) => {
+                tracing::warn!(
+                    "the announcement log belongs to another dataset now (the store was \
+                     recreated); following it from its newest entry"
+                );
+                self.watcher = Watcher::new(self.watcher.log().clone());
+                self.watcher.poll().await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
 }
 
 /// What a refresh did.
@@ -369,7 +390,7 @@ impl Consumer {
         self.rechecks.faults()
     }
 
-    fn blobs_in_use(&self) -> Vec<BlobName> {
+    fn blobs_in_use(&self) -> Vec<BlobKey> {
         self.current_blobs.lock().expect("blobs lock").clone()
     }
 
@@ -418,13 +439,13 @@ impl Consumer {
                 // Cancelling a poll is safe: the watcher records what it
                 // found only when the poll completes.
                 Some((limit, clock)) => tokio::select! {
-                    polled = inner.watcher.poll() => { polled?; }
+                    polled = inner.poll() => { polled?; }
                     _ = clock.sleep(limit) => {
                         return Err(ConsumerError::PollTimedOut { after: limit }.into());
                     }
                 },
                 None => {
-                    inner.watcher.poll().await?;
+                    inner.poll().await?;
                 }
             }
             let newest = inner
@@ -525,9 +546,23 @@ impl Consumer {
         rebuild: bool,
     ) -> Result<Option<RefreshReport>, Error> {
         let from = self.version();
+        let dataset = newest.dataset_id;
+        let cache = self.cache.for_dataset(dataset)?;
+        // A state of another dataset (the store was deleted and published
+        // again) is no base for this one's deltas: plan from nothing, and
+        // forget the old dataset's failed blobs.
+        let switched = self.current().is_some_and(|s| s.dataset_id() != dataset);
+        if switched {
+            tracing::warn!(%dataset, "the store holds another dataset now; loading it from a snapshot");
+            inner.failed.clear();
+        }
         // A rebuild (a blob of the current state was found corrupt in the
         // cache) plans as if nothing were loaded.
-        let current = if rebuild { None } else { self.current() };
+        let current = if rebuild || switched {
+            None
+        } else {
+            self.current()
+        };
         if current.is_some() && from == Some(target_version) {
             return Ok(None);
         }
@@ -580,7 +615,7 @@ impl Consumer {
             let step_span = tracing::info_span!("refresh_step", blob = %name);
             let step_started = Instant::now();
             let result = async {
-                let (blob, fetched) = self.open_blob(&name).await?;
+                let (blob, fetched) = self.open_blob(&cache, dataset, &name).await?;
                 let len = blob.len();
                 let base = match *step {
                     Step::Snapshot(_) => None,
@@ -602,7 +637,7 @@ impl Consumer {
                 .map_err(|e| {
                     Error::from(StoreError::Io {
                         op: "build the next state",
-                        path: self.cache.path(&name),
+                        path: cache.path(&name),
                         source: std::io::Error::other(e),
                     })
                 })??;
@@ -617,7 +652,7 @@ impl Consumer {
                         fetched_bytes += len;
                     }
                     inner.failed.remove(&name);
-                    blobs.push(name);
+                    blobs.push((dataset, name));
                     state = Some(Arc::new(next));
                 }
                 Err(e) => {
@@ -632,7 +667,7 @@ impl Consumer {
                                 retry_at: self.clock.now() + backoff,
                             },
                         );
-                        let _ = self.cache.evict(&name);
+                        let _ = cache.evict(&name);
                     }
                     return Err(fail(e));
                 }
@@ -654,48 +689,66 @@ impl Consumer {
         }))
     }
 
-    /// Fetches (if needed) and maps one blob. Returns it and whether it was
-    /// fetched from the store now. A cached file that fails its checks here
-    /// is the cache's fault: it is evicted, reported, and fetched again. A
-    /// cached file that passes is re-verified in the background (or here,
-    /// with `verify_on_open`), once per process.
-    async fn open_blob(&self, name: &BlobName) -> Result<(Arc<OpenBlob>, bool), Error> {
-        let (_, fetched) = self.cache.fetch_reporting(&self.store, name).await?;
-        let opened = self.map_blob(name, !fetched && self.verify_on_open).await;
+    /// Fetches (if needed) and maps one blob of `dataset` from its part of
+    /// the cache. Returns it and whether it was fetched from the store now.
+    /// A cached file that fails its checks here (envelope, length, another
+    /// dataset's header) is the cache's fault: it is evicted, reported, and
+    /// fetched again. A cached file that passes is re-verified in the
+    /// background (or here, with `verify_on_open`), once per process. A
+    /// fresh download of another dataset is the store's bad blob.
+    async fn open_blob(
+        &self,
+        cache: &BlobCache,
+        dataset: DatasetId,
+        name: &BlobName,
+    ) -> Result<(Arc<OpenBlob>, bool), Error> {
+        let (_, fetched) = cache.fetch_reporting(&self.store, name).await?;
+        let opened = self
+            .map_blob(cache, dataset, name, !fetched && self.verify_on_open)
+            .await;
         let (blob, fetched) = match opened {
             Ok(blob) => (blob, fetched),
             Err(Error::Format(e)) if !fetched => {
-                let _ = self.cache.evict(name);
+                let _ = cache.evict(name);
                 self.rechecks.record_fault(CacheFault {
                     blob: name.to_string(),
-                    path: self.cache.path(name),
+                    path: cache.path(name),
                     reason: e.to_string(),
                 });
-                let (_, fetched) = self.cache.fetch_reporting(&self.store, name).await?;
-                (self.map_blob(name, false).await?, fetched)
+                let (_, fetched) = cache.fetch_reporting(&self.store, name).await?;
+                (self.map_blob(cache, dataset, name, false).await?, fetched)
             }
             Err(e) => return Err(e),
         };
         if fetched || self.verify_on_open {
-            self.rechecks.mark_verified(*name);
+            self.rechecks.mark_verified((dataset, *name));
         } else {
             self.rechecks
-                .start(*name, Arc::clone(&blob), self.cache.path(name));
+                .start((dataset, *name), Arc::clone(&blob), cache.path(name));
         }
         Ok((blob, fetched))
     }
 
-    async fn map_blob(&self, name: &BlobName, verify: bool) -> Result<Arc<OpenBlob>, Error> {
-        let path = self.cache.path(name);
+    /// Maps a cached blob and checks that it belongs to `dataset`.
+    async fn map_blob(
+        &self,
+        cache: &BlobCache,
+        dataset: DatasetId,
+        name: &BlobName,
+        verify: bool,
+    ) -> Result<Arc<OpenBlob>, Error> {
+        let path = cache.path(name);
         let label = name.to_string();
         tokio::task::spawn_blocking(move || {
-            crate::blobstore::cache::map_file(&path, &label, verify).map(Arc::new)
+            let blob = crate::blobstore::cache::map_file(&path, &label, verify)?;
+            check_dataset(&blob, dataset)?;
+            Ok::<_, Error>(Arc::new(blob))
         })
         .await
         .map_err(|e| {
             Error::from(StoreError::Io {
                 op: "map cached blob",
-                path: self.cache.path(name),
+                path: cache.path(name),
                 source: std::io::Error::other(e),
             })
         })?

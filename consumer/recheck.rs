@@ -13,6 +13,7 @@
 
 use crate::blobstore::BlobName;
 use crate::schema::blob::OpenBlob;
+use crate::schema::DatasetId;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,10 @@ pub struct CacheFault {
     pub reason: String,
 }
 
+/// A cached blob: its dataset and its name (the cache keeps each dataset's
+/// blobs apart, so two datasets' `snapshot/1` are two files).
+pub(crate) type BlobKey = (DatasetId, BlobName);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Pending,
@@ -43,7 +48,7 @@ enum Status {
 }
 
 struct Shared {
-    status: Mutex<HashMap<BlobName, Status>>,
+    status: Mutex<HashMap<BlobKey, Status>>,
     faults: Mutex<Vec<CacheFault>>,
     rebuild: AtomicBool,
     /// Bumped each time a check ends.
@@ -73,7 +78,7 @@ impl Rechecks {
     }
 
     /// `name` was fetched (and verified) by this process just now.
-    pub(crate) fn mark_verified(&self, name: BlobName) {
+    pub(crate) fn mark_verified(&self, name: BlobKey) {
         lock(&self.shared.status).insert(name, Status::Verified);
         self.shared.changed.send_modify(|n| *n += 1);
     }
@@ -91,7 +96,7 @@ impl Rechecks {
     /// this process already verified (or is verifying) it. Must be called
     /// inside a tokio runtime. The task holds the file's path, not the
     /// cache, so it never keeps the cache directory's lock alive.
-    pub(crate) fn start(&self, name: BlobName, blob: Arc<OpenBlob>, path: PathBuf) {
+    pub(crate) fn start(&self, name: BlobKey, blob: Arc<OpenBlob>, path: PathBuf) {
         {
             let mut status = lock(&self.shared.status);
             match status.get(&name) {
@@ -120,7 +125,7 @@ impl Rechecks {
                         }
                     }
                     let fault = CacheFault {
-                        blob: name.to_string(),
+                        blob: name.1.to_string(),
                         path,
                         reason: e.to_string(),
                     };
@@ -135,7 +140,7 @@ impl Rechecks {
     }
 
     /// Whether every one of `blobs` has been verified by this process.
-    pub(crate) fn all_verified(&self, blobs: &[BlobName]) -> bool {
+    pub(crate) fn all_verified(&self, blobs: &[BlobKey]) -> bool {
         let status = lock(&self.shared.status);
         blobs
             .iter()
@@ -143,7 +148,7 @@ impl Rechecks {
     }
 
     /// Waits until none of `blobs` is still being checked.
-    pub(crate) async fn settled(&self, blobs: &[BlobName]) {
+    pub(crate) async fn settled(&self, blobs: &[BlobKey]) {
         let mut rx = self.shared.changed.subscribe();
         loop {
             rx.borrow_and_update();

@@ -35,7 +35,7 @@ async fn flipped_byte_in_cached_blob_is_detected() {
         assert_eq!(snapshot_of(&first), model);
         assert!(first.state_verified(), "fetched blobs are verified");
     }
-    let file = cache.join(BlobName::Snapshot(v1).cache_file_name());
+    let file = cached_blob(&cache, &BlobName::Snapshot(v1));
     flip_byte_of(&file, b"Title number 17");
 
     let second = consumer(&store, &cache);
@@ -249,7 +249,7 @@ async fn truncated_cache_file_is_refetched_not_avoided() {
     let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
     let v1 = publish(&producer, &model).await.unwrap().version;
     consumer(&store, &cache).refresh().await.unwrap();
-    let file = cache.join(BlobName::Snapshot(v1).cache_file_name());
+    let file = cached_blob(&cache, &BlobName::Snapshot(v1));
     let len = std::fs::metadata(&file).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

@@ -252,20 +252,9 @@ async fn producer_killed_at_every_step() {
 
 /// The files in a cache directory: (temp files, final names).
 fn cache_files(cache: &Path) -> (Vec<String>, Vec<String>) {
-    let mut tmp = Vec::new();
-    let mut done = Vec::new();
-    for entry in std::fs::read_dir(cache).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        if name == burrow::blobstore::cache::LOCK_FILE {
-            continue;
-        }
-        if name.contains(".tmp-") {
-            tmp.push(name);
-        } else {
-            done.push(name);
-        }
-    }
-    (tmp, done)
+    crate::common::cache_files_in(cache)
+        .into_iter()
+        .partition(|name| name.contains(".tmp-"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,3 +308,70 @@ fn a_blob_or_entry_without_a_dataset_id_is_refused() {
         "{err}"
     );
 }
+
+/// Invariant: a consumer's cache is keyed by dataset: after the store is
+/// deleted and published again at the same place (the same blob names,
+/// another dataset), a new consumer on the old cache directory serves the
+/// new dataset, never the old one's cached files, and a consumer that kept
+/// running through the recreation moves to the new dataset by a snapshot.
+#[tokio::test]
+async fn recreated_store_does_not_reuse_stale_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let cache = dir.path().join("cache");
+    let running_cache = dir.path().join("running");
+    let old: Model = (0..30).map(|i| (i, movie_value(i, 0))).collect();
+    let new: Model = (100..140).map(|i| (i, movie_value(i, 7))).collect();
+
+    let (store, p) = dataset_with(&store_dir, &[&old, &old_plus_one(&old)]).await;
+    drop(p);
+    let first = consumer(&store, &cache);
+    first.refresh().await.unwrap();
+    assert_eq!(state_model(&first.state().unwrap()), old_plus_one(&old));
+    drop(first); // releases the cache directory
+    let running = consumer(&store, &running_cache);
+    running.refresh().await.unwrap();
+    let old_id = running.state().unwrap().dataset_id();
+
+    // The store is deleted and published again: three versions, so the
+    // new log is longer than the one the running consumer knows.
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    let (store, _p) = dataset_with(
+        &store_dir,
+        &[&new, &old_plus_one(&new), &new_plus(&old_plus_one(&new))],
+    )
+    .await;
+
+    let again = consumer(&store, &cache);
+    again.refresh().await.unwrap();
+    let state = again.state().unwrap();
+    assert_ne!(state.dataset_id(), old_id);
+    assert_eq!(state_model(&state), new_plus(&old_plus_one(&new)));
+
+    running.refresh().await.unwrap();
+    let state = running.state().unwrap();
+    assert_ne!(state.dataset_id(), old_id);
+    assert_eq!(state_model(&state), new_plus(&old_plus_one(&new)));
+}
+
+fn old_plus_one(m: &Model) -> Model {
+    let mut m = m.clone();
+    m.insert(0, movie_value(0, 1));
+    m
+}
+
+fn new_plus(m: &Model) -> Model {
+    let mut m = m.clone();
+    m.insert(200, movie_value(200, 1));
+    m
+}
+
+/// A local store at `dir` with one version per model, by a fresh producer.
+async fn dataset_with(dir: &Path, models: &[&Model]) -> (BlobStore, Producer) {
+    let store = BlobStore::local(dir).unwrap();
+    let p = producer(&store, "p");
+    for m in models {
+        publish(&p, m).await.unwrap();
+    }
+    (store, p)
+}

@@ -80,11 +80,7 @@ async fn a_full_disk_during_a_fetch_leaves_the_consumer_serving() {
     assert_eq!(snapshot_of(&c).len(), 50, "and keeps serving it");
     // Nothing half-written: no temp file, and what a restart finds under
     // a final name is whole and verifies.
-    let files: Vec<String> = std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|f| f != burrow::blobstore::cache::LOCK_FILE)
-        .collect();
+    let files = cache_files_in(&cache);
     assert!(files.iter().all(|f| !f.contains(".tmp-")), "{files:?}");
     // The running consumer owns the directory: a second owner is refused.
     assert!(BlobCache::open(&cache).is_err());

@@ -99,3 +99,42 @@ pub fn state_model(state: &burrow::consumer::ReadState) -> Model {
     );
     out
 }
+
+/// Every file of a consumer's cache directory but its lock, as paths
+/// relative to it: the blobs sit in one directory per dataset
+/// (`<dataset id>/<blob file>`).
+pub fn cache_files_in(cache: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(cache).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if entry.file_type().unwrap().is_dir() {
+            for inner in std::fs::read_dir(entry.path()).unwrap() {
+                let inner = inner.unwrap().file_name().to_string_lossy().to_string();
+                files.push(format!("{name}/{inner}"));
+            }
+        } else if name != burrow::blobstore::cache::LOCK_FILE {
+            files.push(name);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Where a consumer's cache keeps blob `name` of the one dataset it has
+/// cached (`<cache>/<dataset id>/<blob file>`).
+pub fn cached_blob(cache: &Path, name: &burrow::blobstore::BlobName) -> std::path::PathBuf {
+    let datasets: Vec<_> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        datasets.len(),
+        1,
+        "one dataset in {}: {datasets:?}",
+        cache.display()
+    );
+    datasets[0].join(name.cache_file_name())
+}

@@ -74,8 +74,8 @@ impl TypeInfo {
             .get_display_name()
             .ok()
             .and_then(|n| n.to_str().ok())
-            .unwrap_or("<unnamed>")
-            .to_string();
+            .map(|n| portable_display_name(n).0.to_string())
+            .unwrap_or_else(|| "<unnamed>".to_string());
         TypeInfo {
             type_id: proto.get_id(),
             name,
@@ -88,6 +88,22 @@ impl TypeInfo {
         (self.schema_fn)()
     }
 }
+/// A node's display name without the build machine's directories: the
+/// schema compiler names a node `<file as given>:<Outer.Inner>`, and a file
+/// given by absolute path (a build without `src_prefix`) would carry where
+/// the build ran into every blob and the schema hash. An absolute file path
+/// is cut to its file name (`/home/ci/x/library.capnp:Book` becomes
+/// `library.capnp:Book`); a relative one (`examples/movies.capnp:Movie`) is
+/// kept. Returns the name and how many bytes were cut from its front.
+pub fn portable_display_name(raw: &str) -> (&str, usize) {
+    if !raw.starts_with('/') {
+        return (raw, 0);
+    }
+    let file = raw.split_once(':').map_or(raw, |(file, _)| file);
+    let cut = file.rfind('/').map_or(0, |i| i + 1);
+    (&raw[cut..], cut)
+}
+
 /// One segment over a slice: how a single record message is read in place.
 #[derive(Clone, Copy)]
 pub struct OneSegment<'a>(pub &'a [u8]);

@@ -18,6 +18,35 @@ pub struct DatasetSchema {
     hash: u64,
 }
 
+/// A schema node's canonical words, with its display name made portable
+/// ([`crate::schema::record::portable_display_name`]): a build without
+/// `src_prefix` names nodes by the absolute path of their file, which must
+/// not reach blobs or the schema hash.
+fn portable_canonical_node(
+    node: capnp::schema_capnp::node::Reader<'_>,
+) -> capnp::Result<Vec<capnp::Word>> {
+    let mut message = capnp::message::Builder::new_default();
+    let raw_name = node.get_display_name()?.to_str()?;
+    let (portable, cut) = crate::schema::record::portable_display_name(raw_name);
+    if cut == 0 {
+        message.set_root_canonical(node)?;
+    } else {
+        let mut copy = capnp::message::Builder::new_default();
+        copy.set_root(node)?;
+        let mut edited: capnp::schema_capnp::node::Builder<'_> = copy.get_root()?;
+        let prefix = edited.reborrow().get_display_name_prefix_length();
+        edited.reborrow().set_display_name(portable);
+        edited
+            .reborrow()
+            .set_display_name_prefix_length(prefix.saturating_sub(cut as u32));
+        message.set_root_canonical(edited.into_reader())?;
+    }
+    let bytes = message.get_segments_for_output()[0];
+    let mut words = capnp::Word::allocate_zeroed_vec(bytes.len() / 8);
+    capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(bytes);
+    Ok(words)
+}
+
 impl DatasetSchema {
     /// The nodes of `types` and of every struct and enum their fields
     /// reach, sorted by id.
@@ -51,11 +80,7 @@ impl DatasetSchema {
             if seen.contains_key(&node.get_id()) {
                 continue;
             }
-            let mut message = capnp::message::Builder::new_default();
-            message.set_root_canonical(node)?;
-            let bytes = message.get_segments_for_output()[0];
-            let mut words = capnp::Word::allocate_zeroed_vec(bytes.len() / 8);
-            capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(bytes);
+            let words = portable_canonical_node(node)?;
             seen.insert(node.get_id(), words);
         }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -395,4 +420,34 @@ fn write_type_delta(
         at += record.len();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Invariant: where the build ran does not reach blobs: a node named by
+    /// an absolute file path is written under its file name, with the same
+    /// canonical bytes as a node compiled with `src_prefix`.
+    #[test]
+    fn absolute_display_names_are_written_portably() {
+        let node = |name: &str, prefix: u32| {
+            let mut m = capnp::message::Builder::new_default();
+            let mut n: capnp::schema_capnp::node::Builder<'_> = m.init_root();
+            n.set_id(0xabcd);
+            n.set_display_name(name);
+            n.set_display_name_prefix_length(prefix);
+            m
+        };
+        let absolute = node("/home/ci/build/schema/library.capnp:Book", 34);
+        let relative = node("library.capnp:Book", 14);
+        let read = |m: &capnp::message::Builder<capnp::message::HeapAllocator>| {
+            portable_canonical_node(m.get_root_as_reader().unwrap()).unwrap()
+        };
+        assert_eq!(read(&absolute), read(&relative));
+        let kept = node("examples/movies.capnp:Movie", 22);
+        let words = read(&kept);
+        let bytes = capnp::Word::words_to_bytes(&words);
+        assert!(bytes.windows(8).any(|w| w == b"examples"));
+    }
 }

@@ -10,6 +10,7 @@ mod common;
 mod conformance;
 #[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
+mod dropped_type;
 mod e2e;
 mod failure;
 mod full_disk;

@@ -1,0 +1,192 @@
+//! Types appearing and disappearing: a producer that stops registering a
+//! type drops it for every consumer, by delta or by snapshot, and the
+//! reverse delta brings it back whole.
+
+use crate::common::*;
+use burrow::blobstore::BlobStore;
+use burrow::consumer::ConsumerError;
+use burrow::producer::{Producer, ProducerBuilder};
+use burrow::schema::examples::movies_capnp::movie;
+use burrow::schema::examples::probe_capnp::probe;
+use burrow::Error;
+
+/// A producer of Movie and Probe (Probe keyed by a text and an integer
+/// field, so that its key is not a plain integer).
+fn both(store: &BlobStore, id: &str, snapshot_every: u32) -> Producer {
+    ProducerBuilder::new(store.clone())
+        .producer_id(id)
+        .snapshot_every(snapshot_every)
+        .primary_key::<movie::Owned>(&["id"])
+        .primary_key::<probe::Owned>(&["name", "small"])
+        .build()
+        .unwrap()
+}
+
+fn movies_only(store: &BlobStore, id: &str, snapshot_every: u32) -> Producer {
+    ProducerBuilder::new(store.clone())
+        .producer_id(id)
+        .snapshot_every(snapshot_every)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap()
+}
+
+/// Publishes `model` and, when `probes` is given, that many Probe records.
+async fn publish_with(
+    producer: &Producer,
+    model: &Model,
+    probes: Option<u32>,
+) -> burrow::Result<burrow::producer::CycleReport> {
+    producer
+        .run_cycle(|p| {
+            for (id, (title, year, _)) in model {
+                p.add::<movie::Owned>(|mut m| {
+                    m.set_id(*id);
+                    m.set_title(title.as_str());
+                    m.set_year(*year);
+                    Ok(())
+                })?;
+            }
+            for i in 0..probes.unwrap_or(0) {
+                p.add::<probe::Owned>(|mut r| {
+                    r.set_name(format!("probe-{i}").as_str());
+                    r.set_small(i as i16);
+                    r.set_big(i64::from(i) * 1000);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+fn type_names(state: &burrow::consumer::ReadState) -> Vec<String> {
+    let mut names: Vec<String> = state.types().iter().map(|t| t.name().to_string()).collect();
+    names.sort();
+    names
+}
+
+fn assert_no_probe(state: &burrow::consumer::ReadState, who: &str) {
+    match state.view::<probe::Owned>() {
+        Err(Error::Consumer(ConsumerError::UnknownType { .. })) => {}
+        Err(e) => panic!("{who}: expected UnknownType, got {e}"),
+        Ok(v) => panic!("{who}: the dropped type is still there with {} records", v.len()),
+    }
+    assert_eq!(type_names(state).len(), 1, "{who}: {:?}", type_names(state));
+}
+
+/// `count` Probe records are in the state, each found by its key.
+fn assert_probes(state: &burrow::consumer::ReadState, count: u32, who: &str) {
+    let view = state.view::<probe::Owned>().unwrap();
+    assert_eq!(view.len(), count, "{who}");
+    for i in 0..count {
+        let name = format!("probe-{i}");
+        let (_, r) = view
+            .find(&(name.as_str(), i as i16))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{who}: {name} not found by key"));
+        assert_eq!(r.get().unwrap().get_big(), i64::from(i) * 1000, "{who}");
+    }
+}
+
+// Invariant: a type the producer no longer registers leaves delta
+// followers as it leaves snapshot consumers, and a reverse delta brings it
+// back with its records.
+#[tokio::test]
+async fn dropped_type_leaves_delta_consumers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    let a = both(&store, "a", 100);
+    let v1 = publish_with(&a, &model, Some(70)).await.unwrap().version;
+    let follower = consumer(&store, &dir.path().join("follower"));
+    follower.refresh().await.unwrap();
+    assert_probes(&follower.state().unwrap(), 70, "follower at v1");
+    drop(a);
+
+    // B registers only Movie; its cycle changes nothing in Movie, so its
+    // only change is the dropped type: still a new version.
+    let b = movies_only(&store, "b", 100);
+    assert_eq!(b.restore().await.unwrap(), Some(v1));
+    let report = publish_with(&b, &model, None).await.unwrap();
+    assert!(report.published, "dropping a type is a change");
+    let v2 = report.version;
+    assert!(v2 > v1);
+    let refreshed = follower.refresh().await.unwrap().expect("moves to v2");
+    assert!(
+        refreshed
+            .steps
+            .iter()
+            .all(|s| matches!(s, burrow::consumer::Step::Delta(..))),
+        "followed by delta: {:?}",
+        refreshed.steps
+    );
+    let fresh = consumer(&store, &dir.path().join("fresh"));
+    fresh.refresh().await.unwrap();
+    for (who, c) in [("delta follower", &follower), ("snapshot consumer", &fresh)] {
+        let state = c.state().unwrap();
+        assert_eq!(state.version(), v2, "{who}");
+        assert_no_probe(&state, who);
+        assert_eq!(state_model(&state), snapshot_of(&fresh), "{who}");
+    }
+
+    // Back to v1 by the reverse delta: Probe is back, whole, found by key.
+    let log = burrow::announcer::AnnouncementLog::new(store.clone());
+    log.pin(v1, "operator").await.unwrap();
+    let back = follower.refresh().await.unwrap().expect("moves to the pin");
+    assert!(
+        back.steps
+            .iter()
+            .all(|s| matches!(s, burrow::consumer::Step::Reverse(..))),
+        "walked back by the reverse delta: {:?}",
+        back.steps
+    );
+    let state = follower.state().unwrap();
+    assert_eq!(state.version(), v1);
+    assert_eq!(type_names(&state).len(), 2);
+    assert_probes(&state, 70, "follower pinned back to v1");
+    log.unpin("operator").await.unwrap();
+    follower.refresh().await.unwrap();
+    assert_no_probe(&follower.state().unwrap(), "follower unpinned");
+}
+
+// Invariant: a type that appears is created by the delta (even with no
+// records), and its reverse delta drops it again.
+#[tokio::test]
+async fn appearing_type_is_created_by_delta_and_dropped_by_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    let a = movies_only(&store, "a", 100);
+    let v1 = publish_with(&a, &model, None).await.unwrap().version;
+    let follower = consumer(&store, &dir.path().join("follower"));
+    follower.refresh().await.unwrap();
+    drop(a);
+
+    // B registers Probe too but adds none: the type exists, empty.
+    let b = both(&store, "b", 100);
+    b.restore().await.unwrap();
+    let report = publish_with(&b, &model, Some(0)).await.unwrap();
+    assert!(report.published, "a new type is a change");
+    let v2 = report.version;
+    follower.refresh().await.unwrap();
+    let fresh = consumer(&store, &dir.path().join("fresh"));
+    fresh.refresh().await.unwrap();
+    for (who, c) in [("delta follower", &follower), ("snapshot consumer", &fresh)] {
+        let state = c.state().unwrap();
+        assert_eq!(state.version(), v2, "{who}");
+        assert_eq!(type_names(&state).len(), 2, "{who}");
+        assert_probes(&state, 0, who);
+    }
+    let v3 = publish_with(&b, &model, Some(3)).await.unwrap().version;
+    follower.refresh().await.unwrap();
+    assert_probes(&follower.state().unwrap(), 3, "follower at v3");
+    assert!(v3 > v2);
+
+    let log = burrow::announcer::AnnouncementLog::new(store.clone());
+    log.pin(v1, "operator").await.unwrap();
+    follower.refresh().await.unwrap();
+    let state = follower.state().unwrap();
+    assert_eq!(state.version(), v1);
+    assert_no_probe(&state, "follower pinned back before the type appeared");
+}

@@ -359,7 +359,9 @@ impl ReadState {
     }
 
     /// This state moved from `from` (its own version) to `to` by a delta
-    /// or reverse delta blob.
+    /// or reverse delta blob. A section for a type the state does not hold
+    /// creates it; a dropped section removes its type entirely (a delta
+    /// that drops a type the state does not hold is corrupt).
     pub fn apply(&self, blob: Arc<OpenBlob>, from: u64, to: u64) -> Result<ReadState, Error> {
         let env = blob.envelope();
         let bad = |reason: String| -> Error {
@@ -385,6 +387,18 @@ impl ReadState {
         check_header(&header, &blob, from, to)?;
         let mut types = self.types.clone();
         for section in sections {
+            if section.dropped {
+                // The type leaves the state entirely, as it is absent from
+                // the snapshot of `to`.
+                let Some(at) = types.iter().position(|t| t.type_id == section.type_id) else {
+                    return Err(bad(format!(
+                        "{}: drops a type the state at {from} does not hold",
+                        section.name
+                    )));
+                };
+                types.remove(at);
+                continue;
+            }
             let at = match types.iter().position(|t| t.type_id == section.type_id) {
                 Some(at) => at,
                 None => {

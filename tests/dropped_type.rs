@@ -70,7 +70,10 @@ fn assert_no_probe(state: &burrow::consumer::ReadState, who: &str) {
     match state.view::<probe::Owned>() {
         Err(Error::Consumer(ConsumerError::UnknownType { .. })) => {}
         Err(e) => panic!("{who}: expected UnknownType, got {e}"),
-        Ok(v) => panic!("{who}: the dropped type is still there with {} records", v.len()),
+        Ok(v) => panic!(
+            "{who}: the dropped type is still there with {} records",
+            v.len()
+        ),
     }
     assert_eq!(type_names(state).len(), 1, "{who}: {:?}", type_names(state));
 }

@@ -7,6 +7,7 @@ use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::key_index;
+use crate::schema::node_key::NodeKey;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
 use std::path::Path;
@@ -226,6 +227,37 @@ impl OpenBlob {
         )))
     }
 
+    /// The primary key of type `type_id` (fields `key_fields`), resolved
+    /// against the schema node this blob's header carries: how a reader
+    /// without generated code for the type encodes its keys (see
+    /// [`crate::schema::node_key`]).
+    pub fn node_key(
+        self: &Arc<Self>,
+        type_id: u64,
+        key_fields: &[String],
+    ) -> Result<NodeKey, FormatError> {
+        let message = self.message()?;
+        let cap = |what: &'static str| self.cap(what);
+        let header = match self.envelope.kind {
+            BlobKind::Snapshot => message
+                .get_root::<snapshot::Reader>()
+                .and_then(|r| r.get_header())
+                .map_err(cap("header"))?,
+            BlobKind::Delta | BlobKind::Reverse => message
+                .get_root::<delta::Reader>()
+                .and_then(|r| r.get_header())
+                .map_err(cap("header"))?,
+            _ => return Err(self.corrupt("an announcement carries no schema nodes")),
+        };
+        let nodes = header.get_nodes().map_err(cap("nodes"))?;
+        let node = nodes
+            .iter()
+            .find(|n| n.get_id() == type_id)
+            .ok_or_else(|| self.corrupt(format!("no schema node for type {type_id:#018x}")))?;
+        NodeKey::resolve(node, key_fields)
+            .map_err(|reason| self.corrupt(format!("type {type_id:#018x}: {reason}")))
+    }
+
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
         self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
@@ -278,6 +310,7 @@ impl OpenBlob {
         let mut sections = Vec::new();
         let types = root.get_types().map_err(cap("types"))?;
         self.check_type_count(types.len())?;
+        let mut seen = std::collections::HashSet::new();
         for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {
@@ -291,8 +324,26 @@ impl OpenBlob {
                 words: self.list(t.get_words(), "words")?,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
+                dropped: t.get_dropped(),
                 name,
             };
+            if !seen.insert(section.type_id) {
+                return Err(self.corrupt(format!(
+                    "{}: the type appears twice in one delta",
+                    section.name
+                )));
+            }
+            if section.dropped
+                && (!section.removed.get().is_empty()
+                    || !section.ordinals.get().is_empty()
+                    || section.record_count_after != 0
+                    || section.ordinal_limit_after != 0)
+            {
+                return Err(self.corrupt(format!(
+                    "{}: drops the type and also changes its records",
+                    section.name
+                )));
+            }
             let n = section.ordinals.get().len();
             if section.removed.get().len() != section.removed_hashes.get().len()
                 || section.key_hashes.get().len() != n
@@ -412,6 +463,9 @@ pub struct DeltaSection {
     pub words: Region<u64>,
     pub record_count_after: u32,
     pub ordinal_limit_after: u32,
+    /// The type leaves the state (see `TypeDelta.dropped`); the reader
+    /// refuses a dropped section that also removes or sets records.
+    pub dropped: bool,
 }
 
 /// Record `i` of a list of records stored as (offsets, words), bounds

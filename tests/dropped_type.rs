@@ -193,3 +193,89 @@ async fn appearing_type_is_created_by_delta_and_dropped_by_reverse() {
     assert_eq!(state.version(), v1);
     assert_no_probe(&state, "follower pinned back before the type appeared");
 }
+
+/// A delta 1 -> 2 by hand: one entry per `(dropped, sets ordinal 0)` for
+/// the Movie type.
+fn hand_delta(entries: &[(bool, bool)]) -> Vec<u8> {
+    use burrow::schema::burrow_capnp::delta;
+    let info = burrow::schema::record::TypeInfo::of::<movie::Owned>();
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut root = message.init_root::<delta::Builder>();
+        let mut h = root.reborrow().init_header();
+        h.set_from_version(1);
+        h.set_to_version(2);
+        h.set_producer_id("hostile");
+        let mut types = root.init_types(entries.len() as u32);
+        for (i, &(dropped, sets)) in entries.iter().enumerate() {
+            let mut t = types.reborrow().get(i as u32);
+            t.set_type_id(info.type_id);
+            t.set_name(info.name.as_str());
+            t.reborrow().init_key_fields(1).set(0, "id");
+            t.set_dropped(dropped);
+            let n = u32::from(sets);
+            t.reborrow().init_removed(0);
+            t.reborrow().init_removed_key_hashes(0);
+            t.reborrow().init_ordinals(n);
+            t.reborrow().init_key_hashes(n);
+            let mut offsets = t.reborrow().init_offsets(n + 1);
+            offsets.set(n, n);
+            t.reborrow().init_words(n);
+            t.set_record_count_after(n);
+            t.set_ordinal_limit_after(n);
+        }
+    }
+    burrow::schema::envelope::frame(
+        burrow::schema::envelope::BlobKind::Delta,
+        1,
+        2,
+        &capnp::serialize::write_message_to_words(&message),
+    )
+}
+
+// Invariant: a delta that drops a type the state does not hold, drops and
+// changes the same type, or names a type twice is a corrupt blob named in
+// the error, never a panic or a silently wrong state.
+#[test]
+fn hostile_type_drops_are_named_errors() {
+    use burrow::schema::blob::{write_snapshot, DatasetSchema, HeaderInfo, OpenBlob};
+    use std::sync::Arc;
+    let schema = DatasetSchema::default();
+    let head = HeaderInfo {
+        from_version: 0,
+        to_version: 1,
+        producer_id: "hostile",
+        cycle_start_micros: 0,
+        schema: &schema,
+        tags: &[],
+    };
+    let snapshot = write_snapshot(&head, &[]).unwrap();
+    let state = burrow::consumer::ReadState::from_snapshot(
+        Arc::new(OpenBlob::from_bytes(&snapshot, "snapshot/1").unwrap()),
+        1,
+    )
+    .unwrap();
+    let apply = |bytes: Vec<u8>| {
+        let blob = Arc::new(OpenBlob::from_bytes(&bytes, "delta/1-2").unwrap());
+        state.apply(blob, 1, 2).map(|_| ()).unwrap_err().to_string()
+    };
+    let err = apply(hand_delta(&[(true, false)]));
+    assert!(
+        err.contains("delta/1-2") && err.contains("does not hold"),
+        "{err}"
+    );
+    let err = apply(hand_delta(&[(true, true)]));
+    assert!(
+        err.contains("delta/1-2") && err.contains("drops the type and also changes"),
+        "{err}"
+    );
+    let err = apply(hand_delta(&[(false, true), (true, false)]));
+    assert!(
+        err.contains("delta/1-2") && err.contains("appears twice"),
+        "{err}"
+    );
+    // The well-formed creation applies.
+    let blob = Arc::new(OpenBlob::from_bytes(&hand_delta(&[(false, false)]), "delta/1-2").unwrap());
+    let next = state.apply(blob, 1, 2).unwrap();
+    assert_eq!(next.types().len(), 1);
+}

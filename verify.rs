@@ -463,14 +463,13 @@ fn check_record(words: &[u64], blob: &str, type_name: &str, ordinal: u32) -> Res
     Ok(())
 }
 
-/// The first difference between two states' records, if any.
+/// The first difference between two states' records, if any. A type held
+/// by one side only is a difference even when it is empty: deltas create
+/// and drop types exactly as snapshots hold them.
 fn differ(a: &ReadState, b: &ReadState) -> Option<String> {
     for ta in a.types() {
         let Some(tb) = b.raw_type(ta.type_id()) else {
-            if ta.record_count() > 0 {
-                return Some(format!("type {} is missing from one side", ta.name()));
-            }
-            continue;
+            return Some(format!("type {} is missing from one side", ta.name()));
         };
         if ta.record_count() != tb.record_count() {
             return Some(format!(
@@ -490,7 +489,7 @@ fn differ(a: &ReadState, b: &ReadState) -> Option<String> {
         }
     }
     for tb in b.types() {
-        if a.raw_type(tb.type_id()).is_none() && tb.record_count() > 0 {
+        if a.raw_type(tb.type_id()).is_none() {
             return Some(format!("type {} is missing from one side", tb.name()));
         }
     }

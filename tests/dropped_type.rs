@@ -37,6 +37,16 @@ async fn publish_with(
     model: &Model,
     probes: Option<u32>,
 ) -> burrow::Result<burrow::producer::CycleReport> {
+    publish_probes(producer, model, 0..probes.unwrap_or(0)).await
+}
+
+/// Publishes `model` and Probe records `probe-<i>` for each `i`.
+async fn publish_probes(
+    producer: &Producer,
+    model: &Model,
+    probes: impl IntoIterator<Item = u32>,
+) -> burrow::Result<burrow::producer::CycleReport> {
+    let probes: Vec<u32> = probes.into_iter().collect();
     producer
         .run_cycle(|p| {
             for (id, (title, year, _)) in model {
@@ -47,7 +57,7 @@ async fn publish_with(
                     Ok(())
                 })?;
             }
-            for i in 0..probes.unwrap_or(0) {
+            for &i in &probes {
                 p.add::<probe::Owned>(|mut r| {
                     r.set_name(format!("probe-{i}").as_str());
                     r.set_small(i as i16);
@@ -78,11 +88,21 @@ fn assert_no_probe(state: &burrow::consumer::ReadState, who: &str) {
     assert_eq!(type_names(state).len(), 1, "{who}: {:?}", type_names(state));
 }
 
-/// `count` Probe records are in the state, each found by its key.
+/// Probe records `0..count` are in the state, each found by its key.
 fn assert_probes(state: &burrow::consumer::ReadState, count: u32, who: &str) {
+    assert_probe_set(state, 0..count, who)
+}
+
+/// Exactly the Probe records `ids` are in the state, each found by its key.
+fn assert_probe_set(
+    state: &burrow::consumer::ReadState,
+    ids: impl IntoIterator<Item = u32>,
+    who: &str,
+) {
+    let ids: Vec<u32> = ids.into_iter().collect();
     let view = state.view::<probe::Owned>().unwrap();
-    assert_eq!(view.len(), count, "{who}");
-    for i in 0..count {
+    assert_eq!(view.len() as usize, ids.len(), "{who}");
+    for i in ids {
         let name = format!("probe-{i}");
         let (_, r) = view
             .find(&(name.as_str(), i as i16))
@@ -101,10 +121,14 @@ async fn dropped_type_leaves_delta_consumers_too() {
     let store = BlobStore::local(dir.path().join("store")).unwrap();
     let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
     let a = both(&store, "a", 100);
-    let v1 = publish_with(&a, &model, Some(70)).await.unwrap().version;
+    publish_with(&a, &model, Some(70)).await.unwrap();
+    // Holes in the middle and at the end of Probe's ordinal space: the
+    // reverse delta must re-create them as holes.
+    let kept = || (0..10).chain(20..60);
+    let v1 = publish_probes(&a, &model, kept()).await.unwrap().version;
     let follower = consumer(&store, &dir.path().join("follower"));
     follower.refresh().await.unwrap();
-    assert_probes(&follower.state().unwrap(), 70, "follower at v1");
+    assert_probe_set(&follower.state().unwrap(), kept(), "follower at v1");
     drop(a);
 
     // B registers only Movie; its cycle changes nothing in Movie, so its
@@ -147,7 +171,12 @@ async fn dropped_type_leaves_delta_consumers_too() {
     let state = follower.state().unwrap();
     assert_eq!(state.version(), v1);
     assert_eq!(type_names(&state).len(), 2);
-    assert_probes(&state, 70, "follower pinned back to v1");
+    assert_probe_set(&state, kept(), "follower pinned back to v1");
+    let probe_limit = state.view::<probe::Owned>().unwrap().ordinal_limit();
+    assert_eq!(
+        probe_limit, 70,
+        "the ordinal space, holes included, is back"
+    );
     log.unpin("operator").await.unwrap();
     follower.refresh().await.unwrap();
     assert_no_probe(&follower.state().unwrap(), "follower unpinned");
@@ -197,6 +226,11 @@ async fn appearing_type_is_created_by_delta_and_dropped_by_reverse() {
 /// A delta 1 -> 2 by hand: one entry per `(dropped, sets ordinal 0)` for
 /// the Movie type.
 fn hand_delta(entries: &[(bool, bool)]) -> Vec<u8> {
+    hand_delta_holes(entries, 0)
+}
+
+/// As [`hand_delta`], with `holes` free ordinals past the records set.
+fn hand_delta_holes(entries: &[(bool, bool)], holes: u32) -> Vec<u8> {
     use burrow::schema::burrow_capnp::delta;
     let info = burrow::schema::record::TypeInfo::of::<movie::Owned>();
     let mut message = capnp::message::Builder::new_default();
@@ -222,7 +256,7 @@ fn hand_delta(entries: &[(bool, bool)]) -> Vec<u8> {
             offsets.set(n, n);
             t.reborrow().init_words(n);
             t.set_record_count_after(n);
-            t.set_ordinal_limit_after(n);
+            t.set_ordinal_limit_after(n + holes);
         }
     }
     burrow::schema::envelope::frame(
@@ -274,6 +308,17 @@ fn hostile_type_drops_are_named_errors() {
         err.contains("delta/1-2") && err.contains("appears twice"),
         "{err}"
     );
+    // A created type may bring back its holes, within a bound.
+    let err = apply(hand_delta_holes(&[(false, false)], u32::MAX));
+    assert!(
+        err.contains("delta/1-2") && err.contains("ordinal limit grows"),
+        "{err}"
+    );
+    let blob = Arc::new(
+        OpenBlob::from_bytes(&hand_delta_holes(&[(false, true)], 1000), "delta/1-2").unwrap(),
+    );
+    let next = state.apply(blob, 1, 2).unwrap();
+    assert_eq!(next.types()[0].ordinal_limit(), 1001);
     // The well-formed creation applies.
     let blob = Arc::new(OpenBlob::from_bytes(&hand_delta(&[(false, false)]), "delta/1-2").unwrap());
     let next = state.apply(blob, 1, 2).unwrap();

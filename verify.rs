@@ -14,8 +14,9 @@
 //!   announced version is reachable: the log links it to its nearest
 //!   snapshot ([`chain_to`]) and either its snapshot or the delta from the
 //!   version before it exists, verifies and applies. Where both exist they
-//!   must hold the same records, and the reverse delta must take the state
-//!   back to the version before.
+//!   must hold the same types (an empty type too: deltas create and drop
+//!   types as snapshots hold them) and the same records, and the reverse
+//!   delta must take the state back to the version before.
 //!
 //! The log is walked once, oldest first, carrying one [`ReadState`]
 //! forward, so each blob is fetched once and the cost is linear in the

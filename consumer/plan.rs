@@ -151,8 +151,8 @@ pub async fn plan(
 mod tests {
     use super::*;
     use crate::announcer::AnnounceKind;
-    use crate::blobstore::BlobStore;
     use crate::testing::faults::{FaultyStore, Op};
+    use crate::blobstore::BlobStore;
     use std::sync::Arc;
 
     fn entry(version: u64, snapshot_version: u64) -> Announcement {

@@ -14,8 +14,9 @@
 //!   announced version is reachable: the log links it to its nearest
 //!   snapshot ([`chain_to`]) and either its snapshot or the delta from the
 //!   version before it exists, verifies and applies. Where both exist they
-//!   must hold the same records, and the reverse delta must take the state
-//!   back to the version before.
+//!   must hold the same types (an empty type too: deltas create and drop
+//!   types as snapshots hold them) and the same records, and the reverse
+//!   delta must take the state back to the version before.
 //!
 //! - dataset identity: every entry of the log carries the same dataset id
 //!   (an entry whose id differs from the one before it is a problem: a
@@ -513,14 +514,13 @@ fn check_record(words: &[u64], blob: &str, type_name: &str, ordinal: u32) -> Res
     Ok(())
 }
 
-/// The first difference between two states' records, if any.
+/// The first difference between two states' records, if any. A type held
+/// by one side only is a difference even when it is empty: deltas create
+/// and drop types exactly as snapshots hold them.
 fn differ(a: &ReadState, b: &ReadState) -> Option<String> {
     for ta in a.types() {
         let Some(tb) = b.raw_type(ta.type_id()) else {
-            if ta.record_count() > 0 {
-                return Some(format!("type {} is missing from one side", ta.name()));
-            }
-            continue;
+            return Some(format!("type {} is missing from one side", ta.name()));
         };
         if ta.record_count() != tb.record_count() {
             return Some(format!(
@@ -540,7 +540,7 @@ fn differ(a: &ReadState, b: &ReadState) -> Option<String> {
         }
     }
     for tb in b.types() {
-        if a.raw_type(tb.type_id()).is_none() && tb.record_count() > 0 {
+        if a.raw_type(tb.type_id()).is_none() {
             return Some(format!("type {} is missing from one side", tb.name()));
         }
     }

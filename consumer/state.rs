@@ -42,6 +42,11 @@ const HOLE: Loc = u64::MAX;
 /// newer snapshot well before this.
 const MAX_PARTS: usize = u16::MAX as usize;
 
+/// The free ordinals a delta that creates a type may open beyond the
+/// records it sets: a re-created type keeps the holes it had, and this
+/// bounds the location table such a delta can make (8 MiB).
+const MAX_CREATED_HOLES: u64 = 1 << 26;
+
 /// Default traversal limit for reading one record (words), bounding the
 /// work a malicious record can cause.
 pub const DEFAULT_RECORD_TRAVERSAL_WORDS: u64 = 8 << 20;
@@ -204,8 +209,14 @@ impl TypeData {
         }
     }
 
-    /// This type with `delta` applied.
-    fn apply(&self, delta: DeltaSection, blob: &str) -> Result<TypeData, FormatError> {
+    /// This type with `delta` applied. `created`: the delta creates the
+    /// type (the state did not hold it).
+    fn apply(
+        &self,
+        delta: DeltaSection,
+        blob: &str,
+        created: bool,
+    ) -> Result<TypeData, FormatError> {
         let corrupt = |reason: String| FormatError::Corrupt {
             blob: blob.to_string(),
             reason: format!("{}: {reason}", self.name),
@@ -218,7 +229,14 @@ impl TypeData {
         let ordinals = delta.ordinals.get();
         let hashes = delta.key_hashes.get();
         let limit_after = delta.ordinal_limit_after;
-        if u64::from(limit_after) > u64::from(self.ordinal_limit) + ordinals.len() as u64 {
+        // The ordinal space grows by at most the records set, so that a
+        // small delta cannot make a large location table. A delta that
+        // creates a type (the reverse of a drop) re-creates its holes too,
+        // within a bounded allowance.
+        let allowance = if created { MAX_CREATED_HOLES } else { 0 };
+        if u64::from(limit_after)
+            > u64::from(self.ordinal_limit) + ordinals.len() as u64 + allowance
+        {
             return Err(corrupt(format!(
                 "ordinal limit grows from {} to {limit_after} with only {} records set",
                 self.ordinal_limit,
@@ -364,7 +382,9 @@ impl ReadState {
     }
 
     /// This state moved from `from` (its own version) to `to` by a delta
-    /// or reverse delta blob.
+    /// or reverse delta blob. A section for a type the state does not hold
+    /// creates it; a dropped section removes its type entirely (a delta
+    /// that drops a type the state does not hold is corrupt).
     pub fn apply(&self, blob: Arc<OpenBlob>, from: u64, to: u64) -> Result<ReadState, Error> {
         let env = blob.envelope();
         let bad = |reason: String| -> Error {
@@ -394,7 +414,21 @@ impl ReadState {
         check_same(blob.name(), self.header.dataset_id, header.dataset_id)?;
         let mut types = self.types.clone();
         for section in sections {
-            let at = match types.iter().position(|t| t.type_id == section.type_id) {
+            if section.dropped {
+                // The type leaves the state entirely, as it is absent from
+                // the snapshot of `to`.
+                let Some(at) = types.iter().position(|t| t.type_id == section.type_id) else {
+                    return Err(bad(format!(
+                        "{}: drops a type the state at {from} does not hold",
+                        section.name
+                    )));
+                };
+                types.remove(at);
+                continue;
+            }
+            let found = types.iter().position(|t| t.type_id == section.type_id);
+            let created = found.is_none();
+            let at = match found {
                 Some(at) => at,
                 None => {
                     types.push(TypeData::empty(
@@ -411,7 +445,7 @@ impl ReadState {
                     section.name, section.key_fields, types[at].key_fields
                 )));
             }
-            types[at] = types[at].apply(section, blob.name())?;
+            types[at] = types[at].apply(section, blob.name(), created)?;
         }
         Ok(ReadState {
             version: to,

@@ -9,7 +9,7 @@
 use super::blocking::blocking;
 use super::builder::Config;
 use super::populate::Populate;
-use super::state::{self, Batch, TypeDiff, TypeState};
+use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
 use super::write::{write_blobs, WriteRequest};
 use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
@@ -129,11 +129,12 @@ impl Producer {
             }
         };
         let diffs = blocking(|| identify(config, prev_types, batches, version))?;
-        let changes = changes(config, prev_types, &diffs);
+        let unregistered = last.map_or(&[][..], |a| a.unregistered.as_slice());
+        let changes = changes(config, prev_types, &diffs, unregistered);
         timer.done(CycleStep::Identify);
 
-        // 4. No change: no version.
-        if last.is_some() && diffs.iter().all(TypeDiff::is_empty) {
+        // 4. No change: no version. (A type created or dropped is a change.)
+        if last.is_some() && diffs.iter().all(TypeDiff::is_empty) && unregistered.is_empty() {
             return Ok(CycleReport {
                 version: last_version,
                 published: false,
@@ -160,6 +161,7 @@ impl Producer {
                 prev_version: prev_entry.map(|e| e.version),
                 diffs: &diffs,
                 prev_types,
+                unregistered,
                 with_snapshot,
                 cycle_start_micros,
             },
@@ -183,6 +185,8 @@ impl Producer {
             entry,
             cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },
             types: diffs.into_iter().map(|d| d.next).collect(),
+            // Dropped by this cycle.
+            unregistered: Vec::new(),
         });
         Ok(CycleReport {
             version,
@@ -287,8 +291,14 @@ fn identify(
     Ok(diffs)
 }
 
-/// What each type's diff changed, as validators and reports see it.
-fn changes(config: &Config, prev_types: &[TypeState], diffs: &[TypeDiff]) -> Vec<TypeChange> {
+/// What each type's diff changed, as validators and reports see it; a
+/// type the cycle drops appears with all its records removed.
+fn changes(
+    config: &Config,
+    prev_types: &[TypeState],
+    diffs: &[TypeDiff],
+    unregistered: &[UnregisteredType],
+) -> Vec<TypeChange> {
     config
         .types
         .iter()
@@ -302,6 +312,14 @@ fn changes(config: &Config, prev_types: &[TypeState], diffs: &[TypeDiff]) -> Vec
             changed: d.changed.len() as u32,
             removed: d.removed.len() as u32,
         })
+        .chain(unregistered.iter().map(|u| TypeChange {
+            type_name: u.name.clone(),
+            records_before: u.state.count,
+            records_after: 0,
+            added: 0,
+            changed: 0,
+            removed: u.state.count,
+        }))
         .collect()
 }
 

@@ -192,6 +192,9 @@ struct Announced {
     entry: Announcement,
     cycles_since_snapshot: u32,
     types: Vec<TypeState>,
+    /// Types the announced state holds that this producer does not
+    /// register (found by restore): the next cycle drops them.
+    unregistered: Vec<state::UnregisteredType>,
 }
 
 /// Publishes a dataset. `Send + Sync`; cycles run one at a time.

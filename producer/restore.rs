@@ -21,11 +21,11 @@
 use super::blocking::blocking;
 use super::builder::Config;
 use super::builder::RegisteredType;
-use super::state::{Batch, TypeState};
+use super::state::{Batch, TypeState, UnregisteredType};
 use super::{Announced, Producer, ProducerError};
 use crate::announcer::Announcement;
 use crate::blobstore::BlobName;
-use crate::consumer::{plan, Plan, ReadState, Step};
+use crate::consumer::{plan, Plan, ReadState, Step, TypeData};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
 use crate::schema::dataset_id::check_same;
@@ -64,12 +64,19 @@ impl Producer {
                 reason: format!("no announce entry for version {}", newest.version),
             })?;
         let (read, restored) = load(config, &newest, &head).await?;
-        let types = blocking(|| {
-            config
+        let (types, unregistered) = blocking(|| {
+            let types = config
                 .types
                 .iter()
                 .map(|t| restore_type(t, &read))
-                .collect::<Result<Vec<_>, Error>>()
+                .collect::<Result<Vec<_>, Error>>()?;
+            let unregistered = read
+                .types()
+                .iter()
+                .filter(|d| !config.types.iter().any(|t| t.info.type_id == d.type_id()))
+                .map(|d| restore_unregistered(d, &restored.last_blob))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok::<_, Error>((types, unregistered))
         })?;
         let version = head.version;
         *guard = Some(Announced {
@@ -80,6 +87,7 @@ impl Producer {
             },
             cycles_since_snapshot: restored.cycles_since_snapshot(config),
             types,
+            unregistered,
         });
         tracing::info!(
             version,
@@ -99,6 +107,9 @@ struct Restored {
     deltas: u32,
     /// Whether that snapshot is the one the head entry names.
     named_snapshot: bool,
+    /// The blob of the head version (the plan's last): its header's schema
+    /// nodes describe every type the state holds.
+    last_blob: Arc<OpenBlob>,
 }
 
 impl Restored {
@@ -140,7 +151,7 @@ async fn load(
             .into());
         };
         match apply_plan(config, &plan, newest.dataset_id).await {
-            Ok(state) => {
+            Ok((state, last_blob)) => {
                 let snapshot = match plan.steps.first() {
                     Some(Step::Snapshot(v)) => *v,
                     _ => 0,
@@ -149,6 +160,7 @@ async fn load(
                     snapshot,
                     deltas: plan.steps.len().saturating_sub(1) as u32,
                     named_snapshot: snapshot == head.snapshot_version,
+                    last_blob,
                 };
                 return Ok((state, restored));
             }
@@ -163,13 +175,14 @@ async fn load(
 }
 
 /// Fetches, verifies and applies each blob of `plan` (a plan from no
-/// state: a snapshot, then deltas). On failure, names the blob.
+/// state: a snapshot, then deltas). Returns the state and the last blob.
+/// On failure, names the blob.
 async fn apply_plan(
     config: &Config,
     plan: &Plan,
     dataset_id: DatasetId,
-) -> Result<ReadState, (BlobName, Error)> {
-    let mut state: Option<ReadState> = None;
+) -> Result<(ReadState, Arc<OpenBlob>), (BlobName, Error)> {
+    let mut state: Option<(ReadState, Arc<OpenBlob>)> = None;
     for step in &plan.steps {
         let name = step.blob();
         let result = async {
@@ -180,14 +193,15 @@ async fn apply_plan(
                 // A blob of another dataset than the log's is bad, whatever
                 // its name says: plan around it.
                 check_dataset(&blob, dataset_id)?;
-                match (*step, &state) {
-                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
-                    (Step::Delta(a, b), Some(base)) => base.apply(blob, a, b),
+                let next = match (*step, &state) {
+                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob.clone(), v),
+                    (Step::Delta(a, b), Some((base, _))) => base.apply(blob.clone(), a, b),
                     _ => Err(ProducerError::Restore {
                         reason: format!("the plan applies {name} to no state"),
                     }
                     .into()),
-                }
+                }?;
+                Ok::<_, Error>((next, blob))
             })
         }
         .await;
@@ -204,6 +218,46 @@ async fn apply_plan(
             }
             .into(),
         )
+    })
+}
+
+/// The state of a type this producer does not register, so that its next
+/// cycle can drop it and write the reverse delta that re-creates it. Keys
+/// are read by the schema node `blob`'s header carries (there is no
+/// generated code for the type here).
+fn restore_unregistered(data: &TypeData, blob: &Arc<OpenBlob>) -> Result<UnregisteredType, Error> {
+    let keyed = !data.key_fields().is_empty();
+    let node_key = if keyed {
+        Some(blob.node_key(data.type_id(), data.key_fields())?)
+    } else {
+        None
+    };
+    let mut batch = Batch::new(keyed);
+    let mut ordinal_of = Vec::with_capacity(data.record_count() as usize);
+    let mut key = Vec::new();
+    for o in 0..data.ordinal_limit() {
+        let Some(words) = data.record_words(o)? else {
+            continue;
+        };
+        let start = batch.words.len();
+        batch.words.extend_from_slice(words);
+        key.clear();
+        if let Some(node_key) = &node_key {
+            node_key
+                .encode(words, &mut key)
+                .map_err(|reason| FormatError::Corrupt {
+                    blob: blob.name().to_string(),
+                    reason: format!("{}: key of ordinal {o}: {reason}", data.name()),
+                })?;
+        }
+        batch.push(start, &key);
+        ordinal_of.push(o);
+    }
+    Ok(UnregisteredType {
+        type_id: data.type_id(),
+        name: data.name().to_string(),
+        key_fields: data.key_fields().to_vec(),
+        state: TypeState::from_ordinals(batch, ordinal_of, data.ordinal_limit()),
     })
 }
 

@@ -8,6 +8,13 @@
 //! earlier cycle) or the next one, and keys not seen are removed, their
 //! ordinals freed for the next cycle. The batch then becomes the next
 //! state as is: no record is copied.
+//!
+//! Types come and go with the producer's registrations. A registered type
+//! the last announced state did not hold (`present` false) is *created* by
+//! the next cycle, even with no records, so that a delta follower holds it
+//! as a snapshot consumer does; a type the state held that this producer
+//! does not register (an [`UnregisteredType`], found by restore) is
+//! *dropped* by the next cycle. Either is a change: it makes a version.
 
 use crate::schema::record::KeySpec;
 use hashbrown::HashTable;
@@ -113,9 +120,13 @@ pub(crate) struct TypeState {
     free: BTreeSet<u32>,
     pub count: u32,
     pub total_words: usize,
+    /// Whether the announced state holds the type (a type registered but
+    /// never announced, or absent from the restored state, does not).
+    pub present: bool,
 }
 
 impl TypeState {
+    /// A type the announced state does not hold.
     pub fn empty(keyed: bool) -> Self {
         TypeState {
             batch: Batch::new(keyed),
@@ -125,6 +136,7 @@ impl TypeState {
             free: BTreeSet::new(),
             count: 0,
             total_words: 0,
+            present: false,
         }
     }
 
@@ -167,8 +179,19 @@ impl TypeState {
             table,
             free,
             total_words,
+            present: true,
         }
     }
+}
+
+/// A type the last announced state holds but this producer does not
+/// register: its next cycle drops it (and that cycle's reverse delta
+/// re-creates it from `state`).
+pub(crate) struct UnregisteredType {
+    pub type_id: u64,
+    pub name: String,
+    pub key_fields: Vec<String>,
+    pub state: TypeState,
 }
 
 impl crate::schema::blob::SnapshotRecords for TypeState {
@@ -185,12 +208,15 @@ pub(crate) struct TypeDiff {
     pub changed: Vec<(u32, u32, u32)>,
     /// (ordinal, record in the old batch), sorted.
     pub removed: Vec<(u32, u32)>,
+    /// The type was not in the last announced state: this cycle creates it.
+    pub created: bool,
     pub next: TypeState,
 }
 
 impl TypeDiff {
+    /// No record changed and the type was already there.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+        !self.created && self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -268,6 +294,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
         added,
         changed,
         removed,
+        created: !prev.present,
         next: TypeState {
             batch,
             rec_at,
@@ -276,6 +303,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
             free,
             count,
             total_words,
+            present: true,
         },
     })
 }

@@ -7,9 +7,15 @@
 //! changed record is set to its new bytes going forward and to its old
 //! bytes going back. Both are built by [`delta_blob`], called once per
 //! [`Direction`], so the two cannot disagree on what a cycle changed.
+//!
+//! The same mirror holds for whole types: a type the cycle creates (newly
+//! registered) is set from nothing going forward and dropped going back; a
+//! type the cycle drops (no longer registered) leaves through a `dropped`
+//! entry going forward and is re-created going back, every record set on
+//! an empty type, with its name and key fields.
 
 use super::builder::Config;
-use super::state::{TypeDiff, TypeState};
+use super::state::{TypeDiff, TypeState, UnregisteredType};
 use crate::blobstore::BlobName;
 use crate::error::Error;
 use crate::schema::blob::{
@@ -70,33 +76,87 @@ fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction)
     }
 }
 
+/// One type's entry in a delta: what it removes and sets, or that it
+/// drops the type.
+struct Entry<'a> {
+    type_id: u64,
+    name: &'a str,
+    key_fields: &'a [String],
+    /// `None`: the entry drops the type.
+    part: Option<TypeDelta<'a>>,
+}
+
+/// The entry that re-creates `state` on a state without the type: every
+/// record set, nothing removed.
+fn recreate(state: &TypeState) -> TypeDelta<'_> {
+    TypeDelta {
+        removed: Vec::new(),
+        set: (0..state.ordinal_limit())
+            .filter_map(|o| state.get(o).map(|(words, hash)| (o, words, hash)))
+            .collect(),
+        after: state,
+    }
+}
+
 /// The delta blob between `prev_version` and `version` in `direction`.
 fn delta_blob(
     config: &Config,
     direction: Direction,
     head: &HeaderInfo<'_>,
-    diffs: &[TypeDiff],
-    prev_types: &[TypeState],
+    req: &WriteRequest<'_>,
 ) -> Result<Vec<u8>, Error> {
-    let parts: Vec<Option<TypeDelta<'_>>> = diffs
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for ((t, d), prev) in config.types.iter().zip(req.diffs).zip(req.prev_types) {
+        if d.is_empty() {
+            continue;
+        }
+        // A type this cycle creates is dropped going back.
+        let part = match (d.created, direction) {
+            (true, Direction::Reverse) => None,
+            _ => Some(type_delta(d, prev, direction)),
+        };
+        entries.push(Entry {
+            type_id: t.info.type_id,
+            name: &t.info.name,
+            key_fields: &t.key_fields,
+            part,
+        });
+    }
+    // A type this cycle drops is re-created going back.
+    for u in req.unregistered {
+        entries.push(Entry {
+            type_id: u.type_id,
+            name: &u.name,
+            key_fields: &u.key_fields,
+            part: match direction {
+                Direction::Forward => None,
+                Direction::Reverse => Some(recreate(&u.state)),
+            },
+        });
+    }
+    let sources: Vec<DeltaTypeSource<'_>> = entries
         .iter()
-        .zip(prev_types)
-        .map(|(d, prev)| (!d.is_empty()).then(|| type_delta(d, prev, direction)))
-        .collect();
-    let sources: Vec<DeltaTypeSource<'_>> = config
-        .types
-        .iter()
-        .zip(&parts)
-        .filter_map(|(t, part)| {
-            let part = part.as_ref()?;
-            Some(DeltaTypeSource {
-                info: &t.info,
-                key_fields: &t.key_fields,
+        .map(|e| match &e.part {
+            Some(part) => DeltaTypeSource {
+                type_id: e.type_id,
+                name: e.name,
+                key_fields: e.key_fields,
                 removed: &part.removed,
                 set: &part.set,
                 record_count_after: part.after.count,
                 ordinal_limit_after: part.after.ordinal_limit(),
-            })
+                dropped: false,
+            },
+            None => DeltaTypeSource {
+                type_id: e.type_id,
+                name: e.name,
+                key_fields: e.key_fields,
+                removed: &[],
+                set: &[],
+                record_count_after: 0,
+                ordinal_limit_after: 0,
+                dropped: true,
+            },
         })
         .collect();
     let kind = match direction {
@@ -115,6 +175,9 @@ pub(super) struct WriteRequest<'a> {
     pub prev_version: Option<u64>,
     pub diffs: &'a [TypeDiff],
     pub prev_types: &'a [TypeState],
+    /// Types the last announced state holds that this producer does not
+    /// register: this cycle drops them.
+    pub unregistered: &'a [UnregisteredType],
     pub with_snapshot: bool,
     pub cycle_start_micros: i64,
 }
@@ -137,21 +200,9 @@ pub(super) fn write_blobs(
     };
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
-        let forward = delta_blob(
-            config,
-            Direction::Forward,
-            &head(prev, version),
-            req.diffs,
-            req.prev_types,
-        )?;
+        let forward = delta_blob(config, Direction::Forward, &head(prev, version), req)?;
         out.push((BlobName::Delta(prev, version), Bytes::from(forward)));
-        let reverse = delta_blob(
-            config,
-            Direction::Reverse,
-            &head(version, prev),
-            req.diffs,
-            req.prev_types,
-        )?;
+        let reverse = delta_blob(config, Direction::Reverse, &head(version, prev), req)?;
         out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
     }
     if req.with_snapshot {

@@ -56,6 +56,8 @@ struct Snapshot {
 
 # One type's changes between two versions. Applied in this order: clear every
 # ordinal in `removed`, then set every ordinal in `ordinals` to its record.
+# A type the state does not hold yet is created (empty) first; a `dropped`
+# entry removes the type from the state entirely.
 struct TypeDelta {
   typeId @0 :UInt64;
   name @1 :Text;
@@ -68,6 +70,10 @@ struct TypeDelta {
   words @8 :List(UInt64);           # record i is words[offsets[i] .. offsets[i + 1]]
   recordCountAfter @9 :UInt32;      # the type's record count once applied
   ordinalLimitAfter @10 :UInt32;    # one past the highest ordinal in use once applied
+  # The type leaves the state, records, key index and all (the producer no
+  # longer registers it). A dropped entry carries nothing else: its lists
+  # are empty (offsets is [0]) and both counts are 0.
+  dropped @11 :Bool;
 }
 
 # A delta (fromVersion -> toVersion) or a reverse delta (toVersion ->

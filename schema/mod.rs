@@ -5,7 +5,8 @@
 //! One module per layout: [`envelope`] (the frame around every blob),
 //! [`blob`] (bodies: [`blob::write`] and [`blob::read`]), [`record`] (a
 //! record's canonical message), [`key`] (key encoding and hashing) and
-//! [`key_index`] (the snapshot's key index). The format layer does no I/O:
+//! [`key_index`] (the snapshot's key index), [`node_key`] (keys of a type known only
+//! by the schema node a blob carries). The format layer does no I/O:
 //! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
 //! cache made).
 
@@ -14,6 +15,7 @@ pub mod dataset_id;
 pub mod envelope;
 pub mod key;
 pub mod key_index;
+pub mod node_key;
 pub mod record;
 
 pub use dataset_id::DatasetId;

@@ -16,7 +16,8 @@
 //!   consumer, a consumer loading from the nearest snapshot and a
 //!   `BTreeMap` model holding the same records; at the end the store
 //!   verifies clean and the follower walks back through every version and
-//!   matches each one's model.
+//!   matches each one's model. Restarts register a second type (Probe) or
+//!   not, so types appear and disappear along the way.
 
 use crate::announcer::Announcement;
 use crate::blobstore::{BlobName, BlobStore};
@@ -25,6 +26,7 @@ use crate::producer::{Producer, ProducerBuilder};
 use crate::schema::blob::OpenBlob;
 use crate::schema::envelope::{frame, BlobKind};
 use crate::schema::examples::movies_capnp::movie;
+use crate::schema::examples::probe_capnp::probe;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -110,10 +112,12 @@ pub fn announcement(data: &[u8]) {
 
 /// Fuzz target `cycles`: bytes become a sequence of producer cycles over a
 /// small key space (add, change, remove, no change, restart the producer
-/// from the store), published to an in-memory store with a snapshot every
-/// `1 + data[0] % 4` cycles. After each cycle a consumer that follows every
-/// delta, a fresh consumer (nearest snapshot and deltas from there) and
-/// the model must hold the same records.
+/// from the store registering Probe or not: the op's low bit), published
+/// to an in-memory store with a snapshot every `1 + data[0] % 4` cycles.
+/// While Probe is registered, each add also sets a Probe record. After
+/// each cycle a consumer that follows every delta, a fresh consumer
+/// (nearest snapshot and deltas from there) and the model must hold the
+/// same records and the same types.
 pub fn cycles(data: &[u8]) {
     let Some((&first, ops)) = data.split_first() else {
         return;
@@ -128,25 +132,36 @@ pub fn cycles(data: &[u8]) {
 /// The model of the `cycles` target: id → (title, year).
 type Model = BTreeMap<u64, (String, u32)>;
 
+/// The Probe records (name → big); `None` when the type is not there.
+type ProbeModel = Option<BTreeMap<String, i64>>;
+
 async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
     let store = BlobStore::memory();
     let dir = TempDir::new();
-    let build = || {
-        ProducerBuilder::new(store.clone())
+    let build = |probe: bool| {
+        let builder = ProducerBuilder::new(store.clone())
             .producer_id("fuzz")
             .snapshot_every(snapshot_every)
-            .primary_key::<movie::Owned>(&["id"])
-            .build()
-            .expect("producer builds")
+            .primary_key::<movie::Owned>(&["id"]);
+        let builder = if probe {
+            builder.primary_key::<probe::Owned>(&["name"])
+        } else {
+            builder
+        };
+        builder.build().expect("producer builds")
     };
-    let mut producer = build();
+    let mut producer = build(false);
+    // What this producer publishes of Probe, and what the last published
+    // version holds.
+    let mut probes: ProbeModel = None;
+    let mut probe_state: ProbeModel = None;
     let follower = ConsumerBuilder::new(store.clone())
         .cache_dir(dir.path.join("follower"))
         .build()
         .expect("consumer builds");
     let mut model = Model::new();
     let mut published = false;
-    let mut history: BTreeMap<u64, Model> = BTreeMap::new();
+    let mut history: BTreeMap<u64, (Model, ProbeModel)> = BTreeMap::new();
     for (step, &op) in ops.iter().enumerate() {
         let id = u64::from(op & 0x1f);
         match op >> 5 {
@@ -155,6 +170,9 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
                     id,
                     (format!("movie {id} at step {step}"), 1900 + u32::from(op)),
                 );
+                if let Some(p) = probes.as_mut() {
+                    p.insert(format!("p{}", id % 4), step as i64);
+                }
             }
             3 | 4 => {
                 model.remove(&id);
@@ -167,14 +185,27 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
             }
             6 => {}
             _ => {
-                producer = build();
+                let probe = op & 1 == 1;
+                producer = build(probe);
                 producer.restore().await.expect("restore");
+                // A producer that registers Probe starts from what the
+                // state holds; one that does not drops it.
+                probes = if probe {
+                    probe_state.clone().or_else(|| Some(BTreeMap::new()))
+                } else {
+                    None
+                };
                 continue;
             }
         }
-        let report = publish(&producer, &model).await.expect("cycle");
+        let report = publish(&producer, &model, &probes).await.expect("cycle");
         published |= report.published;
-        history.insert(report.version, model.clone());
+        assert!(
+            report.published || probes == probe_state,
+            "a Probe change (or the type coming or going) publishes"
+        );
+        probe_state = probes.clone();
+        history.insert(report.version, (model.clone(), probes.clone()));
         if !published {
             continue;
         }
@@ -188,6 +219,10 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
         let by_snapshot = model_of(&fresh.state().expect("state"));
         assert_eq!(by_delta, model, "delta follower at step {step}");
         assert_eq!(by_snapshot, model, "snapshot consumer at step {step}");
+        let state = follower.state().expect("state");
+        assert_eq!(probes_of(&state), probes, "follower's Probe at {step}");
+        let state = fresh.state().expect("state");
+        assert_eq!(probes_of(&state), probes, "fresh Probe at {step}");
         assert_eq!(follower.version(), fresh.version());
     }
     // Whatever the sequence, the store verifies clean.
@@ -198,13 +233,19 @@ async fn run_cycles(snapshot_every: u32, ops: &[u8]) {
     for (version, expected) in history.iter().rev() {
         follower.refresh_to(*version).await.expect("refresh back");
         let state = follower.state().expect("state");
-        assert_eq!(&model_of(&state), expected, "moved back to {version}");
+        assert_eq!(&model_of(&state), &expected.0, "moved back to {version}");
+        assert_eq!(
+            probes_of(&state),
+            expected.1,
+            "Probe moved back to {version}"
+        );
     }
 }
 
 async fn publish(
     producer: &Producer,
     model: &Model,
+    probes: &ProbeModel,
 ) -> crate::Result<crate::producer::CycleReport> {
     producer
         .run_cycle(|p| {
@@ -216,9 +257,42 @@ async fn publish(
                     Ok(())
                 })?;
             }
+            for (name, big) in probes.iter().flatten() {
+                p.add::<probe::Owned>(|mut r| {
+                    r.set_name(name.as_str());
+                    r.set_big(*big);
+                    Ok(())
+                })?;
+            }
             Ok(())
         })
         .await
+}
+
+/// The Probe records of a state, each found by its key; `None` when the
+/// state has no Probe type.
+fn probes_of(state: &ReadState) -> ProbeModel {
+    let view = match state.view::<probe::Owned>() {
+        Ok(view) => view,
+        Err(crate::Error::Consumer(crate::consumer::ConsumerError::UnknownType { .. })) => {
+            return None
+        }
+        Err(e) => panic!("Probe view: {e}"),
+    };
+    let mut out = BTreeMap::new();
+    for item in view.iter() {
+        let (ordinal, record) = item.expect("record reads");
+        let r = record.get().expect("probe reads");
+        let name = r.get_name().expect("name").to_string().expect("utf-8");
+        let (found, _) = view
+            .find(name.as_str())
+            .expect("find works")
+            .expect("every name is found by key");
+        assert_eq!(found, ordinal, "key lookup lands on the record's ordinal");
+        out.insert(name, r.get_big());
+    }
+    assert_eq!(view.len() as usize, out.len(), "record count");
+    Some(out)
 }
 
 fn model_of(state: &ReadState) -> Model {
@@ -344,13 +418,22 @@ pub fn base_blobs() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             .build()
             .expect("producer builds");
         let mut model: Model = (0..11).map(|i| (i, (format!("base {i}"), 2000))).collect();
-        let v1 = publish(&producer, &model).await.expect("cycle").version;
+        let v1 = publish(&producer, &model, &None)
+            .await
+            .expect("cycle")
+            .version;
         model.remove(&4);
-        let v2 = publish(&producer, &model).await.expect("cycle").version;
+        let v2 = publish(&producer, &model, &None)
+            .await
+            .expect("cycle")
+            .version;
         model.insert(1, ("changed".into(), 1999));
         model.insert(20, ("added".into(), 2001));
         model.remove(&7);
-        let v3 = publish(&producer, &model).await.expect("cycle").version;
+        let v3 = publish(&producer, &model, &None)
+            .await
+            .expect("cycle")
+            .version;
         assert_eq!((v1, v2, v3), (1, BASE_VERSION, BASE_VERSION + 1));
         let get = |name| {
             let store = store.clone();

@@ -166,6 +166,12 @@ fn write_seeds() {
             &[0, 1, 0x21, 0x41, 0x61, 0x81, 0xa1, 0xe1, 1][..],
         ),
         ("seed-remove-all", &[1, 4, 0x64, 5, 0x65, 0xe0, 6][..]),
+        // Restarts that register Probe (odd) or not (even): the type is
+        // created, filled, dropped and created again.
+        (
+            "seed-types-come-and-go",
+            &[1, 1, 0xe1, 2, 0xc0, 0xe0, 0xc0, 3, 0xe1, 0xc0, 0x05, 0x62][..],
+        ),
     ] {
         write("cycles", name, ops);
     }

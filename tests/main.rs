@@ -15,6 +15,7 @@ mod consumer_outage;
 #[cfg(all(feature = "failpoints", feature = "workload"))]
 mod crash;
 mod dataset_id;
+mod dropped_type;
 mod e2e;
 mod failure;
 mod full_disk;

@@ -1,12 +1,16 @@
 //! Invariant: a consumer that follows every delta, a consumer that loads
 //! only the latest snapshot, a consumer moved back through reverse deltas,
 //! and a BTreeMap model all hold the same records at every version; a kept
-//! key never changes ordinal and freed ordinals are reused first.
+//! key never changes ordinal and freed ordinals are reused first. Types
+//! come and go: restarts register the second type (Probe) or not, so it
+//! appears (created by a delta) and disappears (dropped by a delta), and
+//! every consumer agrees on whether it is there and what it holds.
 
 use crate::common::*;
 use burrow::blobstore::BlobStore;
 use burrow::producer::{Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::schema::examples::probe_capnp::probe;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,16 +23,22 @@ enum Op {
         removes: Vec<u16>,
     },
     NoChange,
-    /// Drop the producer and restore a new one from the store.
-    Restart,
+    /// Drop the producer and restore a new one from the store, registering
+    /// the Probe type or not.
+    Restart {
+        probe: bool,
+    },
 }
+
+/// The Probe records: name -> big. `None`: the type is not in the state.
+type ProbeModel = Option<BTreeMap<String, i64>>;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0u8..12, prop::collection::vec(any::<u16>(), 0..6), prop::collection::vec(any::<u16>(), 0..6))
             .prop_map(|(adds, changes, removes)| Op::Cycle { adds, changes, removes }),
         1 => Just(Op::NoChange),
-        1 => Just(Op::Restart),
+        2 => any::<bool>().prop_map(|probe| Op::Restart { probe }),
     ]
 }
 
@@ -44,24 +54,93 @@ fn ordinals(consumer: &burrow::consumer::Consumer) -> HashMap<u64, u32> {
 }
 
 fn build(store: &BlobStore, snapshot_every: u32) -> Producer {
-    ProducerBuilder::new(store.clone())
+    build_with(store, snapshot_every, false)
+}
+
+fn build_with(store: &BlobStore, snapshot_every: u32, probe: bool) -> Producer {
+    let builder = ProducerBuilder::new(store.clone())
         .producer_id("prop")
         .snapshot_every(snapshot_every)
-        .primary_key::<movie::Owned>(&["id"])
-        .build()
-        .unwrap()
+        .primary_key::<movie::Owned>(&["id"]);
+    let builder = if probe {
+        builder.primary_key::<probe::Owned>(&["name"])
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+/// Publishes the Movie model and, when the producer registers Probe, the
+/// Probe records.
+async fn publish_all(
+    producer: &Producer,
+    model: &Model,
+    probes: &ProbeModel,
+) -> burrow::Result<burrow::producer::CycleReport> {
+    producer
+        .run_cycle(|p| {
+            for (id, (title, year, tags)) in model {
+                p.add::<movie::Owned>(|mut m| {
+                    m.set_id(*id);
+                    m.set_title(title.as_str());
+                    m.set_year(*year);
+                    let mut t = m.init_tags(tags.len() as u32);
+                    for (i, tag) in tags.iter().enumerate() {
+                        t.set(i as u32, tag.as_str());
+                    }
+                    Ok(())
+                })?;
+            }
+            for (name, big) in probes.iter().flatten() {
+                p.add::<probe::Owned>(|mut r| {
+                    r.set_name(name.as_str());
+                    r.set_big(*big);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// The Probe records of a consumer's state, each also found by its key;
+/// `None` when the state has no Probe type.
+fn probes_of(consumer: &burrow::consumer::Consumer) -> ProbeModel {
+    let state = consumer.state().unwrap();
+    let view = match state.view::<probe::Owned>() {
+        Ok(view) => view,
+        Err(burrow::Error::Consumer(burrow::consumer::ConsumerError::UnknownType { .. })) => {
+            return None
+        }
+        Err(e) => panic!("Probe view: {e}"),
+    };
+    let mut out = BTreeMap::new();
+    for item in view.iter() {
+        let (o, r) = item.unwrap();
+        let r = r.get().unwrap();
+        let name = r.get_name().unwrap().to_string().unwrap();
+        let (found, _) = view.find(name.as_str()).unwrap().expect("found by key");
+        assert_eq!(found, o, "{name} found at its ordinal");
+        out.insert(name, r.get_big());
+    }
+    assert_eq!(view.len() as usize, out.len());
+    Some(out)
 }
 
 async fn run(ops: Vec<Op>, snapshot_every: u32) {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let mut producer = build(&store, snapshot_every);
+    let mut producer = build_with(&store, snapshot_every, true);
     let follower = consumer(&store, &dir.path().join("follower"));
     let mut model: Model = (0..8).map(|i| (i, movie_value(i, 0))).collect();
+    // Probe is registered (`probes` is `Some`) or not; the state holds it
+    // as the last published cycle's producer registered it.
+    let mut probes: ProbeModel = Some((0..3).map(|i| (format!("p{i}"), i)).collect());
+    let mut probe_state = probes.clone();
     let mut next_id = 8u64;
-    let mut history: BTreeMap<u64, Model> = BTreeMap::new();
-    let first = publish(&producer, &model).await.unwrap();
-    history.insert(first.version, model.clone());
+    let mut history: BTreeMap<u64, (Model, ProbeModel)> = BTreeMap::new();
+    let first = publish_all(&producer, &model, &probes).await.unwrap();
+    history.insert(first.version, (model.clone(), probes.clone()));
     follower.refresh().await.unwrap();
     let mut prev_ordinals = ordinals(&follower);
     let mut holes_before = 0usize;
@@ -75,20 +154,30 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
     for (step, op) in ops.into_iter().enumerate() {
         let generation = step as u64 + 1;
         match op {
-            Op::Restart => {
-                producer = build(&store, snapshot_every);
+            Op::Restart { probe } => {
+                producer = build_with(&store, snapshot_every, probe);
                 let restored = producer.restore().await.unwrap();
                 assert_eq!(restored, history.keys().last().copied());
+                // A producer that registers Probe starts from the records
+                // the state holds; one that does not will drop them.
+                probes = if probe {
+                    probe_state.clone().or_else(|| Some(BTreeMap::new()))
+                } else {
+                    None
+                };
                 continue;
             }
-            Op::NoChange => {
-                let report = publish(&producer, &model).await.unwrap();
+            Op::NoChange if probes == probe_state => {
+                let report = publish_all(&producer, &model, &probes).await.unwrap();
                 assert!(
                     !report.published,
                     "a cycle with no change publishes nothing"
                 );
                 continue;
             }
+            // Probe records changed, or the type comes or goes (a change
+            // even with no record changed).
+            Op::NoChange => {}
             Op::Cycle {
                 adds,
                 changes,
@@ -110,13 +199,22 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
                     model.insert(next_id, movie_value(next_id, 0));
                     next_id += 1;
                 }
+                if let Some(p) = probes.as_mut() {
+                    // Add or change one, remove one now and then.
+                    p.insert(format!("p{}", adds % 5), generation as i64);
+                    if adds % 3 == 0 {
+                        p.remove(&format!("p{}", (adds + 1) % 5));
+                    }
+                }
             }
         }
-        let report = publish(&producer, &model).await.unwrap();
+        let report = publish_all(&producer, &model, &probes).await.unwrap();
         if !report.published {
+            assert_eq!(probes, probe_state, "a type coming or going publishes");
             continue;
         }
-        history.insert(report.version, model.clone());
+        probe_state = probes.clone();
+        history.insert(report.version, (model.clone(), probes.clone()));
 
         // The follower applies the delta.
         follower.refresh().await.unwrap();
@@ -125,6 +223,12 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
             snapshot_of(&follower),
             model,
             "delta follower at {}",
+            report.version
+        );
+        assert_eq!(
+            probes_of(&follower),
+            probes,
+            "delta follower's Probe at {}",
             report.version
         );
 
@@ -166,6 +270,12 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
             "snapshot consumer at {}",
             report.version
         );
+        assert_eq!(
+            probes_of(&fresh),
+            probes,
+            "snapshot consumer's Probe at {}",
+            report.version
+        );
     }
 
     // A consumer at the newest version walks back through every version by
@@ -175,7 +285,12 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
     back.refresh().await.unwrap();
     for (version, expected) in history.iter().rev() {
         back.refresh_to(*version).await.unwrap();
-        assert_eq!(&snapshot_of(&back), expected, "moved back to {version}");
+        assert_eq!(&snapshot_of(&back), &expected.0, "moved back to {version}");
+        assert_eq!(
+            &probes_of(&back),
+            &expected.1,
+            "Probe moved back to {version}"
+        );
     }
 }
 

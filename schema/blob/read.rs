@@ -8,6 +8,7 @@ use crate::schema::burrow_capnp::{delta, header, snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::key_index;
+use crate::schema::node_key::NodeKey;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
 use std::sync::Arc;
@@ -198,9 +199,11 @@ impl OpenBlob {
         )))
     }
 
-    /// Reads only the header (of a snapshot, delta or reverse delta): what
-    /// a reader checks before it uses the blob.
-    pub fn header(&self) -> Result<BlobHeader, FormatError> {
+    /// Runs `read` on the header (of a snapshot, delta or reverse delta).
+    fn with_header<T>(
+        &self,
+        read: impl FnOnce(header::Reader<'_>) -> Result<T, FormatError>,
+    ) -> Result<T, FormatError> {
         let message = self.message()?;
         let cap = |what: &'static str| self.cap(what);
         let header = match self.envelope.kind {
@@ -216,12 +219,34 @@ impl OpenBlob {
                 return Err(self.corrupt("expected a snapshot or delta, found an announcement"))
             }
         };
-        BlobHeader::read(header.map_err(cap("header"))?, &self.name)
+        read(header.map_err(cap("header"))?)
+    }
+
+    /// Reads only the header (of a snapshot, delta or reverse delta): what
+    /// a reader checks before it uses the blob.
+    pub fn header(&self) -> Result<BlobHeader, FormatError> {
+        self.with_header(|header| BlobHeader::read(header, &self.name))
     }
 
     /// The dataset the blob belongs to (read from its header).
     pub fn dataset_id(&self) -> Result<DatasetId, FormatError> {
         Ok(self.header()?.dataset_id)
+    }
+
+    /// The primary key of type `type_id` (fields `key_fields`), resolved
+    /// against the schema node this blob's header carries: how a reader
+    /// without generated code for the type encodes its keys (see
+    /// [`crate::schema::node_key`]).
+    pub fn node_key(&self, type_id: u64, key_fields: &[String]) -> Result<NodeKey, FormatError> {
+        self.with_header(|header| {
+            let nodes = header.get_nodes().map_err(self.cap("nodes"))?;
+            let node = nodes
+                .iter()
+                .find(|n| n.get_id() == type_id)
+                .ok_or_else(|| self.corrupt(format!("no schema node for type {type_id:#018x}")))?;
+            NodeKey::resolve(node, key_fields)
+                .map_err(|reason| self.corrupt(format!("type {type_id:#018x}: {reason}")))
+        })
     }
 
     /// Reads a snapshot's header and sections.
@@ -276,6 +301,7 @@ impl OpenBlob {
         let mut sections = Vec::new();
         let types = root.get_types().map_err(cap("types"))?;
         self.check_type_count(types.len())?;
+        let mut seen = std::collections::HashSet::new();
         for t in types {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {
@@ -289,8 +315,26 @@ impl OpenBlob {
                 words: self.list(t.get_words(), "words")?,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
+                dropped: t.get_dropped(),
                 name,
             };
+            if !seen.insert(section.type_id) {
+                return Err(self.corrupt(format!(
+                    "{}: the type appears twice in one delta",
+                    section.name
+                )));
+            }
+            if section.dropped
+                && (!section.removed.get().is_empty()
+                    || !section.ordinals.get().is_empty()
+                    || section.record_count_after != 0
+                    || section.ordinal_limit_after != 0)
+            {
+                return Err(self.corrupt(format!(
+                    "{}: drops the type and also changes its records",
+                    section.name
+                )));
+            }
             let n = section.ordinals.get().len();
             if section.removed.get().len() != section.removed_hashes.get().len()
                 || section.key_hashes.get().len() != n
@@ -428,6 +472,9 @@ pub struct DeltaSection {
     pub words: Region<u64>,
     pub record_count_after: u32,
     pub ordinal_limit_after: u32,
+    /// The type leaves the state (see `TypeDelta.dropped`); the reader
+    /// refuses a dropped section that also removes or sets records.
+    pub dropped: bool,
 }
 
 /// Record `i` of a list of records stored as (offsets, words), bounds

@@ -170,7 +170,10 @@ pub trait SnapshotRecords {
 
 /// One type's changes, as the producer hands them to the delta writer.
 pub struct DeltaTypeSource<'a> {
-    pub info: &'a TypeInfo,
+    /// The type's node id and display name (a dropped type is no longer
+    /// registered, so it has no [`TypeInfo`], only these).
+    pub type_id: u64,
+    pub name: &'a str,
     pub key_fields: &'a [String],
     /// Sorted removed ordinals with the key hash of the record removed.
     pub removed: &'a [(u32, u64)],
@@ -178,6 +181,9 @@ pub struct DeltaTypeSource<'a> {
     pub set: &'a [(u32, &'a [u64], u64)],
     pub record_count_after: u32,
     pub ordinal_limit_after: u32,
+    /// The type leaves the state: `removed` and `set` must be empty and
+    /// both counts 0.
+    pub dropped: bool,
 }
 
 fn too_large(what: &'static str, value: usize, limit: usize) -> FormatError {
@@ -341,7 +347,7 @@ pub fn write_delta(
     let mut estimate = head.words() + 16;
     for t in types {
         let words: usize = t.set.iter().map(|(_, r, _)| r.len()).sum();
-        estimate += 24 + words + t.removed.len() * 2 + t.set.len() * 2 + t.info.name.len() / 8;
+        estimate += 24 + words + t.removed.len() * 2 + t.set.len() * 2 + t.name.len() / 8;
         estimate += t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>();
     }
     let mut message = builder_for(estimate)?;
@@ -361,14 +367,27 @@ fn write_type_delta(
     mut b: type_delta::Builder<'_>,
     t: &DeltaTypeSource<'_>,
 ) -> Result<(), FormatError> {
-    b.set_type_id(t.info.type_id);
-    b.set_name(t.info.name.as_str());
+    b.set_type_id(t.type_id);
+    b.set_name(t.name);
     set_texts(
         b.reborrow().init_key_fields(t.key_fields.len() as u32),
         t.key_fields,
     );
     b.set_record_count_after(t.record_count_after);
     b.set_ordinal_limit_after(t.ordinal_limit_after);
+    if t.dropped {
+        if !t.removed.is_empty()
+            || !t.set.is_empty()
+            || t.record_count_after != 0
+            || t.ordinal_limit_after != 0
+        {
+            return Err(FormatError::Corrupt {
+                blob: "(being written)".into(),
+                reason: format!("{}: a dropped type must carry no records", t.name),
+            });
+        }
+        b.set_dropped(true);
+    }
     let n = list_len("removed ordinals", t.removed.len())?;
     {
         let mut removed = b.reborrow().init_removed(n);
@@ -439,7 +458,7 @@ mod tests {
             n.set_display_name_prefix_length(prefix);
             m
         };
-        let absolute = node("/home/ci/build/schema/library.capnp:Book", 34);
+        let absolute = node("/home/ci/build/schema/library.capnp:Book", 36);
         let relative = node("library.capnp:Book", 14);
         let read = |m: &capnp::message::Builder<capnp::message::HeapAllocator>| {
             portable_canonical_node(m.get_root_as_reader().unwrap()).unwrap()

@@ -9,6 +9,7 @@
 
 use super::{CycleEvent, CycleListener, Producer, Validator};
 use crate::announcer::AnnouncementLog;
+use crate::blobstore::resilience::{Clock, SystemClock};
 use crate::blobstore::BlobStore;
 use crate::error::Error;
 use crate::schema::blob::DatasetSchema;
@@ -49,6 +50,7 @@ pub struct ProducerBuilder {
     listeners: Vec<Arc<dyn CycleListener>>,
     tags: Vec<(String, String)>,
     dataset_id: Option<DatasetId>,
+    clock: Arc<dyn Clock>,
 }
 
 impl ProducerBuilder {
@@ -63,6 +65,7 @@ impl ProducerBuilder {
             listeners: Vec::new(),
             tags: Vec::new(),
             dataset_id: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -133,6 +136,14 @@ impl ProducerBuilder {
         self
     }
 
+    /// The clock whose wall time stamps each cycle's blobs and announcement
+    /// (default: the system clock). A manual clock makes a producer's blobs
+    /// the same bytes on every run (golden files).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Adds a header tag written into every blob.
     pub fn header_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.push((key.into(), value.into()));
@@ -191,6 +202,7 @@ impl ProducerBuilder {
                 listeners: self.listeners,
                 tags: self.tags,
                 dataset_id: self.dataset_id,
+                clock: self.clock,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -212,6 +224,8 @@ pub(super) struct Config {
     pub(super) schema: DatasetSchema,
     /// The dataset id given to the builder, if any.
     pub(super) dataset_id: Option<DatasetId>,
+    /// Stamps cycles and announcements with wall time.
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl Config {

@@ -91,7 +91,7 @@ impl Producer {
             config,
             since: started,
         };
-        let cycle_start_micros = crate::announcer::now_micros();
+        let cycle_start_micros = config.clock.unix_micros();
         let mut guard = self.announced.lock().await;
         let last = guard.as_ref();
         let last_version = last.map_or(0, |a| a.entry.version);
@@ -415,7 +415,7 @@ async fn announce(
         has_snapshot: with_snapshot,
         pinned_version: newest.and_then(|n| n.pinned_version),
         producer_id: config.producer_id.clone(),
-        timestamp_micros: crate::announcer::now_micros(),
+        timestamp_micros: config.clock.unix_micros(),
         snapshot_bytes: size_of(|n| matches!(n, BlobName::Snapshot(_))),
         delta_bytes: size_of(|n| matches!(n, BlobName::Delta(..))),
         reverse_bytes: size_of(|n| matches!(n, BlobName::Reverse(..))),

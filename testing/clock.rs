@@ -55,6 +55,10 @@ impl Default for ManualClock {
 }
 
 impl ManualClock {
+    /// The wall-clock time of a manual clock's origin (2026-01-01T00:00:00Z,
+    /// in microseconds since the Unix epoch).
+    pub const UNIX_START_MICROS: i64 = 1_767_225_600_000_000;
+
     /// A clock at its origin, with no sleepers.
     pub fn new() -> Self {
         ManualClock {
@@ -187,6 +191,12 @@ impl Wake for WakeFlag {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.shared.origin + self.elapsed()
+    }
+
+    /// [`ManualClock::UNIX_START_MICROS`] plus the time advanced, so that
+    /// what a producer on this clock writes is the same on every run.
+    fn unix_micros(&self) -> i64 {
+        ManualClock::UNIX_START_MICROS + self.elapsed().as_micros() as i64
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

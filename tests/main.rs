@@ -23,6 +23,7 @@ mod full_disk;
 mod fuzz_seeds;
 #[cfg(feature = "cli")]
 mod gc;
+mod golden;
 mod hostile;
 mod hostile_records;
 mod limits;

@@ -23,9 +23,14 @@ use std::time::{Duration, Instant};
 ///   least `d` past the time `sleep` was called, and not before. Dropping
 ///   the future cancels the sleep. `sleep(Duration::ZERO)` completes at once.
 /// - Both are cheap and never fail; `sleep` does not block a thread.
+/// - `unix_micros` is wall-clock time, for the timestamps written into
+///   blobs and announcements (never for waits or timeouts, which use
+///   `now`); it may jump, and moves with `now` on a manual clock.
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> Instant;
+    /// Wall-clock time in microseconds since the Unix epoch.
+    fn unix_micros(&self) -> i64;
     /// Waits for `duration` of this clock's time.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 }
@@ -77,6 +82,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
+    }
+
+    fn unix_micros(&self) -> i64 {
+        crate::announcer::now_micros()
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

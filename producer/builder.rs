@@ -51,6 +51,7 @@ pub struct ProducerBuilder {
     tags: Vec<(String, String)>,
     dataset_id: Option<DatasetId>,
     clock: Arc<dyn Clock>,
+    leftover_grace: std::time::Duration,
 }
 
 impl ProducerBuilder {
@@ -66,6 +67,7 @@ impl ProducerBuilder {
             tags: Vec::new(),
             dataset_id: None,
             clock: Arc::new(SystemClock),
+            leftover_grace: crate::gc::DEFAULT_LEFTOVER_GRACE,
         }
     }
 
@@ -144,6 +146,17 @@ impl ProducerBuilder {
         self
     }
 
+    /// How old a leftover of an interrupted write (a killed producer's
+    /// partial snapshot, a temporary upload) must be before
+    /// [`Producer::restore`] deletes it (default
+    /// [`crate::gc::DEFAULT_LEFTOVER_GRACE`], far longer than any blob
+    /// write, so a restore never deletes another writer's upload in
+    /// progress). See [`crate::gc`].
+    pub fn leftover_grace(mut self, grace: std::time::Duration) -> Self {
+        self.leftover_grace = grace;
+        self
+    }
+
     /// Adds a header tag written into every blob.
     pub fn header_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.push((key.into(), value.into()));
@@ -203,6 +216,7 @@ impl ProducerBuilder {
                 tags: self.tags,
                 dataset_id: self.dataset_id,
                 clock: self.clock,
+                leftover_grace: self.leftover_grace,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -226,6 +240,8 @@ pub(super) struct Config {
     pub(super) dataset_id: Option<DatasetId>,
     /// Stamps cycles and announcements with wall time.
     pub(super) clock: Arc<dyn Clock>,
+    /// Leftovers older than this are swept by restore.
+    pub(super) leftover_grace: std::time::Duration,
 }
 
 impl Config {

@@ -13,6 +13,9 @@
 //! older snapshot and the deltas after it. A restore that had to go around
 //! a bad snapshot makes the next cycle write a fresh one.
 //!
+//! Before it reads the log, restore sweeps the leftovers of interrupted
+//! writes older than the producer's grace period ([`crate::gc`]).
+//!
 //! The restored producer keeps the log's dataset id. Every blob is checked
 //! against it before it is used: a blob of another dataset (a name that a
 //! recreated store's old dataset left behind) is bad, and planned around
@@ -42,6 +45,7 @@ impl Producer {
     pub async fn restore(&self) -> Result<Option<u64>, Error> {
         let mut guard = self.announced.lock().await;
         let config = &*self.config;
+        sweep_leftovers(config).await;
         let Some(newest) = config.log.latest().await? else {
             *guard = None;
             return Ok(None);
@@ -96,6 +100,27 @@ impl Producer {
             "restored"
         );
         Ok(Some(version))
+    }
+}
+
+/// Deletes the leftovers of interrupted writes older than the configured
+/// grace (a producer killed mid-write leaves them; a restart is when they
+/// are found). Housekeeping: a failure is logged and counted
+/// (`burrow_producer_sweep_failures_total`), never a failed restore, and
+/// `burrow verify` lists what is left.
+async fn sweep_leftovers(config: &Config) {
+    match crate::gc::sweep_leftovers(&config.store, config.leftover_grace).await {
+        Ok(deleted) if !deleted.is_empty() => {
+            tracing::info!(
+                deleted = deleted.len(),
+                "restore swept leftovers of interrupted writes"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "could not sweep leftovers of interrupted writes");
+            metrics::counter!("burrow_producer_sweep_failures_total").increment(1);
+        }
     }
 }
 

@@ -257,32 +257,21 @@ fn restore_unregistered(data: &TypeData, blob: &Arc<OpenBlob>) -> Result<Unregis
     } else {
         None
     };
-    let mut batch = Batch::new(keyed);
-    let mut ordinal_of = Vec::with_capacity(data.record_count() as usize);
-    let mut key = Vec::new();
-    for o in 0..data.ordinal_limit() {
-        let Some(words) = data.record_words(o)? else {
-            continue;
-        };
-        let start = batch.words.len();
-        batch.words.extend_from_slice(words);
-        key.clear();
-        if let Some(node_key) = &node_key {
-            node_key
-                .encode(words, &mut key)
-                .map_err(|reason| FormatError::Corrupt {
-                    blob: blob.name().to_string(),
-                    reason: format!("{}: key of ordinal {o}: {reason}", data.name()),
-                })?;
-        }
-        batch.push(start, &key);
-        ordinal_of.push(o);
-    }
+    let state = read_back(data, keyed, |o, words, key| match &node_key {
+        Some(node_key) => node_key.encode(words, key).map_err(|reason| {
+            FormatError::Corrupt {
+                blob: blob.name().to_string(),
+                reason: format!("{}: key of ordinal {o}: {reason}", data.name()),
+            }
+            .into()
+        }),
+        None => Ok(()),
+    })?;
     Ok(UnregisteredType {
         type_id: data.type_id(),
         name: data.name().to_string(),
         key_fields: data.key_fields().to_vec(),
-        state: TypeState::from_ordinals(batch, ordinal_of, data.ordinal_limit()),
+        state,
     })
 }
 
@@ -302,27 +291,46 @@ fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error
         }
         .into());
     }
+    let mut buf = KeyBuf::new();
+    read_back(section, keyed, |o, words, key| {
+        if let Some(spec) = &t.key {
+            buf.clear();
+            (t.key_of)(spec, words, &mut buf).map_err(|e| {
+                FormatError::capnp(&t.info.name, &format!("record at ordinal {o}"), e)
+            })?;
+            key.extend_from_slice(buf.as_bytes());
+        }
+        Ok(())
+    })
+}
+
+/// Reads every record of a type back with its ordinal, its key encoded by
+/// `encode_key` (which appends it to the buffer it is given; it is called
+/// only for a keyed type).
+fn read_back(
+    data: &TypeData,
+    keyed: bool,
+    mut encode_key: impl FnMut(u32, &[u64], &mut Vec<u8>) -> Result<(), Error>,
+) -> Result<TypeState, Error> {
     let mut batch = Batch::new(keyed);
-    let mut ordinal_of = Vec::with_capacity(section.record_count() as usize);
-    let mut key = KeyBuf::new();
-    for o in 0..section.ordinal_limit() {
-        let Some(words) = section.record_words(o)? else {
+    let mut ordinal_of = Vec::with_capacity(data.record_count() as usize);
+    let mut key = Vec::new();
+    for o in 0..data.ordinal_limit() {
+        let Some(words) = data.record_words(o)? else {
             continue;
         };
         let start = batch.words.len();
         batch.words.extend_from_slice(words);
         key.clear();
-        if let Some(spec) = &t.key {
-            (t.key_of)(spec, words, &mut key).map_err(|e| {
-                FormatError::capnp(&t.info.name, &format!("record at ordinal {o}"), e)
-            })?;
+        if keyed {
+            encode_key(o, words, &mut key)?;
         }
-        batch.push(start, key.as_bytes());
+        batch.push(start, &key);
         ordinal_of.push(o);
     }
     Ok(TypeState::from_ordinals(
         batch,
         ordinal_of,
-        section.ordinal_limit(),
+        data.ordinal_limit(),
     ))
 }

@@ -73,10 +73,12 @@ impl OpenBlob {
         })
     }
 
+    /// The blob's name, as its errors report it (`snapshot/7`, ...).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The blob's envelope: kind, versions, body length and checksum.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
@@ -99,6 +101,7 @@ impl OpenBlob {
         ENVELOPE_LEN as u64 + self.envelope.body_len
     }
 
+    /// Always `false`: a blob holds at least its envelope.
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -381,6 +384,7 @@ unsafe impl<T: Sync> Send for Region<T> {}
 unsafe impl<T: Sync> Sync for Region<T> {}
 
 impl<T> Region<T> {
+    /// The region's elements, borrowed from the blob.
     #[inline]
     pub fn get(&self) -> &[T] {
         // SAFETY: `ptr..ptr+len` was checked to lie inside the blob, aligned
@@ -396,12 +400,22 @@ pub struct BlobHeader {
     /// The dataset the blob belongs to (never zero: a blob without one is
     /// refused when its header is read).
     pub dataset_id: DatasetId,
+    /// The version a delta starts from (for a reverse delta, the newer
+    /// one); 0 for a snapshot.
     pub from_version: u64,
+    /// The version the blob makes.
     pub to_version: u64,
+    /// The id of the producer that wrote the blob.
     pub producer_id: String,
+    /// When the writing cycle began, in microseconds since the Unix epoch.
     pub cycle_start_micros: i64,
+    /// The schema hash (see [`super::DatasetSchema::hash`]): equal
+    /// hashes mean the same schema nodes.
     pub schema_hash: u64,
+    /// How many schema nodes the header carries (every struct and enum
+    /// the dataset's types reach).
     pub node_count: u32,
+    /// The producer's header tags, as (key, value) pairs in written order.
     pub tags: Vec<(String, String)>,
 }
 
@@ -449,28 +463,55 @@ pub fn check_dataset(blob: &OpenBlob, expected: DatasetId) -> Result<(), FormatE
 
 /// One type of a snapshot.
 pub struct SnapshotSection {
+    /// The Cap'n Proto node id of the type's struct.
     pub type_id: u64,
+    /// The type's display name (e.g. `movies.capnp:Movie`).
     pub name: String,
+    /// The primary key's field names, in key order; empty for a type
+    /// without a primary key.
     pub key_fields: Vec<String>,
+    /// Number of records (ordinals below `ordinal_limit` that are not
+    /// holes).
     pub record_count: u32,
+    /// One past the highest ordinal; `offsets` has `ordinal_limit + 1`
+    /// entries.
     pub ordinal_limit: u32,
+    /// Ordinal `o`'s record is `words[offsets[o]..offsets[o + 1]]`, an
+    /// empty range for a hole (read it with [`record_at`]).
     pub offsets: Region<u32>,
+    /// The records' canonical Cap'n Proto words, in ordinal order.
     pub words: Region<u64>,
+    /// The type's key index ([`crate::schema::key_index`]); empty for a
+    /// type without a primary key.
     pub key_index: Region<u64>,
 }
 
 /// One type of a delta.
 pub struct DeltaSection {
+    /// The Cap'n Proto node id of the type's struct.
     pub type_id: u64,
+    /// The type's display name.
     pub name: String,
+    /// The primary key's field names, in key order; empty for a type
+    /// without a primary key.
     pub key_fields: Vec<String>,
+    /// Ordinals whose records the delta removes, sorted.
     pub removed: Region<u32>,
+    /// The key hash of each removed record, one per entry of `removed`.
     pub removed_hashes: Region<u64>,
+    /// Ordinals the delta sets (new or changed records), sorted.
     pub ordinals: Region<u32>,
+    /// The key hash of each set record, one per entry of `ordinals`.
     pub key_hashes: Region<u64>,
+    /// `ordinals.len() + 1` entries: the `i`-th set record is
+    /// `words[offsets[i]..offsets[i + 1]]` (read it with [`record_at`]).
     pub offsets: Region<u32>,
+    /// The set records' canonical Cap'n Proto words, in `ordinals` order.
     pub words: Region<u64>,
+    /// The type's record count once the delta is applied.
     pub record_count_after: u32,
+    /// The type's ordinal limit (one past its highest ordinal) once the
+    /// delta is applied.
     pub ordinal_limit_after: u32,
     /// The type leaves the state (see `TypeDelta.dropped`); the reader
     /// refuses a dropped section that also removes or sets records.

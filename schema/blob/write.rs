@@ -94,6 +94,8 @@ impl DatasetSchema {
         })
     }
 
+    /// The schema hash written into every header: xxh3-64 over each
+    /// node's id (little-endian) and canonical bytes, in id order.
     pub fn hash(&self) -> u64 {
         self.hash
     }
@@ -107,11 +109,18 @@ impl DatasetSchema {
 pub struct HeaderInfo<'a> {
     /// The dataset the blob belongs to (see [`crate::schema::dataset_id`]).
     pub dataset_id: DatasetId,
+    /// The version a delta starts from (the newer one for a reverse
+    /// delta); 0 for a snapshot.
     pub from_version: u64,
+    /// The version the blob makes.
     pub to_version: u64,
+    /// The id of the producer writing the blob.
     pub producer_id: &'a str,
+    /// When the writing cycle began, in microseconds since the Unix epoch.
     pub cycle_start_micros: i64,
+    /// The dataset's schema nodes, written into the header with their hash.
     pub schema: &'a DatasetSchema,
+    /// The producer's header tags, as (key, value) pairs.
     pub tags: &'a [(String, String)],
 }
 
@@ -153,12 +162,20 @@ impl HeaderInfo<'_> {
 
 /// One type's records, as the producer hands them to the snapshot writer.
 pub struct SnapshotTypeSource<'a> {
+    /// The type's id, display name and schema.
     pub info: &'a TypeInfo,
+    /// The primary key's field names, in key order; empty for no key (the
+    /// snapshot then carries no key index).
     pub key_fields: &'a [String],
+    /// One past the highest ordinal: the writer asks `records` for every
+    /// ordinal below it.
     pub ordinal_limit: u32,
+    /// Number of records (non-hole ordinals); sizes the key index, and the
+    /// writer refuses more keyed records than this.
     pub record_count: u32,
-    /// Sum of the words of every record.
+    /// Sum of the words of every record; the writer checks it.
     pub total_words: usize,
+    /// Where the writer reads each ordinal's record.
     pub records: &'a dyn SnapshotRecords,
 }
 
@@ -173,13 +190,18 @@ pub struct DeltaTypeSource<'a> {
     /// The type's node id and display name (a dropped type is no longer
     /// registered, so it has no [`TypeInfo`], only these).
     pub type_id: u64,
+    /// See `type_id`.
     pub name: &'a str,
+    /// The primary key's field names, in key order; empty for no key.
     pub key_fields: &'a [String],
     /// Sorted removed ordinals with the key hash of the record removed.
     pub removed: &'a [(u32, u64)],
     /// Sorted ordinals set, with their record and key hash.
     pub set: &'a [(u32, &'a [u64], u64)],
+    /// The type's record count once the delta is applied.
     pub record_count_after: u32,
+    /// The type's ordinal limit (one past its highest ordinal) once the
+    /// delta is applied.
     pub ordinal_limit_after: u32,
     /// The type leaves the state: `removed` and `set` must be empty and
     /// both counts 0.

@@ -2,7 +2,7 @@
 //! and its sections expose each type's lists as bounds-checked slices of
 //! them.
 
-use super::MAX_TYPES;
+use super::{Layout, MAX_TYPES};
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
@@ -202,27 +202,56 @@ impl OpenBlob {
         )))
     }
 
+    /// Runs `read` on the message's root, read as `L`.
+    fn with_root<L: Layout, T>(
+        &self,
+        read: impl FnOnce(L::Reader<'_>) -> Result<T, FormatError>,
+    ) -> Result<T, FormatError> {
+        let message = self.message()?;
+        let root = message
+            .get_root::<L::Reader<'_>>()
+            .map_err(self.cap(L::ROOT))?;
+        read(root)
+    }
+
     /// Runs `read` on the header (of a snapshot, delta or reverse delta).
     fn with_header<T>(
         &self,
         read: impl FnOnce(header::Reader<'_>) -> Result<T, FormatError>,
     ) -> Result<T, FormatError> {
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let header = match self.envelope.kind {
-            BlobKind::Snapshot => message
-                .get_root::<snapshot::Reader>()
-                .map_err(cap("snapshot root"))?
-                .get_header(),
-            BlobKind::Delta | BlobKind::Reverse => message
-                .get_root::<delta::Reader>()
-                .map_err(cap("delta root"))?
-                .get_header(),
+        fn header_of<L: Layout, T>(
+            blob: &OpenBlob,
+            read: impl FnOnce(header::Reader<'_>) -> Result<T, FormatError>,
+        ) -> Result<T, FormatError> {
+            blob.with_root::<L, T>(|root| read(L::header(&root).map_err(blob.cap("header"))?))
+        }
+        match self.envelope.kind {
+            BlobKind::Snapshot => header_of::<snapshot::Owned, T>(self, read),
+            BlobKind::Delta | BlobKind::Reverse => header_of::<delta::Owned, T>(self, read),
             BlobKind::Announcement => {
-                return Err(self.corrupt("expected a snapshot or delta, found an announcement"))
+                Err(self.corrupt("expected a snapshot or delta, found an announcement"))
             }
-        };
-        read(header.map_err(cap("header"))?)
+        }
+    }
+
+    /// Reads the header and every type entry of a blob whose root is `L`
+    /// (refusing a blob of another kind and more than [`MAX_TYPES`]
+    /// types), each entry turned into a section by `section`.
+    fn sections<L: Layout, S>(
+        &self,
+        mut section: impl FnMut(
+            <L::Entry as capnp::traits::OwnedStruct>::Reader<'_>,
+        ) -> Result<S, FormatError>,
+    ) -> Result<(BlobHeader, Vec<S>), FormatError> {
+        self.expect_kind(L::holds(self.envelope.kind), L::EXPECTED)?;
+        self.with_root::<L, _>(|root| {
+            let header =
+                BlobHeader::read(L::header(&root).map_err(self.cap("header"))?, &self.name)?;
+            let types = L::types(&root).map_err(self.cap("types"))?;
+            self.check_type_count(types.len())?;
+            let sections = types.iter().map(&mut section).collect::<Result<_, _>>()?;
+            Ok((header, sections))
+        })
     }
 
     /// Reads only the header (of a snapshot, delta or reverse delta): what
@@ -254,17 +283,7 @@ impl OpenBlob {
 
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
-        self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let root = message
-            .get_root::<snapshot::Reader>()
-            .map_err(cap("snapshot root"))?;
-        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
-        let mut sections = Vec::new();
-        let types = root.get_types().map_err(cap("types"))?;
-        self.check_type_count(types.len())?;
-        for t in types {
+        self.sections::<snapshot::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
             let offsets = self.list(t.get_offsets(), "offsets")?;
             let words = self.list(t.get_words(), "words")?;
@@ -275,7 +294,7 @@ impl OpenBlob {
             if ordinal_limit > u32::MAX as usize - 1 {
                 return Err(self.corrupt(format!("{name}: too many ordinals")));
             }
-            sections.push(SnapshotSection {
+            Ok(SnapshotSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 name,
@@ -284,28 +303,14 @@ impl OpenBlob {
                 offsets,
                 words,
                 key_index,
-            });
-        }
-        Ok((header, sections))
+            })
+        })
     }
 
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
-        self.expect_kind(
-            matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse),
-            "a delta",
-        )?;
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let root = message
-            .get_root::<delta::Reader>()
-            .map_err(cap("delta root"))?;
-        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
-        let mut sections = Vec::new();
-        let types = root.get_types().map_err(cap("types"))?;
-        self.check_type_count(types.len())?;
         let mut seen = std::collections::HashSet::new();
-        for t in types {
+        self.sections::<delta::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {
                 type_id: t.get_type_id(),
@@ -347,9 +352,8 @@ impl OpenBlob {
                     self.corrupt(format!("{}: delta lists disagree in length", section.name))
                 );
             }
-            sections.push(section);
-        }
-        Ok((header, sections))
+            Ok(section)
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Writing blob bodies: a snapshot or a delta as one single-segment
 //! Cap'n Proto message sized up front, framed by the envelope.
 
-use super::MAX_LIST_ELEMENTS;
+use super::{Layout, MAX_LIST_ELEMENTS};
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::dataset_id::DatasetId;
@@ -234,16 +234,6 @@ fn builder_for(
     ))
 }
 
-fn finish(
-    kind: BlobKind,
-    from: u64,
-    to: u64,
-    message: &capnp::message::Builder<capnp::message::HeapAllocator>,
-) -> Vec<u8> {
-    let body = capnp::serialize::write_message_to_words(message);
-    frame(kind, from, to, &body)
-}
-
 fn capnp_write(e: capnp::Error) -> FormatError {
     FormatError::Corrupt {
         blob: "(being written)".into(),
@@ -260,26 +250,44 @@ pub fn write_snapshot(
     head: &HeaderInfo<'_>,
     types: &[SnapshotTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
-    let mut estimate = head.words() + 16;
-    for t in types {
-        estimate += 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
+    let type_words = |t: &SnapshotTypeSource<'_>| {
+        let mut words = 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
         if !t.key_fields.is_empty() {
-            estimate += 2 * index_slots(t.record_count);
+            words += 2 * index_slots(t.record_count);
         }
-        estimate +=
-            t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
-    }
+        words
+            + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
+            + t.info.name.len() / 8
+            + 2
+    };
+    let body = write_body::<snapshot::Owned, _>(head, types, type_words, write_type_snapshot)?;
+    Ok(frame(BlobKind::Snapshot, 0, head.to_version, &body))
+}
+
+/// The body every blob kind shares: one single-segment message sized up
+/// front (the header's words, 16, and `type_words` of each type), whose
+/// root `L` holds the header written from `head` and one entry per type,
+/// written by `write_type`.
+fn write_body<L: Layout, T>(
+    head: &HeaderInfo<'_>,
+    types: &[T],
+    type_words: impl Fn(&T) -> usize,
+    write_type: impl Fn(
+        <L::Entry as capnp::traits::OwnedStruct>::Builder<'_>,
+        &T,
+    ) -> Result<(), FormatError>,
+) -> Result<Vec<u8>, FormatError> {
+    let estimate = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
     let mut message = builder_for(estimate)?;
     {
-        let mut root = message.init_root::<snapshot::Builder>();
-        head.write(root.reborrow().init_header())
+        let root = message.init_root::<L::Builder<'_>>();
+        let mut list = L::init(root, |h| head.write(h), list_len("types", types.len())?)
             .map_err(capnp_write)?;
-        let mut list = root.init_types(list_len("types", types.len())?);
         for (i, t) in types.iter().enumerate() {
-            write_type_snapshot(list.reborrow().get(i as u32), t)?;
+            write_type(list.reborrow().get(i as u32), t)?;
         }
     }
-    Ok(finish(BlobKind::Snapshot, 0, head.to_version, &message))
+    Ok(capnp::serialize::write_message_to_words(&message))
 }
 
 fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
@@ -366,23 +374,16 @@ pub fn write_delta(
     head: &HeaderInfo<'_>,
     types: &[DeltaTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
-    let mut estimate = head.words() + 16;
-    for t in types {
+    let type_words = |t: &DeltaTypeSource<'_>| {
         let words: usize = t.set.iter().map(|(_, r, _)| r.len()).sum();
-        estimate += 24 + words + t.removed.len() * 2 + t.set.len() * 2 + t.name.len() / 8;
-        estimate += t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>();
-    }
-    let mut message = builder_for(estimate)?;
-    {
-        let mut root = message.init_root::<delta::Builder>();
-        head.write(root.reborrow().init_header())
-            .map_err(capnp_write)?;
-        let mut list = root.init_types(list_len("types", types.len())?);
-        for (i, t) in types.iter().enumerate() {
-            write_type_delta(list.reborrow().get(i as u32), t)?;
-        }
-    }
-    Ok(finish(kind, head.from_version, head.to_version, &message))
+        24 + words
+            + t.removed.len() * 2
+            + t.set.len() * 2
+            + t.name.len() / 8
+            + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
+    };
+    let body = write_body::<delta::Owned, _>(head, types, type_words, write_type_delta)?;
+    Ok(frame(kind, head.from_version, head.to_version, &body))
 }
 
 fn write_type_delta(

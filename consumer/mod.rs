@@ -13,8 +13,8 @@
 //! clock), then tried again.
 //!
 //! Cache files this process did not fetch itself are re-verified in the
-//! background the first time they are mapped (see the `recheck` module): the state
-//! serves at once, [`Consumer::state_verified`] says whether all its blobs
+//! background the first time they are mapped (see `consumer/recheck.rs`):
+//! the state serves at once, [`Consumer::state_verified`] says whether all its blobs
 //! are verified yet, [`Consumer::wait_verified`] waits for it, and a file
 //! that fails is evicted, refetched and the state rebuilt and swapped in;
 //! the failure is a [`CacheFault`] (the cache's fault, not the store's).

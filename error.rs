@@ -14,20 +14,36 @@ use crate::producer::ProducerError;
 pub enum FormatError {
     /// The bytes are not what the format says they must be.
     #[error("{blob}: corrupt: {reason}")]
-    Corrupt { blob: String, reason: String },
+    Corrupt {
+        /// The blob or announcement entry, as named in the store
+        /// (`snapshot/7`, `delta/6-7`, a log entry's key).
+        blob: String,
+        /// What was wrong and where in the bytes it was found.
+        reason: String,
+    },
     /// The blob was written by a format version this build cannot read.
     #[error("{blob}: format version {found} is not supported (this build reads {supported})")]
     Incompatible {
+        /// The blob, as named in the store.
         blob: String,
+        /// The format version written in the blob's header.
         found: u16,
+        /// The format version this build reads and writes.
         supported: u16,
     },
     /// A configured limit refused the input.
     #[error("{blob}: {what} is {value}, over the limit of {limit}")]
     TooLarge {
+        /// The blob, as named in the store (`(being written)` when the
+        /// writer refused it).
         blob: String,
+        /// The quantity that was over its limit (`blob size`, `number of
+        /// types`, ...).
         what: &'static str,
+        /// The quantity's value, in the unit of `what` (bytes for sizes,
+        /// a count otherwise).
         value: u64,
+        /// The largest value allowed, in the same unit.
         limit: u64,
     },
     /// The blob (or entry) belongs to another dataset than the one it
@@ -35,8 +51,12 @@ pub enum FormatError {
     /// blobs never mix (see [`crate::schema::dataset_id`]).
     #[error("{blob}: belongs to dataset {found}, expected dataset {expected}")]
     DatasetMismatch {
+        /// The blob or announcement entry that carries the other identity.
         blob: String,
+        /// The dataset it was meant to belong to (the state's, the
+        /// announcement's, the log's).
         expected: crate::schema::DatasetId,
+        /// The dataset the blob or entry says it belongs to.
         found: crate::schema::DatasetId,
     },
 }
@@ -56,37 +76,65 @@ impl FormatError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
+    /// A primary key declared for a type cannot be built: no field was
+    /// named, a field is named twice or does not exist, or its type cannot
+    /// be a key.
     #[error("{type_name}: primary key field {field:?} {reason}")]
     Spec {
+        /// The type the key was declared for.
         type_name: String,
+        /// The key field, as given (empty when the key names no field).
         field: String,
+        /// Why the field cannot be a key.
         reason: String,
     },
+    /// A value given to a lookup does not fit the type's key (wrong
+    /// number of fields, or a field of the wrong kind).
     #[error("{type_name}: bad key value: {reason}")]
-    Query { type_name: String, reason: String },
+    Query {
+        /// The type being looked up.
+        type_name: String,
+        /// How the value differs from the key.
+        reason: String,
+    },
+    /// A lookup by key on a type that was published without a primary key.
     #[error("{type_name} has no primary key, so it cannot be looked up by key")]
-    NoKey { type_name: String },
+    NoKey {
+        /// The type being looked up.
+        type_name: String,
+    },
 }
 
 /// Any error from burrow.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The bytes of a blob or announcement are bad; never retryable.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// A primary key cannot be built, or a lookup value does not fit it.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The blob store or the local cache failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The announcement log refused or failed an operation.
     #[error(transparent)]
     Announce(#[from] AnnounceError),
+    /// A producer's cycle or restore failed.
     #[error(transparent)]
     Producer(#[from] ProducerError),
+    /// A consumer could not reach or serve a version.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
     /// A setting given to a builder or the CLI is invalid.
     #[error("invalid configuration: {what}: {reason}")]
-    Config { what: String, reason: String },
+    Config {
+        /// The setting (`cache_dir`, `--store`, ...).
+        what: String,
+        /// Why its value is refused.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -51,6 +51,8 @@
 //! # })
 //! # }
 //! ```
+#![warn(missing_docs)]
+
 pub mod announcer;
 pub mod blobstore;
 pub mod consumer;

@@ -20,6 +20,8 @@ pub enum AnnounceKind {
 }
 
 impl AnnounceKind {
+    /// The kind's name as the CLI and JSON output show it: `announce`,
+    /// `pin` or `unpin`.
     pub fn as_str(self) -> &'static str {
         match self {
             AnnounceKind::Announce => "announce",
@@ -36,7 +38,10 @@ pub struct Announcement {
     /// The dataset the log belongs to: every entry of one log carries the
     /// same id, as does every blob the entries name.
     pub dataset_id: DatasetId,
+    /// The entry's position in the log (`announce/<seq>`), from 1, dense:
+    /// entry `seq + 1` is only written after `seq` was read.
     pub seq: u64,
+    /// What the entry does: a publication, a pin or an unpin.
     pub kind: AnnounceKind,
     /// Newest version the producer published.
     pub version: u64,
@@ -49,10 +54,20 @@ pub struct Announcement {
     pub has_snapshot: bool,
     /// Consumers should be at this version instead of `version`.
     pub pinned_version: Option<u64>,
+    /// Who wrote this entry: the producer's id for an announcement, the
+    /// operator's or tool's id for a pin or unpin.
     pub producer_id: String,
+    /// When the entry was written, in microseconds since the Unix epoch
+    /// (the writer's clock).
     pub timestamp_micros: i64,
+    /// Size in bytes of `snapshot/<version>`; 0 if `version` has no
+    /// snapshot.
     pub snapshot_bytes: u64,
+    /// Size in bytes of the delta from `from_version` to `version`; 0 for
+    /// the first version.
     pub delta_bytes: u64,
+    /// Size in bytes of the reverse delta from `version` back to
+    /// `from_version`; 0 for the first version.
     pub reverse_bytes: u64,
 }
 
@@ -205,6 +220,8 @@ fn aligned_words(body: &[u8]) -> Vec<capnp::Word> {
     words
 }
 
+/// The system clock as microseconds since the Unix epoch, the unit of
+/// [`Announcement::timestamp_micros`]; 0 if the clock is before the epoch.
 pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

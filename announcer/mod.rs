@@ -46,20 +46,30 @@ pub enum AnnounceError {
         "not the primary producer: announcement {seq} was already written by another producer; \
          restore from the log before publishing again"
     )]
-    NotPrimary { seq: u64 },
+    NotPrimary {
+        /// The entry this writer tried to create.
+        seq: u64,
+    },
     /// A pin named a version that the log never announced.
     #[error("version {version} was never announced, so it cannot be pinned")]
-    NotAnnounced { version: u64 },
+    NotAnnounced {
+        /// The version the pin named.
+        version: u64,
+    },
     /// The operation needs at least one announcement.
     #[error("the announcement log is empty: nothing has been announced yet")]
     Empty,
+    /// Reading or writing an entry in the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An entry's bytes are bad, or it belongs to another dataset.
     #[error(transparent)]
     Format(#[from] FormatError),
 }
 
 impl AnnounceError {
+    /// Whether the same call may succeed if tried again: only a retryable
+    /// store fault; a lost race or a bad entry is not.
     pub fn is_retryable(&self) -> bool {
         match self {
             AnnounceError::Store(e) => e.is_retryable(),
@@ -87,6 +97,7 @@ pub struct AnnouncementLog {
 }
 
 impl AnnouncementLog {
+    /// The log kept under `announce/` in `store`.
     pub fn new(store: BlobStore) -> Self {
         AnnouncementLog {
             store,
@@ -103,6 +114,7 @@ impl AnnouncementLog {
         }
     }
 
+    /// The store the log's entries live in.
     pub fn store(&self) -> &BlobStore {
         &self.store
     }

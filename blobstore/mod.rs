@@ -121,7 +121,10 @@ pub enum StoreError {
         dir.display(),
         dir.join(cache::LOCK_FILE).display()
     )]
-    CacheInUse { dir: PathBuf },
+    CacheInUse {
+        /// The cache directory whose lock is held.
+        dir: PathBuf,
+    },
     /// A local file operation (the cache, a local store's directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

@@ -1,6 +1,7 @@
 //! `burrow inspect <VERSION>`: one blob of an announced version, read the
 //! way a consumer reads it (envelope and checksum first), shown as its
-//! envelope, header and per-type counts. A snapshot's key indexes are
+//! envelope, header and per-type counts (for a delta, whether it drops
+//! the type). A snapshot's key indexes are
 //! checked against their types' offsets ([`KeyIndex::check`]) on the way,
 //! and the blob's dataset id against the announcement's (a blob of another
 //! dataset is an error naming both ids).
@@ -123,6 +124,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                 ("SET_BYTES", Align::Right),
                 ("RECORDS_AFTER", Align::Right),
                 ("ORDINAL_LIMIT_AFTER", Align::Right),
+                ("DROPPED", Align::Left),
                 ("KEY", Align::Left),
             ]);
             let types: Vec<Value> = sections
@@ -135,6 +137,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         output::bytes(s.words.get().len() as u64 * 8),
                         s.record_count_after.to_string(),
                         s.ordinal_limit_after.to_string(),
+                        if s.dropped { "yes" } else { "no" }.to_string(),
                         s.key_fields.join(", "),
                     ]);
                     json!({
@@ -145,6 +148,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         "set_bytes": s.words.get().len() * 8,
                         "records_after": s.record_count_after,
                         "ordinal_limit_after": s.ordinal_limit_after,
+                        "dropped": s.dropped,
                         "key_fields": s.key_fields,
                     })
                 })

@@ -1,6 +1,8 @@
 //! `burrow verify`: checks every blob in the store and the announcement log
 //! (see `burrow::verify`), prints each problem with the name of the blob it
-//! is in (or one JSON object with `--json`), and fails if there is any.
+//! is in (or one JSON object with `--json`), and fails if there is any. The
+//! summary names the dataset verified (the log's; `none` for an empty or
+//! unreadable log, `null` in JSON).
 
 use crate::output::Out;
 use anyhow::Result;
@@ -31,9 +33,12 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
             out.line(&format!("LEFTOVER {leftover}"))?;
         }
         out.line(&format!(
-            "{}: {} blobs ({} records), {} announcement entries, {} versions reachable, \
-             {} orphan blobs, {} leftovers of interrupted writes: {}",
+            "{}: dataset {}, {} blobs ({} records), {} announcement entries, \
+             {} versions reachable, {} orphan blobs, {} leftovers of interrupted writes: {}",
             store.description(),
+            report
+                .dataset_id
+                .map_or_else(|| "none".to_string(), |id| id.to_string()),
             report.blobs_checked,
             report.records_checked,
             report.entries_checked,
@@ -54,6 +59,7 @@ fn json(store: &str, r: &VerifyReport) -> serde_json::Value {
     serde_json::json!({
         "store": store,
         "ok": r.is_clean(),
+        "dataset_id": r.dataset_id.map(|id| id.to_string()),
         "blobs_checked": r.blobs_checked,
         "records_checked": r.records_checked,
         "entries_checked": r.entries_checked,

@@ -83,12 +83,17 @@ impl TypeData {
         }
     }
 
+    /// The Cap'n Proto node id of the type's struct; types are matched by
+    /// it across versions.
     pub fn type_id(&self) -> u64 {
         self.type_id
     }
+    /// The type's display name, as written in the blobs.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The type's primary key fields, in key order; empty if it has no
+    /// primary key.
     pub fn key_fields(&self) -> &[String] {
         &self.key_fields
     }
@@ -568,6 +573,7 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         self.data.record_count
     }
 
+    /// Whether the type has no records in this state.
     pub fn is_empty(&self) -> bool {
         self.data.record_count == 0
     }

@@ -55,6 +55,10 @@ pub struct ProducerBuilder {
 }
 
 impl ProducerBuilder {
+    /// A builder for a producer that publishes to `store`, with the
+    /// defaults: producer id `producer-<pid>`, a snapshot every cycle,
+    /// records up to 64 MiB, no types, validators, listeners or tags, and a
+    /// dataset id taken from the log (or minted at the first cycle).
     pub fn new(store: BlobStore) -> Self {
         ProducerBuilder {
             store,
@@ -169,6 +173,12 @@ impl ProducerBuilder {
         self
     }
 
+    /// The producer. Fails with the error of a type that could not be
+    /// registered (a primary key that cannot be resolved), or with
+    /// [`Error::Config`] if `snapshot_every` is 0, the producer id is
+    /// empty, no type is registered or one is registered twice, or the
+    /// types' schema cannot be read. Building touches no store: call
+    /// [`Producer::restore`] before the first cycle to continue a chain.
     pub fn build(self) -> Result<Producer, Error> {
         let config = |what: &str, reason: String| Error::Config {
             what: what.to_string(),

@@ -81,12 +81,21 @@ use std::time::Duration;
 /// The steps of a cycle, as named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CycleStep {
+    /// Reading the log's newest entry, checking that this producer is
+    /// still the primary one of its dataset, and choosing the version.
     Mint,
+    /// The caller's populate closure adding the dataset's records.
     Populate,
+    /// Giving each record its ordinal by primary key, against the last
+    /// announced state.
     Identify,
+    /// Running the validators on the cycle's changes.
     Validate,
+    /// Encoding the delta, reverse delta and snapshot in memory.
     WriteBlobs,
+    /// Putting the blobs in the store (create-only).
     Publish,
+    /// Creating the log entry that announces the version.
     Announce,
 }
 
@@ -109,15 +118,34 @@ impl fmt::Display for CycleStep {
 #[non_exhaustive]
 pub enum CycleEvent<'a> {
     /// A cycle began; it will publish `version` if anything changed.
-    Started { version: u64 },
+    Started {
+        /// The version the cycle would publish.
+        version: u64,
+    },
     /// A step finished successfully.
-    StepDone { step: CycleStep, duration: Duration },
+    StepDone {
+        /// The step that finished.
+        step: CycleStep,
+        /// How long the step took (wall-clock time).
+        duration: Duration,
+    },
     /// Nothing changed: no version was made.
-    NoChange { version: u64 },
+    NoChange {
+        /// The last announced version, which stays current.
+        version: u64,
+    },
     /// The cycle announced a new version.
-    Announced { report: &'a CycleReport },
+    Announced {
+        /// What the cycle did, as [`Producer::run_cycle`] returns it.
+        report: &'a CycleReport,
+    },
     /// The cycle failed at `step`; nothing it wrote is announced.
-    Failed { step: CycleStep, error: &'a Error },
+    Failed {
+        /// The step that failed.
+        step: CycleStep,
+        /// The error the cycle returns.
+        error: &'a Error,
+    },
 }
 
 /// Observes cycles: their steps, durations and outcomes.
@@ -129,6 +157,7 @@ pub enum CycleEvent<'a> {
 /// producer. Every cycle ends with exactly one of `NoChange`, `Announced`
 /// or `Failed`.
 pub trait CycleListener: Send + Sync {
+    /// Sees one event of a cycle, as it happens.
     fn on_event(&self, event: &CycleEvent<'_>);
 }
 
@@ -147,30 +176,59 @@ pub enum ProducerError {
     /// still at its last announced version.
     #[error("cycle for version {version} failed at step {step}: {source}")]
     Cycle {
+        /// The step that failed.
         step: CycleStep,
+        /// The version the cycle was making.
         version: u64,
+        /// What went wrong in that step.
         #[source]
         source: Box<Error>,
     },
+    /// Two records of one type added in one cycle have the same primary
+    /// key.
     #[error("{type_name}: duplicate primary key {key} in one cycle")]
-    DuplicateKey { type_name: String, key: String },
+    DuplicateKey {
+        /// The type's display name.
+        type_name: String,
+        /// The key's value, rendered field by field.
+        key: String,
+    },
+    /// The populate closure added a record of a type the builder did not
+    /// register.
     #[error("record type {type_name} was not registered with the producer builder")]
-    UnknownType { type_name: String },
+    UnknownType {
+        /// The unregistered type's display name.
+        type_name: String,
+    },
+    /// A validator refused the cycle's changes.
     #[error("validator {validator:?} refused version {version}: {reason}")]
     Validation {
+        /// The validator's name.
         validator: String,
+        /// The version the cycle was making.
         version: u64,
+        /// The validator's reason.
         reason: String,
     },
+    /// A record's canonical form is larger than the producer's
+    /// `max_record_bytes`.
     #[error("{type_name}: record of {bytes} bytes is over the limit of {limit} bytes")]
     RecordTooLarge {
+        /// The record's type.
         type_name: String,
+        /// The record's canonical size in bytes.
         bytes: u64,
+        /// The limit, in bytes.
         limit: u64,
     },
+    /// A record the populate closure built or handed over cannot be read
+    /// or canonicalized by Cap'n Proto (an unset pointer where one is
+    /// needed, a message too deep or too large).
     #[error("{type_name}: the populate closure built an invalid record: {source}")]
     BadRecord {
+        /// The record's type.
         type_name: String,
+        /// Cap'n Proto's error.
         #[source]
         source: capnp::Error,
     },
@@ -180,9 +238,17 @@ pub enum ProducerError {
         "the store already has announcements (newest version {version}); call restore() before \
          running a cycle"
     )]
-    NeedsRestore { version: u64 },
+    NeedsRestore {
+        /// The newest version the log announces.
+        version: u64,
+    },
+    /// The producer cannot rebuild (or no longer matches) the log's state:
+    /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]
-    Restore { reason: String },
+    Restore {
+        /// What is missing or inconsistent.
+        reason: String,
+    },
 }
 
 /// The producer's last announced state.
@@ -210,10 +276,15 @@ pub struct CycleReport {
     pub version: u64,
     /// Whether the cycle published a new version.
     pub published: bool,
+    /// Each type's changes against the last announced version (a dropped
+    /// type with all its records removed).
     pub changes: Vec<TypeChange>,
     /// Blobs written, with their sizes in bytes.
     pub blobs: Vec<(BlobName, u64)>,
+    /// Time from the start of the cycle to the end of populate (the log
+    /// read of mint included).
     pub populate_time: Duration,
+    /// Time of the whole cycle, announce included.
     pub total_time: Duration,
 }
 
@@ -238,6 +309,7 @@ impl Producer {
             .map(|a| a.entry.dataset_id)
     }
 
+    /// The id this producer writes into its blobs and announcements.
     pub fn producer_id(&self) -> &str {
         &self.config.producer_id
     }

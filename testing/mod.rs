@@ -4,8 +4,8 @@
 //!
 //! | part | feature | what |
 //! | --- | --- | --- |
-//! | [`FaultyStore`] ([`faults`]) | `testing` | an `ObjectStore` decorator that fails, hangs or loses answers on command |
-//! | [`ManualClock`] | `testing` | a `Clock` whose time moves only when the test advances it |
+//! | `FaultyStore` (`faults`) | `testing` | an `ObjectStore` decorator that fails, hangs or loses answers on command |
+//! | `ManualClock` | `testing` | a `Clock` whose time moves only when the test advances it |
 //! | [`workload`] | `workload` (on with `testing` and `cli`) | the anchor workload's `Movie` records and its seeded per-cycle changes: one generator for `burrow demo`, `burrow bench`, the benches and the tests |
 //! | `fuzzing` | `fuzzing` | the bodies of the fuzz targets in `fuzz/`, also run by the tests over the seed corpus |
 //! | `failpoint` | `failpoints` | named points where the crash tests kill the process; library code calls `crate::failpoint::hit` |

@@ -128,6 +128,7 @@ fn demo_versions_and_inspect_on_a_local_store() {
     // 1% of 2000 changed, 0.1% removed and as many added.
     assert_eq!(delta["types"][0]["removed"], 2);
     assert_eq!(delta["types"][0]["set"], 22);
+    assert_eq!(delta["types"][0]["dropped"], false);
 
     // A second run chains on: its first cycle is a delta to version 4.
     let out = burrow(&store, &["--json", "demo", "--cycles", "1"]);
@@ -263,4 +264,100 @@ fn bench_bad_arguments_fail_naming_the_argument_before_any_work() {
         assert_fails(&burrow(&store, &full), names);
         assert!(!work.exists(), "bench {args:?} made its working directory");
     }
+}
+
+// Invariant: `burrow inspect` of a delta says which types it drops (a
+// producer that stops registering a type), in the table and in `--json`,
+// and of the other types that they stay.
+#[tokio::test]
+async fn inspect_shows_a_dropped_type() {
+    use burrow::blobstore::BlobStore;
+    use burrow::producer::ProducerBuilder;
+    use burrow::schema::examples::movies_capnp::movie;
+    use burrow::schema::examples::probe_capnp::probe;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = BlobStore::local(&path).unwrap();
+    let publish = |with_probe: bool| {
+        let mut builder = ProducerBuilder::new(store.clone())
+            .producer_id("cli")
+            .primary_key::<movie::Owned>(&["id"]);
+        if with_probe {
+            builder = builder.primary_key::<probe::Owned>(&["name", "small"]);
+        }
+        let producer = builder.build().unwrap();
+        async move {
+            producer.restore().await.unwrap();
+            producer
+                .run_cycle(|p| {
+                    p.add::<movie::Owned>(|mut m| {
+                        m.set_id(1);
+                        m.set_title("One");
+                        m.set_year(2001);
+                        Ok(())
+                    })?;
+                    if with_probe {
+                        p.add::<probe::Owned>(|mut r| {
+                            r.set_name("probe-1");
+                            r.set_small(1);
+                            Ok(())
+                        })?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap()
+                .version
+        }
+    };
+    let v1 = publish(true).await;
+    let v2 = publish(false).await;
+    assert!(v2 > v1);
+
+    let version = v2.to_string();
+    let out = burrow(&path, &["inspect", &version, "--blob", "delta", "--json"]);
+    assert!(out.status.success(), "inspect delta: {}", text(&out.stderr));
+    let delta = &json_lines(&out)[0];
+    let types = delta["types"].as_array().unwrap();
+    let probe = types
+        .iter()
+        .find(|t| t["name"].as_str().unwrap().ends_with(":Probe"))
+        .unwrap_or_else(|| panic!("the delta has a Probe entry: {delta}"));
+    assert_eq!(probe["dropped"], true, "{delta}");
+    assert_eq!(probe["records_after"], 0, "{delta}");
+    assert!(
+        types
+            .iter()
+            .filter(|t| *t != probe)
+            .all(|t| t["dropped"] == false),
+        "{delta}"
+    );
+
+    let out = burrow(&path, &["inspect", &version, "--blob", "delta"]);
+    assert!(out.status.success(), "inspect delta: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DROPPED"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(":Probe"))
+        .unwrap_or_else(|| panic!("a Probe row: {stdout}"));
+    assert!(row.split_whitespace().any(|w| w == "yes"), "{row}");
+
+    // The reverse delta brings the type back: it is not dropped there.
+    let out = burrow(&path, &["inspect", &version, "--blob", "reverse", "--json"]);
+    assert!(
+        out.status.success(),
+        "inspect reverse: {}",
+        text(&out.stderr)
+    );
+    let reverse = &json_lines(&out)[0];
+    assert!(
+        reverse["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["dropped"] == false),
+        "{reverse}"
+    );
 }

@@ -60,14 +60,39 @@ async fn a_clean_store_passes() {
     assert_eq!(report.entries_checked, versions.len());
     assert_eq!(report.versions_reachable, versions.len());
     assert!(report.records_checked > 60, "{report:?}");
+    // The report, the summary line and the JSON name the dataset verified.
+    let dataset = report.dataset_id.expect("a published log has a dataset");
+    let announced = burrow::announcer::AnnouncementLog::new(store.clone())
+        .latest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dataset, announced.dataset_id);
     let (code, out) = cli(dir.path(), false);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(": OK"), "{out}");
+    assert!(out.contains(&format!("dataset {dataset}")), "{out}");
     let (code, out) = cli(dir.path(), true);
     assert_eq!(code, 0, "{out}");
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["ok"], true);
     assert_eq!(json["blobs_checked"], 8);
+    assert_eq!(json["dataset_id"], dataset.to_string());
+}
+
+// Invariant: `burrow verify` of a store with no announcement says that it
+// verified no dataset (`none`, JSON `null`) rather than inventing one.
+#[tokio::test]
+async fn an_empty_store_names_no_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let report = verify_store(&store).await.unwrap();
+    assert_eq!(report.dataset_id, None, "{report:?}");
+    let (_, out) = cli(dir.path(), false);
+    assert!(out.contains("dataset none"), "{out}");
+    let (_, out) = cli(dir.path(), true);
+    let json: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(json["dataset_id"].is_null(), "{json}");
 }
 
 #[tokio::test]

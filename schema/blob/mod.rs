@@ -25,6 +25,10 @@
 pub mod read;
 pub mod write;
 
+use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
+use crate::schema::envelope::BlobKind;
+use capnp::struct_list;
+
 pub use read::{
     check_dataset, record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection,
 };
@@ -37,3 +41,81 @@ pub use write::{
 pub const MAX_LIST_ELEMENTS: usize = (1 << 29) - 1;
 /// The most record types one blob may hold.
 pub const MAX_TYPES: u32 = 1 << 12;
+
+/// The shape every snapshot and delta message shares: a root holding a
+/// header and a list of per-type entries. The two kinds differ only in
+/// their root and entry structs, so the writer (`write_body`) and the
+/// reader (`OpenBlob::sections`, `OpenBlob::with_header`) handle the
+/// header and the type list once, for both kinds, through this trait.
+trait Layout: capnp::traits::Owned + 'static {
+    /// One type's entry (`TypeSnapshot` or `TypeDelta`).
+    type Entry: capnp::traits::OwnedStruct;
+    /// How errors name the root (`snapshot root`, `delta root`).
+    const ROOT: &'static str;
+    /// How errors name the kind a blob was expected to be (`a snapshot`).
+    const EXPECTED: &'static str;
+
+    /// Whether a blob of envelope kind `kind` holds this root.
+    fn holds(kind: BlobKind) -> bool;
+
+    /// The root's header.
+    fn header<'a>(root: &Self::Reader<'a>) -> capnp::Result<header::Reader<'a>>;
+
+    /// The root's list of types.
+    fn types<'a>(root: &Self::Reader<'a>) -> capnp::Result<struct_list::Reader<'a, Self::Entry>>;
+
+    /// Makes the root's header, has `write_header` fill it, then makes
+    /// the root's list of `count` types (this order fixes the bytes).
+    fn init<'a>(
+        root: Self::Builder<'a>,
+        write_header: impl FnOnce(header::Builder<'_>) -> capnp::Result<()>,
+        count: u32,
+    ) -> capnp::Result<struct_list::Builder<'a, Self::Entry>>;
+}
+
+/// [`Layout`] for a root struct `$root` with entries `$entry`: both have
+/// fields `header` and `types`.
+macro_rules! layout {
+    ($root:ident, $entry:ident, $what:literal, $expected:literal, $holds:pat) => {
+        impl Layout for $root::Owned {
+            type Entry = $entry::Owned;
+            const ROOT: &'static str = $what;
+            const EXPECTED: &'static str = $expected;
+
+            fn holds(kind: BlobKind) -> bool {
+                matches!(kind, $holds)
+            }
+            fn header<'a>(root: &Self::Reader<'a>) -> capnp::Result<header::Reader<'a>> {
+                root.get_header()
+            }
+            fn types<'a>(
+                root: &Self::Reader<'a>,
+            ) -> capnp::Result<struct_list::Reader<'a, Self::Entry>> {
+                root.get_types()
+            }
+            fn init<'a>(
+                mut root: Self::Builder<'a>,
+                write_header: impl FnOnce(header::Builder<'_>) -> capnp::Result<()>,
+                count: u32,
+            ) -> capnp::Result<struct_list::Builder<'a, Self::Entry>> {
+                write_header(root.reborrow().init_header())?;
+                Ok(root.init_types(count))
+            }
+        }
+    };
+}
+
+layout!(
+    snapshot,
+    type_snapshot,
+    "snapshot root",
+    "a snapshot",
+    BlobKind::Snapshot
+);
+layout!(
+    delta,
+    type_delta,
+    "delta root",
+    "a delta",
+    BlobKind::Delta | BlobKind::Reverse
+);

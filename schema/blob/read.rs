@@ -2,7 +2,7 @@
 //! and its sections expose each type's lists as bounds-checked slices of
 //! them.
 
-use super::MAX_TYPES;
+use super::{Layout, MAX_TYPES};
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
@@ -73,10 +73,12 @@ impl OpenBlob {
         })
     }
 
+    /// The blob's name, as its errors report it (`snapshot/7`, ...).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The blob's envelope: kind, versions, body length and checksum.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
@@ -99,6 +101,7 @@ impl OpenBlob {
         ENVELOPE_LEN as u64 + self.envelope.body_len
     }
 
+    /// Always `false`: a blob holds at least its envelope.
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -199,27 +202,56 @@ impl OpenBlob {
         )))
     }
 
+    /// Runs `read` on the message's root, read as `L`.
+    fn with_root<L: Layout, T>(
+        &self,
+        read: impl FnOnce(L::Reader<'_>) -> Result<T, FormatError>,
+    ) -> Result<T, FormatError> {
+        let message = self.message()?;
+        let root = message
+            .get_root::<L::Reader<'_>>()
+            .map_err(self.cap(L::ROOT))?;
+        read(root)
+    }
+
     /// Runs `read` on the header (of a snapshot, delta or reverse delta).
     fn with_header<T>(
         &self,
         read: impl FnOnce(header::Reader<'_>) -> Result<T, FormatError>,
     ) -> Result<T, FormatError> {
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let header = match self.envelope.kind {
-            BlobKind::Snapshot => message
-                .get_root::<snapshot::Reader>()
-                .map_err(cap("snapshot root"))?
-                .get_header(),
-            BlobKind::Delta | BlobKind::Reverse => message
-                .get_root::<delta::Reader>()
-                .map_err(cap("delta root"))?
-                .get_header(),
+        fn header_of<L: Layout, T>(
+            blob: &OpenBlob,
+            read: impl FnOnce(header::Reader<'_>) -> Result<T, FormatError>,
+        ) -> Result<T, FormatError> {
+            blob.with_root::<L, T>(|root| read(L::header(&root).map_err(blob.cap("header"))?))
+        }
+        match self.envelope.kind {
+            BlobKind::Snapshot => header_of::<snapshot::Owned, T>(self, read),
+            BlobKind::Delta | BlobKind::Reverse => header_of::<delta::Owned, T>(self, read),
             BlobKind::Announcement => {
-                return Err(self.corrupt("expected a snapshot or delta, found an announcement"))
+                Err(self.corrupt("expected a snapshot or delta, found an announcement"))
             }
-        };
-        read(header.map_err(cap("header"))?)
+        }
+    }
+
+    /// Reads the header and every type entry of a blob whose root is `L`
+    /// (refusing a blob of another kind and more than [`MAX_TYPES`]
+    /// types), each entry turned into a section by `section`.
+    fn sections<L: Layout, S>(
+        &self,
+        mut section: impl FnMut(
+            <L::Entry as capnp::traits::OwnedStruct>::Reader<'_>,
+        ) -> Result<S, FormatError>,
+    ) -> Result<(BlobHeader, Vec<S>), FormatError> {
+        self.expect_kind(L::holds(self.envelope.kind), L::EXPECTED)?;
+        self.with_root::<L, _>(|root| {
+            let header =
+                BlobHeader::read(L::header(&root).map_err(self.cap("header"))?, &self.name)?;
+            let types = L::types(&root).map_err(self.cap("types"))?;
+            self.check_type_count(types.len())?;
+            let sections = types.iter().map(&mut section).collect::<Result<_, _>>()?;
+            Ok((header, sections))
+        })
     }
 
     /// Reads only the header (of a snapshot, delta or reverse delta): what
@@ -251,17 +283,7 @@ impl OpenBlob {
 
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
-        self.expect_kind(self.envelope.kind == BlobKind::Snapshot, "a snapshot")?;
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let root = message
-            .get_root::<snapshot::Reader>()
-            .map_err(cap("snapshot root"))?;
-        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
-        let mut sections = Vec::new();
-        let types = root.get_types().map_err(cap("types"))?;
-        self.check_type_count(types.len())?;
-        for t in types {
+        self.sections::<snapshot::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
             let offsets = self.list(t.get_offsets(), "offsets")?;
             let words = self.list(t.get_words(), "words")?;
@@ -272,7 +294,7 @@ impl OpenBlob {
             if ordinal_limit > u32::MAX as usize - 1 {
                 return Err(self.corrupt(format!("{name}: too many ordinals")));
             }
-            sections.push(SnapshotSection {
+            Ok(SnapshotSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 name,
@@ -281,28 +303,14 @@ impl OpenBlob {
                 offsets,
                 words,
                 key_index,
-            });
-        }
-        Ok((header, sections))
+            })
+        })
     }
 
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
-        self.expect_kind(
-            matches!(self.envelope.kind, BlobKind::Delta | BlobKind::Reverse),
-            "a delta",
-        )?;
-        let message = self.message()?;
-        let cap = |what: &'static str| self.cap(what);
-        let root = message
-            .get_root::<delta::Reader>()
-            .map_err(cap("delta root"))?;
-        let header = BlobHeader::read(root.get_header().map_err(cap("header"))?, &self.name)?;
-        let mut sections = Vec::new();
-        let types = root.get_types().map_err(cap("types"))?;
-        self.check_type_count(types.len())?;
         let mut seen = std::collections::HashSet::new();
-        for t in types {
+        self.sections::<delta::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
             let section = DeltaSection {
                 type_id: t.get_type_id(),
@@ -344,9 +352,8 @@ impl OpenBlob {
                     self.corrupt(format!("{}: delta lists disagree in length", section.name))
                 );
             }
-            sections.push(section);
-        }
-        Ok((header, sections))
+            Ok(section)
+        })
     }
 }
 
@@ -381,6 +388,7 @@ unsafe impl<T: Sync> Send for Region<T> {}
 unsafe impl<T: Sync> Sync for Region<T> {}
 
 impl<T> Region<T> {
+    /// The region's elements, borrowed from the blob.
     #[inline]
     pub fn get(&self) -> &[T] {
         // SAFETY: `ptr..ptr+len` was checked to lie inside the blob, aligned
@@ -396,12 +404,22 @@ pub struct BlobHeader {
     /// The dataset the blob belongs to (never zero: a blob without one is
     /// refused when its header is read).
     pub dataset_id: DatasetId,
+    /// The version a delta starts from (for a reverse delta, the newer
+    /// one); 0 for a snapshot.
     pub from_version: u64,
+    /// The version the blob makes.
     pub to_version: u64,
+    /// The id of the producer that wrote the blob.
     pub producer_id: String,
+    /// When the writing cycle began, in microseconds since the Unix epoch.
     pub cycle_start_micros: i64,
+    /// The schema hash (see [`super::DatasetSchema::hash`]): equal
+    /// hashes mean the same schema nodes.
     pub schema_hash: u64,
+    /// How many schema nodes the header carries (every struct and enum
+    /// the dataset's types reach).
     pub node_count: u32,
+    /// The producer's header tags, as (key, value) pairs in written order.
     pub tags: Vec<(String, String)>,
 }
 
@@ -449,28 +467,55 @@ pub fn check_dataset(blob: &OpenBlob, expected: DatasetId) -> Result<(), FormatE
 
 /// One type of a snapshot.
 pub struct SnapshotSection {
+    /// The Cap'n Proto node id of the type's struct.
     pub type_id: u64,
+    /// The type's display name (e.g. `movies.capnp:Movie`).
     pub name: String,
+    /// The primary key's field names, in key order; empty for a type
+    /// without a primary key.
     pub key_fields: Vec<String>,
+    /// Number of records (ordinals below `ordinal_limit` that are not
+    /// holes).
     pub record_count: u32,
+    /// One past the highest ordinal; `offsets` has `ordinal_limit + 1`
+    /// entries.
     pub ordinal_limit: u32,
+    /// Ordinal `o`'s record is `words[offsets[o]..offsets[o + 1]]`, an
+    /// empty range for a hole (read it with [`record_at`]).
     pub offsets: Region<u32>,
+    /// The records' canonical Cap'n Proto words, in ordinal order.
     pub words: Region<u64>,
+    /// The type's key index ([`crate::schema::key_index`]); empty for a
+    /// type without a primary key.
     pub key_index: Region<u64>,
 }
 
 /// One type of a delta.
 pub struct DeltaSection {
+    /// The Cap'n Proto node id of the type's struct.
     pub type_id: u64,
+    /// The type's display name.
     pub name: String,
+    /// The primary key's field names, in key order; empty for a type
+    /// without a primary key.
     pub key_fields: Vec<String>,
+    /// Ordinals whose records the delta removes, sorted.
     pub removed: Region<u32>,
+    /// The key hash of each removed record, one per entry of `removed`.
     pub removed_hashes: Region<u64>,
+    /// Ordinals the delta sets (new or changed records), sorted.
     pub ordinals: Region<u32>,
+    /// The key hash of each set record, one per entry of `ordinals`.
     pub key_hashes: Region<u64>,
+    /// `ordinals.len() + 1` entries: the `i`-th set record is
+    /// `words[offsets[i]..offsets[i + 1]]` (read it with [`record_at`]).
     pub offsets: Region<u32>,
+    /// The set records' canonical Cap'n Proto words, in `ordinals` order.
     pub words: Region<u64>,
+    /// The type's record count once the delta is applied.
     pub record_count_after: u32,
+    /// The type's ordinal limit (one past its highest ordinal) once the
+    /// delta is applied.
     pub ordinal_limit_after: u32,
     /// The type leaves the state (see `TypeDelta.dropped`); the reader
     /// refuses a dropped section that also removes or sets records.

@@ -1,7 +1,7 @@
 //! Writing blob bodies: a snapshot or a delta as one single-segment
 //! Cap'n Proto message sized up front, framed by the envelope.
 
-use super::MAX_LIST_ELEMENTS;
+use super::{Layout, MAX_LIST_ELEMENTS};
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::dataset_id::DatasetId;
@@ -94,6 +94,8 @@ impl DatasetSchema {
         })
     }
 
+    /// The schema hash written into every header: xxh3-64 over each
+    /// node's id (little-endian) and canonical bytes, in id order.
     pub fn hash(&self) -> u64 {
         self.hash
     }
@@ -107,11 +109,18 @@ impl DatasetSchema {
 pub struct HeaderInfo<'a> {
     /// The dataset the blob belongs to (see [`crate::schema::dataset_id`]).
     pub dataset_id: DatasetId,
+    /// The version a delta starts from (the newer one for a reverse
+    /// delta); 0 for a snapshot.
     pub from_version: u64,
+    /// The version the blob makes.
     pub to_version: u64,
+    /// The id of the producer writing the blob.
     pub producer_id: &'a str,
+    /// When the writing cycle began, in microseconds since the Unix epoch.
     pub cycle_start_micros: i64,
+    /// The dataset's schema nodes, written into the header with their hash.
     pub schema: &'a DatasetSchema,
+    /// The producer's header tags, as (key, value) pairs.
     pub tags: &'a [(String, String)],
 }
 
@@ -153,12 +162,20 @@ impl HeaderInfo<'_> {
 
 /// One type's records, as the producer hands them to the snapshot writer.
 pub struct SnapshotTypeSource<'a> {
+    /// The type's id, display name and schema.
     pub info: &'a TypeInfo,
+    /// The primary key's field names, in key order; empty for no key (the
+    /// snapshot then carries no key index).
     pub key_fields: &'a [String],
+    /// One past the highest ordinal: the writer asks `records` for every
+    /// ordinal below it.
     pub ordinal_limit: u32,
+    /// Number of records (non-hole ordinals); sizes the key index, and the
+    /// writer refuses more keyed records than this.
     pub record_count: u32,
-    /// Sum of the words of every record.
+    /// Sum of the words of every record; the writer checks it.
     pub total_words: usize,
+    /// Where the writer reads each ordinal's record.
     pub records: &'a dyn SnapshotRecords,
 }
 
@@ -173,13 +190,18 @@ pub struct DeltaTypeSource<'a> {
     /// The type's node id and display name (a dropped type is no longer
     /// registered, so it has no [`TypeInfo`], only these).
     pub type_id: u64,
+    /// See `type_id`.
     pub name: &'a str,
+    /// The primary key's field names, in key order; empty for no key.
     pub key_fields: &'a [String],
     /// Sorted removed ordinals with the key hash of the record removed.
     pub removed: &'a [(u32, u64)],
     /// Sorted ordinals set, with their record and key hash.
     pub set: &'a [(u32, &'a [u64], u64)],
+    /// The type's record count once the delta is applied.
     pub record_count_after: u32,
+    /// The type's ordinal limit (one past its highest ordinal) once the
+    /// delta is applied.
     pub ordinal_limit_after: u32,
     /// The type leaves the state: `removed` and `set` must be empty and
     /// both counts 0.
@@ -212,16 +234,6 @@ fn builder_for(
     ))
 }
 
-fn finish(
-    kind: BlobKind,
-    from: u64,
-    to: u64,
-    message: &capnp::message::Builder<capnp::message::HeapAllocator>,
-) -> Vec<u8> {
-    let body = capnp::serialize::write_message_to_words(message);
-    frame(kind, from, to, &body)
-}
-
 fn capnp_write(e: capnp::Error) -> FormatError {
     FormatError::Corrupt {
         blob: "(being written)".into(),
@@ -238,26 +250,44 @@ pub fn write_snapshot(
     head: &HeaderInfo<'_>,
     types: &[SnapshotTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
-    let mut estimate = head.words() + 16;
-    for t in types {
-        estimate += 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
+    let type_words = |t: &SnapshotTypeSource<'_>| {
+        let mut words = 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
         if !t.key_fields.is_empty() {
-            estimate += 2 * index_slots(t.record_count);
+            words += 2 * index_slots(t.record_count);
         }
-        estimate +=
-            t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8 + 2;
-    }
+        words
+            + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
+            + t.info.name.len() / 8
+            + 2
+    };
+    let body = write_body::<snapshot::Owned, _>(head, types, type_words, write_type_snapshot)?;
+    Ok(frame(BlobKind::Snapshot, 0, head.to_version, &body))
+}
+
+/// The body every blob kind shares: one single-segment message sized up
+/// front (the header's words, 16, and `type_words` of each type), whose
+/// root `L` holds the header written from `head` and one entry per type,
+/// written by `write_type`.
+fn write_body<L: Layout, T>(
+    head: &HeaderInfo<'_>,
+    types: &[T],
+    type_words: impl Fn(&T) -> usize,
+    write_type: impl Fn(
+        <L::Entry as capnp::traits::OwnedStruct>::Builder<'_>,
+        &T,
+    ) -> Result<(), FormatError>,
+) -> Result<Vec<u8>, FormatError> {
+    let estimate = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
     let mut message = builder_for(estimate)?;
     {
-        let mut root = message.init_root::<snapshot::Builder>();
-        head.write(root.reborrow().init_header())
+        let root = message.init_root::<L::Builder<'_>>();
+        let mut list = L::init(root, |h| head.write(h), list_len("types", types.len())?)
             .map_err(capnp_write)?;
-        let mut list = root.init_types(list_len("types", types.len())?);
         for (i, t) in types.iter().enumerate() {
-            write_type_snapshot(list.reborrow().get(i as u32), t)?;
+            write_type(list.reborrow().get(i as u32), t)?;
         }
     }
-    Ok(finish(BlobKind::Snapshot, 0, head.to_version, &message))
+    Ok(capnp::serialize::write_message_to_words(&message))
 }
 
 fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
@@ -344,23 +374,16 @@ pub fn write_delta(
     head: &HeaderInfo<'_>,
     types: &[DeltaTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
-    let mut estimate = head.words() + 16;
-    for t in types {
+    let type_words = |t: &DeltaTypeSource<'_>| {
         let words: usize = t.set.iter().map(|(_, r, _)| r.len()).sum();
-        estimate += 24 + words + t.removed.len() * 2 + t.set.len() * 2 + t.name.len() / 8;
-        estimate += t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>();
-    }
-    let mut message = builder_for(estimate)?;
-    {
-        let mut root = message.init_root::<delta::Builder>();
-        head.write(root.reborrow().init_header())
-            .map_err(capnp_write)?;
-        let mut list = root.init_types(list_len("types", types.len())?);
-        for (i, t) in types.iter().enumerate() {
-            write_type_delta(list.reborrow().get(i as u32), t)?;
-        }
-    }
-    Ok(finish(kind, head.from_version, head.to_version, &message))
+        24 + words
+            + t.removed.len() * 2
+            + t.set.len() * 2
+            + t.name.len() / 8
+            + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
+    };
+    let body = write_body::<delta::Owned, _>(head, types, type_words, write_type_delta)?;
+    Ok(frame(kind, head.from_version, head.to_version, &body))
 }
 
 fn write_type_delta(

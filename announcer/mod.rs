@@ -31,7 +31,7 @@ mod watcher;
 
 pub use chain::chain_to;
 pub use entry::{check_next, now_micros, AnnounceKind, Announcement};
-pub use watcher::Watcher;
+pub use watcher::{Watcher, REVALIDATE_EVERY};
 
 use crate::blobstore::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::FormatError;
@@ -65,6 +65,18 @@ pub enum AnnounceError {
     /// An entry's bytes are bad, or it belongs to another dataset.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// An entry this reader read before is gone or holds something else
+    /// now. Entries are never deleted or rewritten, so the store was
+    /// deleted and published again under the reader (a new dataset whose
+    /// log is not longer than the old one).
+    #[error(
+        "announcement {seq}, read before, is gone or was replaced: the store was recreated \
+         under this reader"
+    )]
+    Replaced {
+        /// The entry that changed.
+        seq: u64,
+    },
 }
 
 impl AnnounceError {
@@ -125,6 +137,21 @@ impl AnnouncementLog {
         if let Some(entry) = self.cache.lock().expect("entry cache lock").get(&seq) {
             return Ok(Some(entry.clone()));
         }
+        self.read_from_store(seq).await
+    }
+
+    /// Forgets every entry read so far, for a reader that found the store
+    /// recreated under it (its cached entries belong to the old dataset).
+    pub fn forget_read_entries(&self) {
+        self.cache.lock().expect("entry cache lock").clear();
+    }
+
+    /// Reads entry `seq` from the store, never from the cache of entries
+    /// read (to check that an entry read before is still there).
+    pub(crate) async fn read_from_store(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Announcement>, AnnounceError> {
         let name = BlobName::Announce(seq);
         match self.get_bounded(&name).await {
             Ok(bytes) => {

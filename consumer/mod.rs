@@ -270,16 +270,20 @@ pub struct Consumer {
 
 impl Inner {
     /// Polls the log. A log that changed datasets under the watcher (the
-    /// store was deleted and published again) is followed from its newest
-    /// entry by a fresh watcher, instead of being refused at every poll.
+    /// store was deleted and published again: an entry of another dataset
+    /// after the known one, or the known one replaced) is followed from its
+    /// newest entry by a fresh watcher, with the old dataset's entries
+    /// forgotten, instead of being refused at every poll.
     async fn poll(&mut self) -> Result<(), AnnounceError> {
         match self.watcher.poll().await {
-            Err(AnnounceError::Format(FormatError::DatasetMismatch { .. })) => {
-                tracing::warn!(
-                    "the announcement log belongs to another dataset now (the store was \
-                     recreated); following it from its newest entry"
-                );
-                self.watcher = Watcher::new(self.watcher.log().clone());
+            Err(
+                e @ (AnnounceError::Format(FormatError::DatasetMismatch { .. })
+                | AnnounceError::Replaced { .. }),
+            ) => {
+                tracing::warn!(error = %e, "the store was recreated under this consumer; following its log from the newest entry");
+                let log = self.watcher.log().clone();
+                log.forget_read_entries();
+                self.watcher = Watcher::new(log);
                 self.watcher.poll().await.map(|_| ())
             }
             other => other.map(|_| ()),

@@ -375,3 +375,53 @@ async fn dataset_with(dir: &Path, models: &[&Model]) -> (BlobStore, Producer) {
     }
     (store, p)
 }
+
+/// Invariant: a consumer notices a store recreated with a log no longer
+/// than the one it knows (probing `seq + 1` finds nothing there): within
+/// `REVALIDATE_EVERY` polls it re-reads its newest entry, finds it
+/// replaced, and moves to the new dataset, whose older entries it reads
+/// afresh (none of the old dataset's entries it had read is reused).
+#[tokio::test]
+async fn recreated_store_with_a_shorter_log_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let old: Model = (0..30).map(|i| (i, movie_value(i, 0))).collect();
+    let mut models = vec![old.clone()];
+    for g in 1..4 {
+        let mut m = models.last().unwrap().clone();
+        m.insert(g, movie_value(g, g));
+        models.push(m);
+    }
+    let refs: Vec<&Model> = models.iter().collect();
+    let (store, p) = dataset_with(&store_dir, &refs).await;
+    drop(p);
+    let running = consumer(&store, &dir.path().join("cache"));
+    running.refresh().await.unwrap();
+    let old_id = running.state().unwrap().dataset_id();
+
+    // Recreated with two versions (a snapshot only at the first, so the
+    // consumer must walk the new log back to reach the second).
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    let store = BlobStore::local(&store_dir).unwrap();
+    let p = ProducerBuilder::new(store.clone())
+        .producer_id("p")
+        .snapshot_every(100)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let new: Model = (100..120).map(|i| (i, movie_value(i, 3))).collect();
+    let new2 = new_plus(&new);
+    publish(&p, &new).await.unwrap();
+    publish(&p, &new2).await.unwrap();
+
+    let mut polls = 0;
+    while running.state().unwrap().dataset_id() == old_id {
+        polls += 1;
+        assert!(
+            polls <= burrow::announcer::REVALIDATE_EVERY,
+            "still on the old dataset after {polls} polls"
+        );
+        running.refresh().await.unwrap();
+    }
+    assert_eq!(state_model(&running.state().unwrap()), new2);
+}

@@ -108,15 +108,11 @@ impl Rechecks {
         }
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let outcome = blob.verify();
-            let mut status = lock(&shared.status);
-            match outcome {
+            match blob.verify() {
                 Ok(()) => {
-                    status.insert(name, Status::Verified);
+                    lock(&shared.status).insert(name, Status::Verified);
                 }
                 Err(e) => {
-                    status.insert(name, Status::Corrupt);
-                    drop(status);
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
                         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -132,7 +128,11 @@ impl Rechecks {
                     tracing::warn!(%fault, "cache file is corrupt; the state will be rebuilt");
                     metrics::counter!("burrow_consumer_cache_faults_total").increment(1);
                     lock(&shared.faults).push(fault);
+                    // The rebuild is flagged before the status says
+                    // corrupt: whoever sees the blob corrupt (a waiter on
+                    // `settled`) also sees the rebuild pending.
                     shared.rebuild.store(true, Ordering::SeqCst);
+                    lock(&shared.status).insert(name, Status::Corrupt);
                 }
             }
             shared.changed.send_modify(|n| *n += 1);

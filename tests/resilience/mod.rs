@@ -1,5 +1,7 @@
 //! The resilience decorators (retry, circuit breaker) against
-//! `FaultyStore`, on a manual clock: no test waits for real time.
+//! `FaultyStore`, on a manual clock: no test waits for real time. The
+//! consumer rig here (`consumer_rig`, `watch_config`, `next_refresh`) also
+//! serves `consumer_outage.rs`.
 
 mod announce;
 mod breaker;

@@ -2,48 +2,9 @@
 //! publishes and follows, `versions` and `inspect` read what it wrote, and
 //! bad arguments fail with one line that names the problem, never a panic.
 
+use crate::common::cli::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn burrow(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .expect("the burrow binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a failure: non-zero exit, a message containing `names`, no panic.
-fn assert_fails(out: &Output, names: &str) {
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected a failure naming {names:?}; stdout: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        stderr.contains(names),
-        "stderr should name {names:?}: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "one line of error: {stderr}"
-    );
-}
-
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
+use std::process::Command;
 
 #[test]
 fn demo_versions_and_inspect_on_a_local_store() {

@@ -3,41 +3,10 @@
 //! holds the consumer at the pinned version, an unpin releases it, and
 //! every refusal is one line naming the problem, with nothing written.
 
+use crate::common::cli::*;
 use crate::common::*;
 use burrow::announcer::{AnnounceKind, AnnouncementLog};
 use burrow::blobstore::BlobStore;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn burrow(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .expect("the burrow binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a failure: exit code 1, one line naming `names`, no panic.
-fn assert_fails(out: &Output, names: &str) {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{names}: stderr {stderr}");
-    assert!(
-        stderr.contains(names),
-        "stderr should name {names:?}: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(
-        out.stdout.is_empty(),
-        "nothing printed: {}",
-        text(&out.stdout)
-    );
-}
 
 /// Entries in the log, for "nothing was written" checks.
 async fn entries(store: &BlobStore) -> usize {
@@ -121,7 +90,7 @@ async fn pin_and_unpin_refuse_what_would_change_nothing_or_mislead() {
     let store = BlobStore::local(&store_dir).unwrap();
 
     // An empty store: nothing to pin.
-    assert_fails(
+    assert_refused(
         &burrow(&store_dir, &["pin", "1"]),
         "nothing has been announced",
     );
@@ -131,29 +100,29 @@ async fn pin_and_unpin_refuse_what_would_change_nothing_or_mislead() {
     let v1 = publish(&producer, &model).await.unwrap().version;
     let before = entries(&store).await;
 
-    assert_fails(
+    assert_refused(
         &burrow(&store_dir, &["pin", "99"]),
         "version 99 was never announced",
     );
-    assert_fails(&burrow(&store_dir, &["pin", "0"]), "VERSION 0");
-    assert_fails(&burrow(&store_dir, &["pin", "latest"]), "invalid VERSION");
-    assert_fails(&burrow(&store_dir, &["unpin"]), "nothing is pinned");
+    assert_refused(&burrow(&store_dir, &["pin", "0"]), "VERSION 0");
+    assert_refused(&burrow(&store_dir, &["pin", "latest"]), "invalid VERSION");
+    assert_refused(&burrow(&store_dir, &["unpin"]), "nothing is pinned");
     assert_eq!(entries(&store).await, before, "no refusal wrote an entry");
 
     let out = burrow(&store_dir, &["pin", &v1.to_string()]);
     assert!(out.status.success(), "pin: {}", text(&out.stderr));
-    assert_fails(
+    assert_refused(
         &burrow(&store_dir, &["pin", &v1.to_string()]),
         "already pinned",
     );
     assert_eq!(entries(&store).await, before + 1);
 
     // Stores that are not there, or not directories.
-    assert_fails(
+    assert_refused(
         &burrow(&dir.path().join("absent"), &["pin", "1"]),
         "does not exist",
     );
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    assert_fails(&burrow(&file, &["unpin"]), "is a file, not a directory");
+    assert_refused(&burrow(&file, &["unpin"]), "is a file, not a directory");
 }

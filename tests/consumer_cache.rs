@@ -17,18 +17,57 @@ fn flip_byte_of(path: &std::path::Path, needle: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// A fresh directory whose `store` holds `records` records published by
+/// producer "p1" as one version: the directory, the store, the model and
+/// the version.
+async fn published(records: u64) -> (tempfile::TempDir, BlobStore, Model, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = producer(&store, "p1");
+    let model: Model = (0..records).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    (dir, store, model, v1)
+}
+
+/// A consumer of [`published`]`(records)` on a manual clock (cache at
+/// `<dir>/cache`), and the path of the version's snapshot in the store.
+struct OnClock {
+    dir: tempfile::TempDir,
+    model: Model,
+    clock: burrow::testing::ManualClock,
+    consumer: burrow::consumer::Consumer,
+    snapshot: std::path::PathBuf,
+}
+
+async fn on_clock(records: u64) -> OnClock {
+    let (dir, store, model, v1) = published(records).await;
+    let clock = burrow::testing::ManualClock::new();
+    let consumer = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .clock(std::sync::Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    let snapshot = dir
+        .path()
+        .join("store")
+        .join(BlobName::Snapshot(v1).to_string());
+    OnClock {
+        dir,
+        model,
+        clock,
+        consumer,
+        snapshot,
+    }
+}
+
 /// Invariant: a consumer does not keep serving a state built from a cache
 /// file that no longer matches its checksum: a new process re-verifies each
 /// cache file it maps, evicts the bad one, refetches it and swaps in a
 /// rebuilt state, and reports the fault as the cache's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_cached_blob_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let (dir, store, model, v1) = published(50).await;
     let cache = dir.path().join("cache");
-    let producer = producer(&store, "p1");
-    let model: Model = (0..50).map(|i| (i, movie_value(i, 0))).collect();
-    let v1 = publish(&producer, &model).await.unwrap().version;
     {
         let first = consumer(&store, &cache);
         first.refresh().await.unwrap();
@@ -73,11 +112,7 @@ async fn flipped_byte_in_cached_blob_is_detected() {
 /// fetched into itself reports its state verified at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_fetched_by_this_process_is_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let producer = producer(&store, "p1");
-    let model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&producer, &model).await.unwrap();
+    let (dir, store, _, _) = published(5).await;
     let c = ConsumerBuilder::new(store.clone())
         .cache_dir(dir.path().join("cache"))
         .build()
@@ -92,11 +127,7 @@ async fn state_fetched_by_this_process_is_verified() {
 /// the first lookup) and the lookup sees the state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_timings_order_first_lookup_before_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let producer = producer(&store, "p1");
-    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&producer, &model).await.unwrap();
+    let (dir, store, model, _) = published(20).await;
     drop(consumer(&store, &dir.path().join("cache")));
     let warm = consumer(&store, &dir.path().join("cache"));
     warm.refresh().await.unwrap();
@@ -122,21 +153,13 @@ async fn open_timings_order_first_lookup_before_verified() {
 /// a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_blob_is_retried_after_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let producer = producer(&store, "p1");
-    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
-    let v1 = publish(&producer, &model).await.unwrap().version;
-    let clock = burrow::testing::ManualClock::new();
-    let c = ConsumerBuilder::new(store.clone())
-        .cache_dir(dir.path().join("cache"))
-        .clock(std::sync::Arc::new(clock.clone()))
-        .build()
-        .unwrap();
-    let blob = dir
-        .path()
-        .join("store")
-        .join(BlobName::Snapshot(v1).to_string());
+    let OnClock {
+        dir,
+        model,
+        clock,
+        consumer: c,
+        snapshot: blob,
+    } = on_clock(10).await;
     let aside = dir.path().join("aside");
     std::fs::rename(&blob, &aside).unwrap();
     let err = c.refresh().await.unwrap_err().to_string();
@@ -156,21 +179,13 @@ async fn failed_blob_is_retried_after_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_blob_backoff_grows_and_is_bounded() {
     use burrow::consumer::{FAILED_BLOB_FIRST_BACKOFF, FAILED_BLOB_MAX_BACKOFF};
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let producer = producer(&store, "p1");
-    let model: Model = (0..3).map(|i| (i, movie_value(i, 0))).collect();
-    let v1 = publish(&producer, &model).await.unwrap().version;
-    let clock = burrow::testing::ManualClock::new();
-    let c = ConsumerBuilder::new(store.clone())
-        .cache_dir(dir.path().join("cache"))
-        .clock(std::sync::Arc::new(clock.clone()))
-        .build()
-        .unwrap();
-    let blob = dir
-        .path()
-        .join("store")
-        .join(BlobName::Snapshot(v1).to_string());
+    let OnClock {
+        dir: _dir,
+        clock,
+        consumer: c,
+        snapshot: blob,
+        ..
+    } = on_clock(3).await;
     std::fs::remove_file(&blob).unwrap();
     let mut backoff = FAILED_BLOB_FIRST_BACKOFF;
     for _ in 0..12 {
@@ -242,12 +257,8 @@ fn startup_does_not_delete_other_process_temp_files() {
 /// avoided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_cache_file_is_refetched_not_avoided() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let (dir, store, model, v1) = published(20).await;
     let cache = dir.path().join("cache");
-    let producer = producer(&store, "p1");
-    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
-    let v1 = publish(&producer, &model).await.unwrap().version;
     consumer(&store, &cache).refresh().await.unwrap();
     let file = cached_blob(&cache, &BlobName::Snapshot(v1));
     let len = std::fs::metadata(&file).unwrap().len();

@@ -4,80 +4,45 @@
 //! be reached.
 
 use crate::common::*;
-use burrow::blobstore::resilience::{
-    BreakerConfig, BreakerState, CircuitBreakerStore, Resilience, RetryPolicy, SeededRng,
+use crate::resilience::{
+    consumer_rig, next_refresh, watch_config, ConsumerRig, WATCH_INTERVAL as INTERVAL,
 };
-use burrow::blobstore::BlobStore;
-use burrow::consumer::{Consumer, ConsumerBuilder, WatchConfig, WatchEvent};
-use burrow::testing::{FaultyStore, ManualClock};
-use std::sync::Arc;
+use burrow::blobstore::resilience::{BreakerConfig, BreakerState, RetryPolicy};
+use burrow::consumer::{WatchEvent, WatchHandle};
 use std::time::Duration;
 
-const INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    clean: BlobStore,
-    faulty: Arc<FaultyStore>,
-    clock: ManualClock,
-    consumer: Arc<Consumer>,
-    breaker: Arc<CircuitBreakerStore>,
-}
-
 /// A consumer behind retries shaped like the S3 figures of the issue (three
-/// attempts of 10 s each) and a breaker opening after `threshold` failures.
-fn setup(threshold: u32) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let memory = Arc::new(object_store::memory::InMemory::new());
-    let faulty = Arc::new(FaultyStore::new(memory.clone()));
-    let clock = ManualClock::new();
-    let resilience = Resilience::new(Arc::new(clock.clone()), Arc::new(SeededRng::new(7)))
-        .with_retry(RetryPolicy {
+/// attempts of 10 s each) and a breaker opening after `threshold` failures,
+/// with ten records published (not yet read).
+async fn setup(threshold: u32) -> ConsumerRig {
+    let s = consumer_rig(
+        RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(60),
             call_timeout: Duration::from_secs(10),
-        })
-        .with_breaker(BreakerConfig {
+        },
+        BreakerConfig {
             failure_threshold: threshold,
             cool_down: Duration::from_secs(30),
             half_open_trials: 1,
-        });
-    let stack = resilience.wrap(faulty.clone());
-    let consumer = ConsumerBuilder::new(BlobStore::new(stack.store.clone(), ""))
-        .cache_dir(dir.path().join("cache"))
-        .clock(Arc::new(clock.clone()))
-        .breaker(stack.breaker.clone())
-        .build()
-        .unwrap();
-    Setup {
-        _dir: dir,
-        clean: BlobStore::new(memory, ""),
-        faulty,
-        clock,
-        consumer: Arc::new(consumer),
-        breaker: stack.breaker,
-    }
+        },
+    );
+    let producer = producer(&s.clean, "p");
+    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&producer, &model).await.unwrap();
+    s
 }
 
-fn watch_config(clock: &ManualClock) -> WatchConfig {
-    WatchConfig {
-        interval: INTERVAL,
-        jitter: 0.2,
-        max_backoff: MAX_BACKOFF,
-        clock: Arc::new(clock.clone()),
-        rng: Arc::new(SeededRng::new(1)),
-    }
-}
-
-async fn first_version(s: &Setup, rx: &mut tokio::sync::broadcast::Receiver<WatchEvent>) {
-    loop {
-        if let WatchEvent::Refreshed(_) = s.clock.drive(rx.recv()).await.unwrap() {
-            return;
-        }
-    }
+/// Starts the watcher and waits for its first version.
+async fn watching(s: &ConsumerRig) -> (WatchHandle, tokio::sync::broadcast::Receiver<WatchEvent>) {
+    let mut handle = s.consumer.watch(watch_config(&s.clock, MAX_BACKOFF));
+    let mut rx = handle.subscribe();
+    next_refresh(&s.clock, &mut rx).await;
+    (handle, rx)
 }
 
 /// Invariant: when the store stops answering, the watcher reports a failed
@@ -85,13 +50,8 @@ async fn first_version(s: &Setup, rx: &mut tokio::sync::broadcast::Receiver<Watc
 /// poll starting, not after the retry layer's attempts.
 #[tokio::test]
 async fn outage_is_reported_within_one_poll_interval() {
-    let s = setup(1000);
-    let producer = producer(&s.clean, "p");
-    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&producer, &model).await.unwrap();
-    let mut handle = s.consumer.watch(watch_config(&s.clock));
-    let mut rx = handle.subscribe();
-    first_version(&s, &mut rx).await;
+    let s = setup(1000).await;
+    let (handle, mut rx) = watching(&s).await;
     assert!(s.consumer.health().is_current());
     s.faulty.hang_all();
     let frozen = s.clock.elapsed();
@@ -117,13 +77,8 @@ async fn outage_is_reported_within_one_poll_interval() {
 /// delay before the next one grows, up to the configured bound.
 #[tokio::test]
 async fn watch_backs_off_while_failing() {
-    let s = setup(2);
-    let producer = producer(&s.clean, "p");
-    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&producer, &model).await.unwrap();
-    let mut handle = s.consumer.watch(watch_config(&s.clock));
-    let mut rx = handle.subscribe();
-    first_version(&s, &mut rx).await;
+    let s = setup(2).await;
+    let (handle, mut rx) = watching(&s).await;
     s.faulty.set_down(true);
     let mut delays = Vec::new();
     while delays.len() < 8 {
@@ -150,10 +105,7 @@ async fn watch_backs_off_while_failing() {
 /// not current, even though it serves the newest version it last saw.
 #[tokio::test]
 async fn health_is_not_current_while_breaker_open() {
-    let s = setup(2);
-    let producer = producer(&s.clean, "p");
-    let model: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&producer, &model).await.unwrap();
+    let s = setup(2).await;
     s.clock.drive(s.consumer.refresh()).await.unwrap();
     assert!(s.consumer.health().is_current());
     s.faulty.set_down(true);

@@ -41,6 +41,37 @@ async fn dataset(dir: &Path, cycles: u64) -> (BlobStore, Producer) {
     (store, p)
 }
 
+/// Two datasets side by side under `root`: `a` with `cycles_a` versions
+/// and `b` with `cycles_b`, their producers and their ids.
+struct TwoDatasets {
+    dir_a: std::path::PathBuf,
+    dir_b: std::path::PathBuf,
+    a: BlobStore,
+    b: BlobStore,
+    pa: Producer,
+    id_a: DatasetId,
+    id_b: DatasetId,
+}
+
+async fn two_datasets(root: &Path, cycles_a: u64, cycles_b: u64) -> TwoDatasets {
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    let (a, pa) = dataset(&dir_a, cycles_a).await;
+    let (b, pb) = dataset(&dir_b, cycles_b).await;
+    let (id_a, id_b) = (
+        pa.dataset_id().await.unwrap(),
+        pb.dataset_id().await.unwrap(),
+    );
+    TwoDatasets {
+        dir_a,
+        dir_b,
+        a,
+        b,
+        pa,
+        id_a,
+        id_b,
+    }
+}
+
 async fn blob(store: &BlobStore, name: BlobName) -> Arc<OpenBlob> {
     let bytes = store.get(&name).await.unwrap();
     Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string()).unwrap())
@@ -64,12 +95,9 @@ fn assert_mismatch(err: &str, blob: &str, a: DatasetId, b: DatasetId) {
 #[tokio::test]
 async fn recreated_store_delta_of_another_dataset_does_not_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, pa) = dataset(&dir.path().join("a"), 2).await;
-    let (b, pb) = dataset(&dir.path().join("b"), 2).await;
-    let (id_a, id_b) = (
-        pa.dataset_id().await.unwrap(),
-        pb.dataset_id().await.unwrap(),
-    );
+    let TwoDatasets {
+        a, b, id_a, id_b, ..
+    } = two_datasets(dir.path(), 2, 2).await;
     assert_ne!(id_a, id_b, "two datasets get two ids");
 
     let state = ReadState::from_snapshot(blob(&a, BlobName::Snapshot(1)).await, 1).unwrap();
@@ -108,13 +136,15 @@ async fn recreated_store_delta_of_another_dataset_does_not_apply() {
 #[tokio::test]
 async fn announcement_log_mixing_datasets_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (a, pa) = dataset(&dir_a, 2).await;
-    let (_b, pb) = dataset(&dir_b, 3).await;
-    let (id_a, id_b) = (
-        pa.dataset_id().await.unwrap(),
-        pb.dataset_id().await.unwrap(),
-    );
+    let TwoDatasets {
+        dir_a,
+        dir_b,
+        a,
+        pa,
+        id_a,
+        id_b,
+        ..
+    } = two_datasets(dir.path(), 2, 3).await;
     let log = AnnouncementLog::new(a.clone());
     let mut watcher = Watcher::new(log.clone());
     assert_eq!(watcher.poll().await.unwrap().unwrap().seq, 2);
@@ -156,13 +186,14 @@ async fn announcement_log_mixing_datasets_is_refused() {
 #[tokio::test]
 async fn verify_reports_a_blob_of_another_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (a, pa) = dataset(&dir_a, 2).await;
-    let (_b, pb) = dataset(&dir_b, 3).await;
-    let (id_a, id_b) = (
-        pa.dataset_id().await.unwrap(),
-        pb.dataset_id().await.unwrap(),
-    );
+    let TwoDatasets {
+        dir_a,
+        dir_b,
+        a,
+        id_a,
+        id_b,
+        ..
+    } = two_datasets(dir.path(), 2, 3).await;
     assert!(verify_store(&a).await.unwrap().is_clean());
 
     let replaced = BlobName::Reverse(2, 1);
@@ -237,13 +268,14 @@ async fn restore_after_a_recreated_store_mints_a_new_id_and_keeps_it() {
 #[tokio::test]
 async fn restore_refuses_a_blob_of_another_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (a, pa) = dataset(&dir_a, 1).await;
-    let (_b, pb) = dataset(&dir_b, 1).await;
-    let (id_a, id_b) = (
-        pa.dataset_id().await.unwrap(),
-        pb.dataset_id().await.unwrap(),
-    );
+    let TwoDatasets {
+        dir_a,
+        dir_b,
+        a,
+        id_a,
+        id_b,
+        ..
+    } = two_datasets(dir.path(), 1, 1).await;
     let name = BlobName::Snapshot(1);
 
     let pinned = ProducerBuilder::new(a.clone())

@@ -3,40 +3,42 @@
 use crate::common::*;
 use burrow::announcer::{AnnounceKind, AnnouncementLog};
 use burrow::blobstore::BlobStore;
-use burrow::producer::Populate;
-use burrow::schema::examples::movies_capnp::movie;
+use burrow::producer::Producer;
+use std::future::Future;
+use std::path::Path;
 
-/// Adds every record of `model`.
-fn add_all(p: &mut Populate<'_>, model: &Model) -> burrow::Result<()> {
-    for (id, (title, year, tags)) in model {
-        p.add::<movie::Owned>(|mut m| {
-            m.set_id(*id);
-            m.set_title(title.as_str());
-            m.set_year(*year);
-            let mut t = m.init_tags(tags.len() as u32);
-            for (i, tag) in tags.iter().enumerate() {
-                t.set(i as u32, tag.as_str());
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
-}
-
-/// Writes a pin as an operator would: from another process (here another
-/// thread with its own runtime), while the caller is blocked.
-fn pin_elsewhere(log: &AnnouncementLog, version: u64) {
+/// Runs `work` as another process would (here another thread with its own
+/// runtime), while the caller is blocked.
+fn run_elsewhere(work: impl Future<Output = ()> + Send) {
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(log.pin(version, "operator")).unwrap();
+            rt.block_on(work);
         })
         .join()
         .unwrap();
     });
+}
+
+/// Writes a pin as an operator would: from another process, while the
+/// caller is blocked.
+fn pin_elsewhere(log: &AnnouncementLog, version: u64) {
+    run_elsewhere(async {
+        log.pin(version, "operator").await.unwrap();
+    });
+}
+
+/// A local store under `dir` where producer `id` has published `records`
+/// records as version 1: the store, the producer and its model.
+async fn store_at_v1(dir: &Path, id: &str, records: u64) -> (BlobStore, Producer, Model) {
+    let store = BlobStore::local(dir.join("store")).unwrap();
+    let p = producer(&store, id);
+    let v1: Model = (0..records).map(|i| (i, movie_value(i, 0))).collect();
+    publish(&p, &v1).await.unwrap();
+    (store, p, v1)
 }
 
 #[tokio::test]
@@ -45,10 +47,7 @@ async fn operator_pin_during_cycle_is_not_not_primary() {
     // "not the primary producer"; an operator's pin written during a cycle
     // does not stop it, and the pin holds consumers until an unpin.
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let p = producer(&store, "p");
-    let v1: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&p, &v1).await.unwrap();
+    let (store, p, v1) = store_at_v1(dir.path(), "p", 20).await;
     let mut v2 = v1.clone();
     v2.insert(3, movie_value(3, 2));
     publish(&p, &v2).await.unwrap();
@@ -63,7 +62,7 @@ async fn operator_pin_during_cycle_is_not_not_primary() {
     let report = p
         .run_cycle(|pop| {
             pin_elsewhere(&log, 1);
-            add_all(pop, &v3)
+            add_model(pop, &v3)
         })
         .await
         .expect("a pin is not another producer");
@@ -105,32 +104,19 @@ async fn another_producers_announcement_during_cycle_is_not_primary() {
     // Invariant: an announcement by another producer during a cycle stops
     // the cycle with NotPrimary and publishes nothing that is announced.
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let a = producer(&store, "a");
-    let v1: Model = (0..10).map(|i| (i, movie_value(i, 0))).collect();
-    publish(&a, &v1).await.unwrap();
+    let (store, a, v1) = store_at_v1(dir.path(), "a", 10).await;
     let mut v2 = v1.clone();
     v2.insert(1, movie_value(1, 2));
     let b_store = store.clone();
     let v2_for_b = v2.clone();
     let err = a
         .run_cycle(|pop| {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async {
-                        let b = producer(&b_store, "b");
-                        b.restore().await.unwrap();
-                        publish(&b, &v2_for_b).await.unwrap();
-                    });
-                })
-                .join()
-                .unwrap();
+            run_elsewhere(async {
+                let b = producer(&b_store, "b");
+                b.restore().await.unwrap();
+                publish(&b, &v2_for_b).await.unwrap();
             });
-            add_all(pop, &v2)
+            add_model(pop, &v2)
         })
         .await
         .expect_err("b announced first");

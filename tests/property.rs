@@ -79,18 +79,7 @@ async fn publish_all(
 ) -> burrow::Result<burrow::producer::CycleReport> {
     producer
         .run_cycle(|p| {
-            for (id, (title, year, tags)) in model {
-                p.add::<movie::Owned>(|mut m| {
-                    m.set_id(*id);
-                    m.set_title(title.as_str());
-                    m.set_year(*year);
-                    let mut t = m.init_tags(tags.len() as u32);
-                    for (i, tag) in tags.iter().enumerate() {
-                        t.set(i as u32, tag.as_str());
-                    }
-                    Ok(())
-                })?;
-            }
+            add_model(p, model)?;
             for (name, big) in probes.iter().flatten() {
                 p.add::<probe::Owned>(|mut r| {
                     r.set_name(name.as_str());

@@ -1,11 +1,13 @@
 //! Shared helpers: the Movie workload and a model of what consumers should hold.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod tools;
 
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{Consumer, ConsumerBuilder};
-use burrow::producer::{Producer, ProducerBuilder};
+use burrow::producer::{Populate, Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::testing::workload::Movie;
 use std::collections::BTreeMap;
@@ -35,28 +37,29 @@ pub fn consumer(store: &BlobStore, cache: &Path) -> Consumer {
         .expect("consumer builds")
 }
 
+/// Adds every record of `model` to the cycle being populated.
+pub fn add_model(p: &mut Populate<'_>, model: &Model) -> burrow::Result<()> {
+    for (id, (title, year, tags)) in model {
+        p.add::<movie::Owned>(|mut m| {
+            m.set_id(*id);
+            m.set_title(title.as_str());
+            m.set_year(*year);
+            let mut t = m.init_tags(tags.len() as u32);
+            for (i, tag) in tags.iter().enumerate() {
+                t.set(i as u32, tag.as_str());
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Publishes the model as one cycle.
 pub async fn publish(
     producer: &Producer,
     model: &Model,
 ) -> burrow::Result<burrow::producer::CycleReport> {
-    producer
-        .run_cycle(|p| {
-            for (id, (title, year, tags)) in model {
-                p.add::<movie::Owned>(|mut m| {
-                    m.set_id(*id);
-                    m.set_title(title.as_str());
-                    m.set_year(*year);
-                    let mut t = m.init_tags(tags.len() as u32);
-                    for (i, tag) in tags.iter().enumerate() {
-                        t.set(i as u32, tag.as_str());
-                    }
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })
-        .await
+    producer.run_cycle(|p| add_model(p, model)).await
 }
 
 /// Reads every record of a consumer's state into a model, checking that

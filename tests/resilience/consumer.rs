@@ -2,86 +2,36 @@
 //! state, reports its staleness, recovers on its own, and shares one
 //! refresh among concurrent triggers. Time is a manual clock throughout.
 
+use super::{consumer_rig, next_refresh, watch_config, ConsumerRig};
 use crate::common::*;
-use burrow::blobstore::resilience::{
-    BreakerConfig, BreakerState, Resilience, RetryPolicy, SeededRng,
-};
+use burrow::blobstore::resilience::{BreakerConfig, BreakerState, RetryPolicy};
 use burrow::blobstore::BlobStore;
-use burrow::consumer::{ConsumerBuilder, WatchConfig, WatchEvent};
+use burrow::consumer::{ConsumerBuilder, WatchEvent};
 use burrow::testing::faults::{FaultyStore, Op};
-use burrow::testing::ManualClock;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    clean: BlobStore,
-    faulty: Arc<FaultyStore>,
-    clock: ManualClock,
-    consumer: Arc<burrow::consumer::Consumer>,
-    breaker: Arc<burrow::blobstore::resilience::CircuitBreakerStore>,
-}
-
-const INTERVAL: Duration = Duration::from_secs(1);
+/// The watcher's longest back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Longer than the watcher's longest back-off (8 s plus jitter), so the
 /// poll after the breaker opens finds it still open.
 const COOL_DOWN: Duration = Duration::from_secs(10);
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let memory = Arc::new(object_store::memory::InMemory::new());
-    let faulty = Arc::new(FaultyStore::new(memory.clone()));
-    let clock = ManualClock::new();
-    let resilience = Resilience::new(Arc::new(clock.clone()), Arc::new(SeededRng::new(7)))
-        .with_retry(RetryPolicy {
+fn setup() -> ConsumerRig {
+    consumer_rig(
+        RetryPolicy {
             max_attempts: 2,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(20),
             max_elapsed: Duration::from_secs(1),
             call_timeout: Duration::from_secs(1),
-        })
-        .with_breaker(BreakerConfig {
+        },
+        BreakerConfig {
             failure_threshold: 3,
             cool_down: COOL_DOWN,
             half_open_trials: 1,
-        });
-    let stack = resilience.wrap(faulty.clone());
-    let consumer = ConsumerBuilder::new(BlobStore::new(stack.store.clone(), ""))
-        .cache_dir(dir.path().join("cache"))
-        .clock(Arc::new(clock.clone()))
-        .breaker(stack.breaker.clone())
-        .build()
-        .unwrap();
-    Setup {
-        _dir: dir,
-        clean: BlobStore::new(memory, ""),
-        faulty,
-        clock,
-        consumer: Arc::new(consumer),
-        breaker: stack.breaker,
-    }
-}
-
-fn watch_config(clock: &ManualClock) -> WatchConfig {
-    WatchConfig {
-        interval: INTERVAL,
-        jitter: 0.2,
-        max_backoff: Duration::from_secs(8),
-        clock: Arc::new(clock.clone()),
-        rng: Arc::new(SeededRng::new(1)),
-    }
-}
-
-async fn next_refresh(
-    clock: &ManualClock,
-    rx: &mut tokio::sync::broadcast::Receiver<WatchEvent>,
-) -> u64 {
-    loop {
-        match clock.drive(rx.recv()).await.unwrap() {
-            WatchEvent::Refreshed(r) => return r.to,
-            _ => continue,
-        }
-    }
+        },
+    )
 }
 
 /// Invariant: while the store is down the consumer serves its old state;
@@ -96,7 +46,7 @@ async fn store_down_then_back() {
     let mut model: Model = (0..30).map(|i| (i, movie_value(i, 0))).collect();
     let v1 = publish(&producer, &model).await.unwrap().version;
     let first = model.clone();
-    let mut handle = s.consumer.watch(watch_config(&s.clock));
+    let mut handle = s.consumer.watch(watch_config(&s.clock, MAX_BACKOFF));
     let mut rx = handle.subscribe();
     assert_eq!(next_refresh(&s.clock, &mut rx).await, v1);
     assert!(s.consumer.health().is_current());
@@ -139,7 +89,7 @@ async fn store_down_then_back() {
     assert_eq!(next_refresh(&s.clock, &mut rx).await, v2);
     let took = s.clock.elapsed() - back;
     assert!(
-        took <= watch_config(&s.clock).max_backoff.mul_f64(1.2) + COOL_DOWN,
+        took <= MAX_BACKOFF.mul_f64(1.2) + COOL_DOWN,
         "took {took:?} after recovery"
     );
     assert_eq!(snapshot_of(&s.consumer), model);

@@ -332,8 +332,21 @@ struct Incoming {
 
 impl Incoming {
     fn new(path: &Path, label: String, size: u64) -> Result<Self, Error> {
+        // The cache's directory is made when the cache is opened; one
+        // removed since (by hand, or a disk replaced under it) is made
+        // again rather than failing every fetch from then on.
+        let file = match File::create(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io("create cache directory", dir))?;
+                }
+                File::create(path)
+            }
+            other => other,
+        }
+        .map_err(io("create temp file", path))?;
         Ok(Incoming {
-            file: File::create(path).map_err(io("create temp file", path))?,
+            file,
             path: path.to_path_buf(),
             label,
             size,

@@ -190,6 +190,7 @@ impl ConsumerBuilder {
             inner: tokio::sync::Mutex::new(Inner {
                 watcher: Watcher::new(log.clone()),
                 failed: HashMap::new(),
+                dataset_cache: None,
                 last_outcome: None,
             }),
             completed: AtomicU64::new(0),
@@ -233,6 +234,9 @@ struct Inner {
     /// for a back-off that grows with its failures in a row; a blob that
     /// later succeeds leaves the map.
     failed: HashMap<BlobName, FailedBlob>,
+    /// The part of the cache of the dataset last refreshed to (its
+    /// directory is made once per dataset, not at every refresh).
+    dataset_cache: Option<(DatasetId, BlobCache)>,
     /// The outcome of the last refresh, shared with callers that waited
     /// for it (single flight).
     last_outcome: Option<Result<Option<RefreshReport>, String>>,
@@ -551,7 +555,6 @@ impl Consumer {
     ) -> Result<Option<RefreshReport>, Error> {
         let from = self.version();
         let dataset = newest.dataset_id;
-        let cache = self.cache.for_dataset(dataset)?;
         // A state of another dataset (the store was deleted and published
         // again) is no base for this one's deltas: plan from nothing, and
         // forget the old dataset's failed blobs.
@@ -570,6 +573,7 @@ impl Consumer {
         if current.is_some() && from == Some(target_version) {
             return Ok(None);
         }
+        let cache = self.dataset_cache(inner, dataset).await?;
         let target = self
             .log
             .find_version(newest, target_version)
@@ -691,6 +695,33 @@ impl Consumer {
             fetched_bytes,
             duration: started.elapsed(),
         }))
+    }
+
+    /// The part of the cache that holds `dataset`'s blobs, made (its
+    /// directory created, off the async workers) the first time a refresh
+    /// needs it.
+    async fn dataset_cache(
+        &self,
+        inner: &mut Inner,
+        dataset: DatasetId,
+    ) -> Result<BlobCache, Error> {
+        if let Some((id, cache)) = &inner.dataset_cache {
+            if *id == dataset {
+                return Ok(cache.clone());
+            }
+        }
+        let root = self.cache.clone();
+        let cache = tokio::task::spawn_blocking(move || root.for_dataset(dataset))
+            .await
+            .map_err(|e| {
+                Error::from(StoreError::Io {
+                    op: "create cache directory",
+                    path: self.cache.dir().join(dataset.to_string()),
+                    source: std::io::Error::other(e),
+                })
+            })??;
+        inner.dataset_cache = Some((dataset, cache.clone()));
+        Ok(cache)
     }
 
     /// Fetches (if needed) and maps one blob of `dataset` from its part of

@@ -424,11 +424,17 @@ async fn recreated_store_with_a_shorter_log_is_noticed() {
         m.insert(g, movie_value(g, g));
         models.push(m);
     }
-    let refs: Vec<&Model> = models.iter().collect();
-    let (store, p) = dataset_with(&store_dir, &refs).await;
-    drop(p);
+    let store = BlobStore::local(&store_dir).unwrap();
+    let p = producer(&store, "p");
     let running = consumer(&store, &dir.path().join("cache"));
-    running.refresh().await.unwrap();
+    // The consumer follows every old version, so it has read (and keeps)
+    // every old entry: the recreated log's entries of the same seqs must
+    // not be taken from what it kept.
+    for m in &models {
+        publish(&p, m).await.unwrap();
+        running.refresh().await.unwrap();
+    }
+    drop(p);
     let old_id = running.state().unwrap().dataset_id();
 
     // Recreated with two versions (a snapshot only at the first, so the

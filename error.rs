@@ -22,13 +22,15 @@ pub enum FormatError {
         reason: String,
     },
     /// The blob was written by a format version this build cannot read.
-    #[error("{blob}: format version {found} is not supported (this build reads {supported})")]
+    #[error(
+        "{blob}: format version {found} is not supported (this build reads versions 2 to {supported})"
+    )]
     Incompatible {
         /// The blob, as named in the store.
         blob: String,
         /// The format version written in the blob's header.
         found: u16,
-        /// The format version this build reads and writes.
+        /// The newest format version this build reads and writes.
         supported: u16,
     },
     /// A configured limit refused the input.

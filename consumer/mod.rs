@@ -28,7 +28,7 @@ mod watch;
 
 pub use plan::{Plan, Step};
 pub use recheck::CacheFault;
-pub use state::{Iter, ReadState, Record, TypeData, TypeView, DEFAULT_RECORD_TRAVERSAL_WORDS};
+pub use state::{Iter, ReadState, TypeData, TypeView};
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
@@ -108,7 +108,6 @@ pub struct ConsumerBuilder {
     cache_dir: Option<PathBuf>,
     verify_on_open: bool,
     max_blob_bytes: u64,
-    record_traversal_words: u64,
     max_delta_depth: usize,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<CircuitBreakerStore>>,
@@ -122,7 +121,6 @@ impl ConsumerBuilder {
             cache_dir: None,
             verify_on_open: false,
             max_blob_bytes: u64::MAX,
-            record_traversal_words: DEFAULT_RECORD_TRAVERSAL_WORDS,
             max_delta_depth: 256,
             clock: Arc::new(SystemClock),
             breaker: None,
@@ -162,12 +160,6 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Bounds the words one record read may traverse (default 8 Mi words).
-    pub fn record_traversal_words(mut self, words: u64) -> Self {
-        self.record_traversal_words = words;
-        self
-    }
-
     /// Loads a fresh snapshot instead of stacking more than this many
     /// deltas on one (default 256).
     pub fn max_delta_depth(mut self, depth: usize) -> Self {
@@ -201,7 +193,6 @@ impl ConsumerBuilder {
             breaker: self.breaker,
             log,
             verify_on_open: self.verify_on_open,
-            record_traversal_words: self.record_traversal_words,
             max_delta_depth: self.max_delta_depth,
         })
     }
@@ -259,7 +250,6 @@ pub struct Consumer {
     current: ArcSwapOption<ReadState>,
     inner: tokio::sync::Mutex<Inner>,
     verify_on_open: bool,
-    record_traversal_words: u64,
     max_delta_depth: usize,
     /// Refreshes completed, for single flight.
     completed: AtomicU64,
@@ -633,11 +623,8 @@ impl Consumer {
                     }),
                 };
                 let step = *step;
-                let words = self.record_traversal_words;
                 let next = tokio::task::spawn_blocking(move || match (step, base) {
-                    (Step::Snapshot(v), _) => Ok::<_, Error>(
-                        ReadState::from_snapshot(blob, v)?.with_record_traversal_words(words),
-                    ),
+                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
                     (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => base.apply(blob, a, b),
                     (_, None) => Err(ConsumerError::NoState.into()),
                 })

@@ -1,16 +1,26 @@
 //! A consumer's read state: the records of one version, read in place from
 //! mapped blobs.
 //!
-//! Per type, a table maps each ordinal to where its record lives: in the
-//! snapshot the state started from, or in one of the deltas applied since.
-//! The table is a list of fixed-size chunks; a chunk that no delta touched
-//! is implicit (the snapshot's own offsets say where the record is), and a
-//! delta copies only the chunks it touches (copy on write), so applying a
-//! delta costs work in proportion to the delta, and a state opened from a
-//! snapshot costs nothing per record. Key lookups use the key index the
-//! producer built into the snapshot, behind a small overlay of keys added
-//! by deltas since; each candidate is confirmed by comparing the record's
-//! own key, so a stale index entry (a removed key, a reused ordinal) can
+//! Records are elements of struct lists in the blobs (format v2): a
+//! snapshot's element `o` is ordinal `o`, a delta's element `i` is the
+//! `i`-th ordinal it sets. Per type, a table maps each ordinal to where its
+//! record lives: in the snapshot the state started from, or in one of the
+//! deltas applied since. The table is a list of fixed-size chunks; a chunk
+//! that no delta touched is implicit (the snapshot's element and presence
+//! bit say where the record is), and a delta copies only the chunks it
+//! touches (copy on write), so applying a delta costs work in proportion to
+//! the delta, and a state opened from a snapshot costs nothing per record.
+//!
+//! Reads hand out the generated reader of the element ([`Element`]),
+//! reached by arithmetic on lists validated once per view
+//! ([`ReadState::view`]): a lookup is the key index slot and the record
+//! (the overlay is consulted only when a delta added keys, the table only
+//! for an ordinal a delta touched), and iteration walks runs of untouched
+//! ordinals straight down the snapshot's lists. Key lookups use the key
+//! index the producer built into the snapshot, behind a small overlay of
+//! keys added by deltas since; each candidate is confirmed by comparing the
+//! record's own key (an integer key straight from the element's data
+//! section), so a stale index entry (a removed key, a reused ordinal) can
 //! never answer.
 //!
 //! A state belongs to one dataset ([`ReadState::dataset_id`], from its
@@ -22,20 +32,19 @@
 //! view for as long as it holds it.
 
 use crate::error::{Error, FormatError, KeyError};
-use crate::schema::blob::{record_at, BlobHeader, DeltaSection, OpenBlob, SnapshotSection};
+use crate::schema::blob::{BlobHeader, DeltaSection, OpenBlob, RecordLists, SnapshotSection};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
 use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
-use crate::schema::record::{record_message, OneSegment, RecordType, TypeInfo};
+use crate::schema::record::{Element, RecordType, TypeInfo};
 use hashbrown::HashMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Ordinals per chunk of the location table.
 const CHUNK: usize = 64;
 /// A record's location: part (0 = the snapshot, p = the p-th delta applied)
-/// in the high 32 bits, index within the part in the low 32.
+/// in the high 32 bits, element index within the part in the low 32.
 type Loc = u64;
 const HOLE: Loc = u64::MAX;
 /// The most deltas a state can stack on its snapshot; a consumer moves to a
@@ -46,10 +55,6 @@ const MAX_PARTS: usize = u16::MAX as usize;
 /// records it sets: a re-created type keeps the holes it had, and this
 /// bounds the location table such a delta can make (8 MiB).
 const MAX_CREATED_HOLES: u64 = 1 << 26;
-
-/// Default traversal limit for reading one record (words), bounding the
-/// work a malicious record can cause.
-pub const DEFAULT_RECORD_TRAVERSAL_WORDS: u64 = 8 << 20;
 
 /// The records of one type in a read state.
 #[derive(Clone)]
@@ -109,20 +114,15 @@ impl TypeData {
     pub fn delta_parts(&self) -> usize {
         self.parts.len()
     }
+    /// The snapshot section the type was opened from, if any.
+    pub fn base(&self) -> Option<&SnapshotSection> {
+        self.base.as_deref()
+    }
 
     #[inline]
     fn base_loc(&self, ordinal: u32) -> Loc {
         match &self.base {
-            Some(b) if ordinal < b.ordinal_limit => {
-                // An empty record range in the snapshot is a hole.
-                let offsets = b.offsets.get();
-                let o = ordinal as usize;
-                if offsets.get(o).is_some() && offsets.get(o) == offsets.get(o + 1) {
-                    HOLE
-                } else {
-                    Loc::from(ordinal)
-                }
-            }
+            Some(b) if ordinal < b.ordinal_limit && b.is_present(ordinal) => Loc::from(ordinal),
             _ => HOLE,
         }
     }
@@ -138,52 +138,49 @@ impl TypeData {
         }
     }
 
-    /// The words of the record at `ordinal`; `None` for a hole or an
-    /// ordinal past the limit. Bounds-checked against the blob.
-    #[inline]
-    pub fn record_words(&self, ordinal: u32) -> Result<Option<&[u64]>, FormatError> {
-        if ordinal >= self.ordinal_limit {
-            return Ok(None);
-        }
-        let loc = match self.chunks.get(ordinal as usize / CHUNK) {
-            Some(Some(chunk)) => chunk[ordinal as usize % CHUNK],
-            // Untouched since the snapshot: the snapshot's own offsets say
-            // where the record is (an empty range is a hole).
-            _ => {
-                return match &self.base {
-                    Some(b) if ordinal < b.ordinal_limit => record_at(
-                        b.offsets.get(),
-                        b.words.get(),
-                        ordinal as usize,
-                        &self.blob_name,
-                    ),
-                    _ => Ok(None),
-                }
-            }
-        };
+    /// Where the record at `ordinal` lies: its blob, lists and element
+    /// index; `None` for a hole or an ordinal past the limit.
+    pub fn element(&self, ordinal: u32) -> Option<(&OpenBlob, &RecordLists, u32)> {
+        let loc = self.loc(ordinal);
         if loc == HOLE {
-            return Ok(None);
+            return None;
         }
-        let (part, index) = ((loc >> 32) as usize, loc as u32 as usize);
+        let (part, index) = ((loc >> 32) as usize, loc as u32);
         if part == 0 {
-            let base = self.base.as_ref().expect("part 0 is only used with a base");
-            record_at(base.offsets.get(), base.words.get(), index, &self.blob_name)
+            let base = self.base.as_ref()?;
+            Some((&base.blob, &base.lists, index))
         } else {
-            let p = &self.parts[part - 1];
-            record_at(p.offsets.get(), p.words.get(), index, &self.blob_name)
+            let p = self.parts.get(part - 1)?;
+            Some((&p.blob, &p.lists, index))
         }
     }
 
+    /// Appends the canonical message of the record at `ordinal` to `out`
+    /// (byte for byte what the producer was given); `false` for a hole.
+    /// What restore, `verify` and the tests compare records by.
+    pub fn canonical_record(&self, ordinal: u32, out: &mut Vec<u64>) -> Result<bool, FormatError> {
+        let Some((blob, lists, index)) = self.element(ordinal) else {
+            return Ok(false);
+        };
+        crate::schema::wire::canonical_record(
+            blob.segment(),
+            lists.element(index),
+            lists.data,
+            lists.ptrs,
+            out,
+        )
+        .map_err(|reason| FormatError::Corrupt {
+            blob: blob.name().to_string(),
+            reason: format!("{}: record at ordinal {ordinal}: {reason}", self.name),
+        })?;
+        Ok(true)
+    }
+
     /// Whether `ordinal`'s record is still the snapshot's (no delta touched
-    /// its chunk), so the key index's record place can be used directly.
+    /// its chunk).
     #[inline]
     fn is_untouched(&self, ordinal: u32) -> bool {
-        ordinal < self.ordinal_limit
-            && matches!(self.chunks.get(ordinal as usize / CHUNK), Some(None) | None)
-            && self
-                .base
-                .as_ref()
-                .is_some_and(|b| ordinal < b.ordinal_limit)
+        matches!(self.chunks.get(ordinal as usize / CHUNK), Some(None) | None)
     }
 
     fn set_loc(&mut self, ordinal: u32, loc: Loc) {
@@ -248,6 +245,13 @@ impl TypeData {
                 ordinals.len()
             )));
         }
+        if delta.lists.len as usize != ordinals.len() {
+            return Err(corrupt(format!(
+                "{} records for {} ordinals set",
+                delta.lists.len,
+                ordinals.len()
+            )));
+        }
         let mut next = self.clone();
         next.blob_name = Arc::from(blob);
         let grown = (limit_after.max(self.ordinal_limit) as usize).div_ceil(CHUNK);
@@ -278,20 +282,11 @@ impl TypeData {
             count -= 1;
         }
         let mut last: Option<u32> = None;
-        for (i, (&o, &h)) in ordinals.iter().zip(hashes).enumerate() {
+        for (&o, &h) in ordinals.iter().zip(hashes) {
             if last.is_some_and(|l| o <= l) {
                 return Err(corrupt("set ordinals are not sorted and distinct".into()));
             }
             last = Some(o);
-            // A set record must be a whole, non-empty range of the delta's
-            // words: an empty one would read as a hole that the record
-            // count says is a record (found by fuzzing; see
-            // fuzz/corpus/delta/crash-empty-set-record).
-            match record_at(delta.offsets.get(), delta.words.get(), i, blob) {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(corrupt(format!("sets ordinal {o} to an empty record"))),
-                Err(e) => return Err(e),
-            }
             if o >= next.ordinal_limit {
                 return Err(corrupt(format!(
                     "sets ordinal {o}, past the limit {limit_after}"
@@ -338,7 +333,6 @@ pub struct ReadState {
     version: u64,
     header: BlobHeader,
     types: Vec<TypeData>,
-    record_traversal_words: u64,
 }
 
 impl std::fmt::Debug for ReadState {
@@ -382,7 +376,6 @@ impl ReadState {
             version,
             header,
             types,
-            record_traversal_words: DEFAULT_RECORD_TRAVERSAL_WORDS,
         })
     }
 
@@ -456,13 +449,7 @@ impl ReadState {
             version: to,
             header,
             types,
-            record_traversal_words: self.record_traversal_words,
         })
-    }
-
-    pub(crate) fn with_record_traversal_words(mut self, words: u64) -> Self {
-        self.record_traversal_words = words;
-        self
     }
 
     /// The version these records are.
@@ -497,7 +484,9 @@ impl ReadState {
         self.types.iter().map(|t| t.parts.len()).max().unwrap_or(0)
     }
 
-    /// A typed view of `T`'s records.
+    /// A typed view of `T`'s records: resolves the key and validates the
+    /// record lists of the snapshot and of each delta once, so that every
+    /// read after is arithmetic.
     pub fn view<T: RecordType>(&self) -> Result<TypeView<'_, T>, Error> {
         let info = TypeInfo::of::<T>();
         let data = self.raw_type(info.type_id).ok_or_else(|| {
@@ -506,26 +495,32 @@ impl ReadState {
                 version: self.version,
             }
         })?;
-        let spec = if data.key_fields.is_empty() {
+        let key = if data.key_fields.is_empty() {
             None
         } else {
             let names: Vec<&str> = data.key_fields.iter().map(String::as_str).collect();
-            Some(KeySpec::resolve(&info, &names)?)
-        };
-        let resolved = match &spec {
-            Some(s) => Some(s.resolved().map_err(|e| KeyError::Spec {
+            let spec = KeySpec::resolve(&info, &names)?;
+            let resolved = spec.resolved().map_err(|e| KeyError::Spec {
                 type_name: info.name.clone(),
                 field: String::new(),
                 reason: e.to_string(),
-            })?),
-            None => None,
+            })?;
+            Some((spec, resolved))
         };
+        let base = match &data.base {
+            Some(b) => Lists::new(&b.blob, &b.lists)?,
+            None => Lists::empty(),
+        };
+        let parts = data
+            .parts
+            .iter()
+            .map(|p| Lists::new(&p.blob, &p.lists))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(TypeView {
             data,
-            spec,
-            resolved,
-            limit: self.record_traversal_words,
-            _type: PhantomData,
+            base,
+            parts,
+            key,
         })
     }
 }
@@ -544,27 +539,42 @@ fn check_header(header: &BlobHeader, blob: &OpenBlob, from: u64, to: u64) -> Res
     Ok(())
 }
 
+/// One part's record lists, typed: element `i` is in list `i >> shift`.
+struct Lists<'s, T: RecordType> {
+    shift: u32,
+    lists: Vec<capnp::struct_list::Reader<'s, T>>,
+}
+
+impl<'s, T: RecordType> Lists<'s, T> {
+    fn new(blob: &'s OpenBlob, lists: &RecordLists) -> Result<Self, FormatError> {
+        Ok(Lists {
+            shift: u32::from(lists.shift),
+            lists: blob.typed_lists::<T>(lists)?,
+        })
+    }
+
+    fn empty() -> Self {
+        Lists {
+            shift: 0,
+            lists: Vec::new(),
+        }
+    }
+
+    /// Element `i`, which the caller knows to exist (an index a validated
+    /// section or location table gave).
+    #[inline]
+    fn get(&self, i: u32) -> Option<Element<'s, T>> {
+        let list = self.lists.get((i >> self.shift) as usize)?;
+        list.try_get(i & ((1 << self.shift) - 1))
+    }
+}
+
 /// A typed, zero-copy view of one type's records in a state.
 pub struct TypeView<'s, T: RecordType> {
     data: &'s TypeData,
-    spec: Option<KeySpec>,
-    resolved: Option<ResolvedKey>,
-    limit: u64,
-    _type: PhantomData<fn() -> T>,
-}
-
-/// One record, read in place.
-pub struct Record<'s, T: RecordType> {
-    message: capnp::message::Reader<OneSegment<'s>>,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<'s, T: RecordType> Record<'s, T> {
-    /// The typed reader. A malformed record is an error here, never a
-    /// panic.
-    pub fn get(&self) -> capnp::Result<T::Reader<'_>> {
-        self.message.get_root()
-    }
+    base: Lists<'s, T>,
+    parts: Vec<Lists<'s, T>>,
+    key: Option<(KeySpec, ResolvedKey)>,
 }
 
 impl<'s, T: RecordType> TypeView<'s, T> {
@@ -588,22 +598,30 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         &self.data.key_fields
     }
 
-    fn record(&self, words: &'s [u64]) -> Record<'s, T> {
-        Record {
-            message: record_message(words, self.limit),
-            _type: PhantomData,
+    #[inline]
+    fn at(&self, loc: Loc) -> Option<Element<'s, T>> {
+        if loc == HOLE {
+            return None;
+        }
+        match (loc >> 32) as usize {
+            0 => self.base.get(loc as u32),
+            p => self.parts.get(p - 1)?.get(loc as u32),
         }
     }
 
     /// The record at `ordinal`, if there is one.
     #[inline]
-    pub fn get(&self, ordinal: u32) -> Result<Option<Record<'s, T>>, FormatError> {
-        Ok(self.data.record_words(ordinal)?.map(|w| self.record(w)))
+    pub fn get(&self, ordinal: u32) -> Option<Element<'s, T>> {
+        self.at(self.data.loc(ordinal))
     }
 
     /// Looks a record up by primary key; returns its ordinal and record.
-    pub fn find<K: Key + ?Sized>(&self, key: &K) -> Result<Option<(u32, Record<'s, T>)>, Error> {
-        let (Some(spec), Some(resolved)) = (&self.spec, &self.resolved) else {
+    /// A lookup reads the key index slot and the record: the overlay only
+    /// when deltas added keys, the location table only for an ordinal a
+    /// delta touched.
+    #[inline]
+    pub fn find<K: Key + ?Sized>(&self, key: &K) -> Result<Option<(u32, Element<'s, T>)>, Error> {
+        let Some((spec, resolved)) = &self.key else {
             return Err(KeyError::NoKey {
                 type_name: self.data.name.clone(),
             }
@@ -612,63 +630,55 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         let mut query = KeyBuf::new();
         spec.encode_query(&self.data.name, key, &mut query)?;
         let hash = query.hash();
-        let mut candidate = KeyBuf::new();
-        let mut check = |o: u32, words: &'s [u64]| -> Result<Option<Record<'s, T>>, Error> {
-            let record = self.record(words);
-            candidate.clear();
-            if !spec.encode_words(words, &mut candidate) {
-                let reader = record.get().map_err(|e| {
-                    FormatError::capnp(&self.data.blob_name, &format!("record at ordinal {o}"), e)
-                })?;
-                resolved
-                    .encode_record(T::dynamic(reader), &mut candidate)
-                    .map_err(|e| {
-                        FormatError::capnp(&self.data.blob_name, &format!("key of ordinal {o}"), e)
-                    })?;
-            }
-            Ok((candidate.as_bytes() == query.as_bytes()).then_some(record))
+        let data = self.data;
+        // The candidate as its struct reader (Copy), so that it can be
+        // both checked and handed out.
+        let matches = |o: u32, r: Element<'s, T>| -> Result<Option<Element<'s, T>>, Error> {
+            use capnp::traits::IntoInternalStructReader;
+            let reader = r.into_internal_struct_reader();
+            let same = match spec.matches_struct(&reader, query.as_bytes()) {
+                Some(same) => same,
+                None => {
+                    let mut candidate = KeyBuf::new();
+                    resolved
+                        .encode_record(T::dynamic_element(reader.into()), &mut candidate)
+                        .map_err(|e| {
+                            FormatError::capnp(&data.blob_name, &format!("key of ordinal {o}"), e)
+                        })?;
+                    candidate.as_bytes() == query.as_bytes()
+                }
+            };
+            Ok(same.then(|| reader.into()))
         };
-        if let Some(ordinals) = self.data.overlay.get(&hash) {
-            for &o in ordinals {
-                if let Some(words) = self.data.record_words(o)? {
-                    if let Some(r) = check(o, words)? {
-                        return Ok(Some((o, r)));
+        if !data.overlay.is_empty() {
+            if let Some(ordinals) = data.overlay.get(&hash) {
+                for &o in ordinals {
+                    if let Some(r) = self.get(o) {
+                        if let Some(r) = matches(o, r)? {
+                            return Ok(Some((o, r)));
+                        }
                     }
                 }
             }
         }
-        if let Some(base) = &self.data.base {
+        if let Some(base) = &data.base {
             for slot in KeyIndex::new(base.key_index.get()).probe(hash) {
                 let o = slot.ordinal;
-                let found = if self.data.is_untouched(o) {
-                    // The slot says where the record is: no trip through
-                    // `offsets`. Bounds-checked like any read.
-                    let words = base.words.get();
-                    match words.get(slot.range()) {
-                        Some(w) if !w.is_empty() => check(o, w)?,
-                        _ => {
-                            return Err(FormatError::Corrupt {
-                                blob: self.data.blob_name.to_string(),
-                                reason: format!(
-                                    "key index slot {} places ordinal {o} at words {}..{} \
-                                     outside 0..{}",
-                                    slot.slot,
-                                    slot.start,
-                                    slot.range().end,
-                                    words.len()
-                                ),
-                            }
-                            .into())
-                        }
+                let found = if o < data.ordinal_limit && data.is_untouched(o) {
+                    // Untouched since the snapshot: the element is the
+                    // record, if the ordinal holds one.
+                    if o < base.ordinal_limit && base.is_present(o) {
+                        self.base.get(o)
+                    } else {
+                        None
                     }
                 } else {
-                    match self.data.record_words(o)? {
-                        Some(words) => check(o, words)?,
-                        None => None,
-                    }
+                    self.get(o)
                 };
                 if let Some(r) = found {
-                    return Ok(Some((o, r)));
+                    if let Some(r) = matches(o, r)? {
+                        return Ok(Some((o, r)));
+                    }
                 }
             }
         }
@@ -680,64 +690,117 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         Iter {
             view: self,
             next: 0,
+            run: None,
+            run_at: 0,
+            run_end: 0,
+            run_first: 0,
+            check: false,
         }
     }
 }
 
 /// Iterates a type's records in ordinal order. Runs of ordinals that no
-/// delta touched are read straight off the snapshot's offsets, one offset
-/// per record.
+/// delta touched are read straight down the snapshot's list, with a
+/// presence bit test only where the snapshot has holes.
 pub struct Iter<'v, 's, T: RecordType> {
     view: &'v TypeView<'s, T>,
+    /// The next ordinal past the current run.
     next: u32,
+    /// The current run: a snapshot list, the index in it of the next
+    /// element, the index past the run's end, and the ordinal of index 0.
+    run: Option<capnp::struct_list::Reader<'s, T>>,
+    run_at: u32,
+    run_end: u32,
+    run_first: u32,
+    /// The run is the snapshot's and it has holes: test presence bits.
+    check: bool,
 }
 
 impl<'s, T: RecordType> Iterator for Iter<'_, 's, T> {
-    type Item = Result<(u32, Record<'s, T>), FormatError>;
+    type Item = (u32, Element<'s, T>);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let data: &'s TypeData = self.view.data;
-        while self.next < data.ordinal_limit {
-            let o = self.next as usize;
-            if let (Some(base), None | Some(None)) = (&data.base, data.chunks.get(o / CHUNK)) {
-                let end = ((o / CHUNK + 1) * CHUNK)
-                    .min(base.ordinal_limit as usize)
-                    .min(data.ordinal_limit as usize);
-                if o < end {
-                    let offsets = base.offsets.get();
-                    let words = base.words.get();
-                    // offsets has ordinal_limit + 1 entries (checked when
-                    // the snapshot was opened), so i + 1 <= end is in range.
-                    let mut start = offsets[o] as usize;
-                    for i in o..end {
-                        let stop = offsets[i + 1] as usize;
-                        if start > stop || stop > words.len() {
-                            self.next = i as u32 + 1;
-                            return Some(Err(FormatError::Corrupt {
-                                blob: data.blob_name.to_string(),
-                                reason: format!(
-                                    "record {i} spans words {start}..{stop}, outside 0..{}",
-                                    words.len()
-                                ),
-                            }));
-                        }
-                        if start < stop {
-                            self.next = i as u32 + 1;
-                            return Some(Ok((i as u32, self.view.record(&words[start..stop]))));
-                        }
-                        start = stop;
+        loop {
+            if let Some(list) = self.run {
+                if self.run_at < self.run_end {
+                    let i = self.run_at;
+                    self.run_at += 1;
+                    let o = self.run_first.wrapping_add(i);
+                    if self.check && !self.view.data.base.as_deref()?.is_present(o) {
+                        continue;
                     }
-                    self.next = end as u32;
-                    continue;
+                    return Some((o, list.try_get(i)?));
                 }
+                self.run = None;
             }
-            self.next += 1;
-            match data.record_words(o as u32) {
-                Ok(Some(words)) => return Some(Ok((o as u32, self.view.record(words)))),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
+            if !self.start_run() {
+                return None;
             }
         }
-        None
+    }
+}
+
+impl<'s, T: RecordType> Iter<'_, 's, T> {
+    /// Moves to the next run of ordinals: a stretch of untouched chunks
+    /// within one snapshot list, or one touched ordinal at a time (which
+    /// becomes a one-element run). `false` when no ordinal is left.
+    #[cold]
+    fn start_run(&mut self) -> bool {
+        let data = self.view.data;
+        while self.next < data.ordinal_limit {
+            let o = self.next;
+            let base_limit = data.base.as_ref().map_or(0, |b| b.ordinal_limit);
+            if data.is_untouched(o) && o < base_limit {
+                let shift = self.view.base.shift;
+                let list_first = (o >> shift) << shift;
+                let list_end = (list_first as u64 + (1u64 << shift)).min(u64::from(base_limit)) as u32;
+                // Extend over untouched chunks.
+                let mut end = o;
+                while end < list_end.min(data.ordinal_limit) && data.is_untouched(end) {
+                    end = ((end as usize / CHUNK + 1) * CHUNK) as u32;
+                }
+                let end = end.min(list_end).min(data.ordinal_limit);
+                let Some(list) = self.view.base.lists.get((o >> shift) as usize).copied() else {
+                    self.next = data.ordinal_limit;
+                    return false;
+                };
+                self.run = Some(list);
+                self.check = data.base.as_ref().is_some_and(|b| !b.present.get().is_empty());
+                self.run_first = list_first;
+                self.run_at = o - list_first;
+                self.run_end = end - list_first;
+                self.next = end;
+                return true;
+            }
+            // A touched ordinal: read it through the table.
+            self.next = o + 1;
+            let loc = data.loc(o);
+            if loc == HOLE {
+                continue;
+            }
+            let (part, index) = ((loc >> 32) as usize, loc as u32);
+            let lists = if part == 0 {
+                &self.view.base
+            } else {
+                match self.view.parts.get(part - 1) {
+                    Some(l) => l,
+                    None => continue,
+                }
+            };
+            let shift = lists.shift;
+            let Some(list) = lists.lists.get((index >> shift) as usize).copied() else {
+                continue;
+            };
+            let i = index & ((1 << shift) - 1);
+            self.run = Some(list);
+            // A one-element run whose ordinal is `o`.
+            self.run_first = o.wrapping_sub(i);
+            self.run_at = i;
+            self.run_end = i + 1;
+            self.check = false;
+            return true;
+        }
+        false
     }
 }

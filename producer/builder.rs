@@ -35,7 +35,7 @@ fn key_of<T: RecordType>(spec: &KeySpec, words: &[u64], out: &mut KeyBuf) -> cap
         return Ok(());
     }
     let message = crate::schema::record::record_message(words, u64::MAX >> 8);
-    let record: T::Reader<'_> = message.get_root()?;
+    let record: <T as capnp::traits::Owned>::Reader<'_> = message.get_root()?;
     spec.resolved()?.encode_record(T::dynamic(record), out)
 }
 
@@ -52,6 +52,8 @@ pub struct ProducerBuilder {
     dataset_id: Option<DatasetId>,
     clock: Arc<dyn Clock>,
     leftover_grace: std::time::Duration,
+    format_version: u16,
+    max_list_shift: u8,
 }
 
 impl ProducerBuilder {
@@ -72,7 +74,29 @@ impl ProducerBuilder {
             dataset_id: None,
             clock: Arc::new(SystemClock),
             leftover_grace: crate::gc::DEFAULT_LEFTOVER_GRACE,
+            format_version: crate::schema::envelope::FORMAT_VERSION,
+            max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
         }
+    }
+
+    /// Writes blobs in format version `version` (default: the newest this
+    /// build writes, [`crate::schema::envelope::FORMAT_VERSION`]). For
+    /// rolling upgrades: keep writing the version the oldest consumers
+    /// read. `build` refuses a version this build cannot write
+    /// ([`crate::schema::envelope::WRITABLE_VERSIONS`]).
+    pub fn format_version(mut self, version: u16) -> Self {
+        self.format_version = version;
+        self
+    }
+
+    /// Splits each type's records into lists of at most `1 << shift`
+    /// (default and most: [`crate::schema::blob::MAX_LIST_SHIFT`], what one
+    /// Cap'n Proto list holds). Only tests need a smaller one, to split
+    /// small types into several lists.
+    #[doc(hidden)]
+    pub fn max_list_shift(mut self, shift: u8) -> Self {
+        self.max_list_shift = shift.min(crate::schema::blob::MAX_LIST_SHIFT);
+        self
     }
 
     /// Adds a listener that sees every cycle's steps and outcome.
@@ -190,6 +214,16 @@ impl ProducerBuilder {
         if self.producer_id.is_empty() {
             return Err(config("producer_id", "must not be empty".into()));
         }
+        if !crate::schema::envelope::WRITABLE_VERSIONS.contains(&self.format_version) {
+            return Err(config(
+                "format_version",
+                format!(
+                    "this build writes format versions {:?}, not {}",
+                    crate::schema::envelope::WRITABLE_VERSIONS,
+                    self.format_version
+                ),
+            ));
+        }
         let mut types = Vec::new();
         for t in self.types {
             let t = t?;
@@ -227,6 +261,7 @@ impl ProducerBuilder {
                 dataset_id: self.dataset_id,
                 clock: self.clock,
                 leftover_grace: self.leftover_grace,
+                max_list_shift: self.max_list_shift,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -252,6 +287,8 @@ pub(super) struct Config {
     pub(super) clock: Arc<dyn Clock>,
     /// Leftovers older than this are swept by restore.
     pub(super) leftover_grace: std::time::Duration,
+    /// The largest `listShift` the blob writer uses.
+    pub(super) max_list_shift: u8,
 }
 
 impl Config {

@@ -86,7 +86,7 @@ impl<'a> Populate<'a> {
     /// Adds a record built with `T`'s generated builder.
     pub fn add<T: RecordType>(
         &mut self,
-        fill: impl FnOnce(T::Builder<'_>) -> capnp::Result<()>,
+        fill: impl FnOnce(<T as capnp::traits::Owned>::Builder<'_>) -> capnp::Result<()>,
     ) -> Result<(), Error> {
         let t = self.type_index::<T>()?;
         // The builder's first segment is a reused scratch buffer, sized to
@@ -100,7 +100,7 @@ impl<'a> Populate<'a> {
                 capnp::Word::words_to_bytes_mut(&mut self.build_scratch),
             ));
         let type_name = || self.config.types[t].info.name.clone();
-        fill(message.init_root::<T::Builder<'_>>()).map_err(|source| ProducerError::BadRecord {
+        fill(message.init_root::<<T as capnp::traits::Owned>::Builder<'_>>()).map_err(|source| ProducerError::BadRecord {
             type_name: type_name(),
             source,
         })?;
@@ -130,7 +130,7 @@ impl<'a> Populate<'a> {
     }
 
     /// Adds a copy of an existing record (from a consumer's view, say).
-    pub fn add_reader<T: RecordType>(&mut self, record: T::Reader<'_>) -> Result<(), Error> {
+    pub fn add_reader<T: RecordType>(&mut self, record: <T as capnp::traits::Owned>::Reader<'_>) -> Result<(), Error> {
         let t = self.type_index::<T>()?;
         let mut message = capnp::message::Builder::new_default();
         message
@@ -190,7 +190,7 @@ fn push_record<T: RecordType>(
     key.clear();
     if let Some(spec) = &registered.key {
         if !spec.encode_words(&batch.words[start..], key) {
-            let record: T::Reader<'_> = root.get_as().map_err(bad)?;
+            let record: <T as capnp::traits::Owned>::Reader<'_> = root.get_as().map_err(bad)?;
             if resolved.is_none() {
                 *resolved = Some(spec.resolved().map_err(bad)?);
             }

@@ -316,14 +316,16 @@ fn read_back(
     let mut ordinal_of = Vec::with_capacity(data.record_count() as usize);
     let mut key = Vec::new();
     for o in 0..data.ordinal_limit() {
-        let Some(words) = data.record_words(o)? else {
-            continue;
-        };
         let start = batch.words.len();
-        batch.words.extend_from_slice(words);
+        if !data.canonical_record(o, &mut batch.words)? {
+            continue;
+        }
         key.clear();
         if keyed {
-            encode_key(o, words, &mut key)?;
+            let words = std::mem::take(&mut batch.words);
+            let result = encode_key(o, &words[start..], &mut key);
+            batch.words = words;
+            result?;
         }
         batch.push(start, &key);
         ordinal_of.push(o);

@@ -65,7 +65,9 @@ fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction)
                 Direction::Forward => in_next,
                 Direction::Reverse => in_prev,
             };
-            (o, to.batch.record(r), to.batch.hash(r))
+            // A changed record keeps its key: no hash (see
+            // `TypeDelta.keyHashes`).
+            (o, to.batch.record(r), 0)
         }))
         .collect();
     set.sort_unstable_by_key(|x| x.0);
@@ -79,6 +81,7 @@ fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction)
 /// One type's entry in a delta: what it removes and sets, or that it
 /// drops the type.
 struct Entry<'a> {
+    slot: u16,
     type_id: u64,
     name: &'a str,
     key_fields: &'a [String],
@@ -106,7 +109,13 @@ fn delta_blob(
     req: &WriteRequest<'_>,
 ) -> Result<Vec<u8>, Error> {
     let mut entries: Vec<Entry<'_>> = Vec::new();
-    for ((t, d), prev) in config.types.iter().zip(req.diffs).zip(req.prev_types) {
+    for (slot, ((t, d), prev)) in config
+        .types
+        .iter()
+        .zip(req.diffs)
+        .zip(req.prev_types)
+        .enumerate()
+    {
         if d.is_empty() {
             continue;
         }
@@ -116,6 +125,7 @@ fn delta_blob(
             _ => Some(type_delta(d, prev, direction)),
         };
         entries.push(Entry {
+            slot: slot as u16,
             type_id: t.info.type_id,
             name: &t.info.name,
             key_fields: &t.key_fields,
@@ -123,8 +133,9 @@ fn delta_blob(
         });
     }
     // A type this cycle drops is re-created going back.
-    for u in req.unregistered {
+    for (j, u) in req.unregistered.iter().enumerate() {
         entries.push(Entry {
+            slot: (config.types.len() + j) as u16,
             type_id: u.type_id,
             name: &u.name,
             key_fields: &u.key_fields,
@@ -146,6 +157,7 @@ fn delta_blob(
                 record_count_after: part.after.count,
                 ordinal_limit_after: part.after.ordinal_limit(),
                 dropped: false,
+                slot: e.slot,
             },
             None => DeltaTypeSource {
                 type_id: e.type_id,
@@ -156,6 +168,7 @@ fn delta_blob(
                 record_count_after: 0,
                 ordinal_limit_after: 0,
                 dropped: true,
+                slot: e.slot,
             },
         })
         .collect();
@@ -197,6 +210,7 @@ pub(super) fn write_blobs(
         cycle_start_micros: req.cycle_start_micros,
         schema: &config.schema,
         tags: &config.tags,
+        max_list_shift: config.max_list_shift,
     };
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
@@ -210,7 +224,9 @@ pub(super) fn write_blobs(
             .types
             .iter()
             .zip(req.diffs)
-            .map(|(t, d)| SnapshotTypeSource {
+            .enumerate()
+            .map(|(slot, (t, d))| SnapshotTypeSource {
+                slot: slot as u16,
                 info: &t.info,
                 key_fields: &t.key_fields,
                 ordinal_limit: d.next.ordinal_limit(),

@@ -1,7 +1,8 @@
 # burrow's blob and announcement format. schema/FORMAT.md describes the
 # envelope that precedes every message and the meaning of each field.
 #
-# Compatibility rule: fields are only ever added (with new ordinals); a
+# Format v2 (the envelope's format version). Compatibility rule within a
+# format version: fields are only ever added (with new ordinals); a
 # reader ignores fields it does not know. A change that old readers would
 # misread bumps the envelope's format version instead.
 
@@ -29,29 +30,38 @@ struct Tag {
   value @1 :Text;
 }
 
-# One type's records in a snapshot.
+# One type's records in a snapshot (format v2).
 #
-# Ordinal o's record is words[offsets[o] .. offsets[o + 1]], a canonical
-# single-segment Cap'n Proto message of the type (root pointer first). An
-# empty range is a hole: a free ordinal.
+# The records themselves are not in this struct: they are the elements of
+# a struct list reached through the root's `records` (see `Records`), so
+# that a reader validates each list once and reaches any record by
+# arithmetic. This entry says where (`recordsSlot`) and how to read them.
 struct TypeSnapshot {
   typeId @0 :UInt64;           # the Cap'n Proto node id of the record struct
   name @1 :Text;               # its display name, e.g. "movies.capnp:Movie"
   keyFields @2 :List(Text);    # primary key field names, in key order; empty = no key
-  recordCount @3 :UInt32;      # number of non-empty ordinals
-  offsets @4 :List(UInt32);    # ordinalLimit + 1 word offsets into `words`
-  words @5 :List(UInt64);      # concatenated record messages
-  # Open-addressing key index: a power-of-two number of slots of two words
-  # each, linear probing from slot (keyHash & (slots - 1)). Word 0 of a slot
-  # is (keyHash >> 32) << 32 | (ordinal + 1), 0 for an empty slot; word 1 is
-  # the record's place in `words`: start | (length << 32), so a lookup reads
-  # the record without touching `offsets`. Empty list when the type has no key.
-  keyIndex @6 :List(UInt64);
+  recordCount @3 :UInt32;      # number of ordinals holding a record
+  ordinalLimit @4 :UInt32;     # one past the highest ordinal; the lists hold this many elements
+  recordsSlot @5 :UInt16;      # the pointer of `Records` that holds this type's lists
+  listShift @6 :UInt8;         # list k holds ordinals [k << listShift, (k + 1) << listShift)
+  # Bit (o % 64) of word (o / 64) is set when ordinal o holds a record.
+  # Empty when every ordinal below ordinalLimit holds one (no holes). A
+  # hole's element is all zeros.
+  present @7 :List(UInt64);
+  # Open-addressing key index: one UInt64 slot per entry, linear probing
+  # from slot ((keyHash & 0xffffffff) * slots) >> 32. A slot is 0 when free,
+  # else (keyHash >> 32) << 32 | (ordinal + 1). Empty when the type has no key.
+  keyIndex @8 :List(UInt64);
 }
 
 struct Snapshot {
   header @0 :Header;
   types @1 :List(TypeSnapshot);
+  # A struct with no data and one pointer per slot: pointer `recordsSlot`
+  # of a type is a List(List(<the type's struct>)) of its records, split
+  # into lists of 1 << listShift ordinals (the last may be shorter).
+  # `burrow schema --capnp` prints this struct typed for one dataset.
+  records @2 :AnyPointer;
 }
 
 # One type's changes between two versions. Applied in this order: clear every
@@ -65,15 +75,18 @@ struct TypeDelta {
   removed @3 :List(UInt32);         # sorted, distinct
   removedKeyHashes @4 :List(UInt64);# key hash of each removed record (parallel to `removed`)
   ordinals @5 :List(UInt32);        # sorted, distinct: records added or changed
-  keyHashes @6 :List(UInt64);       # key hash of each record in `ordinals`
-  offsets @7 :List(UInt32);         # ordinals.len + 1 word offsets into `words`
-  words @8 :List(UInt64);           # record i is words[offsets[i] .. offsets[i + 1]]
-  recordCountAfter @9 :UInt32;      # the type's record count once applied
-  ordinalLimitAfter @10 :UInt32;    # one past the highest ordinal in use once applied
+  # Key hash of each record in `ordinals` whose key is new at its ordinal
+  # (it held no record, or this delta removed it); 0 for a record whose
+  # key stays (a changed record), which a reader never looks at.
+  keyHashes @6 :List(UInt64);
+  recordCountAfter @7 :UInt32;      # the type's record count once applied
+  ordinalLimitAfter @8 :UInt32;     # one past the highest ordinal in use once applied
   # The type leaves the state, records, key index and all (the producer no
   # longer registers it). A dropped entry carries nothing else: its lists
-  # are empty (offsets is [0]) and both counts are 0.
-  dropped @11 :Bool;
+  # are empty and both counts are 0.
+  dropped @9 :Bool;
+  recordsSlot @10 :UInt16;          # as in TypeSnapshot: element i of the lists is ordinals[i]
+  listShift @11 :UInt8;
 }
 
 # A delta (fromVersion -> toVersion) or a reverse delta (toVersion ->
@@ -81,6 +94,7 @@ struct TypeDelta {
 struct Delta {
   header @0 :Header;
   types @1 :List(TypeDelta);
+  records @2 :AnyPointer;      # as in Snapshot
 }
 
 # One entry of the announcement log, stored at announce/<seq>.

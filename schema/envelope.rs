@@ -13,8 +13,19 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 pub const ENVELOPE_LEN: usize = 64;
 /// The first eight bytes of every blob.
 pub const MAGIC: [u8; 8] = *b"BURROW\r\n";
-/// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build reads and writes (format v2:
+/// records as struct list elements; see `schema/FORMAT.md`).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads. Format v1 (one message per
+/// record) was never released and is not read; from v2 on, every build
+/// reads every earlier version (the golden files in `tests/data/` hold it
+/// to that).
+pub const OLDEST_READABLE_VERSION: u16 = 2;
+/// The format versions a producer of this build can be configured to
+/// write (`ProducerBuilder::format_version`), for rolling upgrades: a
+/// fleet's producers keep writing the version its oldest consumers read
+/// until every consumer reads the newer one.
+pub const WRITABLE_VERSIONS: &[u16] = &[2];
 /// Upper bound on a body length read from an envelope (1 TiB). Stores and
 /// consumers apply their own, smaller, configured limits on top.
 pub const MAX_BODY_LEN: u64 = 1 << 40;
@@ -142,7 +153,7 @@ impl Envelope {
         let u16_at = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]);
         let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
         let version = u16_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::Incompatible {
                 blob: blob.to_string(),
                 found: version,

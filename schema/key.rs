@@ -126,14 +126,20 @@ impl DirectKey {
             buf[..self.width].copy_from_slice(bytes);
             raw = u64::from_le_bytes(buf);
         }
-        raw ^= self.default_bits;
-        let value = if self.signed {
+        Some(self.finish(raw).to_le_bytes())
+    }
+
+    /// The key value of a field's raw bits: its default applied (Cap'n
+    /// Proto stores fields XORed with their defaults) and sign-extended.
+    #[inline]
+    fn finish(&self, raw: u64) -> u64 {
+        let raw = raw ^ self.default_bits;
+        if self.signed {
             let shift = 64 - 8 * self.width as u32;
             (((raw << shift) as i64) >> shift) as u64
         } else {
             raw
-        };
-        Some(value.to_le_bytes())
+        }
     }
 }
 
@@ -245,6 +251,28 @@ impl KeySpec {
             }
             None => false,
         }
+    }
+
+    /// Whether the record `reader` (a struct read in place, e.g. a list
+    /// element) has the key whose canonical bytes are `query`, read
+    /// straight from its data section when the key is one integer or enum
+    /// field; `None` otherwise (the caller then reads the key with
+    /// [`ResolvedKey::encode_record`]).
+    #[inline]
+    pub fn matches_struct(
+        &self,
+        reader: &capnp::private::layout::StructReader<'_>,
+        query: &[u8],
+    ) -> Option<bool> {
+        let d = self.direct?;
+        let at = d.byte_offset / d.width;
+        let raw = match d.width {
+            1 => u64::from(reader.get_data_field::<u8>(at)),
+            2 => u64::from(reader.get_data_field::<u16>(at)),
+            4 => u64::from(reader.get_data_field::<u32>(at)),
+            _ => reader.get_data_field::<u64>(at),
+        };
+        Some(d.finish(raw).to_le_bytes() == query)
     }
 
     /// The key's fields as schema handles, for reading them from records.

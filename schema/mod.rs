@@ -17,6 +17,7 @@ pub mod key;
 pub mod key_index;
 pub mod node_key;
 pub mod record;
+pub mod wire;
 
 pub use dataset_id::DatasetId;
 

@@ -5,18 +5,21 @@
 //! ([`OpenBlob`]) and exposes its lists in place. Both sides' names are
 //! re-exported here (`schema::blob::OpenBlob`, ...).
 //!
-//! Writing builds one single-segment Cap'n Proto message sized up front, so
-//! record words are copied once into it, then framed by the envelope.
-//! Reading never copies: a blob is held as an [`OpenBlob`] (a read-only map
-//! of a cache file, handed over already mapped by
-//! [`OpenBlob::from_mmap`], or aligned owned memory), and each type's lists are
-//! exposed as plain slices of it (`&[u32]`, `&[u64]`) through sections that
-//! hold the blob alive. All reads of records go through bounds checks. The
-//! blob's own message is read once, at open, for its list positions, with a
-//! traversal limit of twice the body's size (a well-formed body is
-//! traversed about once; the limit stops shared pointers and lists of
-//! zero-sized structs from making that read unbounded), and each record is
-//! read with its own bounded reader.
+//! Writing builds one single-segment Cap'n Proto message (format v2, see
+//! `schema/FORMAT.md`): a skeleton of metadata, then each type's records as
+//! the elements of struct lists. Reading never copies: a blob is held as
+//! an [`OpenBlob`] (a read-only map of a cache file, handed over already
+//! mapped by [`OpenBlob::from_mmap`], or aligned owned memory); each
+//! type's metadata lists are exposed as plain slices of it (`&[u32]`,
+//! `&[u64]`) and its record lists as positions ([`RecordLists`]), through
+//! sections that hold the blob alive. The skeleton is read once, at open,
+//! with a traversal limit of twice the body's size; the record lists are
+//! located at open by their pointers alone (no record is touched) and read
+//! through the generated code with the blob itself as the Cap'n Proto
+//! arena ([`OpenBlob::typed_lists`]): every pointer bounds-checked, no
+//! traversal limit, nothing shared between reader threads but the map.
+//! The records' layout (pre-order, only leaves shared) is proven by
+//! [`OpenBlob::verify`] when a blob enters a cache.
 //!
 //! Every header carries the dataset's id ([`crate::schema::dataset_id`]);
 //! reading a header refuses one without (zero), and [`check_dataset`] is
@@ -30,11 +33,11 @@ use crate::schema::envelope::BlobKind;
 use capnp::struct_list;
 
 pub use read::{
-    check_dataset, record_at, BlobHeader, DeltaSection, OpenBlob, Region, SnapshotSection,
+    check_dataset, BlobHeader, DeltaSection, OpenBlob, RecordLists, Region, SnapshotSection,
 };
 pub use write::{
     index_slots, write_delta, write_snapshot, DatasetSchema, DeltaTypeSource, HeaderInfo,
-    SnapshotRecords, SnapshotTypeSource,
+    SnapshotRecords, SnapshotTypeSource, MAX_LIST_SHIFT,
 };
 
 /// Cap'n Proto's bound on list elements (exclusive).
@@ -43,10 +46,10 @@ pub const MAX_LIST_ELEMENTS: usize = (1 << 29) - 1;
 pub const MAX_TYPES: u32 = 1 << 12;
 
 /// The shape every snapshot and delta message shares: a root holding a
-/// header and a list of per-type entries. The two kinds differ only in
-/// their root and entry structs, so the writer (`write_body`) and the
-/// reader (`OpenBlob::sections`, `OpenBlob::with_header`) handle the
-/// header and the type list once, for both kinds, through this trait.
+/// header, a list of per-type entries and the records area. The two kinds
+/// differ only in their root and entry structs, so the reader
+/// (`OpenBlob::sections`, `OpenBlob::with_header`) handles the header and
+/// the type list once, for both kinds, through this trait.
 trait Layout: capnp::traits::Owned + 'static {
     /// One type's entry (`TypeSnapshot` or `TypeDelta`).
     type Entry: capnp::traits::OwnedStruct;
@@ -63,14 +66,6 @@ trait Layout: capnp::traits::Owned + 'static {
 
     /// The root's list of types.
     fn types<'a>(root: &Self::Reader<'a>) -> capnp::Result<struct_list::Reader<'a, Self::Entry>>;
-
-    /// Makes the root's header, has `write_header` fill it, then makes
-    /// the root's list of `count` types (this order fixes the bytes).
-    fn init<'a>(
-        root: Self::Builder<'a>,
-        write_header: impl FnOnce(header::Builder<'_>) -> capnp::Result<()>,
-        count: u32,
-    ) -> capnp::Result<struct_list::Builder<'a, Self::Entry>>;
 }
 
 /// [`Layout`] for a root struct `$root` with entries `$entry`: both have
@@ -92,14 +87,6 @@ macro_rules! layout {
                 root: &Self::Reader<'a>,
             ) -> capnp::Result<struct_list::Reader<'a, Self::Entry>> {
                 root.get_types()
-            }
-            fn init<'a>(
-                mut root: Self::Builder<'a>,
-                write_header: impl FnOnce(header::Builder<'_>) -> capnp::Result<()>,
-                count: u32,
-            ) -> capnp::Result<struct_list::Builder<'a, Self::Entry>> {
-                write_header(root.reborrow().init_header())?;
-                Ok(root.init_types(count))
             }
         }
     };

@@ -7,8 +7,8 @@ use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
-use crate::schema::key_index;
 use crate::schema::node_key::NodeKey;
+use crate::schema::wire;
 use capnp::message::ReaderOptions;
 use capnp::serialize::NoAllocBufferSegments;
 use std::sync::Arc;
@@ -19,6 +19,93 @@ pub struct OpenBlob {
     name: String,
     envelope: Envelope,
     data: BlobBytes,
+    arena: BodyArena,
+}
+
+/// The blob's one segment as a Cap'n Proto reader arena: what the
+/// generated code reads records through. Bounds-checked like capnp's own
+/// arena, but with no traversal limit (a mapped state is read for as long
+/// as it serves, and the limit's shared counter would be written by every
+/// reader thread); the records' layout is proven instead, once, by
+/// [`OpenBlob::check_layout`].
+struct BodyArena {
+    start: *const u8,
+    words: u32,
+}
+
+// SAFETY: the arena points into memory owned by the OpenBlob that holds
+// it (a read-only map or a Vec that is never written after construction),
+// which outlives every reader made from it; it has no interior mutability.
+unsafe impl Send for BodyArena {}
+unsafe impl Sync for BodyArena {}
+
+// SAFETY: `get_segment` returns the one segment the arena was made for,
+// and `contains_interval` refuses every interval outside it, as capnp's
+// own arena does.
+unsafe impl capnp::private::arena::ReaderArena for BodyArena {
+    fn get_segment(&self, id: u32) -> capnp::Result<(*const u8, u32)> {
+        if id == 0 {
+            Ok((self.start, self.words))
+        } else {
+            Err(capnp::Error::from_kind(capnp::ErrorKind::InvalidSegmentId(id)))
+        }
+    }
+
+    fn contains_interval(&self, id: u32, start: *const u8, size: usize) -> capnp::Result<()> {
+        let begin = self.start as usize;
+        let end = begin + self.words as usize * 8;
+        let at = start as usize;
+        let inside = id == 0
+            && at >= begin
+            && size
+                .checked_mul(8)
+                .and_then(|bytes| at.checked_add(bytes))
+                .is_some_and(|stop| stop <= end);
+        if inside {
+            Ok(())
+        } else {
+            Err(capnp::Error::from_kind(
+                capnp::ErrorKind::MessageContainsOutOfBoundsPointer,
+            ))
+        }
+    }
+
+    fn amplified_read(&self, _virtual_amount: u64) -> capnp::Result<()> {
+        Ok(())
+    }
+
+    fn nesting_limit(&self) -> i32 {
+        64
+    }
+
+    fn size_in_words(&self) -> usize {
+        self.words as usize
+    }
+}
+
+/// The arena of a blob's bytes, after checking that its body is one
+/// segment (the segment table says one segment filling the body).
+fn body_arena(bytes: &[u8], body_len: u64, name: &str) -> Result<BodyArena, FormatError> {
+    let corrupt = |reason: String| FormatError::Corrupt {
+        blob: name.to_string(),
+        reason,
+    };
+    let body = &bytes[ENVELOPE_LEN..];
+    if body_len < 16 || body.len() < 16 || !body_len.is_multiple_of(8) {
+        return Err(corrupt(format!("a body of {body_len} bytes is not a message")));
+    }
+    let count = u32::from_le_bytes(body[0..4].try_into().expect("4 bytes"));
+    let words = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    if count != 0 || u64::from(words) * 8 + 8 != body_len {
+        return Err(corrupt(format!(
+            "the body is not one segment filling it ({} segments, {words} words in {body_len} bytes)",
+            u64::from(count) + 1
+        )));
+    }
+    Ok(BodyArena {
+        start: body[8..].as_ptr(),
+        words,
+    })
 }
 
 enum BlobBytes {
@@ -44,17 +131,21 @@ impl OpenBlob {
     pub fn from_mmap(map: memmap2::Mmap, name: &str) -> Result<Self, FormatError> {
         let envelope = Envelope::decode(&map, name)?;
         envelope.check_len((map.len() - ENVELOPE_LEN) as u64, name)?;
+        let arena = body_arena(&map, envelope.body_len, name)?;
         Ok(OpenBlob {
             name: name.to_string(),
             envelope,
             data: BlobBytes::Mapped(map),
+            arena,
         })
     }
 
-    /// Checks the body against the envelope's checksum (a blob taken with
-    /// `verify` off, e.g. re-verified in the background after open).
+    /// Checks the body against the envelope's checksum, then the records'
+    /// layout ([`Self::check_layout`]): what a cache checks when a blob
+    /// enters it, and a consumer re-checks in the background.
     pub fn verify(&self) -> Result<(), FormatError> {
-        self.envelope.verify_body(self.body(), &self.name)
+        self.envelope.verify_body(self.body(), &self.name)?;
+        self.check_layout().map(|_| ())
     }
 
     /// Takes a whole blob from memory, verifying envelope and checksum.
@@ -66,10 +157,12 @@ impl OpenBlob {
             std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
         };
         dst[..bytes.len()].copy_from_slice(bytes);
+        let arena = body_arena(dst, envelope.body_len, name)?;
         Ok(OpenBlob {
             name: name.to_string(),
             envelope,
             data: BlobBytes::Owned(words),
+            arena,
         })
     }
 
@@ -281,28 +374,194 @@ impl OpenBlob {
         })
     }
 
+    /// The body's one segment as words (the body is a one-segment message:
+    /// its segment table was checked when the blob was taken).
+    pub fn segment(&self) -> &[u64] {
+        let body = self.body();
+        let bytes = &body[8.min(body.len())..];
+        // SAFETY: the blob's bytes start 8-byte aligned (a map starts on a
+        // page, owned memory is a Vec<u64>), the envelope and the segment
+        // table are whole words, and u64 has no invalid bit patterns.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u64>(), bytes.len() / 8) }
+    }
+
+    /// The word of the root's `records` pointer in [`Self::segment`], or
+    /// `None` when the root has no such pointer (an empty body).
+    fn records_pointer(&self) -> Result<Option<usize>, FormatError> {
+        let seg = self.segment();
+        let root = wire::Ptr(*seg.first().ok_or_else(|| self.corrupt("empty segment"))?);
+        if root.kind() != 0 || root.offset() < 0 {
+            return Err(self.corrupt("the root is not a struct after its pointer"));
+        }
+        if root.ptr_count() <= RECORDS_POINTER as u16 {
+            return Ok(None);
+        }
+        let at = 1 + root.offset() as usize + root.data_words() as usize + RECORDS_POINTER;
+        if at >= seg.len() {
+            return Err(self.corrupt("the root lies outside the segment"));
+        }
+        Ok(Some(at))
+    }
+
+    /// Locates the record lists of the type in `slot` of `Records`,
+    /// holding `len` elements in lists of `1 << shift`: reads the
+    /// pointers only (the records themselves are checked by
+    /// [`Self::verify`]). Every list must be a struct list of one element
+    /// size, inside the segment, with the element count the split says.
+    fn record_lists(&self, name: &str, slot: u16, shift: u8, len: u32) -> Result<RecordLists, FormatError> {
+        let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
+        if shift > super::MAX_LIST_SHIFT {
+            return Err(bad(format!("list shift {shift} exceeds {}", super::MAX_LIST_SHIFT)));
+        }
+        let mut lists = RecordLists {
+            slot,
+            shift,
+            data: 0,
+            ptrs: 0,
+            starts: Vec::new(),
+            len,
+        };
+        if len == 0 {
+            return Ok(lists);
+        }
+        let seg = self.segment();
+        let at = |ptr: usize, words: u64| -> Result<usize, FormatError> {
+            let p = wire::Ptr(seg[ptr]);
+            let t = ptr as i64 + 1 + p.offset();
+            if t < 0 || (t as u64).saturating_add(words) > seg.len() as u64 {
+                return Err(bad(format!("pointer at word {ptr} points outside the segment")));
+            }
+            Ok(t as usize)
+        };
+        let records = self
+            .records_pointer()?
+            .ok_or_else(|| bad("the blob has no records area".into()))?;
+        let r = wire::Ptr(seg[records]);
+        if r.kind() != 0 || r.ptr_count() <= slot {
+            return Err(bad(format!("records slot {slot} is not in the records struct")));
+        }
+        let r_at = at(records, u64::from(r.data_words()) + u64::from(r.ptr_count()))?;
+        let slot_ptr = r_at + r.data_words() as usize + slot as usize;
+        let l = wire::Ptr(seg[slot_ptr]);
+        let per_list = 1u64 << shift;
+        let expected = u64::from(len).div_ceil(per_list);
+        if l.kind() != 1 || l.elem_size() != wire::SIZE_POINTER || u64::from(l.count()) != expected {
+            return Err(bad(format!(
+                "records slot {slot} is not a list of {expected} list pointers"
+            )));
+        }
+        let l_at = at(slot_ptr, expected)?;
+        for k in 0..expected {
+            let ptr = l_at + k as usize;
+            let p = wire::Ptr(seg[ptr]);
+            let n = per_list.min(u64::from(len) - k * per_list);
+            if p.kind() != 1 || p.elem_size() != wire::SIZE_COMPOSITE {
+                return Err(bad(format!("record list {k} is not a list of structs")));
+            }
+            let tag_at = at(ptr, u64::from(p.count()) + 1)?;
+            let tag = wire::Ptr(seg[tag_at]);
+            let stride = u64::from(tag.data_words()) + u64::from(tag.ptr_count());
+            if tag.kind() != 0 || tag.offset() != n as i64 || n * stride != u64::from(p.count()) {
+                return Err(bad(format!(
+                    "record list {k} holds {} elements of {stride} words in {} words, expected {n}",
+                    tag.offset(),
+                    p.count()
+                )));
+            }
+            if k == 0 {
+                (lists.data, lists.ptrs) = (tag.data_words(), tag.ptr_count());
+            } else if (lists.data, lists.ptrs) != (tag.data_words(), tag.ptr_count()) {
+                return Err(bad(format!("record list {k} has another element size than list 0")));
+            }
+            lists.starts.push(tag_at + 1);
+        }
+        Ok(lists)
+    }
+
+    /// The typed readers of `lists`, read through the generated code with
+    /// this blob as the arena: O(lists), no record touched.
+    pub fn typed_lists<T: capnp::traits::OwnedStruct>(
+        &self,
+        lists: &RecordLists,
+    ) -> Result<Vec<capnp::struct_list::Reader<'_, T>>, FormatError> {
+        use capnp::traits::FromPointerReader;
+        if lists.len == 0 {
+            return Ok(Vec::new());
+        }
+        let cap = |e: capnp::Error| FormatError::capnp(&self.name, "record lists", e);
+        let root = capnp::private::layout::PointerReader::get_root_from_arena(&self.arena)
+            .map_err(cap)?;
+        let records = root
+            .get_struct(None)
+            .map_err(cap)?
+            .get_pointer_field(RECORDS_POINTER)
+            .get_struct(None)
+            .map_err(cap)?;
+        let slot = records.get_pointer_field(lists.slot as usize);
+        let outer: capnp::list_list::Reader<'_, capnp::struct_list::Owned<T>> =
+            FromPointerReader::get_from_pointer(&slot, None).map_err(cap)?;
+        let mut out = Vec::with_capacity(lists.starts.len());
+        for k in 0..lists.starts.len() as u32 {
+            let list = outer.get(k).map_err(cap)?;
+            let expected = (lists.len - (k << lists.shift)).min(1 << lists.shift);
+            if list.len() != expected {
+                return Err(self.corrupt(format!("record list {k} changed under the reader")));
+            }
+            out.push(list);
+        }
+        Ok(out)
+    }
+
+    /// Proves the records area's layout ([`wire::check_records`]): every
+    /// object below the records in pre-order, each once, only leaves
+    /// shared, and a walker that follows every pointer reads at most
+    /// eight times the body's words.
+    pub fn check_layout(&self) -> Result<wire::RecordsCheck, FormatError> {
+        let Some(at) = self.records_pointer()? else {
+            return Ok(wire::RecordsCheck::default());
+        };
+        let seg = self.segment();
+        let bound = (seg.len() as u64).saturating_mul(8).saturating_add(1 << 16);
+        wire::check_records(seg, at, bound).map_err(|reason| self.corrupt(format!("records: {reason}")))
+    }
+
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
+        let mut slots = std::collections::HashSet::new();
         self.sections::<snapshot::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
-            let offsets = self.list(t.get_offsets(), "offsets")?;
-            let words = self.list(t.get_words(), "words")?;
-            let key_index = self.list(t.get_key_index(), "key index")?;
-            key_index::check_shape(key_index.get().len())
-                .map_err(|reason| self.corrupt(format!("{name}: {reason}")))?;
-            let ordinal_limit = offsets.get().len().saturating_sub(1);
-            if ordinal_limit > u32::MAX as usize - 1 {
+            let ordinal_limit = t.get_ordinal_limit();
+            if ordinal_limit as usize > super::MAX_LIST_ELEMENTS * 16 {
                 return Err(self.corrupt(format!("{name}: too many ordinals")));
             }
+            let present = self.list(t.get_present(), "presence bitmap")?;
+            if !present.get().is_empty() && present.get().len() != (ordinal_limit as usize).div_ceil(64) {
+                return Err(self.corrupt(format!(
+                    "{name}: presence bitmap has {} words for {ordinal_limit} ordinals",
+                    present.get().len()
+                )));
+            }
+            let record_count = t.get_record_count();
+            if record_count > ordinal_limit || (present.get().is_empty() && record_count != ordinal_limit) {
+                return Err(self.corrupt(format!(
+                    "{name}: {record_count} records in {ordinal_limit} ordinals"
+                )));
+            }
+            if !slots.insert(t.get_records_slot()) {
+                return Err(self.corrupt(format!("{name}: records slot {} used twice", t.get_records_slot())));
+            }
+            let lists = self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), ordinal_limit)?;
+            let key_index = self.list(t.get_key_index(), "key index")?;
             Ok(SnapshotSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 name,
-                record_count: t.get_record_count(),
-                ordinal_limit: ordinal_limit as u32,
-                offsets,
-                words,
+                record_count,
+                ordinal_limit,
+                present,
                 key_index,
+                lists,
+                blob: self.clone(),
             })
         })
     }
@@ -310,21 +569,28 @@ impl OpenBlob {
     /// Reads a delta's (or reverse delta's) header and sections.
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
         let mut seen = std::collections::HashSet::new();
+        let mut slots = std::collections::HashSet::new();
         self.sections::<delta::Owned, _>(|t| {
             let name = text(t.get_name(), &self.name, "type name")?;
+            let ordinals = self.list(t.get_ordinals(), "ordinals")?;
+            let n = ordinals.get().len();
+            if n > 0 && !slots.insert(t.get_records_slot()) {
+                return Err(self.corrupt(format!("{name}: records slot {} used twice", t.get_records_slot())));
+            }
+            let lists = self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), n as u32)?;
             let section = DeltaSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 removed: self.list(t.get_removed(), "removed")?,
                 removed_hashes: self.list(t.get_removed_key_hashes(), "removed key hashes")?,
-                ordinals: self.list(t.get_ordinals(), "ordinals")?,
+                ordinals,
                 key_hashes: self.list(t.get_key_hashes(), "key hashes")?,
-                offsets: self.list(t.get_offsets(), "offsets")?,
-                words: self.list(t.get_words(), "words")?,
+                lists,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
                 dropped: t.get_dropped(),
                 name,
+                blob: self.clone(),
             };
             if !seen.insert(section.type_id) {
                 return Err(self.corrupt(format!(
@@ -343,10 +609,8 @@ impl OpenBlob {
                     section.name
                 )));
             }
-            let n = section.ordinals.get().len();
             if section.removed.get().len() != section.removed_hashes.get().len()
                 || section.key_hashes.get().len() != n
-                || section.offsets.get().len() != n + 1
             {
                 return Err(
                     self.corrupt(format!("{}: delta lists disagree in length", section.name))
@@ -354,6 +618,36 @@ impl OpenBlob {
             }
             Ok(section)
         })
+    }
+}
+
+/// The pointer index of `records` in the `Snapshot` and `Delta` roots.
+const RECORDS_POINTER: usize = 2;
+
+/// Where one type's records lie: `len` elements of `data` data words and
+/// `ptrs` pointers, split into lists of `1 << shift` (the last shorter).
+#[derive(Debug, Clone)]
+pub struct RecordLists {
+    /// The pointer of the `Records` struct holding the lists.
+    pub slot: u16,
+    /// Elements per list, as a power of two.
+    pub shift: u8,
+    /// Data words of every element.
+    pub data: u16,
+    /// Pointers of every element.
+    pub ptrs: u16,
+    /// The segment word of each list's first element.
+    pub starts: Vec<usize>,
+    /// Elements in all.
+    pub len: u32,
+}
+
+impl RecordLists {
+    /// The segment word where element `i` starts (`i < len`).
+    #[inline]
+    pub fn element(&self, i: u32) -> usize {
+        let stride = self.data as usize + self.ptrs as usize;
+        self.starts[(i >> self.shift) as usize] + (i & ((1 << self.shift) - 1)) as usize * stride
     }
 }
 
@@ -477,17 +771,28 @@ pub struct SnapshotSection {
     /// Number of records (ordinals below `ordinal_limit` that are not
     /// holes).
     pub record_count: u32,
-    /// One past the highest ordinal; `offsets` has `ordinal_limit + 1`
-    /// entries.
+    /// One past the highest ordinal: the record lists hold this many
+    /// elements.
     pub ordinal_limit: u32,
-    /// Ordinal `o`'s record is `words[offsets[o]..offsets[o + 1]]`, an
-    /// empty range for a hole (read it with [`record_at`]).
-    pub offsets: Region<u32>,
-    /// The records' canonical Cap'n Proto words, in ordinal order.
-    pub words: Region<u64>,
+    /// Bit `o % 64` of word `o / 64` is set when ordinal `o` holds a
+    /// record; empty when every ordinal does.
+    pub present: Region<u64>,
     /// The type's key index ([`crate::schema::key_index`]); empty for a
     /// type without a primary key.
     pub key_index: Region<u64>,
+    /// Where the records lie: element `o` is ordinal `o`.
+    pub lists: RecordLists,
+    /// The blob the section is read from.
+    pub blob: Arc<OpenBlob>,
+}
+
+impl SnapshotSection {
+    /// Whether ordinal `o` (below `ordinal_limit`) holds a record.
+    #[inline]
+    pub fn is_present(&self, o: u32) -> bool {
+        let bits = self.present.get();
+        bits.is_empty() || bits.get(o as usize / 64).is_some_and(|w| w >> (o % 64) & 1 == 1)
+    }
 }
 
 /// One type of a delta.
@@ -503,15 +808,14 @@ pub struct DeltaSection {
     pub removed: Region<u32>,
     /// The key hash of each removed record, one per entry of `removed`.
     pub removed_hashes: Region<u64>,
-    /// Ordinals the delta sets (new or changed records), sorted.
+    /// Ordinals the delta sets (new or changed records), sorted; element
+    /// `i` of `lists` is the record of `ordinals[i]`.
     pub ordinals: Region<u32>,
-    /// The key hash of each set record, one per entry of `ordinals`.
+    /// The key hash of each set record whose key is new at its ordinal (0
+    /// for a changed record), one per entry of `ordinals`.
     pub key_hashes: Region<u64>,
-    /// `ordinals.len() + 1` entries: the `i`-th set record is
-    /// `words[offsets[i]..offsets[i + 1]]` (read it with [`record_at`]).
-    pub offsets: Region<u32>,
-    /// The set records' canonical Cap'n Proto words, in `ordinals` order.
-    pub words: Region<u64>,
+    /// Where the set records lie.
+    pub lists: RecordLists,
     /// The type's record count once the delta is applied.
     pub record_count_after: u32,
     /// The type's ordinal limit (one past its highest ordinal) once the
@@ -520,34 +824,8 @@ pub struct DeltaSection {
     /// The type leaves the state (see `TypeDelta.dropped`); the reader
     /// refuses a dropped section that also removes or sets records.
     pub dropped: bool,
-}
-
-/// Record `i` of a list of records stored as (offsets, words), bounds
-/// checked: `None` for an empty record (a hole).
-#[inline]
-pub fn record_at<'a>(
-    offsets: &[u32],
-    words: &'a [u64],
-    i: usize,
-    blob: &str,
-) -> Result<Option<&'a [u64]>, FormatError> {
-    let (Some(&start), Some(&end)) = (offsets.get(i), offsets.get(i + 1)) else {
-        return Err(FormatError::Corrupt {
-            blob: blob.to_string(),
-            reason: format!("record {i} is past the end of the offsets list"),
-        });
-    };
-    let (start, end) = (start as usize, end as usize);
-    if start > end || end > words.len() {
-        return Err(FormatError::Corrupt {
-            blob: blob.to_string(),
-            reason: format!(
-                "record {i} spans words {start}..{end}, outside 0..{}",
-                words.len()
-            ),
-        });
-    }
-    Ok((start < end).then(|| &words[start..end]))
+    /// The blob the section is read from.
+    pub blob: Arc<OpenBlob>,
 }
 
 #[cfg(test)]
@@ -576,6 +854,7 @@ mod tests {
             cycle_start_micros: 0,
             schema: &schema,
             tags: &[],
+            max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
         };
         let mut bytes = write_snapshot(&head, &[]).unwrap();
         let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1").unwrap();

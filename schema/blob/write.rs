@@ -1,12 +1,24 @@
 //! Writing blob bodies: a snapshot or a delta as one single-segment
-//! Cap'n Proto message sized up front, framed by the envelope.
+//! Cap'n Proto message, framed by the envelope.
+//!
+//! The body is written in two parts. The *skeleton* (root, header, each
+//! type's entry with its presence bitmap and key index) is built with
+//! Cap'n Proto's builder. The *records area* is then appended by hand,
+//! word by word: the pool of interned leaves, the `Records` struct, and
+//! each type's struct lists in canonical pre-order, each record's struct
+//! copied into its element and its children after the list
+//! ([`wire::place_record`]). Writing the records by hand is what lets a
+//! record be copied once, from the canonical message the producer keeps,
+//! with its leaves interned, into exactly the layout the reader checks
+//! ([`wire::check_records`]).
 
-use super::{Layout, MAX_LIST_ELEMENTS};
+use super::MAX_LIST_ELEMENTS;
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::dataset_id::DatasetId;
-use crate::schema::envelope::{frame, BlobKind};
+use crate::schema::envelope::{BlobKind, ENVELOPE_LEN};
 use crate::schema::key_index::KeyIndexBuilder;
+use crate::schema::wire;
 use crate::schema::record::TypeInfo;
 use capnp::message::ReaderOptions;
 
@@ -122,6 +134,9 @@ pub struct HeaderInfo<'a> {
     pub schema: &'a DatasetSchema,
     /// The producer's header tags, as (key, value) pairs.
     pub tags: &'a [(String, String)],
+    /// The largest `listShift` the writer uses ([`MAX_LIST_SHIFT`]
+    /// normally; tests lower it to split small types into several lists).
+    pub max_list_shift: u8,
 }
 
 impl HeaderInfo<'_> {
@@ -173,15 +188,20 @@ pub struct SnapshotTypeSource<'a> {
     /// Number of records (non-hole ordinals); sizes the key index, and the
     /// writer refuses more keyed records than this.
     pub record_count: u32,
-    /// Sum of the words of every record; the writer checks it.
+    /// Sum of the words of every record (canonical messages); sizes the
+    /// blob up front.
     pub total_words: usize,
+    /// The pointer of the body's `Records` struct that holds the type's
+    /// lists (the producer numbers its types; see `TypeSnapshot.recordsSlot`).
+    pub slot: u16,
     /// Where the writer reads each ordinal's record.
     pub records: &'a dyn SnapshotRecords,
 }
 
 /// Where the snapshot writer reads a type's records.
 pub trait SnapshotRecords {
-    /// The record at an ordinal and its key hash; `None` for a hole.
+    /// The record at an ordinal (its canonical message) and its key hash;
+    /// `None` for a hole.
     fn record(&self, ordinal: u32) -> Option<(&[u64], u64)>;
 }
 
@@ -196,7 +216,9 @@ pub struct DeltaTypeSource<'a> {
     pub key_fields: &'a [String],
     /// Sorted removed ordinals with the key hash of the record removed.
     pub removed: &'a [(u32, u64)],
-    /// Sorted ordinals set, with their record and key hash.
+    /// Sorted ordinals set, with their record (canonical message) and key
+    /// hash: the hash of a record whose key is new at its ordinal, 0 for a
+    /// changed record (see `TypeDelta.keyHashes`).
     pub set: &'a [(u32, &'a [u64], u64)],
     /// The type's record count once the delta is applied.
     pub record_count_after: u32,
@@ -206,6 +228,8 @@ pub struct DeltaTypeSource<'a> {
     /// The type leaves the state: `removed` and `set` must be empty and
     /// both counts 0.
     pub dropped: bool,
+    /// As in [`SnapshotTypeSource::slot`].
+    pub slot: u16,
 }
 
 fn too_large(what: &'static str, value: usize, limit: usize) -> FormatError {
@@ -235,9 +259,13 @@ fn builder_for(
 }
 
 fn capnp_write(e: capnp::Error) -> FormatError {
+    corrupt_write(e.to_string())
+}
+
+fn corrupt_write(reason: String) -> FormatError {
     FormatError::Corrupt {
         blob: "(being written)".into(),
-        reason: e.to_string(),
+        reason,
     }
 }
 
@@ -245,60 +273,101 @@ fn capnp_write(e: capnp::Error) -> FormatError {
 /// [`crate::schema::key_index`]).
 pub use crate::schema::key_index::slots_for as index_slots;
 
+/// One type's records as the records area sees them: the records of its
+/// list elements in order (`None`: a hole, an all-zero element).
+struct ListSource<'a> {
+    name: &'a str,
+    slot: u16,
+    len: u32,
+    record: Box<dyn Fn(u32) -> Option<&'a [u64]> + 'a>,
+}
+
+/// How a type's records are split into lists: `1 << shift` elements a
+/// list, as many as fit a Cap'n Proto list of `stride`-word elements.
+fn list_shift(stride: usize, limit: u8) -> u8 {
+    let mut shift = limit.min(MAX_LIST_SHIFT);
+    while shift > 0 && ((1usize << shift) * stride.max(1) >= 1 << 29) {
+        shift -= 1;
+    }
+    shift
+}
+
+/// The largest `listShift`: lists of at most 2^28 elements.
+pub const MAX_LIST_SHIFT: u8 = 28;
+
 /// Writes a whole snapshot blob (envelope and body).
 pub fn write_snapshot(
     head: &HeaderInfo<'_>,
     types: &[SnapshotTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
+    let sources: Vec<ListSource<'_>> = types.iter().map(snapshot_source).collect();
+    let sizes = sources
+        .iter()
+        .map(element_size)
+        .collect::<Result<Vec<_>, _>>()?;
     let type_words = |t: &SnapshotTypeSource<'_>| {
-        let mut words = 16 + t.total_words + (t.ordinal_limit as usize + 2) / 2;
+        let mut words = 24 + (t.ordinal_limit as usize).div_ceil(64);
         if !t.key_fields.is_empty() {
-            words += 2 * index_slots(t.record_count);
+            words += index_slots(t.record_count);
         }
         words
             + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
             + t.info.name.len() / 8
-            + 2
     };
-    let body = write_body::<snapshot::Owned, _>(head, types, type_words, write_type_snapshot)?;
-    Ok(frame(BlobKind::Snapshot, 0, head.to_version, &body))
-}
-
-/// The body every blob kind shares: one single-segment message sized up
-/// front (the header's words, 16, and `type_words` of each type), whose
-/// root `L` holds the header written from `head` and one entry per type,
-/// written by `write_type`.
-fn write_body<L: Layout, T>(
-    head: &HeaderInfo<'_>,
-    types: &[T],
-    type_words: impl Fn(&T) -> usize,
-    write_type: impl Fn(
-        <L::Entry as capnp::traits::OwnedStruct>::Builder<'_>,
-        &T,
-    ) -> Result<(), FormatError>,
-) -> Result<Vec<u8>, FormatError> {
-    let estimate = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
-    let mut message = builder_for(estimate)?;
+    let skeleton_words = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
+    let mut message = builder_for(skeleton_words)?;
     {
-        let root = message.init_root::<L::Builder<'_>>();
-        let mut list = L::init(root, |h| head.write(h), list_len("types", types.len())?)
+        let mut root = message.init_root::<snapshot::Builder<'_>>();
+        head.write(root.reborrow().init_header())
             .map_err(capnp_write)?;
-        for (i, t) in types.iter().enumerate() {
-            write_type(list.reborrow().get(i as u32), t)?;
+        let mut list = root.init_types(list_len("types", types.len())?);
+        for (i, (t, &(d, p))) in types.iter().zip(&sizes).enumerate() {
+            write_type_snapshot(list.reborrow().get(i as u32), t, d + p, head.max_list_shift)?;
         }
     }
-    Ok(capnp::serialize::write_message_to_words(&message))
+    let extra: usize = types.iter().map(|t| t.total_words + t.ordinal_limit as usize).sum();
+    let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
+    Ok(frame_words(BlobKind::Snapshot, 0, head.to_version, body))
 }
 
-fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
-    for (i, text) in texts.iter().enumerate() {
-        list.set(i as u32, text.as_str());
+fn snapshot_source<'a>(t: &'a SnapshotTypeSource<'a>) -> ListSource<'a> {
+    ListSource {
+        name: &t.info.name,
+        slot: t.slot,
+        len: t.ordinal_limit,
+        record: Box::new(move |o| t.records.record(o).map(|(words, _)| words)),
     }
+}
+
+fn delta_source<'a>(t: &'a DeltaTypeSource<'a>) -> ListSource<'a> {
+    ListSource {
+        name: t.name,
+        slot: t.slot,
+        len: t.set.len() as u32,
+        record: Box::new(move |i| Some(t.set[i as usize].1)),
+    }
+}
+
+/// The element size of a type's lists: the largest struct among its
+/// records (canonical records are never larger than their schema's).
+fn element_size(t: &ListSource<'_>) -> Result<(u16, u16), FormatError> {
+    let (mut d, mut p) = (0u16, 0u16);
+    for i in 0..t.len {
+        if let Some(words) = (t.record)(i) {
+            let (rd, rp) = wire::record_struct_size(words)
+                .map_err(|e| corrupt_write(format!("{}: record {i}: {e}", t.name)))?;
+            d = d.max(rd);
+            p = p.max(rp);
+        }
+    }
+    Ok((d, p))
 }
 
 fn write_type_snapshot(
     mut b: type_snapshot::Builder<'_>,
     t: &SnapshotTypeSource<'_>,
+    stride: u16,
+    max_shift: u8,
 ) -> Result<(), FormatError> {
     b.set_type_id(t.info.type_id);
     b.set_name(t.info.name.as_str());
@@ -307,54 +376,37 @@ fn write_type_snapshot(
         t.key_fields,
     );
     b.set_record_count(t.record_count);
-    let limit = t.ordinal_limit as usize;
+    b.set_ordinal_limit(t.ordinal_limit);
+    b.set_records_slot(t.slot);
+    b.set_list_shift(list_shift(stride as usize, max_shift));
+    list_len("ordinals", t.ordinal_limit as usize)?;
     let keyed = !t.key_fields.is_empty();
     let mut index = KeyIndexBuilder::new(if keyed { t.record_count } else { 0 });
-    {
-        let mut offsets = b.reborrow().init_offsets(list_len("ordinals", limit + 1)?);
-        let offsets = offsets.as_slice().expect("UInt32 list is a slice");
-        let mut at = 0usize;
-        for o in 0..t.ordinal_limit {
-            let start = u32::try_from(at)
-                .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
-            offsets[o as usize] = start;
-            if let Some((record, hash)) = t.records.record(o) {
-                at += record.len();
-                if keyed && !index.insert(hash, o, start, record.len() as u32) {
-                    return Err(FormatError::Corrupt {
-                        blob: "(being written)".into(),
-                        reason: format!(
-                            "{}: more records than its record count {}",
-                            t.info.name, t.record_count
-                        ),
-                    });
-                }
+    let mut bits = vec![0u64; (t.ordinal_limit as usize).div_ceil(64)];
+    let mut count = 0u32;
+    for o in 0..t.ordinal_limit {
+        if let Some((_, hash)) = t.records.record(o) {
+            count += 1;
+            bits[o as usize / 64] |= 1 << (o % 64);
+            if keyed && !index.insert(hash, o) {
+                return Err(corrupt_write(format!(
+                    "{}: more records than its record count {}",
+                    t.info.name, t.record_count
+                )));
             }
-        }
-        offsets[limit] = u32::try_from(at)
-            .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
-        if at != t.total_words {
-            return Err(FormatError::Corrupt {
-                blob: "(being written)".into(),
-                reason: format!(
-                    "{}: records fill {at} words, expected {}",
-                    t.info.name, t.total_words
-                ),
-            });
         }
     }
-    {
-        let mut words = b
-            .reborrow()
-            .init_words(list_len("record words of one type", t.total_words)?);
-        let words = words.as_slice().expect("UInt64 list is a slice");
-        let mut at = 0usize;
-        for o in 0..t.ordinal_limit {
-            if let Some((record, _)) = t.records.record(o) {
-                words[at..at + record.len()].copy_from_slice(record);
-                at += record.len();
-            }
-        }
+    if count != t.record_count {
+        return Err(corrupt_write(format!(
+            "{}: {count} records, but its record count says {}",
+            t.info.name, t.record_count
+        )));
+    }
+    if count != t.ordinal_limit {
+        let mut list = b.reborrow().init_present(bits.len() as u32);
+        list.as_slice()
+            .expect("UInt64 list is a slice")
+            .copy_from_slice(&bits);
     }
     if keyed {
         let index = index.words();
@@ -366,6 +418,193 @@ fn write_type_snapshot(
     Ok(())
 }
 
+/// Interning: which pointer fields of a type repeat enough to intern.
+/// The first [`INTERN_SAMPLE`] records are sampled; a field is interned
+/// when its leaves there are at most half distinct (each value used twice
+/// on average), so that a field of unique values (titles, ids as text)
+/// costs no hashing beyond the sample.
+const INTERN_SAMPLE: u32 = 4096;
+
+fn intern_fields(t: &ListSource<'_>) -> Result<u64, FormatError> {
+    let mut seen: Vec<(u32, hashbrown::HashSet<u64>)> = Vec::new();
+    for i in 0..t.len.min(INTERN_SAMPLE) {
+        let Some(words) = (t.record)(i) else { continue };
+        let leaves = wire::leaf_children(words)
+            .map_err(|e| corrupt_write(format!("{}: record {i}: {e}", t.name)))?;
+        for (field, block) in leaves {
+            if field >= 64 {
+                continue;
+            }
+            if seen.len() <= field {
+                seen.resize_with(field + 1, Default::default);
+            }
+            let bytes = crate::schema::record::words_as_bytes(&words[block]);
+            seen[field].0 += 1;
+            seen[field].1.insert(xxhash_rust::xxh3::xxh3_64(bytes));
+        }
+    }
+    let mut mask = 0u64;
+    for (field, (uses, distinct)) in seen.iter().enumerate() {
+        if *uses >= 2 && distinct.len() * 2 <= *uses as usize {
+            mask |= 1 << field;
+        }
+    }
+    Ok(mask)
+}
+
+/// Appends the records area to the skeleton message and frames the body:
+/// the pool of interned leaves, then the `Records` struct, then each
+/// type's lists in slot order, in canonical pre-order (the layout
+/// [`wire::check_records`] accepts).
+fn finish_body(
+    message: &capnp::message::Builder<capnp::message::HeapAllocator>,
+    types: &[ListSource<'_>],
+    sizes: &[(u16, u16)],
+    max_shift: u8,
+    extra_words: usize,
+) -> Result<Vec<u64>, FormatError> {
+    let segments = message.get_segments_for_output();
+    if segments.len() != 1 {
+        return Err(corrupt_write("skeleton spans several segments".into()));
+    }
+    // The body: envelope (8 words), segment table (1 word), segment.
+    const SEG: usize = ENVELOPE_WORDS + 1;
+    let skeleton = segments[0];
+    let mut out: Vec<u64> = Vec::with_capacity(SEG + skeleton.len() / 8 + extra_words + 64);
+    out.resize(SEG, 0);
+    out.extend(
+        skeleton
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+    );
+    // The root's `records` pointer (pointer 2 of the root struct).
+    let root = wire::Ptr(out[SEG]);
+    let records_ptr =
+        SEG + 1 + root.offset() as usize + root.data_words() as usize + RECORDS_POINTER;
+    let mut masks = Vec::with_capacity(types.len());
+    let mut interner = wire::Interner::default();
+    for t in types {
+        let mask = intern_fields(t)?;
+        if mask != 0 {
+            for i in 0..t.len {
+                let Some(words) = (t.record)(i) else { continue };
+                let leaves = wire::leaf_children(words)
+                    .map_err(|e| corrupt_write(format!("{}: record {i}: {e}", t.name)))?;
+                for (field, block) in leaves {
+                    if field < 64 && mask >> field & 1 == 1 {
+                        interner.find_or_add(&words[block], true);
+                    }
+                }
+            }
+        }
+        masks.push(mask);
+    }
+    if types.is_empty() {
+        return Ok(seal_segment(out));
+    }
+    let pool_at = out.len();
+    out.extend_from_slice(interner.pool());
+    let slots = types.iter().map(|t| t.slot as usize + 1).max().unwrap_or(0);
+    if slots > u16::MAX as usize {
+        return Err(too_large("record slots", slots, u16::MAX as usize));
+    }
+    let records_at = out.len();
+    out[records_ptr] = wire::Ptr::to_struct(
+        (records_at - records_ptr - 1) as i64,
+        0,
+        slots as u16,
+    );
+    out.resize(records_at + slots, 0);
+    let mut order: Vec<usize> = (0..types.len()).collect();
+    order.sort_by_key(|&i| types[i].slot);
+    for w in order.windows(2) {
+        if types[w[0]].slot == types[w[1]].slot {
+            return Err(corrupt_write(format!(
+                "{} and {} share records slot {}",
+                types[w[0]].name, types[w[1]].name, types[w[0]].slot
+            )));
+        }
+    }
+    for i in order {
+        let t = &types[i];
+        let (data, ptrs) = sizes[i];
+        let stride = data as usize + ptrs as usize;
+        let shift = list_shift(stride, max_shift);
+        let per_list = 1usize << shift;
+        let lists = (t.len as usize).div_ceil(per_list);
+        let slot_ptr = records_at + t.slot as usize;
+        let lists_at = out.len();
+        out[slot_ptr] = wire::Ptr::to_list(
+            (lists_at - slot_ptr - 1) as i64,
+            wire::SIZE_POINTER,
+            lists as u32,
+        );
+        out.resize(lists_at + lists, 0);
+        let plan = wire::InternPlan {
+            fields: masks[i],
+            interner: &interner,
+            pool_at,
+        };
+        for k in 0..lists {
+            let first = k * per_list;
+            let n = per_list.min(t.len as usize - first);
+            let tag_at = out.len();
+            let list_ptr = lists_at + k;
+            out[list_ptr] = wire::Ptr::to_list(
+                (tag_at - list_ptr - 1) as i64,
+                wire::SIZE_COMPOSITE,
+                (n * stride) as u32,
+            );
+            out.push(wire::Ptr::to_struct(n as i64, data, ptrs));
+            let elems_at = out.len();
+            out.resize(elems_at + n * stride, 0);
+            for e in 0..n {
+                let Some(words) = (t.record)((first + e) as u32) else {
+                    continue;
+                };
+                // Positions are indices into `out` (segment positions
+                // plus SEG); pointers are relative, so that is the same.
+                wire::place_record(words, &mut out, elems_at + e * stride, data, ptrs, &plan)
+                    .map_err(|err| {
+                        corrupt_write(format!("{}: record {}: {err}", t.name, first + e))
+                    })?;
+            }
+        }
+    }
+    if out.len() - SEG > u32::MAX as usize {
+        return Err(too_large("blob words", out.len() - SEG, u32::MAX as usize));
+    }
+    Ok(seal_segment(out))
+}
+
+/// The pointer index of `records` in the `Snapshot` and `Delta` roots.
+const RECORDS_POINTER: usize = 2;
+/// The envelope's length in words.
+const ENVELOPE_WORDS: usize = ENVELOPE_LEN / 8;
+
+/// Writes the one-segment table in front of the segment.
+fn seal_segment(mut out: Vec<u64>) -> Vec<u64> {
+    let words = (out.len() - ENVELOPE_WORDS - 1) as u64;
+    out[ENVELOPE_WORDS] = words << 32;
+    out
+}
+
+/// Frames a body written after `ENVELOPE_WORDS` reserved words.
+fn frame_words(kind: BlobKind, from: u64, to: u64, mut words: Vec<u64>) -> Vec<u8> {
+    let bytes = crate::schema::record::words_as_bytes(&words[ENVELOPE_WORDS..]);
+    let envelope = crate::schema::envelope::Envelope::seal(kind, from, to, bytes).encode();
+    for (i, chunk) in envelope.chunks_exact(8).enumerate() {
+        words[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    crate::schema::record::words_as_bytes(&words).to_vec()
+}
+
+fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
+    for (i, text) in texts.iter().enumerate() {
+        list.set(i as u32, text.as_str());
+    }
+}
+
 /// Writes a whole delta or reverse delta blob. `kind` is
 /// [`BlobKind::Delta`] or [`BlobKind::Reverse`]; the envelope carries
 /// `from -> to` as given (for a reverse delta, `from > to`).
@@ -374,21 +613,41 @@ pub fn write_delta(
     head: &HeaderInfo<'_>,
     types: &[DeltaTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
+    let sources: Vec<ListSource<'_>> = types.iter().map(delta_source).collect();
+    let sizes = sources
+        .iter()
+        .map(element_size)
+        .collect::<Result<Vec<_>, _>>()?;
     let type_words = |t: &DeltaTypeSource<'_>| {
-        let words: usize = t.set.iter().map(|(_, r, _)| r.len()).sum();
-        24 + words
-            + t.removed.len() * 2
+        24 + t.removed.len() * 2
             + t.set.len() * 2
             + t.name.len() / 8
             + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
     };
-    let body = write_body::<delta::Owned, _>(head, types, type_words, write_type_delta)?;
-    Ok(frame(kind, head.from_version, head.to_version, &body))
+    let skeleton_words = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
+    let mut message = builder_for(skeleton_words)?;
+    {
+        let mut root = message.init_root::<delta::Builder<'_>>();
+        head.write(root.reborrow().init_header())
+            .map_err(capnp_write)?;
+        let mut list = root.init_types(list_len("types", types.len())?);
+        for (i, (t, &(d, p))) in types.iter().zip(&sizes).enumerate() {
+            write_type_delta(list.reborrow().get(i as u32), t, d + p, head.max_list_shift)?;
+        }
+    }
+    let extra: usize = types
+        .iter()
+        .map(|t| t.set.iter().map(|(_, r, _)| r.len()).sum::<usize>())
+        .sum();
+    let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
+    Ok(frame_words(kind, head.from_version, head.to_version, body))
 }
 
 fn write_type_delta(
     mut b: type_delta::Builder<'_>,
     t: &DeltaTypeSource<'_>,
+    stride: u16,
+    max_shift: u8,
 ) -> Result<(), FormatError> {
     b.set_type_id(t.type_id);
     b.set_name(t.name);
@@ -398,16 +657,18 @@ fn write_type_delta(
     );
     b.set_record_count_after(t.record_count_after);
     b.set_ordinal_limit_after(t.ordinal_limit_after);
+    b.set_records_slot(t.slot);
+    b.set_list_shift(list_shift(stride as usize, max_shift));
     if t.dropped {
         if !t.removed.is_empty()
             || !t.set.is_empty()
             || t.record_count_after != 0
             || t.ordinal_limit_after != 0
         {
-            return Err(FormatError::Corrupt {
-                blob: "(being written)".into(),
-                reason: format!("{}: a dropped type must carry no records", t.name),
-            });
+            return Err(corrupt_write(format!(
+                "{}: a dropped type must carry no records",
+                t.name
+            )));
         }
         b.set_dropped(true);
     }
@@ -427,7 +688,6 @@ fn write_type_delta(
         }
     }
     let n = list_len("changed ordinals", t.set.len())?;
-    let total: usize = t.set.iter().map(|(_, r, _)| r.len()).sum();
     {
         let mut ordinals = b.reborrow().init_ordinals(n);
         let ordinals = ordinals.as_slice().expect("slice");
@@ -435,31 +695,10 @@ fn write_type_delta(
             *dst = *o;
         }
     }
-    {
-        let mut hashes = b.reborrow().init_key_hashes(n);
-        let hashes = hashes.as_slice().expect("slice");
-        for (dst, (_, _, h)) in hashes.iter_mut().zip(t.set) {
-            *dst = *h;
-        }
-    }
-    {
-        let mut offsets = b.reborrow().init_offsets(n + 1);
-        let offsets = offsets.as_slice().expect("slice");
-        let mut at = 0usize;
-        for (i, (_, record, _)) in t.set.iter().enumerate() {
-            offsets[i] = u32::try_from(at)
-                .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
-            at += record.len();
-        }
-        offsets[t.set.len()] = u32::try_from(at)
-            .map_err(|_| too_large("record words of one type", at, u32::MAX as usize))?;
-    }
-    let mut words = b.init_words(list_len("record words of one type", total)?);
-    let words = words.as_slice().expect("slice");
-    let mut at = 0usize;
-    for (_, record, _) in t.set {
-        words[at..at + record.len()].copy_from_slice(record);
-        at += record.len();
+    let mut hashes = b.init_key_hashes(n);
+    let hashes = hashes.as_slice().expect("slice");
+    for (dst, (_, _, h)) in hashes.iter_mut().zip(t.set) {
+        *dst = *h;
     }
     Ok(())
 }

@@ -94,9 +94,8 @@ pub fn hashmap_of(consumer: &Consumer) -> HashMap<u64, Movie> {
     let state = consumer.state().expect("state");
     let view = state.view::<movie::Owned>().expect("view");
     view.iter()
-        .map(|item| {
-            let (_, r) = item.expect("record");
-            let m = Movie::decode(r.get().expect("movie")).expect("decode");
+        .map(|(_, r)| {
+            let m = Movie::decode(r).expect("decode");
             (m.id, m)
         })
         .collect()

@@ -5,7 +5,6 @@
 mod common;
 
 use burrow::blobstore::BlobName;
-use burrow::schema::blob::record_at;
 use burrow::schema::examples::movies_capnp::movie;
 use common::{hashmap_of, publish, runtime, Movie, Rng, N};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -40,7 +39,7 @@ fn reads(c: &mut Criterion) {
             let mut sum = 0u64;
             for id in &ids {
                 let (_, r) = view.find(black_box(id)).expect("find").expect("found");
-                sum += u64::from(r.get().expect("movie").get_year());
+                sum += u64::from(r.get_year());
             }
             sum
         })
@@ -59,8 +58,8 @@ fn reads(c: &mut Criterion) {
     g.bench_function("burrow_iter", |b| {
         b.iter(|| {
             let mut sum = 0u64;
-            for item in view.iter() {
-                sum += u64::from(item.expect("record").1.get().expect("movie").get_year());
+            for (_, r) in view.iter() {
+                sum += u64::from(r.get_year());
             }
             sum
         })
@@ -90,14 +89,14 @@ fn delta_apply(c: &mut Criterion) {
             || map.clone(),
             |map| {
                 let (_, sections) = blob.delta().expect("delta reads");
-                let s = &sections[0];
-                for i in 0..s.ordinals.get().len() {
-                    let words = record_at(s.offsets.get(), s.words.get(), i, "delta")
-                        .expect("in bounds")
-                        .expect("a record");
-                    let message = burrow::schema::record::record_message(words, 1 << 20);
-                    let m = Movie::decode(message.get_root().expect("movie")).expect("decode");
-                    map.insert(m.id, m);
+                let lists = blob
+                    .typed_lists::<movie::Owned>(&sections[0].lists)
+                    .expect("lists read");
+                for list in lists {
+                    for r in list.iter() {
+                        let m = Movie::decode(r).expect("decode");
+                        map.insert(m.id, m);
+                    }
                 }
             },
             BatchSize::LargeInput,

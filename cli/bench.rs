@@ -240,9 +240,8 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
     let view = state.view::<movie::Owned>()?;
     let mut ids = Vec::with_capacity(view.len() as usize);
     let mut map: HashMap<u64, Movie> = HashMap::with_capacity(view.len() as usize);
-    for item in view.iter() {
-        let (_, record) = item?;
-        let m = Movie::decode(record.get()?)?;
+    for (_, record) in view.iter() {
+        let m = Movie::decode(record)?;
         ids.push(m.id);
         map.insert(m.id, m);
     }
@@ -315,7 +314,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         let mut sum = 0u64;
         for id in &queries {
             let (_, record) = view.find(id)?.ok_or_else(|| anyhow!("id {id} not found"))?;
-            sum += u64::from(record.get()?.get_year());
+            sum += u64::from(record.get_year());
         }
         lookup.push(t.elapsed().as_nanos() as f64 / queries.len() as f64);
         black_box(sum);
@@ -334,8 +333,8 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         let t = Instant::now();
         let mut sum = 0u64;
         let mut n = 0u64;
-        for item in view.iter() {
-            sum += u64::from(item?.1.get()?.get_year());
+        for (_, record) in view.iter() {
+            sum += u64::from(record.get_year());
             n += 1;
         }
         scan.push(t.elapsed().as_nanos() as f64 / n as f64);

@@ -48,11 +48,7 @@ fn model_of(consumer: &Consumer, store: &str) -> Result<Dataset> {
         return Ok(Dataset::from_records(model, SEED));
     }
     let view = state.view::<movie::Owned>()?;
-    for item in view.iter() {
-        let (ordinal, record) = item?;
-        let m = record
-            .get()
-            .with_context(|| format!("cannot read the Movie at ordinal {ordinal}"))?;
+    for (_, m) in view.iter() {
         let id = m.get_id();
         let text = m
             .get_title()
@@ -283,10 +279,7 @@ fn lookup_check(
     let mut rows = Vec::new();
     for (n, &id) in shown.iter().chain(&sample).enumerate() {
         let found = match view.find(&id)? {
-            Some((_, record)) => {
-                let m = record
-                    .get()
-                    .with_context(|| format!("cannot read movie {id}"))?;
+            Some((_, m)) => {
                 let t = m
                     .get_title()
                     .ok()

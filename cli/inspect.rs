@@ -90,14 +90,14 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         0
                     } else {
                         index
-                            .check(s.offsets.get(), s.record_count)
+                            .check(s.ordinal_limit, |o| s.is_present(o), s.record_count)
                             .map_err(|reason| anyhow!("{name}: {}: {reason}", s.name))?
                     };
                     table.row(vec![
                         s.name.clone(),
                         s.record_count.to_string(),
                         s.ordinal_limit.to_string(),
-                        output::bytes(s.words.get().len() as u64 * 8),
+                        output::bytes(struct_bytes(s)),
                         index.slots().to_string(),
                         s.key_fields.join(", "),
                     ]);
@@ -106,7 +106,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         "type_id": format!("{:#018x}", s.type_id),
                         "records": s.record_count,
                         "ordinal_limit": s.ordinal_limit,
-                        "record_bytes": s.words.get().len() * 8,
+                        "record_bytes": struct_bytes(s),
                         "key_index_slots": index.slots(),
                         "key_index_entries": entries,
                         "key_fields": s.key_fields,
@@ -134,7 +134,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         s.name.clone(),
                         s.removed.get().len().to_string(),
                         s.ordinals.get().len().to_string(),
-                        output::bytes(s.words.get().len() as u64 * 8),
+                        output::bytes(lists_bytes(&s.lists)),
                         s.record_count_after.to_string(),
                         s.ordinal_limit_after.to_string(),
                         if s.dropped { "yes" } else { "no" }.to_string(),
@@ -145,7 +145,7 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
                         "type_id": format!("{:#018x}", s.type_id),
                         "removed": s.removed.get().len(),
                         "set": s.ordinals.get().len(),
-                        "set_bytes": s.words.get().len() * 8,
+                        "set_bytes": lists_bytes(&s.lists),
                         "records_after": s.record_count_after,
                         "ordinal_limit_after": s.ordinal_limit_after,
                         "dropped": s.dropped,
@@ -221,4 +221,15 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
     out.line("")?;
     table.write(out)?;
     Ok(())
+}
+
+/// The bytes of a type's record structs (its struct lists; the texts and
+/// lists the records point to are not counted).
+fn struct_bytes(s: &burrow::schema::blob::SnapshotSection) -> u64 {
+    lists_bytes(&s.lists)
+}
+
+/// The bytes of the structs in `lists`.
+fn lists_bytes(lists: &burrow::schema::blob::RecordLists) -> u64 {
+    (u64::from(lists.data) + u64::from(lists.ptrs)) * 8 * u64::from(lists.len)
 }

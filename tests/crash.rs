@@ -78,9 +78,8 @@ fn finish(mut cmd: Command, failpoint: Option<&str>, kill_after: Option<Duration
 fn model_of(state: &ReadState) -> CrashModel {
     let view = state.view::<movie::Owned>().unwrap();
     let mut out = CrashModel::new();
-    for item in view.iter() {
-        let (ordinal, record) = item.unwrap();
-        let m = Movie::decode(record.get().unwrap()).unwrap();
+    for (ordinal, record) in view.iter() {
+        let m = Movie::decode(record).unwrap();
         let (found, _) = view.find(&m.id).unwrap().unwrap();
         out.insert(m.id, m);
         assert_eq!(found, ordinal);

@@ -145,7 +145,7 @@ fn golden_files_read_back_to_exactly_what_was_written() {
     let movies = v1.view::<movie::Owned>().unwrap();
     let (ordinal, record) = movies.find(&4u64).unwrap().expect("id 4 is in v1");
     assert_eq!(ordinal, 4);
-    assert_eq!(record.get().unwrap().get_title().unwrap(), "Title number 4");
+    assert_eq!(record.get_title().unwrap(), "Title number 4");
 
     // The delta takes it to exactly version 2; the new key takes the next
     // ordinal (an ordinal freed in a cycle is reused from the next one on).

@@ -78,28 +78,6 @@ async fn a_record_over_max_record_bytes_is_refused_by_name() {
     assert_eq!(p.version().await, None, "nothing was published");
 }
 
-#[tokio::test]
-async fn a_record_read_past_the_traversal_limit_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::local(dir.path().join("store")).unwrap();
-    let p = producer(&store, "p");
-    let mut model: Model = Model::new();
-    model.insert(1, ("t".repeat(4000), 2000, vec!["a".into(); 50]));
-    publish(&p, &model).await.unwrap();
-    let c = ConsumerBuilder::new(store.clone())
-        .cache_dir(dir.path().join("cache"))
-        .record_traversal_words(64)
-        .build()
-        .unwrap();
-    c.refresh().await.unwrap();
-    let state = c.state().unwrap();
-    let view = state.view::<movie::Owned>().unwrap();
-    let record = view.get(0).unwrap().unwrap();
-    let m = record.get().unwrap();
-    let err = m.get_title().expect_err("over the limit").to_string();
-    assert!(err.contains("limit"), "{err}");
-}
-
 /// An announcement entry far larger than any real one is refused by size
 /// (naming the limit) before it is read into memory; the consumer keeps
 /// serving.

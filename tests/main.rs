@@ -25,7 +25,6 @@ mod fuzz_seeds;
 mod gc;
 mod golden;
 mod hostile;
-mod hostile_records;
 mod limits;
 mod producer_blocking;
 mod producer_pin;

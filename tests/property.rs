@@ -45,12 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn ordinals(consumer: &burrow::consumer::Consumer) -> HashMap<u64, u32> {
     let state = consumer.state().unwrap();
     let view = state.view::<movie::Owned>().unwrap();
-    view.iter()
-        .map(|r| {
-            let (o, rec) = r.unwrap();
-            (rec.get().unwrap().get_id(), o)
-        })
-        .collect()
+    view.iter().map(|(o, rec)| (rec.get_id(), o)).collect()
 }
 
 fn build(store: &BlobStore, snapshot_every: u32) -> Producer {
@@ -104,9 +99,7 @@ fn probes_of(consumer: &burrow::consumer::Consumer) -> ProbeModel {
         Err(e) => panic!("Probe view: {e}"),
     };
     let mut out = BTreeMap::new();
-    for item in view.iter() {
-        let (o, r) = item.unwrap();
-        let r = r.get().unwrap();
+    for (o, r) in view.iter() {
         let name = r.get_name().unwrap().to_string().unwrap();
         let (found, _) = view.find(name.as_str()).unwrap().expect("found by key");
         assert_eq!(found, o, "{name} found at its ordinal");

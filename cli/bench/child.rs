@@ -117,7 +117,7 @@ pub async fn open(dir: &Path, t0_ns: u128, id: u64) -> anyhow::Result<()> {
     let (_, record) = view
         .find(&id)?
         .ok_or_else(|| anyhow!("id {id} not found"))?;
-    let year = record.get()?.get_year();
+    let year = record.get_year();
     let open_ns = wall_ns().saturating_sub(t0_ns);
     let in_process_ns = in_process.elapsed().as_nanos();
     // Memory as the open left it, before the background re-verification
@@ -178,9 +178,8 @@ pub fn decode_all(blob: &Path, version: u64) -> anyhow::Result<HashMap<u64, Movi
     let state = burrow::consumer::ReadState::from_snapshot(open, version)?;
     let view = state.view::<movie::Owned>()?;
     let mut map = HashMap::with_capacity(view.len() as usize);
-    for item in view.iter() {
-        let (_, record) = item?;
-        let m = Movie::decode(record.get()?)?;
+    for (_, record) in view.iter() {
+        let m = Movie::decode(record)?;
         map.insert(m.id, m);
     }
     Ok(map)

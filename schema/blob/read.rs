@@ -574,48 +574,49 @@ impl OpenBlob {
             let name = text(t.get_name(), &self.name, "type name")?;
             let ordinals = self.list(t.get_ordinals(), "ordinals")?;
             let n = ordinals.get().len();
-            if n > 0 && !slots.insert(t.get_records_slot()) {
-                return Err(self.corrupt(format!("{name}: records slot {} used twice", t.get_records_slot())));
+            let type_id = t.get_type_id();
+            if !seen.insert(type_id) {
+                return Err(self.corrupt(format!("{name}: the type appears twice in one delta")));
             }
-            let lists = self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), n as u32)?;
+            let removed = self.list(t.get_removed(), "removed")?;
+            let removed_hashes = self.list(t.get_removed_key_hashes(), "removed key hashes")?;
+            let key_hashes = self.list(t.get_key_hashes(), "key hashes")?;
+            let dropped = t.get_dropped();
+            if dropped
+                && (!removed.get().is_empty()
+                    || n != 0
+                    || t.get_record_count_after() != 0
+                    || t.get_ordinal_limit_after() != 0)
+            {
+                return Err(self.corrupt(format!(
+                    "{name}: drops the type and also changes its records"
+                )));
+            }
+            if removed.get().len() != removed_hashes.get().len() || key_hashes.get().len() != n {
+                return Err(self.corrupt(format!("{name}: delta lists disagree in length")));
+            }
+            if n > 0 && !slots.insert(t.get_records_slot()) {
+                return Err(self.corrupt(format!(
+                    "{name}: records slot {} used twice",
+                    t.get_records_slot()
+                )));
+            }
+            let lists =
+                self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), n as u32)?;
             let section = DeltaSection {
-                type_id: t.get_type_id(),
+                type_id,
                 key_fields: texts(t.get_key_fields(), &self.name)?,
-                removed: self.list(t.get_removed(), "removed")?,
-                removed_hashes: self.list(t.get_removed_key_hashes(), "removed key hashes")?,
+                removed,
+                removed_hashes,
                 ordinals,
-                key_hashes: self.list(t.get_key_hashes(), "key hashes")?,
+                key_hashes,
                 lists,
                 record_count_after: t.get_record_count_after(),
                 ordinal_limit_after: t.get_ordinal_limit_after(),
-                dropped: t.get_dropped(),
+                dropped,
                 name,
                 blob: self.clone(),
             };
-            if !seen.insert(section.type_id) {
-                return Err(self.corrupt(format!(
-                    "{}: the type appears twice in one delta",
-                    section.name
-                )));
-            }
-            if section.dropped
-                && (!section.removed.get().is_empty()
-                    || !section.ordinals.get().is_empty()
-                    || section.record_count_after != 0
-                    || section.ordinal_limit_after != 0)
-            {
-                return Err(self.corrupt(format!(
-                    "{}: drops the type and also changes its records",
-                    section.name
-                )));
-            }
-            if section.removed.get().len() != section.removed_hashes.get().len()
-                || section.key_hashes.get().len() != n
-            {
-                return Err(
-                    self.corrupt(format!("{}: delta lists disagree in length", section.name))
-                );
-            }
             Ok(section)
         })
     }

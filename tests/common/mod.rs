@@ -71,9 +71,7 @@ pub fn snapshot_of(consumer: &Consumer) -> Model {
 pub fn state_model(state: &burrow::consumer::ReadState) -> Model {
     let view = state.view::<movie::Owned>().expect("Movie view");
     let mut out = Model::new();
-    for item in view.iter() {
-        let (ordinal, record) = item.expect("record reads");
-        let m = record.get().expect("movie reads");
+    for (ordinal, m) in view.iter() {
         let id = m.get_id();
         let tags = m
             .get_tags()

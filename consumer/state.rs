@@ -754,7 +754,8 @@ impl<'s, T: RecordType> Iter<'_, 's, T> {
             if data.is_untouched(o) && o < base_limit {
                 let shift = self.view.base.shift;
                 let list_first = (o >> shift) << shift;
-                let list_end = (list_first as u64 + (1u64 << shift)).min(u64::from(base_limit)) as u32;
+                let list_end =
+                    (list_first as u64 + (1u64 << shift)).min(u64::from(base_limit)) as u32;
                 // Extend over untouched chunks.
                 let mut end = o;
                 while end < list_end.min(data.ordinal_limit) && data.is_untouched(end) {
@@ -766,7 +767,10 @@ impl<'s, T: RecordType> Iter<'_, 's, T> {
                     return false;
                 };
                 self.run = Some(list);
-                self.check = data.base.as_ref().is_some_and(|b| !b.present.get().is_empty());
+                self.check = data
+                    .base
+                    .as_ref()
+                    .is_some_and(|b| !b.present.get().is_empty());
                 self.run_first = list_first;
                 self.run_at = o - list_first;
                 self.run_end = end - list_first;

@@ -100,10 +100,12 @@ impl<'a> Populate<'a> {
                 capnp::Word::words_to_bytes_mut(&mut self.build_scratch),
             ));
         let type_name = || self.config.types[t].info.name.clone();
-        fill(message.init_root::<<T as capnp::traits::Owned>::Builder<'_>>()).map_err(|source| ProducerError::BadRecord {
-            type_name: type_name(),
-            source,
-        })?;
+        fill(message.init_root::<<T as capnp::traits::Owned>::Builder<'_>>()).map_err(
+            |source| ProducerError::BadRecord {
+                type_name: type_name(),
+                source,
+            },
+        )?;
         let root = message
             .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
             .map_err(|source| ProducerError::BadRecord {
@@ -130,7 +132,10 @@ impl<'a> Populate<'a> {
     }
 
     /// Adds a copy of an existing record (from a consumer's view, say).
-    pub fn add_reader<T: RecordType>(&mut self, record: <T as capnp::traits::Owned>::Reader<'_>) -> Result<(), Error> {
+    pub fn add_reader<T: RecordType>(
+        &mut self,
+        record: <T as capnp::traits::Owned>::Reader<'_>,
+    ) -> Result<(), Error> {
         let t = self.type_index::<T>()?;
         let mut message = capnp::message::Builder::new_default();
         message

@@ -48,7 +48,9 @@ pub fn slots_for(count: u32) -> usize {
     if count == 0 {
         0
     } else {
-        (count as usize * 100).div_ceil(LOAD_PERCENT).max(count as usize + 1)
+        (count as usize * 100)
+            .div_ceil(LOAD_PERCENT)
+            .max(count as usize + 1)
     }
 }
 
@@ -309,7 +311,9 @@ mod tests {
         // Ordinal 1 is a hole here.
         let err = index.check(2, |o| o == 0, 2).unwrap_err();
         assert!(
-            err.contains(&format!("slot {slot} names ordinal 1, which holds no record")),
+            err.contains(&format!(
+                "slot {slot} names ordinal 1, which holds no record"
+            )),
             "{err}"
         );
         let err = index.check(2, |_| true, 3).unwrap_err();

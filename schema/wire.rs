@@ -75,7 +75,9 @@ impl Ptr {
     }
     /// A list pointer.
     pub fn to_list(offset: i64, size: u8, count: u32) -> u64 {
-        u64::from(((offset as i32) << 2) as u32 | 1) | u64::from(size) << 32 | u64::from(count) << 35
+        u64::from(((offset as i32) << 2) as u32 | 1)
+            | u64::from(size) << 32
+            | u64::from(count) << 35
     }
     /// A zero-sized struct points at its own pointer's end minus one.
     #[inline]
@@ -163,8 +165,12 @@ pub fn subtree_words(body: &[u64], at: usize, depth: u32) -> Result<u64, WireErr
             }
             Ok(total)
         }
-        2 => Err(format!("far pointer at word {at}: records are single-segment")),
-        _ => Err(format!("capability pointer at word {at}: records hold no capabilities")),
+        2 => Err(format!(
+            "far pointer at word {at}: records are single-segment"
+        )),
+        _ => Err(format!(
+            "capability pointer at word {at}: records hold no capabilities"
+        )),
     }
 }
 
@@ -227,7 +233,9 @@ impl Interner {
         let hash = xxhash_rust::xxh3::xxh3_64(bytes);
         let pool = &self.pool;
         let eq = |&(h, at, len): &(u64, u32, u32)| {
-            h == hash && len as usize == block.len() && &pool[at as usize..][..len as usize] == block
+            h == hash
+                && len as usize == block.len()
+                && &pool[at as usize..][..len as usize] == block
         };
         if let Some(&(_, at, _)) = self.table.find(hash, eq) {
             return Some(at);
@@ -479,14 +487,20 @@ pub struct ListAt {
 /// body and referenced any number of times. So no pointer cycle exists, no
 /// object but a leaf is shared, and a walker that follows every pointer
 /// reads at most `walked_words` words, which must stay within `bound`.
-pub fn check_records(body: &[u64], start_ptr: usize, bound: u64) -> Result<RecordsCheck, WireError> {
+pub fn check_records(
+    body: &[u64],
+    start_ptr: usize,
+    bound: u64,
+) -> Result<RecordsCheck, WireError> {
     let mut c = Checker {
         body,
         cursor: 0,
         stats: RecordsCheck::default(),
         bound,
     };
-    let root = Ptr(*body.get(start_ptr).ok_or("records pointer outside the body")?);
+    let root = Ptr(*body
+        .get(start_ptr)
+        .ok_or("records pointer outside the body")?);
     if root.0 == 0 {
         return Ok(c.stats);
     }
@@ -525,7 +539,9 @@ impl Checker<'_> {
             return Err(format!("objects nest deeper than {MAX_DEPTH} at word {at}"));
         }
         if p.kind() > 1 {
-            return Err(format!("pointer at word {at} is neither a struct nor a list"));
+            return Err(format!(
+                "pointer at word {at} is neither a struct nor a list"
+            ));
         }
         let (own, is_struct) = object_words(p);
         let t = target(self.body, at, p, own)?;
@@ -582,16 +598,16 @@ impl Checker<'_> {
 mod tests {
     use super::*;
 
-    fn canonical<T: capnp::traits::Owned>(
-        build: impl FnOnce(T::Builder<'_>),
-    ) -> Vec<u64>
+    fn canonical<T: capnp::traits::Owned>(build: impl FnOnce(T::Builder<'_>)) -> Vec<u64>
     where
         for<'a> T::Builder<'a>: capnp::traits::FromPointerBuilder<'a>,
         for<'a> T::Reader<'a>: capnp::traits::SetterInput<T>,
     {
         let mut m = capnp::message::Builder::new_default();
         build(m.init_root::<T::Builder<'_>>());
-        let root = m.get_root_as_reader::<capnp::any_pointer::Reader<'_>>().unwrap();
+        let root = m
+            .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
+            .unwrap();
         let mut out = Vec::new();
         crate::schema::record::append_canonical(root, None, &mut Vec::new(), &mut out).unwrap();
         out

@@ -240,8 +240,8 @@ fn hand_delta_holes(entries: &[(bool, bool)], holes: u32) -> Vec<u8> {
     use burrow::schema::blob::{write_delta, DatasetSchema, DeltaTypeSource, HeaderInfo};
     use burrow::schema::burrow_capnp::delta;
     let info = burrow::schema::record::TypeInfo::of::<movie::Owned>();
-    let dataset = burrow::schema::DatasetId::from_parts(HOSTILE_DATASET.0, HOSTILE_DATASET.1)
-        .unwrap();
+    let dataset =
+        burrow::schema::DatasetId::from_parts(HOSTILE_DATASET.0, HOSTILE_DATASET.1).unwrap();
     if entries.iter().any(|&(dropped, sets)| dropped && sets) {
         let mut message = capnp::message::Builder::new_default();
         {

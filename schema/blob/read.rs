@@ -47,7 +47,9 @@ unsafe impl capnp::private::arena::ReaderArena for BodyArena {
         if id == 0 {
             Ok((self.start, self.words))
         } else {
-            Err(capnp::Error::from_kind(capnp::ErrorKind::InvalidSegmentId(id)))
+            Err(capnp::Error::from_kind(capnp::ErrorKind::InvalidSegmentId(
+                id,
+            )))
         }
     }
 
@@ -92,7 +94,9 @@ fn body_arena(bytes: &[u8], body_len: u64, name: &str) -> Result<BodyArena, Form
     };
     let body = &bytes[ENVELOPE_LEN..];
     if body_len < 16 || body.len() < 16 || !body_len.is_multiple_of(8) {
-        return Err(corrupt(format!("a body of {body_len} bytes is not a message")));
+        return Err(corrupt(format!(
+            "a body of {body_len} bytes is not a message"
+        )));
     }
     let count = u32::from_le_bytes(body[0..4].try_into().expect("4 bytes"));
     let words = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
@@ -408,10 +412,19 @@ impl OpenBlob {
     /// pointers only (the records themselves are checked by
     /// [`Self::verify`]). Every list must be a struct list of one element
     /// size, inside the segment, with the element count the split says.
-    fn record_lists(&self, name: &str, slot: u16, shift: u8, len: u32) -> Result<RecordLists, FormatError> {
+    fn record_lists(
+        &self,
+        name: &str,
+        slot: u16,
+        shift: u8,
+        len: u32,
+    ) -> Result<RecordLists, FormatError> {
         let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
         if shift > super::MAX_LIST_SHIFT {
-            return Err(bad(format!("list shift {shift} exceeds {}", super::MAX_LIST_SHIFT)));
+            return Err(bad(format!(
+                "list shift {shift} exceeds {}",
+                super::MAX_LIST_SHIFT
+            )));
         }
         let mut lists = RecordLists {
             slot,
@@ -429,7 +442,9 @@ impl OpenBlob {
             let p = wire::Ptr(seg[ptr]);
             let t = ptr as i64 + 1 + p.offset();
             if t < 0 || (t as u64).saturating_add(words) > seg.len() as u64 {
-                return Err(bad(format!("pointer at word {ptr} points outside the segment")));
+                return Err(bad(format!(
+                    "pointer at word {ptr} points outside the segment"
+                )));
             }
             Ok(t as usize)
         };
@@ -438,14 +453,20 @@ impl OpenBlob {
             .ok_or_else(|| bad("the blob has no records area".into()))?;
         let r = wire::Ptr(seg[records]);
         if r.kind() != 0 || r.ptr_count() <= slot {
-            return Err(bad(format!("records slot {slot} is not in the records struct")));
+            return Err(bad(format!(
+                "records slot {slot} is not in the records struct"
+            )));
         }
-        let r_at = at(records, u64::from(r.data_words()) + u64::from(r.ptr_count()))?;
+        let r_at = at(
+            records,
+            u64::from(r.data_words()) + u64::from(r.ptr_count()),
+        )?;
         let slot_ptr = r_at + r.data_words() as usize + slot as usize;
         let l = wire::Ptr(seg[slot_ptr]);
         let per_list = 1u64 << shift;
         let expected = u64::from(len).div_ceil(per_list);
-        if l.kind() != 1 || l.elem_size() != wire::SIZE_POINTER || u64::from(l.count()) != expected {
+        if l.kind() != 1 || l.elem_size() != wire::SIZE_POINTER || u64::from(l.count()) != expected
+        {
             return Err(bad(format!(
                 "records slot {slot} is not a list of {expected} list pointers"
             )));
@@ -471,7 +492,9 @@ impl OpenBlob {
             if k == 0 {
                 (lists.data, lists.ptrs) = (tag.data_words(), tag.ptr_count());
             } else if (lists.data, lists.ptrs) != (tag.data_words(), tag.ptr_count()) {
-                return Err(bad(format!("record list {k} has another element size than list 0")));
+                return Err(bad(format!(
+                    "record list {k} has another element size than list 0"
+                )));
             }
             lists.starts.push(tag_at + 1);
         }
@@ -489,8 +512,8 @@ impl OpenBlob {
             return Ok(Vec::new());
         }
         let cap = |e: capnp::Error| FormatError::capnp(&self.name, "record lists", e);
-        let root = capnp::private::layout::PointerReader::get_root_from_arena(&self.arena)
-            .map_err(cap)?;
+        let root =
+            capnp::private::layout::PointerReader::get_root_from_arena(&self.arena).map_err(cap)?;
         let records = root
             .get_struct(None)
             .map_err(cap)?
@@ -522,7 +545,8 @@ impl OpenBlob {
         };
         let seg = self.segment();
         let bound = (seg.len() as u64).saturating_mul(8).saturating_add(1 << 16);
-        wire::check_records(seg, at, bound).map_err(|reason| self.corrupt(format!("records: {reason}")))
+        wire::check_records(seg, at, bound)
+            .map_err(|reason| self.corrupt(format!("records: {reason}")))
     }
 
     /// Reads a snapshot's header and sections.
@@ -535,22 +559,34 @@ impl OpenBlob {
                 return Err(self.corrupt(format!("{name}: too many ordinals")));
             }
             let present = self.list(t.get_present(), "presence bitmap")?;
-            if !present.get().is_empty() && present.get().len() != (ordinal_limit as usize).div_ceil(64) {
+            if !present.get().is_empty()
+                && present.get().len() != (ordinal_limit as usize).div_ceil(64)
+            {
                 return Err(self.corrupt(format!(
                     "{name}: presence bitmap has {} words for {ordinal_limit} ordinals",
                     present.get().len()
                 )));
             }
             let record_count = t.get_record_count();
-            if record_count > ordinal_limit || (present.get().is_empty() && record_count != ordinal_limit) {
+            if record_count > ordinal_limit
+                || (present.get().is_empty() && record_count != ordinal_limit)
+            {
                 return Err(self.corrupt(format!(
                     "{name}: {record_count} records in {ordinal_limit} ordinals"
                 )));
             }
             if !slots.insert(t.get_records_slot()) {
-                return Err(self.corrupt(format!("{name}: records slot {} used twice", t.get_records_slot())));
+                return Err(self.corrupt(format!(
+                    "{name}: records slot {} used twice",
+                    t.get_records_slot()
+                )));
             }
-            let lists = self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), ordinal_limit)?;
+            let lists = self.record_lists(
+                &name,
+                t.get_records_slot(),
+                t.get_list_shift(),
+                ordinal_limit,
+            )?;
             let key_index = self.list(t.get_key_index(), "key index")?;
             Ok(SnapshotSection {
                 type_id: t.get_type_id(),
@@ -792,7 +828,10 @@ impl SnapshotSection {
     #[inline]
     pub fn is_present(&self, o: u32) -> bool {
         let bits = self.present.get();
-        bits.is_empty() || bits.get(o as usize / 64).is_some_and(|w| w >> (o % 64) & 1 == 1)
+        bits.is_empty()
+            || bits
+                .get(o as usize / 64)
+                .is_some_and(|w| w >> (o % 64) & 1 == 1)
     }
 }
 

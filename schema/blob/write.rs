@@ -18,8 +18,8 @@ use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snap
 use crate::schema::dataset_id::DatasetId;
 use crate::schema::envelope::{BlobKind, ENVELOPE_LEN};
 use crate::schema::key_index::KeyIndexBuilder;
-use crate::schema::wire;
 use crate::schema::record::TypeInfo;
+use crate::schema::wire;
 use capnp::message::ReaderOptions;
 
 /// The schema nodes of a dataset's types, as canonical messages, and their
@@ -310,9 +310,7 @@ pub fn write_snapshot(
         if !t.key_fields.is_empty() {
             words += index_slots(t.record_count);
         }
-        words
-            + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>()
-            + t.info.name.len() / 8
+        words + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8
     };
     let skeleton_words = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
     let mut message = builder_for(skeleton_words)?;
@@ -325,7 +323,10 @@ pub fn write_snapshot(
             write_type_snapshot(list.reborrow().get(i as u32), t, d + p, head.max_list_shift)?;
         }
     }
-    let extra: usize = types.iter().map(|t| t.total_words + t.ordinal_limit as usize).sum();
+    let extra: usize = types
+        .iter()
+        .map(|t| t.total_words + t.ordinal_limit as usize)
+        .sum();
     let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
     Ok(frame_words(BlobKind::Snapshot, 0, head.to_version, body))
 }
@@ -509,11 +510,7 @@ fn finish_body(
         return Err(too_large("record slots", slots, u16::MAX as usize));
     }
     let records_at = out.len();
-    out[records_ptr] = wire::Ptr::to_struct(
-        (records_at - records_ptr - 1) as i64,
-        0,
-        slots as u16,
-    );
+    out[records_ptr] = wire::Ptr::to_struct((records_at - records_ptr - 1) as i64, 0, slots as u16);
     out.resize(records_at + slots, 0);
     let mut order: Vec<usize> = (0..types.len()).collect();
     order.sort_by_key(|&i| types[i].slot);

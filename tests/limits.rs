@@ -108,7 +108,9 @@ fn a_blob_with_too_many_types_is_refused_by_name() {
     use burrow::schema::blob::{OpenBlob, MAX_TYPES};
     use burrow::schema::burrow_capnp::snapshot;
     use burrow::schema::envelope::{frame, BlobKind};
-    let mut message = capnp::message::Builder::new_default();
+    // One segment, as every v2 body is.
+    let allocator = capnp::message::HeapAllocator::new().first_segment_words(1 << 20);
+    let mut message = capnp::message::Builder::new(allocator);
     {
         let mut root = message.init_root::<snapshot::Builder>();
         // A header with a dataset id, so that the reader gets to the types.

@@ -274,7 +274,12 @@ impl OpenBlob {
         list: capnp::Result<capnp::primitive_list::Reader<'_, T>>,
         what: &'static str,
     ) -> Result<Region<T>, FormatError> {
-        self.region(list.map_err(self.cap(what))?.as_slice(), what)
+        let list = list.map_err(self.cap(what))?;
+        if list.is_empty() {
+            // A null pointer reads as an empty list with no element size.
+            return self.region(Some(&[]), what);
+        }
+        self.region(list.as_slice(), what)
     }
 
     fn check_type_count(&self, count: u32) -> Result<(), FormatError> {

@@ -1,5 +1,5 @@
 //! Building a producer: its configuration (store, id, snapshot cadence,
-//! record limits), the record types it publishes with their primary keys,
+//! record limits, transport compression), the record types it publishes with their primary keys,
 //! validators, listeners and header tags.
 //!
 //! [`ProducerBuilder::build`] checks the configuration once (a type
@@ -10,7 +10,7 @@
 use super::{CycleEvent, CycleListener, Producer, Validator};
 use crate::announcer::AnnouncementLog;
 use crate::blobstore::resilience::{Clock, SystemClock};
-use crate::blobstore::BlobStore;
+use crate::blobstore::{BlobStore, Compression};
 use crate::error::Error;
 use crate::schema::blob::DatasetSchema;
 use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
@@ -52,6 +52,7 @@ pub struct ProducerBuilder {
     dataset_id: Option<DatasetId>,
     clock: Arc<dyn Clock>,
     leftover_grace: std::time::Duration,
+    compression: Compression,
 }
 
 impl ProducerBuilder {
@@ -72,7 +73,16 @@ impl ProducerBuilder {
             dataset_id: None,
             clock: Arc::new(SystemClock),
             leftover_grace: crate::gc::DEFAULT_LEFTOVER_GRACE,
+            compression: Compression::default(),
         }
+    }
+
+    /// How blobs are stored (default zstd level 3; see
+    /// [`crate::blobstore::compress`]). Consumers read any setting, and a
+    /// chain may change it from one cycle to the next.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Adds a listener that sees every cycle's steps and outcome.
@@ -187,6 +197,9 @@ impl ProducerBuilder {
         if self.snapshot_every == 0 {
             return Err(config("snapshot_every", "must be at least 1".into()));
         }
+        self.compression
+            .check()
+            .map_err(|reason| config("compression", reason))?;
         if self.producer_id.is_empty() {
             return Err(config("producer_id", "must not be empty".into()));
         }
@@ -227,6 +240,7 @@ impl ProducerBuilder {
                 dataset_id: self.dataset_id,
                 clock: self.clock,
                 leftover_grace: self.leftover_grace,
+                compression: self.compression,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -252,6 +266,8 @@ pub(super) struct Config {
     pub(super) clock: Arc<dyn Clock>,
     /// Leftovers older than this are swept by restore.
     pub(super) leftover_grace: std::time::Duration,
+    /// How each blob is stored.
+    pub(super) compression: Compression,
 }
 
 impl Config {

@@ -10,6 +10,7 @@ mod cli_cache_lock;
 mod cli_pin;
 mod common;
 mod conformance;
+mod compression;
 mod consumer_cache;
 mod consumer_outage;
 #[cfg(all(feature = "failpoints", feature = "workload"))]

@@ -176,11 +176,11 @@ impl Checker<'_> {
         let checked = crate::blobstore::compress::decode_stored(bytes, &label, u64::MAX)
             .and_then(|raw| check_blob(name, &raw, &label))
             .and_then(|(blob, records)| {
-            if let Some(expected) = self.dataset {
-                check_dataset(&blob, expected)?;
-            }
-            Ok((blob, records))
-        });
+                if let Some(expected) = self.dataset {
+                    check_dataset(&blob, expected)?;
+                }
+                Ok((blob, records))
+            });
         match checked {
             Ok((blob, records)) => {
                 if first {

@@ -160,11 +160,9 @@ impl Compression {
         };
         // The output grows as it is written, so no second blob-sized
         // buffer is reserved up front.
-        let mut encoder = zstd::stream::write::Encoder::new(
-            Vec::with_capacity(blob.len() / 4 + 64),
-            level,
-        )
-        .map_err(failed)?;
+        let mut encoder =
+            zstd::stream::write::Encoder::new(Vec::with_capacity(blob.len() / 4 + 64), level)
+                .map_err(failed)?;
         encoder.include_contentsize(true).map_err(failed)?;
         encoder.include_checksum(false).map_err(failed)?;
         encoder
@@ -205,7 +203,9 @@ pub enum CompressionFault {
     },
     /// The frame does not declare its content size, so its output cannot
     /// be bounded before it is read.
-    #[error("the zstd frame does not declare its content size (burrow's producers always write it)")]
+    #[error(
+        "the zstd frame does not declare its content size (burrow's producers always write it)"
+    )]
     NoContentSize,
     /// Bytes follow the end of the frame.
     #[error("bytes follow the end of the zstd frame (a stored blob is exactly one frame)")]
@@ -380,9 +380,11 @@ impl FrameDecoder {
             if n > 0 {
                 self.decoded += n as u64;
                 if self.decoded > declared {
-                    return Err(
-                        fault(&self.blob, CompressionFault::ExpandsPast { limit: declared }).into(),
-                    );
+                    return Err(fault(
+                        &self.blob,
+                        CompressionFault::ExpandsPast { limit: declared },
+                    )
+                    .into());
                 }
                 let chunk = &self.out[..n];
                 if !self.envelope_checked {

@@ -158,7 +158,10 @@ async fn compressed_dataset_round_trips() {
     // Whole-blob readers decompress too.
     let report = burrow::verify::verify_store(&store).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
-    assert!(report.bytes_stored < report.bytes_decompressed, "{report:?}");
+    assert!(
+        report.bytes_stored < report.bytes_decompressed,
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -310,7 +313,10 @@ async fn truncated_zstd_frame() {
         matches!(fault_of(&err), CompressionFault::EndsEarly { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("compressed stream ends early"), "{err}");
+    assert!(
+        err.to_string().contains("compressed stream ends early"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ mod cli_cache_lock;
 #[cfg(feature = "cli")]
 mod cli_pin;
 mod common;
-mod conformance;
 mod compression;
+mod conformance;
 mod consumer_cache;
 mod consumer_outage;
 #[cfg(all(feature = "failpoints", feature = "workload"))]

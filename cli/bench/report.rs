@@ -179,7 +179,11 @@ impl Report {
                 f.label.to_string(),
                 match f.per {
                     Some((n, what)) if n > 0.0 => {
-                        format!("{} ({:.1} B/{what})", f.unit.show(f.median()), f.median() / n)
+                        format!(
+                            "{} ({:.1} B/{what})",
+                            f.unit.show(f.median()),
+                            f.median() / n
+                        )
                     }
                     _ => f.unit.show(f.median()),
                 },

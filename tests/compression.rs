@@ -439,3 +439,27 @@ fn compression_settings_parse() {
         .expect("level 40 is refused");
     assert!(err.to_string().contains("compression"), "{err}");
 }
+
+#[tokio::test]
+async fn compressed_blobs_stream_from_a_remote_store() {
+    // A non-local store hands the body out as a stream of chunks (the
+    // local store's path reads a file): the same frames decode.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::memory();
+    let producer = producer_with(&store, Compression::Zstd { level: 1 });
+    let mut data = model(200, 0);
+    publish(&producer, &data).await.unwrap();
+    let reader = consumer(&store, &dir.path().join("cache"));
+    reader.refresh().await.unwrap();
+    data.insert(1, movie_value(1, 5));
+    publish(&producer, &data).await.unwrap();
+    let report = reader.refresh().await.unwrap().expect("a refresh");
+    assert_eq!(snapshot_of(&reader), data);
+    let stored = store.get(&BlobName::Delta(1, 2)).await.unwrap();
+    assert_eq!(stored[..4], ZSTD_MAGIC);
+    assert_eq!(
+        report.steps,
+        [burrow::consumer::Step::Delta(1, 2)],
+        "{report:?}"
+    );
+}

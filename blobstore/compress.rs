@@ -53,6 +53,9 @@
 //! Level 3 is 4% smaller than level 1 at the same speed both ways; levels 6
 //! and 9 save under 1% on snapshots (7–9% on deltas) for a producer 6–9
 //! times slower. Decompression runs at 1.7–2.1 GB/s at every level.
+//! Through the consumer's cache (stream, decompress, hash, write, fsync),
+//! the level-3 snapshot above took 136 ms to fetch from a local store in
+//! `burrow demo` (one run; 194 ms for the raw blob in an earlier run).
 
 use crate::error::{Error, FormatError};
 use crate::schema::envelope::{Envelope, ENVELOPE_LEN};

@@ -48,6 +48,16 @@ pub enum FormatError {
         /// The largest value allowed, in the same unit.
         limit: u64,
     },
+    /// A stored blob's zstd frame is bad: it expands past its bound, ends
+    /// early, is corrupt, or does not hold the blob its envelope declares
+    /// (see [`crate::blobstore::compress`]).
+    #[error("{blob}: {fault}")]
+    Compression {
+        /// The blob, as named in the store.
+        blob: String,
+        /// What was wrong with the compressed stream.
+        fault: crate::blobstore::compress::CompressionFault,
+    },
     /// The blob (or entry) belongs to another dataset than the one it
     /// meets: a state, an announcement, the log before it. Two datasets'
     /// blobs never mix (see [`crate::schema::dataset_id`]).

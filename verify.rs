@@ -25,6 +25,10 @@
 //!   its newest entry, the one consumers follow); a blob of another dataset
 //!   is a problem, and is not used to reach a version.
 //!
+//! A blob stored as a zstd frame ([`crate::blobstore::compress`]) is
+//! decompressed first, with the consumer's checks (a bad frame is a
+//! problem in that blob); the report counts both sizes.
+//!
 //! The log is walked once, oldest first, carrying one [`ReadState`]
 //! forward, so each blob is fetched once and the cost is linear in the
 //! store's size. Blobs that no announcement names (orphans of failed
@@ -69,6 +73,10 @@ pub struct VerifyReport {
     pub blobs_checked: usize,
     /// Records read, over all blobs.
     pub records_checked: u64,
+    /// Bytes of the blobs checked, as stored (compressed or not).
+    pub bytes_stored: u64,
+    /// Bytes of the blobs checked, decompressed (as a consumer maps them).
+    pub bytes_decompressed: u64,
     /// Announcement entries read.
     pub entries_checked: usize,
     /// Announced versions found reachable.
@@ -163,17 +171,22 @@ impl Checker<'_> {
             self.checked.insert(name, false);
             return Ok(None);
         };
-        let checked = check_blob(name, &bytes, &label).and_then(|(blob, records)| {
-            if let Some(expected) = self.dataset {
-                check_dataset(&blob, expected)?;
-            }
-            Ok((blob, records))
-        });
+        let stored_len = bytes.len() as u64;
+        let checked = crate::blobstore::compress::decode_stored(bytes, &label, u64::MAX)
+            .and_then(|raw| check_blob(name, &raw, &label))
+            .and_then(|(blob, records)| {
+                if let Some(expected) = self.dataset {
+                    check_dataset(&blob, expected)?;
+                }
+                Ok((blob, records))
+            });
         match checked {
             Ok((blob, records)) => {
                 if first {
                     self.report.blobs_checked += 1;
                     self.report.records_checked += records;
+                    self.report.bytes_stored += stored_len;
+                    self.report.bytes_decompressed += blob.len();
                 }
                 self.checked.insert(name, true);
                 Ok(Some(blob))

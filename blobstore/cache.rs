@@ -17,12 +17,22 @@
 //! so a store deleted and published again (a new dataset) is never read
 //! through its predecessor's files.
 //!
+//! A stored object that is a zstd frame ([`super::compress`]) is
+//! decompressed on the way into the temp file, chunk by chunk (no
+//! whole-blob buffer): the checksum is computed over the decompressed
+//! bytes, which are what the file holds and what is mapped. The
+//! decompressed size is bounded by the cache's max blob bytes, by the
+//! frame's declared content size and by the size its envelope declares;
+//! a stream past any bound, cut short or corrupt is a
+//! [`FormatError::Compression`] and its temp file is removed.
+//!
 //! One process owns a cache directory at a time: [`BlobCache::open`] takes
 //! an exclusive lock on `<dir>/.lock` (`flock`, on Unix) held for the
 //! cache's life, and a second owner gets [`StoreError::CacheInUse`]. Only
 //! the owner removes leftover temp files (a process killed mid-fetch), so
 //! start-up never deletes another process's fetch in progress.
 
+use super::compress::{self, FrameDecoder};
 use super::{BlobBody, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::OpenBlob;
@@ -159,7 +169,8 @@ impl BlobCache {
         })
     }
 
-    /// Refuses blobs larger than `bytes` (envelope included).
+    /// Refuses blobs larger than `bytes` (envelope included): stored
+    /// objects, and what a compressed one decompresses to.
     pub fn with_max_blob_bytes(mut self, bytes: u64) -> Self {
         self.max_blob_bytes = bytes;
         self
@@ -230,7 +241,8 @@ impl BlobCache {
         let result = async {
             let incoming = {
                 let (tmp, label) = (tmp.clone(), label.clone());
-                tokio::task::spawn_blocking(move || Incoming::new(&tmp, label, size))
+                let max = self.max_blob_bytes;
+                tokio::task::spawn_blocking(move || Inflow::new(&tmp, label, size, max))
                     .await
                     .map_err(joined)??
             };
@@ -274,8 +286,10 @@ impl BlobCache {
                         let mut incoming = incoming;
                         let mut buf = vec![0u8; 1 << 20];
                         loop {
-                            let n = std::io::Read::read(&mut file, &mut buf)
-                                .map_err(io("read blob from the local store", &incoming.path))?;
+                            let n = std::io::Read::read(&mut file, &mut buf).map_err(io(
+                                "read blob from the local store",
+                                &incoming.incoming.path,
+                            ))?;
                             if n == 0 {
                                 return Ok::<_, Error>(incoming);
                             }
@@ -318,12 +332,85 @@ impl BlobCache {
     }
 }
 
+/// A stored object arriving: raw, or a zstd frame decompressed on the way
+/// (told apart by its first four bytes) into an [`Incoming`].
+struct Inflow {
+    incoming: Incoming,
+    /// The stored object's size.
+    size: u64,
+    max: u64,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The first bytes, until there are enough to tell raw from zstd.
+    Sniff(Vec<u8>),
+    Raw,
+    Zstd(Box<FrameDecoder>),
+}
+
+impl Inflow {
+    fn new(path: &Path, label: String, size: u64, max: u64) -> Result<Self, Error> {
+        Ok(Inflow {
+            incoming: Incoming::new(path, label)?,
+            size,
+            max,
+            mode: Mode::Sniff(Vec::with_capacity(compress::ZSTD_MAGIC.len())),
+        })
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let incoming = &mut self.incoming;
+        match &mut self.mode {
+            Mode::Raw => incoming.push(chunk),
+            Mode::Zstd(decoder) => decoder.push(chunk, &mut |out| incoming.push(out)),
+            Mode::Sniff(head) => {
+                let take = (compress::ZSTD_MAGIC.len() - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+                if head.len() < compress::ZSTD_MAGIC.len() {
+                    return Ok(());
+                }
+                let head = std::mem::take(head);
+                self.decide(&head)?;
+                self.push(&head)?;
+                self.push(&chunk[take..])
+            }
+        }
+    }
+
+    /// Picks raw or zstd by the object's first bytes.
+    fn decide(&mut self, head: &[u8]) -> Result<(), Error> {
+        self.mode = if compress::is_compressed(head) {
+            Mode::Zstd(Box::new(FrameDecoder::new(&self.incoming.label, self.max)?))
+        } else {
+            self.incoming.size = Some(self.size);
+            Mode::Raw
+        };
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), Error> {
+        if let Mode::Sniff(head) = &mut self.mode {
+            // An object shorter than a zstd magic: raw, and too short.
+            let head = std::mem::take(head);
+            self.decide(&head)?;
+            self.push(&head)?;
+        }
+        if let Mode::Zstd(decoder) = self.mode {
+            decoder.finish()?;
+        }
+        self.incoming.finish()
+    }
+}
+
 /// A blob arriving in a temp file: written, hashed and checked as it comes.
 struct Incoming {
     file: File,
     path: PathBuf,
     label: String,
-    size: u64,
+    /// The raw object's size, which its envelope must declare (`None` for
+    /// a zstd frame, whose decoder checks the envelope against the frame).
+    size: Option<u64>,
     head: Vec<u8>,
     envelope: Option<Envelope>,
     hasher: BodyHasher,
@@ -331,7 +418,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn new(path: &Path, label: String, size: u64) -> Result<Self, Error> {
+    fn new(path: &Path, label: String) -> Result<Self, Error> {
         // The cache's directory is made when the cache is opened; one
         // removed since (by hand, or a disk replaced under it) is made
         // again rather than failing every fetch from then on.
@@ -349,7 +436,7 @@ impl Incoming {
             file,
             path: path.to_path_buf(),
             label,
-            size,
+            size: None,
             head: Vec::with_capacity(ENVELOPE_LEN),
             envelope: None,
             hasher: BodyHasher::new(),
@@ -382,16 +469,18 @@ impl Incoming {
             rest = &rest[take..];
             if self.head.len() == ENVELOPE_LEN {
                 let env = Envelope::decode(&self.head, &self.label)?;
-                if ENVELOPE_LEN as u64 + env.body_len != self.size {
-                    return Err(FormatError::Corrupt {
-                        blob: self.label.clone(),
-                        reason: format!(
-                            "the store says the blob is {} bytes, its envelope says {}",
-                            self.size,
-                            ENVELOPE_LEN as u64 + env.body_len
-                        ),
+                match self.size {
+                    Some(size) if ENVELOPE_LEN as u64 + env.body_len != size => {
+                        return Err(FormatError::Corrupt {
+                            blob: self.label.clone(),
+                            reason: format!(
+                                "the store says the blob is {size} bytes, its envelope says {}",
+                                ENVELOPE_LEN as u64 + env.body_len
+                            ),
+                        }
+                        .into());
                     }
-                    .into());
+                    _ => {}
                 }
                 self.envelope = Some(env);
             }

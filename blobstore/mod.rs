@@ -21,14 +21,20 @@
 //!
 //! Fetching into a local cache (stream to a temp file while hashing, fsync,
 //! verify, rename, fsync the directory) lives in [`cache`].
+//!
+//! A blob object is stored raw or as one zstd frame of the raw blob
+//! ([`compress`]); [`BlobStore::get_blob`] and the cache's fetch take
+//! either. [`BlobStore::get`] returns an object's bytes as stored.
 
 pub mod cache;
+pub mod compress;
 pub mod config;
 mod names;
 pub mod resilience;
 pub mod upload;
 
 pub use cache::BlobCache;
+pub use compress::Compression;
 pub use config::{RetryOptions, StoreOptions, StoreUrl, UploadOptions};
 pub use names::BlobName;
 pub use upload::BlobWriter;
@@ -445,6 +451,26 @@ impl BlobStore {
             .bytes()
             .await
             .map_err(|e| StoreError::from_backend("read", &label, e))
+    }
+
+    /// Reads a whole blob into memory as its raw bytes (what a cache file
+    /// holds): decompressed, on tokio's blocking pool, if it is stored as
+    /// a zstd frame (see [`compress`]). For readers of whole blobs
+    /// (restore, `verify`, `inspect`); a consumer streams through its
+    /// cache instead.
+    pub async fn get_blob(&self, name: &BlobName) -> Result<Bytes, crate::error::Error> {
+        let stored = self.get(name).await?;
+        if !compress::is_compressed(&stored) {
+            return Ok(stored);
+        }
+        let label = name.to_string();
+        tokio::task::spawn_blocking(move || compress::decode_stored(stored, &label, u64::MAX))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "decompress blob",
+                path: PathBuf::from(name.to_string()),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// The size of an object, in bytes.

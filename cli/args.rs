@@ -101,6 +101,11 @@ pub struct DemoArgs {
     /// the store].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+
+    /// How the producer stores blobs: zstd (level 3), zstd:LEVEL (1 to 19)
+    /// or none. Consumers read every setting.
+    #[arg(long, value_name = "zstd[:LEVEL]|none", default_value = "zstd:3")]
+    pub compression: String,
 }
 
 #[derive(Debug, ClapArgs)]

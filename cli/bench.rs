@@ -468,6 +468,25 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         )
         .vs("snapshot_bytes"),
         Figure::new(
+            "snapshot_bytes_stored",
+            "blob bytes: snapshot as stored (zstd:3)",
+            Unit::Bytes,
+            collect(&deltas, 0..1, "snapshot_bytes_stored"),
+        )
+        .vs("snapshot_bytes")
+        .per(args.workload.records as f64, "record"),
+        Figure::new(
+            "delta_bytes_stored",
+            "blob bytes: delta as stored (zstd:3)",
+            Unit::Bytes,
+            collect(&deltas, 1..4, "delta_bytes_stored"),
+        )
+        .vs("delta_bytes")
+        .per(
+            args.workload.records as f64 * args.workload.change,
+            "changed record",
+        ),
+        Figure::new(
             "reverse_bytes",
             "blob bytes: reverse delta",
             Unit::Bytes,

@@ -6,7 +6,7 @@ use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
 };
 use anyhow::{bail, Context, Result};
-use burrow::blobstore::{BlobStore, StoreOptions, StoreUrl};
+use burrow::blobstore::{BlobStore, Compression, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
 
 /// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
@@ -144,6 +144,7 @@ pub struct DemoConfig {
     pub change: f64,
     pub churn: f64,
     pub cache: PathBuf,
+    pub compression: Compression,
 }
 
 /// `burrow bench`: the figures, or one of the child processes a run starts.
@@ -288,12 +289,17 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
             );
         }
     }
+    let compression: Compression = a
+        .compression
+        .parse()
+        .map_err(|reason| anyhow::anyhow!("invalid --compression {:?}: {reason}", a.compression))?;
     Ok(DemoConfig {
         records: a.records,
         cycles: a.cycles,
         change,
         churn,
         cache,
+        compression,
     })
 }
 

@@ -124,6 +124,7 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         .producer_id(format!("burrow-demo-{}", std::process::id()))
         .primary_key::<movie::Owned>(&["id"])
         .header_tag("workload", "movies")
+        .compression(cfg.compression)
         .build()?;
     let consumer = ConsumerBuilder::new(store)
         .cache_dir(&cfg.cache)

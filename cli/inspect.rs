@@ -4,7 +4,8 @@
 //! the type). A snapshot's key indexes are
 //! checked against their types' offsets ([`KeyIndex::check`]) on the way,
 //! and the blob's dataset id against the announcement's (a blob of another
-//! dataset is an error naming both ids).
+//! dataset is an error naming both ids). A blob stored as a zstd frame is
+//! decompressed first; both sizes are shown (`stored_bytes`, `bytes`).
 
 use crate::args::BlobArg;
 use crate::config::InspectConfig;
@@ -56,7 +57,11 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
         );
     };
     let name = pick(cfg, entry.version, entry.from_version, entry.has_snapshot)?;
-    let bytes = store.get(&name).await?;
+    let stored = store.get(&name).await?;
+    let stored_len = stored.len() as u64;
+    let compressed = burrow::blobstore::compress::is_compressed(&stored);
+    let bytes = burrow::blobstore::compress::decode_stored(stored, &name.to_string(), u64::MAX)
+        .with_context(|| format!("{name} failed its checks"))?;
     let blob = Arc::new(
         OpenBlob::from_bytes(&bytes, &name.to_string())
             .with_context(|| format!("{name} failed its checks"))?,
@@ -165,6 +170,8 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
         return Ok(out.json(&json!({
             "blob": name.to_string(),
             "bytes": blob.len(),
+            "stored_bytes": stored_len,
+            "stored_as": if compressed { "zstd" } else { "raw" },
             "envelope": envelope,
             "header": {
                 "dataset_id": header.dataset_id.to_string(),
@@ -193,6 +200,14 @@ pub async fn run(cfg: &InspectConfig, store: BlobStore, out: &mut Out) -> Result
     let mut head = Table::new(&[("FIELD", Align::Left), ("VALUE", Align::Left)]);
     for (field, value) in [
         ("blob", format!("{name} ({})", output::bytes(blob.len()))),
+        (
+            "stored",
+            format!(
+                "{} ({})",
+                output::bytes(stored_len),
+                if compressed { "zstd frame" } else { "raw" }
+            ),
+        ),
         ("kind", env.kind.as_str().to_string()),
         (
             "versions",

@@ -2,7 +2,8 @@
 //! (see `burrow::verify`), prints each problem with the name of the blob it
 //! is in (or one JSON object with `--json`), and fails if there is any. The
 //! summary names the dataset verified (the log's; `none` for an empty or
-//! unreadable log, `null` in JSON).
+//! unreadable log, `null` in JSON). Sizes are given as stored and
+//! decompressed (blobs may be stored as zstd frames).
 
 use crate::output::Out;
 use anyhow::Result;
@@ -33,7 +34,8 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
             out.line(&format!("LEFTOVER {leftover}"))?;
         }
         out.line(&format!(
-            "{}: dataset {}, {} blobs ({} records), {} announcement entries, \
+            "{}: dataset {}, {} blobs ({} records; {} stored, {} decompressed), \
+             {} announcement entries, \
              {} versions reachable, {} orphan blobs, {} leftovers of interrupted writes: {}",
             store.description(),
             report
@@ -41,6 +43,8 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
                 .map_or_else(|| "none".to_string(), |id| id.to_string()),
             report.blobs_checked,
             report.records_checked,
+            crate::output::bytes(report.bytes_stored),
+            crate::output::bytes(report.bytes_decompressed),
             report.entries_checked,
             report.versions_reachable,
             report.orphans.len(),
@@ -62,6 +66,8 @@ fn json(store: &str, r: &VerifyReport) -> serde_json::Value {
         "dataset_id": r.dataset_id.map(|id| id.to_string()),
         "blobs_checked": r.blobs_checked,
         "records_checked": r.records_checked,
+        "bytes_stored": r.bytes_stored,
+        "bytes_decompressed": r.bytes_decompressed,
         "entries_checked": r.entries_checked,
         "versions_reachable": r.versions_reachable,
         "orphans": r.orphans,

@@ -156,6 +156,7 @@ pub(crate) fn is_bad_blob(e: &Error) -> bool {
         e,
         Error::Format(
             FormatError::Corrupt { .. }
+                | FormatError::Compression { .. }
                 | FormatError::Incompatible { .. }
                 | FormatError::DatasetMismatch { .. }
         ) | Error::Store(StoreError::NotFound { .. })

@@ -1,5 +1,5 @@
 //! Building a producer: its configuration (store, id, snapshot cadence,
-//! record limits), the record types it publishes with their primary keys,
+//! record limits, transport compression), the record types it publishes with their primary keys,
 //! validators, listeners and header tags.
 //!
 //! [`ProducerBuilder::build`] checks the configuration once (a type
@@ -10,7 +10,7 @@
 use super::{CycleEvent, CycleListener, Producer, Validator};
 use crate::announcer::AnnouncementLog;
 use crate::blobstore::resilience::{Clock, SystemClock};
-use crate::blobstore::BlobStore;
+use crate::blobstore::{BlobStore, Compression};
 use crate::error::Error;
 use crate::schema::blob::DatasetSchema;
 use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
@@ -54,6 +54,7 @@ pub struct ProducerBuilder {
     leftover_grace: std::time::Duration,
     format_version: u16,
     max_list_shift: u8,
+    compression: Compression,
 }
 
 impl ProducerBuilder {
@@ -76,6 +77,7 @@ impl ProducerBuilder {
             leftover_grace: crate::gc::DEFAULT_LEFTOVER_GRACE,
             format_version: crate::schema::envelope::FORMAT_VERSION,
             max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
+            compression: Compression::default(),
         }
     }
 
@@ -96,6 +98,14 @@ impl ProducerBuilder {
     #[doc(hidden)]
     pub fn max_list_shift(mut self, shift: u8) -> Self {
         self.max_list_shift = shift.min(crate::schema::blob::MAX_LIST_SHIFT);
+        self
+    }
+
+    /// How blobs are stored (default zstd level 3; see
+    /// [`crate::blobstore::compress`]). Consumers read any setting, and a
+    /// chain may change it from one cycle to the next.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -211,6 +221,9 @@ impl ProducerBuilder {
         if self.snapshot_every == 0 {
             return Err(config("snapshot_every", "must be at least 1".into()));
         }
+        self.compression
+            .check()
+            .map_err(|reason| config("compression", reason))?;
         if self.producer_id.is_empty() {
             return Err(config("producer_id", "must not be empty".into()));
         }
@@ -262,6 +275,7 @@ impl ProducerBuilder {
                 clock: self.clock,
                 leftover_grace: self.leftover_grace,
                 max_list_shift: self.max_list_shift,
+                compression: self.compression,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -289,6 +303,8 @@ pub(super) struct Config {
     pub(super) leftover_grace: std::time::Duration,
     /// The largest `listShift` the blob writer uses.
     pub(super) max_list_shift: u8,
+    /// How each blob is stored.
+    pub(super) compression: Compression,
 }
 
 impl Config {

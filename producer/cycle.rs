@@ -140,6 +140,7 @@ impl Producer {
                 published: false,
                 changes,
                 blobs: Vec::new(),
+                stored_blobs: Vec::new(),
                 populate_time,
                 total_time: started.elapsed(),
             });
@@ -192,7 +193,11 @@ impl Producer {
             version,
             published: true,
             changes,
-            blobs: blobs.iter().map(|(n, b)| (*n, b.len() as u64)).collect(),
+            blobs: blobs.iter().map(|b| (b.name, b.raw_bytes)).collect(),
+            stored_blobs: blobs
+                .iter()
+                .map(|b| (b.name, b.bytes.len() as u64))
+                .collect(),
             populate_time,
             total_time: started.elapsed(),
         })
@@ -340,6 +345,15 @@ fn validate(config: &Config, version: u64, changes: &[TypeChange]) -> Result<(),
     Ok(())
 }
 
+/// A blob of the cycle as stored (compressed or not).
+struct Stored {
+    name: BlobName,
+    /// Its size as mapped (decompressed).
+    raw_bytes: u64,
+    /// The object put in the store.
+    bytes: Bytes,
+}
+
 /// Step 6: writes the blobs and publishes them. A name already taken is
 /// an orphan of a cycle that died before announcing: the version is bumped
 /// past it and the blobs rewritten (at most 16 times). Returns the version
@@ -347,13 +361,26 @@ fn validate(config: &Config, version: u64, changes: &[TypeChange]) -> Result<(),
 async fn write_and_publish(
     config: &Config,
     mut req: WriteRequest<'_>,
-) -> Result<(u64, Vec<(BlobName, Bytes)>), Error> {
+) -> Result<(u64, Vec<Stored>), Error> {
     let mut attempts = 0;
     loop {
         attempts += 1;
         let version = req.version;
-        let written = blocking(|| write_blobs(config, &req))
-            .map_err(cycle_err(CycleStep::WriteBlobs, version))?;
+        // Each blob is compressed here, so the puts, the announcement's
+        // byte counts and the report all see the stored objects.
+        let written = blocking(|| {
+            write_blobs(config, &req)?
+                .into_iter()
+                .map(|(name, raw)| {
+                    Ok(Stored {
+                        name,
+                        raw_bytes: raw.len() as u64,
+                        bytes: config.compression.compress(raw)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })
+        .map_err(cycle_err(CycleStep::WriteBlobs, version))?;
         match publish(config, &written).await {
             Ok(()) => return Ok((version, written)),
             Err(Error::Store(StoreError::AlreadyExists { name })) if attempts < 16 => {
@@ -372,9 +399,9 @@ async fn write_and_publish(
 /// Puts each blob with a create-only put, deltas first. (On a local
 /// store, the file writes and fsyncs run on tokio's blocking pool: see
 /// `blocking`.)
-async fn publish(config: &Config, blobs: &[(BlobName, Bytes)]) -> Result<(), Error> {
+async fn publish(config: &Config, blobs: &[Stored]) -> Result<(), Error> {
     crate::failpoint::hit("before-publish");
-    for (name, bytes) in blobs {
+    for Stored { name, bytes, .. } in blobs {
         config.store.create(name, vec![bytes.clone()]).await?;
         crate::failpoint::hit(match name {
             BlobName::Delta(..) => "after-delta-put",
@@ -393,13 +420,14 @@ async fn announce(
     prev_entry: Option<&Announcement>,
     version: u64,
     with_snapshot: bool,
-    blobs: &[(BlobName, Bytes)],
+    blobs: &[Stored],
 ) -> Result<Announcement, Error> {
+    // The stored sizes: what a consumer's plan fetches.
     let size_of = |kind: fn(&BlobName) -> bool| {
         blobs
             .iter()
-            .find(|(n, _)| kind(n))
-            .map_or(0, |(_, b)| b.len() as u64)
+            .find(|b| kind(&b.name))
+            .map_or(0, |b| b.bytes.len() as u64)
     };
     let entry = Announcement {
         dataset_id,

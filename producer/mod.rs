@@ -279,8 +279,11 @@ pub struct CycleReport {
     /// Each type's changes against the last announced version (a dropped
     /// type with all its records removed).
     pub changes: Vec<TypeChange>,
-    /// Blobs written, with their sizes in bytes.
+    /// Blobs written, with their sizes in bytes as mapped (decompressed).
     pub blobs: Vec<(BlobName, u64)>,
+    /// The same blobs with their sizes as stored (compressed, if the
+    /// producer compresses): what the announcement records.
+    pub stored_blobs: Vec<(BlobName, u64)>,
     /// Time from the start of the cycle to the end of populate (the log
     /// read of mint included).
     pub populate_time: Duration,

@@ -211,7 +211,7 @@ async fn apply_plan(
     for step in &plan.steps {
         let name = step.blob();
         let result = async {
-            let bytes = config.store.get(&name).await?;
+            let bytes = config.store.get_blob(&name).await?;
             // Verifying the checksum and applying a delta are CPU work.
             blocking(|| {
                 let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);

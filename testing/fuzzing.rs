@@ -433,7 +433,7 @@ pub fn base_blobs() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         assert_eq!((v1, v2, v3), (1, BASE_VERSION, BASE_VERSION + 1));
         let get = |name| {
             let store = store.clone();
-            async move { store.get(&name).await.expect("blob").to_vec() }
+            async move { store.get_blob(&name).await.expect("blob").to_vec() }
         };
         (
             get(BlobName::Snapshot(v2)).await,

@@ -12,6 +12,8 @@ const FIGURES: &[&str] = &[
     "producer_peak_rss_with_snapshot",
     "snapshot_bytes",
     "delta_bytes",
+    "snapshot_bytes_stored",
+    "delta_bytes_stored",
     "reverse_bytes",
     "decode_open",
     "consumer_open",

@@ -61,6 +61,8 @@ fn golden_producer(store: &BlobStore) -> Producer {
         .dataset_id(dataset_id())
         .clock(Arc::new(ManualClock::new()))
         .header_tag("source", "tests/golden.rs")
+        // The golden files are the raw format-v1 blobs.
+        .compression(burrow::blobstore::Compression::None)
         .primary_key::<movie::Owned>(&["id"])
         .build()
         .unwrap()

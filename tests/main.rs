@@ -9,6 +9,7 @@ mod cli_cache_lock;
 #[cfg(feature = "cli")]
 mod cli_pin;
 mod common;
+mod compression;
 mod conformance;
 mod consumer_cache;
 mod consumer_outage;

@@ -79,6 +79,13 @@ pub async fn produce(
         let seconds = started.elapsed().as_secs_f64();
         let size =
             |f: fn(&BlobName) -> bool| report.blobs.iter().find(|(n, _)| f(n)).map(|(_, b)| *b);
+        let stored = |f: fn(&BlobName) -> bool| {
+            report
+                .stored_blobs
+                .iter()
+                .find(|(n, _)| f(n))
+                .map(|(_, b)| *b)
+        };
         cycles.push(json!({
             "cycle": cycle,
             "version": report.version,
@@ -89,6 +96,8 @@ pub async fn produce(
             "snapshot_bytes": size(|n| matches!(n, BlobName::Snapshot(_))),
             "delta_bytes": size(|n| matches!(n, BlobName::Delta(..))),
             "reverse_bytes": size(|n| matches!(n, BlobName::Reverse(..))),
+            "snapshot_bytes_stored": stored(|n| matches!(n, BlobName::Snapshot(_))),
+            "delta_bytes_stored": stored(|n| matches!(n, BlobName::Delta(..))),
         }));
     }
     println!(

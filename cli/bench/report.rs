@@ -51,6 +51,9 @@ pub struct Figure {
     /// Key of the figure this one is compared with.
     pub baseline: Option<&'static str>,
     pub target: Option<Target>,
+    /// Shown beside the median in the table: the median divided by this
+    /// count, per the named thing (`record`, `changed record`).
+    pub per: Option<(f64, &'static str)>,
 }
 
 impl Figure {
@@ -62,7 +65,13 @@ impl Figure {
             samples,
             baseline: None,
             target: None,
+            per: None,
         }
+    }
+
+    pub fn per(mut self, count: f64, what: &'static str) -> Self {
+        self.per = Some((count, what));
+        self
     }
 
     pub fn vs(mut self, baseline: &'static str) -> Self {
@@ -168,7 +177,16 @@ impl Report {
         for f in &self.figures {
             rows.push([
                 f.label.to_string(),
-                f.unit.show(f.median()),
+                match f.per {
+                    Some((n, what)) if n > 0.0 => {
+                        format!(
+                            "{} ({:.1} B/{what})",
+                            f.unit.show(f.median()),
+                            f.median() / n
+                        )
+                    }
+                    _ => f.unit.show(f.median()),
+                },
                 f.unit.show(f.min()),
                 f.unit.show(f.max()),
                 f.samples.len().to_string(),

@@ -22,9 +22,13 @@ pub fn movie_value(i: u64, generation: u64) -> (String, u32, Vec<String>) {
     (m.title, m.year, m.tags)
 }
 
+/// A producer of the Movie workload. It stores raw blobs
+/// (`Compression::None`): the tests that mangle or read a store's bytes
+/// work on the blob format itself; tests/compression.rs covers zstd.
 pub fn producer(store: &BlobStore, id: &str) -> Producer {
     ProducerBuilder::new(store.clone())
         .producer_id(id)
+        .compression(burrow::blobstore::Compression::None)
         .primary_key::<movie::Owned>(&["id"])
         .build()
         .expect("producer builds")

@@ -142,6 +142,7 @@ impl Producer {
                 blobs: Vec::new(),
                 populate_time,
                 total_time: started.elapsed(),
+                announcement: None,
             });
         }
 
@@ -181,6 +182,7 @@ impl Producer {
         )
         .await?;
         timer.done(CycleStep::Announce);
+        let announcement = Some(entry.clone());
         *guard = Some(Announced {
             entry,
             cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },
@@ -195,6 +197,7 @@ impl Producer {
             blobs: blobs.iter().map(|(n, b)| (*n, b.len() as u64)).collect(),
             populate_time,
             total_time: started.elapsed(),
+            announcement,
         })
     }
 }

@@ -66,7 +66,7 @@ pub enum NotifyError {
     },
     /// The circuit breaker in front of the channel is open.
     #[error(transparent)]
-    CircuitOpen(#[from] crate::blobstore::resilience::ResilienceError),
+    CircuitOpen(#[from] Box<crate::blobstore::resilience::ResilienceError>),
     /// A message's bytes are not a notification or a heartbeat.
     #[error("malformed notification ({len} bytes): {reason}")]
     Malformed {

@@ -381,9 +381,9 @@ impl CallBreaker {
 
     /// Leave to make one call, or [`ResilienceError::CircuitOpen`] when the
     /// breaker is open (or half-open with its trials taken).
-    pub fn admit(&self) -> std::result::Result<BreakerPermit, ResilienceError> {
+    pub fn admit(&self) -> std::result::Result<BreakerPermit, Box<ResilienceError>> {
         self.core
-            .admit_or(|store, detail| ResilienceError::CircuitOpen { store, detail })
+            .admit_or(|store, detail| Box::new(ResilienceError::CircuitOpen { store, detail }))
             .map(|permit| BreakerPermit { permit })
     }
 

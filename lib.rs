@@ -58,6 +58,7 @@ pub mod blobstore;
 pub mod consumer;
 pub mod error;
 pub mod gc;
+pub mod notify;
 pub mod producer;
 pub mod schema;
 #[cfg(any(

@@ -143,6 +143,7 @@ impl Producer {
                 stored_blobs: Vec::new(),
                 populate_time,
                 total_time: started.elapsed(),
+                announcement: None,
             });
         }
 
@@ -182,6 +183,7 @@ impl Producer {
         )
         .await?;
         timer.done(CycleStep::Announce);
+        let announcement = Some(entry.clone());
         *guard = Some(Announced {
             entry,
             cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },
@@ -200,6 +202,7 @@ impl Producer {
                 .collect(),
             populate_time,
             total_time: started.elapsed(),
+            announcement,
         })
     }
 }

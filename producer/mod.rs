@@ -289,6 +289,9 @@ pub struct CycleReport {
     pub populate_time: Duration,
     /// Time of the whole cycle, announce included.
     pub total_time: Duration,
+    /// The log entry the cycle appended (`None` when nothing changed), for
+    /// listeners that pass it on (`burrow::notify::Publisher`).
+    pub announcement: Option<Announcement>,
 }
 
 impl Producer {

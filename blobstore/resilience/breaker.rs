@@ -181,6 +181,16 @@ impl Core {
     }
 
     fn admit(self: &Arc<Self>) -> Result<Permit> {
+        self.admit_or(|store, detail| {
+            ResilienceError::CircuitOpen { store, detail }.into_object_error()
+        })
+    }
+
+    /// Admits a call, or makes the rejection with `reject(name, detail)`.
+    fn admit_or<E>(
+        self: &Arc<Self>,
+        reject: impl FnOnce(String, String) -> E,
+    ) -> std::result::Result<Permit, E> {
         let mut machine = self.machine();
         if machine.state == BreakerState::Open {
             let open_for = self
@@ -188,21 +198,27 @@ impl Core {
                 .now()
                 .saturating_duration_since(machine.opened_at);
             if open_for < self.config.cool_down {
-                return Err(self.rejection(format!(
-                    "{} consecutive failures; next trial in {:?}",
-                    machine.consecutive_failures,
-                    self.config.cool_down - open_for
-                )));
+                return Err(reject(
+                    self.name.clone(),
+                    format!(
+                        "{} consecutive failures; next trial in {:?}",
+                        machine.consecutive_failures,
+                        self.config.cool_down - open_for
+                    ),
+                ));
             }
             machine.trials_started = 0;
             self.transition(&mut machine, BreakerState::HalfOpen);
         }
         if machine.state == BreakerState::HalfOpen {
             if machine.trials_started >= self.config.half_open_trials.max(1) {
-                return Err(self.rejection(format!(
-                    "half-open, waiting on {} trial call(s)",
-                    machine.trials_started
-                )));
+                return Err(reject(
+                    self.name.clone(),
+                    format!(
+                        "half-open, waiting on {} trial call(s)",
+                        machine.trials_started
+                    ),
+                ));
             }
             machine.trials_started += 1;
         }
@@ -210,14 +226,6 @@ impl Core {
             core: Arc::clone(self),
             recorded: false,
         })
-    }
-
-    fn rejection(&self, detail: String) -> object_store::Error {
-        ResilienceError::CircuitOpen {
-            store: self.name.clone(),
-            detail,
-        }
-        .into_object_error()
     }
 
     fn finish(&self, healthy: bool) {
@@ -316,6 +324,87 @@ impl CircuitBreakerStore {
     /// The configuration it runs with.
     pub fn config(&self) -> &BreakerConfig {
         &self.decorator().core.config
+    }
+}
+
+/// The same breaker for calls that are not object store calls (the
+/// notification channel's publishes, [`crate::notify`]): one state machine,
+/// one configuration type, one set of transitions and logs for both.
+///
+/// [`CallBreaker::admit`] asks leave to make a call; the returned
+/// [`BreakerPermit`] records its outcome (dropped unrecorded, it counts as
+/// a failure, as an abandoned store call does).
+#[derive(Debug, Clone)]
+pub struct CallBreaker {
+    core: Arc<Core>,
+}
+
+/// Leave from a [`CallBreaker`] to make one call.
+#[derive(Debug)]
+pub struct BreakerPermit {
+    permit: Permit,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
+}
+
+impl BreakerPermit {
+    /// Records the call's outcome: `healthy` when the far side answered.
+    pub fn finish(self, healthy: bool) {
+        self.permit.finish(healthy)
+    }
+}
+
+impl CallBreaker {
+    /// A closed breaker named `name` (in logs and errors), timing its
+    /// cool-down on `clock`.
+    pub fn new(name: impl Into<String>, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now();
+        CallBreaker {
+            core: Arc::new(Core {
+                name: name.into(),
+                config,
+                clock,
+                machine: Mutex::new(Machine {
+                    state: BreakerState::Closed,
+                    consecutive_failures: 0,
+                    opened_at: now,
+                    trials_started: 0,
+                }),
+                transitions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Leave to make one call, or [`ResilienceError::CircuitOpen`] when the
+    /// breaker is open (or half-open with its trials taken).
+    pub fn admit(&self) -> std::result::Result<BreakerPermit, Box<ResilienceError>> {
+        self.core
+            .admit_or(|store, detail| Box::new(ResilienceError::CircuitOpen { store, detail }))
+            .map(|permit| BreakerPermit { permit })
+    }
+
+    /// The state after the last call.
+    pub fn state(&self) -> BreakerState {
+        self.core.machine().state
+    }
+
+    /// Unhealthy failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.core.machine().consecutive_failures
+    }
+
+    /// State changes so far.
+    pub fn transitions(&self) -> u64 {
+        self.core.transitions.load(Ordering::Relaxed)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.core.config
     }
 }
 

@@ -38,7 +38,9 @@ mod clock;
 pub mod decorated;
 mod retry;
 
-pub use breaker::{Breaker, BreakerConfig, BreakerState, CircuitBreakerStore};
+pub use breaker::{
+    Breaker, BreakerConfig, BreakerPermit, BreakerState, CallBreaker, CircuitBreakerStore,
+};
 pub use clock::{random_duration, with_timeout, Clock, Rng, SeededRng, SystemClock};
 pub use decorated::{Decorated, Decorator, Op};
 pub use retry::{Retry, RetryPolicy, RetryStore};

@@ -70,7 +70,10 @@ fn demo_versions_and_inspect_on_a_local_store() {
     // The key index keeps its load factor at or under LOAD_PERCENT.
     let slots = blob["types"][0]["key_index_slots"].as_u64().unwrap();
     let load = burrow::schema::key_index::LOAD_PERCENT as u64;
-    assert!(slots * load >= 2000 * 100 && slots < 2000 * 2, "{slots} slots");
+    assert!(
+        slots * load >= 2000 * 100 && slots < 2000 * 2,
+        "{slots} slots"
+    );
     // inspect checks the index (schema::key_index): one entry per record.
     assert_eq!(blob["types"][0]["key_index_entries"], 2000);
     assert_eq!(blob["types"][0]["key_fields"][0], "id");

@@ -1,13 +1,16 @@
-//! Invariant: the format does not change by accident. `tests/data/v1/`
+//! Invariant: the format does not change by accident. `tests/data/v<N>/`
 //! holds a snapshot, a delta, a reverse delta and an announcement entry of
-//! format version 1, written by a producer whose every input is fixed
+//! format version N, written by a producer whose every input is fixed
 //! (producer id, dataset id, header tag, a manual clock). This build must
-//! read each of them back to exactly the content it was written with, and
-//! must write the very same bytes from the same inputs. A deliberate format
-//! change bumps `FORMAT_VERSION` and adds `tests/data/v<N>/` beside these
-//! (from format v2 on, every later version reads the golden files of every
-//! earlier one; see `schema/FORMAT.md`). To rewrite the v1 files on purpose:
-//! `cargo test --all-features golden -- --ignored`.
+//! read the files of every version from `OLDEST_READABLE_VERSION` to
+//! `FORMAT_VERSION` back to exactly the content they were written with,
+//! and must write the very same bytes from the same inputs for every
+//! version it can write (`WRITABLE_VERSIONS`). A deliberate format change
+//! bumps `FORMAT_VERSION` and adds `tests/data/v<N>/` beside the others,
+//! which stay: released versions are read forever (`schema/FORMAT.md`,
+//! "Format versions"). Format v1 was never released; its files are gone.
+//! To write the files of the newest version on purpose (never those of a
+//! released one): `cargo test --all-features golden -- --ignored`.
 
 use crate::common::*;
 use burrow::announcer::{AnnounceKind, Announcement};
@@ -15,7 +18,9 @@ use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::ReadState;
 use burrow::producer::{Producer, ProducerBuilder};
 use burrow::schema::blob::OpenBlob;
-use burrow::schema::envelope::{BlobKind, Envelope, FORMAT_VERSION};
+use burrow::schema::envelope::{
+    BlobKind, Envelope, FORMAT_VERSION, OLDEST_READABLE_VERSION, WRITABLE_VERSIONS,
+};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::DatasetId;
 use burrow::testing::ManualClock;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 /// The golden dataset's id.
 const DATASET: (u64, u64) = (0x601d_e4f1_1e5b_0001, 0x0000_0000_0000_0042);
 
-/// The golden files: (file under tests/data/v1, the blob it is a copy of).
+/// The golden files: (file under tests/data/v<N>, the blob it is a copy of).
 const FILES: [(&str, BlobName); 4] = [
     ("snapshot-1.blob", BlobName::Snapshot(1)),
     ("delta-1-2.blob", BlobName::Delta(1, 2)),
@@ -37,8 +42,8 @@ fn dataset_id() -> DatasetId {
     DatasetId::from_parts(DATASET.0, DATASET.1).expect("not zero")
 }
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1")
+fn data_dir(format: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/v{format}"))
 }
 
 /// Version 1: five movies at generation 0.
@@ -55,24 +60,26 @@ fn model_v2() -> Model {
     m
 }
 
-fn golden_producer(store: &BlobStore) -> Producer {
+fn golden_producer(store: &BlobStore, format: u16) -> Producer {
     ProducerBuilder::new(store.clone())
+        .format_version(format)
         .producer_id("golden")
         .dataset_id(dataset_id())
         .clock(Arc::new(ManualClock::new()))
         .header_tag("source", "tests/golden.rs")
-        // The golden files are the raw format-v1 blobs.
+        // The golden files are the raw blobs, as a consumer's cache holds them.
         .compression(burrow::blobstore::Compression::None)
         .primary_key::<movie::Owned>(&["id"])
         .build()
         .unwrap()
 }
 
-/// Publishes the golden dataset into a fresh local store at `dir` and
-/// returns the bytes of each golden blob, in the order of [`FILES`].
-async fn write_golden_dataset(dir: &Path) -> Vec<Vec<u8>> {
+/// Publishes the golden dataset in format version `format` into a fresh
+/// local store at `dir` and returns the bytes of each golden blob, in the
+/// order of [`FILES`].
+async fn write_golden_dataset(dir: &Path, format: u16) -> Vec<Vec<u8>> {
     let store = BlobStore::local(dir).unwrap();
-    let producer = golden_producer(&store);
+    let producer = golden_producer(&store, format);
     assert_eq!(publish(&producer, &model_v1()).await.unwrap().version, 1);
     assert_eq!(publish(&producer, &model_v2()).await.unwrap().version, 2);
     FILES
@@ -81,22 +88,33 @@ async fn write_golden_dataset(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn read_golden(file: &str) -> Vec<u8> {
-    let path = data_dir().join(file);
+fn read_golden(format: u16, file: &str) -> Vec<u8> {
+    let path = data_dir(format).join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}; the golden files are committed under tests/data/v1",
+            "{}: {e}; the golden files of every readable format version are committed \
+             under tests/data/v<N>",
             path.display()
         )
     })
 }
 
-fn open(file: &str, name: BlobName) -> Arc<OpenBlob> {
-    Arc::new(OpenBlob::from_bytes(&read_golden(file), &name.to_string()).unwrap())
+fn open(format: u16, file: &str, name: BlobName) -> Arc<OpenBlob> {
+    Arc::new(OpenBlob::from_bytes(&read_golden(format, file), &name.to_string()).unwrap())
 }
 
 #[test]
 fn golden_files_read_back_to_exactly_what_was_written() {
+    assert!(OLDEST_READABLE_VERSION >= 2 && OLDEST_READABLE_VERSION <= FORMAT_VERSION);
+    for format in OLDEST_READABLE_VERSION..=FORMAT_VERSION {
+        read_back(format);
+    }
+}
+
+/// Reads the golden files of format version `format` back to their content.
+fn read_back(format: u16) {
+    let read_golden = |file: &str| read_golden(format, file);
+    let open = |file: &str, name: BlobName| open(format, file, name);
     // Envelopes: format version, kind and versions.
     for (file, name) in FILES {
         let bytes = read_golden(file);
@@ -120,10 +138,9 @@ fn golden_files_read_back_to_exactly_what_was_written() {
             (kind, from, to),
             "{file}"
         );
-        assert_eq!(
-            FORMAT_VERSION, 1,
-            "a new format version adds its own golden files"
-        );
+        // The envelope's format version (bytes 8..10, little-endian).
+        let written = u16::from_le_bytes([bytes[8], bytes[9]]);
+        assert_eq!(written, format, "v{format}/{file}");
     }
 
     // The snapshot: its header and exactly the records of version 1.
@@ -182,10 +199,16 @@ fn golden_files_read_back_to_exactly_what_was_written() {
 
 #[tokio::test]
 async fn this_build_writes_the_golden_bytes() {
+    for &format in WRITABLE_VERSIONS {
+        writes_the_golden_bytes(format).await;
+    }
+}
+
+async fn writes_the_golden_bytes(format: u16) {
     let dir = tempfile::tempdir().unwrap();
-    let written = write_golden_dataset(dir.path()).await;
+    let written = write_golden_dataset(dir.path(), format).await;
     for ((file, name), bytes) in FILES.iter().zip(written) {
-        let golden = read_golden(file);
+        let golden = read_golden(format, file);
         if golden != bytes {
             let first = golden
                 .iter()
@@ -193,9 +216,10 @@ async fn this_build_writes_the_golden_bytes() {
                 .position(|(a, b)| a != b)
                 .unwrap_or(golden.len().min(bytes.len()));
             panic!(
-                "{name} is no longer written as tests/data/v1/{file} (they differ from byte \
-                 {first}; {} bytes against {}). If the format changed on purpose, bump \
-                 FORMAT_VERSION and add golden files for the new version beside these.",
+                "{name} is no longer written as tests/data/v{format}/{file} (they differ \
+                 from byte {first}; {} bytes against {}). If the format changed on \
+                 purpose, bump FORMAT_VERSION and add golden files for the new version \
+                 beside these.",
                 bytes.len(),
                 golden.len()
             );
@@ -203,15 +227,16 @@ async fn this_build_writes_the_golden_bytes() {
     }
 }
 
-/// Rewrites `tests/data/v1/` from this build: only for a deliberate change
-/// of format version 1 (nothing has been released in it).
+/// Writes `tests/data/v<FORMAT_VERSION>/` from this build: only while that
+/// version is being made (a released version's files never change).
 #[tokio::test]
-#[ignore = "rewrites tests/data/v1: run on purpose, with -- --ignored"]
+#[ignore = "rewrites the newest version's golden files: run on purpose, with -- --ignored"]
 async fn write_golden_files() {
     let dir = tempfile::tempdir().unwrap();
-    let written = write_golden_dataset(dir.path()).await;
-    std::fs::create_dir_all(data_dir()).unwrap();
+    let written = write_golden_dataset(dir.path(), FORMAT_VERSION).await;
+    let out = data_dir(FORMAT_VERSION);
+    std::fs::create_dir_all(&out).unwrap();
     for ((file, _), bytes) in FILES.iter().zip(written) {
-        std::fs::write(data_dir().join(file), bytes).unwrap();
+        std::fs::write(out.join(file), bytes).unwrap();
     }
 }

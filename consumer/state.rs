@@ -695,6 +695,7 @@ impl<'s, T: RecordType> TypeView<'s, T> {
             run_end: 0,
             run_first: 0,
             check: false,
+            present: &[],
         }
     }
 }
@@ -714,6 +715,8 @@ pub struct Iter<'v, 's, T: RecordType> {
     run_first: u32,
     /// The run is the snapshot's and it has holes: test presence bits.
     check: bool,
+    /// The snapshot's presence bitmap, while `check`.
+    present: &'s [u64],
 }
 
 impl<'s, T: RecordType> Iterator for Iter<'_, 's, T> {
@@ -727,8 +730,20 @@ impl<'s, T: RecordType> Iterator for Iter<'_, 's, T> {
                     let i = self.run_at;
                     self.run_at += 1;
                     let o = self.run_first.wrapping_add(i);
-                    if self.check && !self.view.data.base.as_deref()?.is_present(o) {
-                        continue;
+                    if self.check {
+                        // The presence word of `o`, shifted so that bit 0 is
+                        // `o`: absent ordinals are skipped a word at a time.
+                        let word = self.present.get(o as usize / 64).copied().unwrap_or(0);
+                        let rest = word >> (o % 64);
+                        if rest & 1 == 0 {
+                            let skip = if rest == 0 {
+                                64 - o % 64
+                            } else {
+                                rest.trailing_zeros()
+                            };
+                            self.run_at = (i + skip).min(self.run_end);
+                            continue;
+                        }
                     }
                     return Some((o, list.try_get(i)?));
                 }
@@ -767,10 +782,8 @@ impl<'s, T: RecordType> Iter<'_, 's, T> {
                     return false;
                 };
                 self.run = Some(list);
-                self.check = data
-                    .base
-                    .as_ref()
-                    .is_some_and(|b| !b.present.get().is_empty());
+                self.present = data.base.as_ref().map_or(&[], |b| b.present.get());
+                self.check = !self.present.is_empty();
                 self.run_first = list_first;
                 self.run_at = o - list_first;
                 self.run_end = end - list_first;

@@ -12,6 +12,7 @@ const FIGURES: &[&str] = &[
     "producer_peak_rss_with_snapshot",
     "snapshot_bytes",
     "delta_bytes",
+    "snapshot_bytes_mapped",
     "snapshot_bytes_stored",
     "delta_bytes_stored",
     "reverse_bytes",
@@ -22,6 +23,7 @@ const FIGURES: &[&str] = &[
     "delta_refresh_cached",
     "hashmap_lookup",
     "lookup",
+    "lookup_threads",
     "hashmap_scan",
     "scan",
     "decode_rss",
@@ -29,6 +31,7 @@ const FIGURES: &[&str] = &[
     "consumer_rss",
     "consumer_file_rss",
     "consumer_anon_rss",
+    "consumer_rss_after_scan",
 ];
 
 #[test]

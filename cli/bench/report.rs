@@ -40,6 +40,8 @@ pub struct Target {
     pub max_ratio: Option<f64>,
     /// The median must be at most this, in the figure's unit.
     pub max_abs: Option<f64>,
+    /// The median over the figure's `per` count must be at most this.
+    pub max_per: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,18 @@ impl Figure {
             text,
             max_ratio,
             max_abs,
+            max_per: None,
+        });
+        self
+    }
+
+    /// A target on the median per `per` count (bytes per record).
+    pub fn target_per(mut self, text: &'static str, max_per: f64) -> Self {
+        self.target = Some(Target {
+            text,
+            max_ratio: None,
+            max_abs: None,
+            max_per: Some(max_per),
         });
         self
     }
@@ -143,6 +157,9 @@ impl Report {
         }
         if let Some(max) = t.max_abs {
             ok &= f.median() <= max;
+        }
+        if let Some(max) = t.max_per {
+            ok &= f.per.is_some_and(|(n, _)| n > 0.0 && f.median() / n <= max);
         }
         Some(ok)
     }

@@ -134,7 +134,6 @@ impl NodeKey {
     /// record laid out otherwise (a far pointer, a text that is not a byte
     /// list) is an error saying so.
     pub fn encode(&self, words: &[u64], out: &mut Vec<u8>) -> Result<(), String> {
-        let bytes = crate::schema::record::words_as_bytes(words);
         let root = *words.first().ok_or("empty record")?;
         if root != 0 && root & 3 != 0 {
             return Err("the record's root is not a struct pointer".into());
@@ -151,6 +150,29 @@ impl NodeKey {
         } else {
             (data_words, ptr_count)
         };
+        self.encode_struct(words, data, data_words, ptr_count, out)
+    }
+
+    /// Appends the canonical key bytes of the struct whose data section
+    /// starts at word `data` of `words` (`data_words` data words, then
+    /// `ptr_count` pointers), its pointers followed within `words`: a
+    /// record read in place, such as an element of a blob's record list
+    /// (`words` the blob's segment). Bounds-checked like [`Self::encode`].
+    pub fn encode_struct(
+        &self,
+        words: &[u64],
+        data: usize,
+        data_words: usize,
+        ptr_count: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if data
+            .checked_add(data_words + ptr_count)
+            .is_none_or(|end| end > words.len())
+        {
+            return Err("the struct lies outside the words given".into());
+        }
+        let bytes = crate::schema::record::words_as_bytes(words);
         for f in &self.fields {
             match f {
                 NodeField::Int {

@@ -538,10 +538,18 @@ impl Checker<'_> {
         if depth >= MAX_DEPTH {
             return Err(format!("objects nest deeper than {MAX_DEPTH} at word {at}"));
         }
-        if p.kind() > 1 {
-            return Err(format!(
-                "pointer at word {at} is neither a struct nor a list"
-            ));
+        match p.kind() {
+            2 => {
+                return Err(format!(
+                    "far pointer at word {at}: the body is one segment"
+                ))
+            }
+            3 => {
+                return Err(format!(
+                    "capability pointer at word {at}: records hold no capabilities"
+                ))
+            }
+            _ => {}
         }
         let (own, is_struct) = object_words(p);
         let t = target(self.body, at, p, own)?;

@@ -25,6 +25,7 @@
 //! reading a header refuses one without (zero), and [`check_dataset`] is
 //! the check a reader makes of a blob against the dataset it expects.
 
+mod check;
 pub mod read;
 pub mod write;
 

@@ -2,14 +2,28 @@
 
 use super::support::Backend;
 use burrow::blobstore::{BlobCache, BlobName, StoreError};
-use burrow::schema::envelope::{frame, BlobKind};
 use burrow::{Error, FormatError};
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 
+/// A snapshot of `version` holding no types, of a little over
+/// `body_words` words: its header carries a tag that long. A real blob,
+/// as a cache proves a blob's contents before taking it.
 fn blob(version: u64, body_words: usize) -> Vec<u8> {
-    let body: Vec<u8> = (0..body_words * 8).map(|i| (i % 251) as u8).collect();
-    frame(BlobKind::Snapshot, 0, version, &body)
+    use burrow::schema::blob::{write_snapshot, DatasetSchema, HeaderInfo, MAX_LIST_SHIFT};
+    let schema = DatasetSchema::default();
+    let tags = [("pad".to_string(), "x".repeat(body_words * 8))];
+    let head = HeaderInfo {
+        dataset_id: burrow::schema::DatasetId::mint(),
+        from_version: 0,
+        to_version: version,
+        producer_id: "conformance",
+        cycle_start_micros: 0,
+        schema: &schema,
+        tags: &tags,
+        max_list_shift: MAX_LIST_SHIFT,
+    };
+    write_snapshot(&head, &[]).unwrap()
 }
 
 /// Blobs read back as written; a LIST shows burrow's names, in version

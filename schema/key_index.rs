@@ -61,7 +61,7 @@ fn entry(hash: u64, ordinal: u32) -> u64 {
 
 #[inline]
 fn home(hash: u64, slots: usize) -> usize {
-    ((hash & 0xffff_ffff) * slots as u64 >> 32) as usize
+    (((hash & 0xffff_ffff) * slots as u64) >> 32) as usize
 }
 
 /// Builds a key index for a known number of records.
@@ -352,6 +352,23 @@ mod tests {
         );
         let err = index.check(2, |_| true, 3).unwrap_err();
         assert!(err.contains("2 entries in 3 slots for 3 records"), "{err}");
+        // Both entries naming ordinal 0: the later slot is named.
+        let mut words = b.words().to_vec();
+        let later = (0..words.len()).rev().find(|&s| words[s] != 0).unwrap();
+        words[later] = words[later] & !0xffff_ffff | 1;
+        let err = KeyIndex::new(&words).check(2, |_| true, 2).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "slot {later} names ordinal 0, which an earlier slot names too"
+            )),
+            "{err}"
+        );
+        // An ordinal limit far past the index costs nothing.
+        let err = index.check(u32::MAX, |o| o == 0, 2).unwrap_err();
+        assert!(
+            err.contains("names ordinal 1, which holds no record"),
+            "{err}"
+        );
     }
 
     /// Invariant: an index passes `check_keys` only if a lookup of every

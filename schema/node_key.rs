@@ -320,8 +320,20 @@ mod tests {
                 let mut got = Vec::new();
                 node.encode(words, &mut got).unwrap();
                 assert_eq!(got, expected.as_bytes(), "key {names:?}");
+                // The same struct read in place (its data right after the
+                // root pointer).
+                let root = words[0];
+                let (d, p) = ((root >> 32) as u16 as usize, (root >> 48) as usize);
+                let mut in_place = Vec::new();
+                node.encode_struct(words, 1, d, p, &mut in_place).unwrap();
+                assert_eq!(in_place, got, "key {names:?} read in place");
             }
         }
+        let node = NodeKey::resolve(info.schema().get_proto(), &["name".into()]).unwrap();
+        let err = node
+            .encode_struct(&records[1], 1, 4, 9, &mut Vec::new())
+            .unwrap_err();
+        assert!(err.contains("outside the words given"), "{err}");
         let err = NodeKey::resolve(info.schema().get_proto(), &["ratio".into()]).unwrap_err();
         assert!(err.contains("ratio"), "{err}");
         let err = NodeKey::resolve(info.schema().get_proto(), &["some".into()]).unwrap_err();

@@ -152,9 +152,181 @@ fn words<'r>(
     if list.is_empty() {
         return Ok(&[]);
     }
-    list.as_slice().ok_or_else(|| {
-        blob.corrupt(format!(
-            "{what} is not a list of the expected element size"
-        ))
-    })
+    list.as_slice()
+        .ok_or_else(|| blob.corrupt(format!("{what} is not a list of the expected element size")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::blob::{
+        write_snapshot, DatasetSchema, HeaderInfo, SnapshotRecords, SnapshotTypeSource,
+        MAX_LIST_SHIFT,
+    };
+    use crate::schema::key::{KeyBuf, KeySpec};
+    use crate::schema::movies_capnp::movie;
+    use crate::schema::record::TypeInfo;
+    use crate::schema::wire::Ptr;
+    use crate::schema::DatasetId;
+
+    /// A snapshot's movies by ordinal (`None`: a hole), as canonical
+    /// records with their key hashes.
+    struct Movies(Vec<Option<(Vec<u64>, u64)>>);
+
+    impl SnapshotRecords for Movies {
+        fn record(&self, ordinal: u32) -> Option<(&[u64], u64)> {
+            let (words, hash) = self.0[ordinal as usize].as_ref()?;
+            Some((words, *hash))
+        }
+    }
+
+    /// A snapshot of 10 movies (ordinals 0..11, ordinal 4 a hole), keyed by
+    /// id, as the writer lays it out.
+    fn snapshot() -> Vec<u8> {
+        let info = TypeInfo::of::<movie::Owned>();
+        let spec = KeySpec::resolve(&info, &["id"]).unwrap();
+        let records = (0..11u64)
+            .map(|id| {
+                (id != 4).then(|| {
+                    let mut message = capnp::message::Builder::new_default();
+                    let mut m = message.init_root::<movie::Builder<'_>>();
+                    m.set_id(id);
+                    m.set_year(1990);
+                    m.set_title(format!("movie {id}").as_str());
+                    m.init_tags(1).set(0, "drama");
+                    let mut words = Vec::new();
+                    crate::schema::record::append_canonical(
+                        message.get_root_as_reader().unwrap(),
+                        None,
+                        &mut Vec::new(),
+                        &mut words,
+                    )
+                    .unwrap();
+                    let mut key = KeyBuf::new();
+                    assert!(spec.encode_words(&words, &mut key));
+                    (words, key.hash())
+                })
+            })
+            .collect();
+        let records = Movies(records);
+        let schema = DatasetSchema::of(std::slice::from_ref(&info)).unwrap();
+        let head = HeaderInfo {
+            dataset_id: DatasetId::mint(),
+            from_version: 0,
+            to_version: 1,
+            producer_id: "p",
+            cycle_start_micros: 0,
+            schema: &schema,
+            tags: &[],
+            max_list_shift: MAX_LIST_SHIFT,
+        };
+        let key_fields = ["id".to_string()];
+        let source = SnapshotTypeSource {
+            info: &info,
+            key_fields: &key_fields,
+            ordinal_limit: 11,
+            record_count: 10,
+            total_words: 200,
+            slot: 0,
+            records: &records,
+        };
+        write_snapshot(&head, &[source]).unwrap()
+    }
+
+    /// The words of a blob's segment, to damage and reseal.
+    fn words(bytes: &[u8]) -> Vec<u64> {
+        bytes[crate::schema::envelope::ENVELOPE_LEN + 8..]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// The blob of `bytes` with its segment replaced by `seg`, resealed.
+    fn resealed(bytes: &[u8], seg: &[u64]) -> OpenBlob {
+        let start = crate::schema::envelope::ENVELOPE_LEN;
+        let mut body = bytes[start..start + 8].to_vec();
+        body.extend(seg.iter().flat_map(|w| w.to_le_bytes()));
+        let blob = crate::schema::envelope::frame(BlobKind::Snapshot, 0, 1, &body);
+        OpenBlob::from_bytes(&blob, "snapshot/1").unwrap()
+    }
+
+    /// Where the one type's presence bitmap and key index lie, and its
+    /// record list's tag, in words of the segment, found by the reader.
+    fn entry(
+        blob: &std::sync::Arc<OpenBlob>,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
+        let (_, sections) = blob.snapshot().unwrap();
+        let s = &sections[0];
+        let at = |p: *const u64| (p as usize - blob.segment().as_ptr() as usize) / 8;
+        let present = at(s.present.get().as_ptr());
+        let index = at(s.key_index.get().as_ptr());
+        (
+            present..present + s.present.get().len(),
+            index..index + s.key_index.get().len(),
+            s.lists.starts[0] - 1,
+        )
+    }
+
+    /// Invariant: what the writer lays out passes every check, and each
+    /// kind of damage the checks exist for is refused by name: elements
+    /// larger than the type's node, a presence bit the record count does
+    /// not account for, a key index entry naming another record.
+    #[test]
+    fn check_contents_names_the_damage() {
+        let bytes = snapshot();
+        let blob = std::sync::Arc::new(OpenBlob::from_bytes(&bytes, "snapshot/1").unwrap());
+        let layout = blob.check_contents().unwrap();
+        assert_eq!(layout.records, 11);
+        let (present, index, tag_at) = entry(&blob);
+        let seg = words(&bytes);
+
+        // Elements of the node's size (2 data words, 2 pointers) read as
+        // one data word more and one pointer fewer.
+        let mut bad = seg.clone();
+        let tag = Ptr(bad[tag_at]);
+        bad[tag_at] = Ptr::to_struct(tag.offset(), tag.data_words() + 1, tag.ptr_count() - 1);
+        let err = resealed(&bytes, &bad)
+            .check_contents()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than the type's struct"), "{err}");
+
+        // The hole's presence bit set.
+        let mut bad = seg.clone();
+        bad[present.start] |= 1 << 4;
+        let err = resealed(&bytes, &bad)
+            .check_contents()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("presence bitmap marks 11 ordinals, but the record count is 10"),
+            "{err}"
+        );
+        // A bit past the ordinal limit.
+        let mut bad = seg.clone();
+        bad[present.start] |= 1 << 40;
+        let err = resealed(&bytes, &bad)
+            .check_contents()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("marks ordinal 40, past the ordinal limit 11"),
+            "{err}"
+        );
+
+        // Two entries' ordinals swapped.
+        let mut bad = seg.clone();
+        let used: Vec<usize> = index.filter(|&s| bad[s] != 0).take(2).collect();
+        let (a, b) = (bad[used[0]], bad[used[1]]);
+        bad[used[0]] = a & !0xffff_ffff | b & 0xffff_ffff;
+        bad[used[1]] = b & !0xffff_ffff | a & 0xffff_ffff;
+        let err = resealed(&bytes, &bad)
+            .check_contents()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("whose key does not hash to the slot's tag"),
+            "{err}"
+        );
+    }
 }

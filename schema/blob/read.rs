@@ -422,10 +422,11 @@ impl OpenBlob {
     /// [`Self::verify`]). Every list must be a struct list of one element
     /// size, inside the segment, with the element count the split says.
     /// Where the header carries the type's node (`node_size`: its data
-    /// words and pointers), the elements must fit in it: a writer trims
-    /// trailing zeros, so elements may be smaller, never larger (a larger
-    /// section would read some of a record's words as the wrong kind).
-    /// A reverse delta that re-creates a type the producer no longer
+    /// words and pointers), the elements must fit in it: the writer trims
+    /// trailing zeros, so elements may be smaller, and refuses records
+    /// larger than the node, so they never are (a section larger than the
+    /// node would read some of a record's words as the wrong kind). A
+    /// reverse delta that re-creates a type the producer no longer
     /// registers carries no node for it.
     pub(super) fn record_lists(
         &self,

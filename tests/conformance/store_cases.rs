@@ -200,38 +200,44 @@ pub async fn aborted_writer_creates_nothing(b: &Backend) {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 }
 
-/// Fetch-to-cache keeps a verified copy; a corrupt blob is refused with a
-/// `Corrupt` error naming it, and leaves neither the file nor a temp file.
+/// Fetch-to-cache keeps a verified copy; a corrupt blob (a flipped bit,
+/// or a body whose checksum holds but whose structure does not: its root
+/// pointer made a list pointer) is refused with a `Corrupt` error naming
+/// it, and leaves neither the file nor a temp file.
 pub async fn fetch_verifies_and_rejects_corrupt_blobs(b: &Backend) {
+    use burrow::schema::envelope::{frame, BlobKind, ENVELOPE_LEN};
     let good = blob(1, 100);
-    let mut bad = blob(2, 100);
-    let last = bad.len() - 1;
-    bad[last] ^= 0x55;
-    b.store
-        .create(&BlobName::Snapshot(1), vec![Bytes::from(good.clone())])
-        .await
-        .unwrap();
-    b.store
-        .create(&BlobName::Snapshot(2), vec![Bytes::from(bad)])
-        .await
-        .unwrap();
+    let mut flipped = blob(2, 100);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    let mut body = blob(3, 100)[ENVELOPE_LEN..].to_vec();
+    body[8] |= 1;
+    let misshapen = frame(BlobKind::Snapshot, 0, 3, &body);
+    for (version, bytes) in [(1, &good), (2, &flipped), (3, &misshapen)] {
+        b.store
+            .create(
+                &BlobName::Snapshot(version),
+                vec![Bytes::from(bytes.clone())],
+            )
+            .await
+            .unwrap();
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(dir.path()).unwrap();
     let path = cache.fetch(&b.store, &BlobName::Snapshot(1)).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), good);
 
-    let err = cache
-        .fetch(&b.store, &BlobName::Snapshot(2))
-        .await
-        .unwrap_err();
-    match &err {
-        Error::Format(FormatError::Corrupt { blob, .. }) => {
-            assert_eq!(blob, &BlobName::Snapshot(2).to_string())
+    for name in [BlobName::Snapshot(2), BlobName::Snapshot(3)] {
+        let err = cache.fetch(&b.store, &name).await.unwrap_err();
+        match &err {
+            Error::Format(FormatError::Corrupt { blob, .. }) => {
+                assert_eq!(blob, &name.to_string(), "{}: {err}", b.name)
+            }
+            other => panic!("{}: expected Corrupt, got {other:?}", b.name),
         }
-        other => panic!("{}: expected Corrupt, got {other:?}", b.name),
+        assert!(!cache.contains(&name), "{}: {name} cached", b.name);
     }
-    assert!(!cache.contains(&BlobName::Snapshot(2)));
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

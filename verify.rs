@@ -462,7 +462,9 @@ pub fn check_blob(
         )));
     }
     // The records' layout (every record readable, nothing but leaves
-    // shared, walks bounded) was proven when the blob was mapped verified.
+    // shared, walks bounded) and a snapshot's key indexes, before the
+    // records are walked.
+    blob.check_contents()?;
     let mut records = 0u64;
     if kind == BlobKind::Snapshot {
         let (_, sections) = blob.snapshot()?;

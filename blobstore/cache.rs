@@ -4,13 +4,15 @@
 //!
 //! A blob enters the cache only one way: streamed from the store into
 //! `<dir>/<name>.tmp-<random>` while its checksum is computed, fsynced,
-//! checked against its envelope, renamed to `<dir>/<name>`, and the
-//! directory fsynced (file writes, fsyncs and renames run on tokio's
-//! blocking pool, never on a worker thread). So a file with a final name
-//! was whole and verified when it arrived; it is never rewritten, so a
-//! mapping of it never changes under a reader. A disk can still change it
-//! afterwards: the consumer re-verifies each file the first time a process
-//! maps it (see [`crate::consumer`]) and evicts one that fails.
+//! checked against its envelope, its contents proven (the records' layout
+//! and a snapshot's key indexes: [`OpenBlob::check_contents`]), renamed
+//! to `<dir>/<name>`, and the directory fsynced (file writes, fsyncs and
+//! renames run on tokio's blocking pool, never on a worker thread). So a
+//! file with a final name was whole and verified when it arrived; it is
+//! never rewritten, so a mapping of it never changes under a reader. A
+//! disk can still change it afterwards: the consumer re-verifies each file
+//! the first time a process maps it (see [`crate::consumer`]) and evicts
+//! one that fails.
 //!
 //! Blobs are kept per dataset, in `<dir>/<dataset id>/` ([`BlobCache::for_dataset`]):
 //! the consumer caches by the dataset id of the announcements it follows,
@@ -301,8 +303,12 @@ impl BlobCache {
                 }
             };
             let (tmp, dest, dir) = (tmp.clone(), dest.clone(), self.dir.clone());
+            let label = label.clone();
             tokio::task::spawn_blocking(move || {
                 incoming.finish()?;
+                // The checksum held as it streamed; the body's structure is
+                // proven before the file takes its final name.
+                map_file(&tmp, &label, false)?.check_contents()?;
                 crate::failpoint::hit("fetch-before-rename");
                 std::fs::rename(&tmp, &dest).map_err(io("rename into cache", &dest))?;
                 crate::failpoint::hit("fetch-after-rename");

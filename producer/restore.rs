@@ -215,6 +215,8 @@ async fn apply_plan(
             // Verifying the checksum and applying a delta are CPU work.
             blocking(|| {
                 let blob = Arc::new(OpenBlob::from_bytes(&bytes, &name.to_string())?);
+                // Restore walks every record: prove the layout first.
+                blob.check_contents()?;
                 // A blob of another dataset than the log's is bad, whatever
                 // its name says: plan around it.
                 check_dataset(&blob, dataset_id)?;

@@ -61,7 +61,7 @@ fn entry(hash: u64, ordinal: u32) -> u64 {
 
 #[inline]
 fn home(hash: u64, slots: usize) -> usize {
-    ((hash & 0xffff_ffff) * slots as u64 >> 32) as usize
+    (((hash & 0xffff_ffff) * slots as u64) >> 32) as usize
 }
 
 /// Builds a key index for a known number of records.
@@ -183,29 +183,63 @@ impl<'a> KeyIndex<'a> {
         record_count: u32,
     ) -> Result<usize, String> {
         let slots = self.slots();
-        let mut seen = vec![false; ordinal_limit as usize];
-        let mut used = 0usize;
+        // (ordinal, slot) of every entry: memory in proportion to the
+        // index, whatever ordinal limit a hostile blob claims.
+        let mut named = Vec::new();
         for s in self.occupied() {
-            used += 1;
             if s.ordinal >= ordinal_limit || !present(s.ordinal) {
                 return Err(format!(
                     "key index slot {} names ordinal {}, which holds no record",
                     s.slot, s.ordinal
                 ));
             }
-            if std::mem::replace(&mut seen[s.ordinal as usize], true) {
-                return Err(format!(
-                    "key index slot {} names ordinal {}, which an earlier slot names too",
-                    s.slot, s.ordinal
-                ));
-            }
+            named.push((s.ordinal, s.slot));
         }
+        named.sort_unstable();
+        if let Some(w) = named.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!(
+                "key index slot {} names ordinal {}, which an earlier slot names too",
+                w[1].1, w[1].0
+            ));
+        }
+        let used = named.len();
         if used != record_count as usize || (used > 0 && used >= slots) {
             return Err(format!(
                 "key index has {used} entries in {slots} slots for {record_count} records"
             ));
         }
         Ok(used)
+    }
+
+    /// Checks that a lookup finds every entry: for each occupied slot,
+    /// `key_hash(ordinal)` (the hash of the key of the record it names,
+    /// which [`Self::check`] has proven to exist) has the slot's tag, and
+    /// probing from that hash's home slot reaches the slot. An entry that
+    /// fails either would leave its record unfound by key. Returns the
+    /// reason naming the slot, or `key_hash`'s own error.
+    pub fn check_keys(
+        &self,
+        mut key_hash: impl FnMut(u32) -> Result<u64, String>,
+    ) -> Result<(), String> {
+        for s in self.occupied() {
+            let hash = key_hash(s.ordinal)?;
+            if (hash >> 32) as u32 != s.tag {
+                return Err(format!(
+                    "key index slot {} names ordinal {}, whose key does not hash to the slot's tag",
+                    s.slot, s.ordinal
+                ));
+            }
+            if !self.probe(hash).any(|found| found.slot == s.slot) {
+                return Err(format!(
+                    "key index slot {} (ordinal {}) lies past a free slot from its key's home \
+                     slot {}: a lookup never reaches it",
+                    s.slot,
+                    s.ordinal,
+                    home(hash, self.slots())
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -318,5 +352,61 @@ mod tests {
         );
         let err = index.check(2, |_| true, 3).unwrap_err();
         assert!(err.contains("2 entries in 3 slots for 3 records"), "{err}");
+        // Both entries naming ordinal 0: the later slot is named.
+        let mut words = b.words().to_vec();
+        let later = (0..words.len()).rev().find(|&s| words[s] != 0).unwrap();
+        words[later] = words[later] & !0xffff_ffff | 1;
+        let err = KeyIndex::new(&words).check(2, |_| true, 2).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "slot {later} names ordinal 0, which an earlier slot names too"
+            )),
+            "{err}"
+        );
+        // An ordinal limit far past the index costs nothing.
+        let err = index.check(u32::MAX, |o| o == 0, 2).unwrap_err();
+        assert!(
+            err.contains("names ordinal 1, which holds no record"),
+            "{err}"
+        );
+    }
+
+    /// Invariant: an index passes `check_keys` only if a lookup of every
+    /// record's key reaches the slot naming it.
+    #[test]
+    fn check_keys_names_an_entry_a_lookup_would_miss() {
+        // Hashes with distinct tags and homes 0, 0 and 2 of 5 slots.
+        let hashes = [0x1_0000_0000u64, 0x2_0000_0001, 0x3_9999_9999];
+        let b = built(&[(hashes[0], 0), (hashes[1], 1), (hashes[2], 2)]);
+        let key_hash = |o: u32| Ok(hashes[o as usize]);
+        assert_eq!(KeyIndex::new(b.words()).check_keys(key_hash), Ok(()));
+
+        // Ordinals of two entries swapped: tags no longer match.
+        let mut words = b.words().to_vec();
+        let used: Vec<usize> = (0..words.len()).filter(|&s| words[s] != 0).collect();
+        let (a, c) = (words[used[0]], words[used[1]]);
+        words[used[0]] = a & !0xffff_ffff | c & 0xffff_ffff;
+        words[used[1]] = c & !0xffff_ffff | a & 0xffff_ffff;
+        let err = KeyIndex::new(&words).check_keys(key_hash).unwrap_err();
+        assert!(
+            err.contains(&format!("slot {} names ordinal", used[0]))
+                && err.contains("does not hash to the slot's tag"),
+            "{err}"
+        );
+
+        // An entry moved past a free slot from its home: its tag is right,
+        // but probing stops at the free slot first.
+        let mut words = b.words().to_vec();
+        let at = (0..words.len()).find(|&s| words[s] >> 32 == 3).unwrap();
+        let free = (0..words.len()).rev().find(|&s| words[s] == 0).unwrap();
+        assert!(free > at + 1, "{words:x?}");
+        words.swap(at, free);
+        let err = KeyIndex::new(&words).check_keys(key_hash).unwrap_err();
+        assert!(err.contains("a lookup never reaches it"), "{err}");
+
+        let err = KeyIndex::new(b.words())
+            .check_keys(|o| Err(format!("record {o} unreadable")))
+            .unwrap_err();
+        assert!(err.contains("unreadable"), "{err}");
     }
 }

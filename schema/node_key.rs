@@ -134,7 +134,6 @@ impl NodeKey {
     /// record laid out otherwise (a far pointer, a text that is not a byte
     /// list) is an error saying so.
     pub fn encode(&self, words: &[u64], out: &mut Vec<u8>) -> Result<(), String> {
-        let bytes = crate::schema::record::words_as_bytes(words);
         let root = *words.first().ok_or("empty record")?;
         if root != 0 && root & 3 != 0 {
             return Err("the record's root is not a struct pointer".into());
@@ -151,6 +150,29 @@ impl NodeKey {
         } else {
             (data_words, ptr_count)
         };
+        self.encode_struct(words, data, data_words, ptr_count, out)
+    }
+
+    /// Appends the canonical key bytes of the struct whose data section
+    /// starts at word `data` of `words` (`data_words` data words, then
+    /// `ptr_count` pointers), its pointers followed within `words`: a
+    /// record read in place, such as an element of a blob's record list
+    /// (`words` the blob's segment). Bounds-checked like [`Self::encode`].
+    pub fn encode_struct(
+        &self,
+        words: &[u64],
+        data: usize,
+        data_words: usize,
+        ptr_count: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if data
+            .checked_add(data_words + ptr_count)
+            .is_none_or(|end| end > words.len())
+        {
+            return Err("the struct lies outside the words given".into());
+        }
+        let bytes = crate::schema::record::words_as_bytes(words);
         for f in &self.fields {
             match f {
                 NodeField::Int {
@@ -298,8 +320,20 @@ mod tests {
                 let mut got = Vec::new();
                 node.encode(words, &mut got).unwrap();
                 assert_eq!(got, expected.as_bytes(), "key {names:?}");
+                // The same struct read in place (its data right after the
+                // root pointer).
+                let root = words[0];
+                let (d, p) = ((root >> 32) as u16 as usize, (root >> 48) as usize);
+                let mut in_place = Vec::new();
+                node.encode_struct(words, 1, d, p, &mut in_place).unwrap();
+                assert_eq!(in_place, got, "key {names:?} read in place");
             }
         }
+        let node = NodeKey::resolve(info.schema().get_proto(), &["name".into()]).unwrap();
+        let err = node
+            .encode_struct(&records[1], 1, 4, 9, &mut Vec::new())
+            .unwrap_err();
+        assert!(err.contains("outside the words given"), "{err}");
         let err = NodeKey::resolve(info.schema().get_proto(), &["ratio".into()]).unwrap_err();
         assert!(err.contains("ratio"), "{err}");
         let err = NodeKey::resolve(info.schema().get_proto(), &["some".into()]).unwrap_err();

@@ -538,10 +538,14 @@ impl Checker<'_> {
         if depth >= MAX_DEPTH {
             return Err(format!("objects nest deeper than {MAX_DEPTH} at word {at}"));
         }
-        if p.kind() > 1 {
-            return Err(format!(
-                "pointer at word {at} is neither a struct nor a list"
-            ));
+        match p.kind() {
+            2 => return Err(format!("far pointer at word {at}: the body is one segment")),
+            3 => {
+                return Err(format!(
+                    "capability pointer at word {at}: records hold no capabilities"
+                ))
+            }
+            _ => {}
         }
         let (own, is_struct) = object_words(p);
         let t = target(self.body, at, p, own)?;
@@ -624,6 +628,80 @@ mod tests {
                 t.set(i as u32, *tag);
             }
         })
+    }
+
+    /// A records area as the writer lays it out: word 0 points at a
+    /// `Records` struct of one pointer, to a list of one struct list of
+    /// `records`, children after it. Returns the body and the word of the
+    /// first element (elements of 2 data words and 2 pointers).
+    fn records_area(records: &[Vec<u64>]) -> (Vec<u64>, usize) {
+        let interner = Interner::default();
+        let plan = InternPlan {
+            fields: 0,
+            interner: &interner,
+            pool_at: 0,
+        };
+        let n = records.len();
+        let mut out = vec![
+            Ptr::to_struct(0, 0, 1),
+            Ptr::to_list(0, SIZE_POINTER, 1),
+            Ptr::to_list(0, SIZE_COMPOSITE, (n * 4) as u32),
+            Ptr::to_struct(n as i64, 2, 2),
+        ];
+        let first = out.len();
+        out.resize(first + n * 4, 0);
+        for (i, r) in records.iter().enumerate() {
+            place_record(r, &mut out, first + i * 4, 2, 2, &plan).unwrap();
+        }
+        (out, first)
+    }
+
+    /// Invariant: the layout proof accepts what the writer lays out, and
+    /// refuses by name a far or capability pointer, an object other than a
+    /// leaf reached twice (a shared record, a cycle), and leaf sharing
+    /// that fans out past its bound.
+    #[test]
+    fn check_records_names_what_it_refuses() {
+        let records = [movie(1, "One", &["a"]), movie(2, "Two", &["b", "c"])];
+        let (body, first) = records_area(&records);
+        let check = check_records(&body, 0, 1 << 20).unwrap();
+        assert_eq!((check.records, check.shared_refs), (2, 0));
+        let refused = |at: usize, word: u64, bound: u64| {
+            let mut bad = body.clone();
+            bad[at] = word;
+            check_records(&bad, 0, bound).unwrap_err()
+        };
+        let (title0, tags0, title1) = (first + 2, first + 3, first + 6);
+        let err = refused(tags0, 2 | 1 << 32, 1 << 20);
+        assert!(
+            err.contains(&format!("far pointer at word {tags0}")),
+            "{err}"
+        );
+        let err = refused(tags0, 3, 1 << 20);
+        assert!(err.contains("capability pointer"), "{err}");
+        // Record 1's title aimed at record 0's struct.
+        let shared = Ptr::to_struct(first as i64 - title1 as i64 - 1, 2, 2);
+        let err = refused(title1, shared, 1 << 20);
+        assert!(
+            err.contains("shares or misplaces an object that is not a leaf"),
+            "{err}"
+        );
+        // Record 0's tags aimed back at the list that holds it.
+        let cycle = Ptr(body[2]).with_offset(3 - tags0 as i64 - 1);
+        let err = refused(tags0, cycle, 1 << 20);
+        assert!(err.contains("not a leaf"), "{err}");
+        // Record 1's title aimed at record 0's: a leaf shared, legal, and
+        // counted at each reference against the bound.
+        let t0 = target(&body, title0, Ptr(body[title0]), 0).unwrap();
+        let leaf = Ptr(body[title0]).with_offset(t0 as i64 - title1 as i64 - 1);
+        let mut fanned = body.clone();
+        fanned[title1] = leaf;
+        let ok = check_records(&fanned, 0, 1 << 20).unwrap();
+        // Record 1's own title is left unreferenced, so its tags, after
+        // it, are out of pre-order too: a leaf, so shared as well.
+        assert_eq!(ok.shared_refs, 2);
+        let err = check_records(&fanned, 0, ok.walked_words - 1).unwrap_err();
+        assert!(err.contains("shared leaves fan out too far"), "{err}");
     }
 
     /// Invariant: a record placed into a list element and read back

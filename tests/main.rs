@@ -26,6 +26,7 @@ mod fuzz_seeds;
 mod gc;
 mod golden;
 mod hostile;
+mod hostile_v2;
 mod limits;
 mod producer_blocking;
 mod producer_pin;

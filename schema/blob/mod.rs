@@ -18,13 +18,17 @@
 //! through the generated code with the blob itself as the Cap'n Proto
 //! arena ([`OpenBlob::typed_lists`]): every pointer bounds-checked, no
 //! traversal limit, nothing shared between reader threads but the map.
-//! The records' layout (pre-order, only leaves shared) is proven by
-//! [`OpenBlob::verify`] when a blob enters a cache.
+//! What opening does not look at is proven once per blob by
+//! [`check`](mod@check) ([`OpenBlob::check_contents`], and
+//! [`OpenBlob::verify`] with the checksum), when a blob enters a cache and
+//! before a whole-blob reader walks it: the records' layout (pre-order,
+//! only leaves shared, walks bounded) and a snapshot's key indexes.
 //!
 //! Every header carries the dataset's id ([`crate::schema::dataset_id`]);
 //! reading a header refuses one without (zero), and [`check_dataset`] is
 //! the check a reader makes of a blob against the dataset it expects.
 
+mod check;
 pub mod read;
 pub mod write;
 

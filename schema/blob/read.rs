@@ -4,12 +4,13 @@
 
 use super::{Layout, MAX_TYPES};
 use crate::error::FormatError;
-use crate::schema::burrow_capnp::{delta, header, snapshot};
+use crate::schema::burrow_capnp::{delta, header, snapshot, type_snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
 use crate::schema::node_key::NodeKey;
 use crate::schema::wire;
 use capnp::message::ReaderOptions;
+use capnp::schema_capnp::node;
 use capnp::serialize::NoAllocBufferSegments;
 use std::sync::Arc;
 
@@ -144,14 +145,6 @@ impl OpenBlob {
         })
     }
 
-    /// Checks the body against the envelope's checksum, then the records'
-    /// layout ([`Self::check_layout`]): what a cache checks when a blob
-    /// enters it, and a consumer re-checks in the background.
-    pub fn verify(&self) -> Result<(), FormatError> {
-        self.envelope.verify_body(self.body(), &self.name)?;
-        self.check_layout().map(|_| ())
-    }
-
     /// Takes a whole blob from memory, verifying envelope and checksum.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, FormatError> {
         let (envelope, _) = Envelope::open(bytes, name)?;
@@ -203,7 +196,7 @@ impl OpenBlob {
         false
     }
 
-    fn corrupt(&self, reason: impl Into<String>) -> FormatError {
+    pub(super) fn corrupt(&self, reason: impl Into<String>) -> FormatError {
         FormatError::Corrupt {
             blob: self.name.clone(),
             reason: reason.into(),
@@ -264,7 +257,7 @@ impl OpenBlob {
     }
 
     /// Maps a Cap'n Proto error to a `Corrupt` error naming this blob.
-    fn cap(&self, what: &'static str) -> impl Fn(capnp::Error) -> FormatError + '_ {
+    pub(super) fn cap(&self, what: &'static str) -> impl Fn(capnp::Error) -> FormatError + '_ {
         move |e| FormatError::capnp(&self.name, what, e)
     }
 
@@ -282,7 +275,7 @@ impl OpenBlob {
         self.region(list.as_slice(), what)
     }
 
-    fn check_type_count(&self, count: u32) -> Result<(), FormatError> {
+    pub(super) fn check_type_count(&self, count: u32) -> Result<(), FormatError> {
         if count > MAX_TYPES {
             return Err(FormatError::TooLarge {
                 blob: self.name.clone(),
@@ -305,7 +298,7 @@ impl OpenBlob {
     }
 
     /// Runs `read` on the message's root, read as `L`.
-    fn with_root<L: Layout, T>(
+    pub(super) fn with_root<L: Layout, T>(
         &self,
         read: impl FnOnce(L::Reader<'_>) -> Result<T, FormatError>,
     ) -> Result<T, FormatError> {
@@ -338,20 +331,31 @@ impl OpenBlob {
 
     /// Reads the header and every type entry of a blob whose root is `L`
     /// (refusing a blob of another kind and more than [`MAX_TYPES`]
-    /// types), each entry turned into a section by `section`.
-    fn sections<L: Layout, S>(
+    /// types), each entry turned into a section by `section`, which is
+    /// also given every schema node the header carries, by id.
+    pub(super) fn sections<L: Layout, S>(
         &self,
         mut section: impl FnMut(
             <L::Entry as capnp::traits::OwnedStruct>::Reader<'_>,
+            &Nodes<'_>,
         ) -> Result<S, FormatError>,
     ) -> Result<(BlobHeader, Vec<S>), FormatError> {
         self.expect_kind(L::holds(self.envelope.kind), L::EXPECTED)?;
         self.with_root::<L, _>(|root| {
-            let header =
-                BlobHeader::read(L::header(&root).map_err(self.cap("header"))?, &self.name)?;
+            let head = L::header(&root).map_err(self.cap("header"))?;
+            let header = BlobHeader::read(head, &self.name)?;
+            let nodes: Nodes<'_> = head
+                .get_nodes()
+                .map_err(self.cap("nodes"))?
+                .iter()
+                .map(|node| (node.get_id(), node))
+                .collect();
             let types = L::types(&root).map_err(self.cap("types"))?;
             self.check_type_count(types.len())?;
-            let sections = types.iter().map(&mut section).collect::<Result<_, _>>()?;
+            let sections = types
+                .iter()
+                .map(|t| section(t, &nodes))
+                .collect::<Result<_, _>>()?;
             Ok((header, sections))
         })
     }
@@ -396,7 +400,7 @@ impl OpenBlob {
 
     /// The word of the root's `records` pointer in [`Self::segment`], or
     /// `None` when the root has no such pointer (an empty body).
-    fn records_pointer(&self) -> Result<Option<usize>, FormatError> {
+    pub(super) fn records_pointer(&self) -> Result<Option<usize>, FormatError> {
         let seg = self.segment();
         let root = wire::Ptr(*seg.first().ok_or_else(|| self.corrupt("empty segment"))?);
         if root.kind() != 0 || root.offset() < 0 {
@@ -417,12 +421,20 @@ impl OpenBlob {
     /// pointers only (the records themselves are checked by
     /// [`Self::verify`]). Every list must be a struct list of one element
     /// size, inside the segment, with the element count the split says.
-    fn record_lists(
+    /// Where the header carries the type's node (`node_size`: its data
+    /// words and pointers), the elements must fit in it: the writer trims
+    /// trailing zeros, so elements may be smaller, and refuses records
+    /// larger than the node, so they never are (a section larger than the
+    /// node would read some of a record's words as the wrong kind). A
+    /// reverse delta that re-creates a type the producer no longer
+    /// registers carries no node for it.
+    pub(super) fn record_lists(
         &self,
         name: &str,
         slot: u16,
         shift: u8,
         len: u32,
+        node_size: Option<(u16, u16)>,
     ) -> Result<RecordLists, FormatError> {
         let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
         if shift > super::MAX_LIST_SHIFT {
@@ -496,6 +508,15 @@ impl OpenBlob {
             }
             if k == 0 {
                 (lists.data, lists.ptrs) = (tag.data_words(), tag.ptr_count());
+                if let Some((data, ptrs)) = node_size {
+                    if lists.data > data || lists.ptrs > ptrs {
+                        return Err(bad(format!(
+                            "record list 0 has elements of {} data words and {} pointers, \
+                             larger than the type's struct ({data} data words, {ptrs} pointers)",
+                            lists.data, lists.ptrs
+                        )));
+                    }
+                }
             } else if (lists.data, lists.ptrs) != (tag.data_words(), tag.ptr_count()) {
                 return Err(bad(format!(
                     "record list {k} has another element size than list 0"
@@ -540,65 +561,76 @@ impl OpenBlob {
         Ok(out)
     }
 
-    /// Proves the records area's layout ([`wire::check_records`]): every
-    /// object below the records in pre-order, each once, only leaves
-    /// shared, and a walker that follows every pointer reads at most
-    /// eight times the body's words.
-    pub fn check_layout(&self) -> Result<wire::RecordsCheck, FormatError> {
-        let Some(at) = self.records_pointer()? else {
-            return Ok(wire::RecordsCheck::default());
-        };
-        let seg = self.segment();
-        let bound = (seg.len() as u64).saturating_mul(8).saturating_add(1 << 16);
-        wire::check_records(seg, at, bound)
-            .map_err(|reason| self.corrupt(format!("records: {reason}")))
+    /// Checks a snapshot type's entry as a reader relies on it: its
+    /// ordinal limit and record count against its presence bitmap
+    /// (`present`, the entry's, as words), its records slot not one
+    /// another type of the blob took (`slots`), and locates its record
+    /// lists ([`Self::record_lists`]).
+    pub(super) fn snapshot_lists(
+        &self,
+        name: &str,
+        t: type_snapshot::Reader<'_>,
+        present: &[u64],
+        nodes: &Nodes<'_>,
+        slots: &mut std::collections::HashSet<u16>,
+    ) -> Result<RecordLists, FormatError> {
+        let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
+        let ordinal_limit = t.get_ordinal_limit();
+        if ordinal_limit as usize > super::MAX_LIST_ELEMENTS * 16 {
+            return Err(bad("too many ordinals".into()));
+        }
+        if !present.is_empty() && present.len() != (ordinal_limit as usize).div_ceil(64) {
+            return Err(bad(format!(
+                "presence bitmap has {} words for {ordinal_limit} ordinals",
+                present.len()
+            )));
+        }
+        let record_count = t.get_record_count();
+        if record_count > ordinal_limit || (present.is_empty() && record_count != ordinal_limit) {
+            return Err(bad(format!(
+                "{record_count} records in {ordinal_limit} ordinals"
+            )));
+        }
+        if !present.is_empty() {
+            let marked = marked_ordinals(present, ordinal_limit).map_err(|o| {
+                bad(format!(
+                    "presence bitmap marks ordinal {o}, past the ordinal limit {ordinal_limit}"
+                ))
+            })?;
+            if marked != u64::from(record_count) {
+                return Err(bad(format!(
+                    "presence bitmap marks {marked} ordinals, but the record count is \
+                     {record_count}"
+                )));
+            }
+        }
+        let slot = t.get_records_slot();
+        if !slots.insert(slot) {
+            return Err(bad(format!("records slot {slot} used twice")));
+        }
+        self.record_lists(
+            name,
+            slot,
+            t.get_list_shift(),
+            ordinal_limit,
+            struct_size(nodes, t.get_type_id()),
+        )
     }
 
     /// Reads a snapshot's header and sections.
     pub fn snapshot(self: &Arc<Self>) -> Result<(BlobHeader, Vec<SnapshotSection>), FormatError> {
         let mut slots = std::collections::HashSet::new();
-        self.sections::<snapshot::Owned, _>(|t| {
+        self.sections::<snapshot::Owned, _>(|t, nodes| {
             let name = text(t.get_name(), &self.name, "type name")?;
-            let ordinal_limit = t.get_ordinal_limit();
-            if ordinal_limit as usize > super::MAX_LIST_ELEMENTS * 16 {
-                return Err(self.corrupt(format!("{name}: too many ordinals")));
-            }
             let present = self.list(t.get_present(), "presence bitmap")?;
-            if !present.get().is_empty()
-                && present.get().len() != (ordinal_limit as usize).div_ceil(64)
-            {
-                return Err(self.corrupt(format!(
-                    "{name}: presence bitmap has {} words for {ordinal_limit} ordinals",
-                    present.get().len()
-                )));
-            }
-            let record_count = t.get_record_count();
-            if record_count > ordinal_limit
-                || (present.get().is_empty() && record_count != ordinal_limit)
-            {
-                return Err(self.corrupt(format!(
-                    "{name}: {record_count} records in {ordinal_limit} ordinals"
-                )));
-            }
-            if !slots.insert(t.get_records_slot()) {
-                return Err(self.corrupt(format!(
-                    "{name}: records slot {} used twice",
-                    t.get_records_slot()
-                )));
-            }
-            let lists = self.record_lists(
-                &name,
-                t.get_records_slot(),
-                t.get_list_shift(),
-                ordinal_limit,
-            )?;
+            let lists = self.snapshot_lists(&name, t, present.get(), nodes, &mut slots)?;
             let key_index = self.list(t.get_key_index(), "key index")?;
             Ok(SnapshotSection {
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 name,
-                record_count,
-                ordinal_limit,
+                record_count: t.get_record_count(),
+                ordinal_limit: t.get_ordinal_limit(),
                 present,
                 key_index,
                 lists,
@@ -611,7 +643,7 @@ impl OpenBlob {
     pub fn delta(self: &Arc<Self>) -> Result<(BlobHeader, Vec<DeltaSection>), FormatError> {
         let mut seen = std::collections::HashSet::new();
         let mut slots = std::collections::HashSet::new();
-        self.sections::<delta::Owned, _>(|t| {
+        self.sections::<delta::Owned, _>(|t, nodes| {
             let name = text(t.get_name(), &self.name, "type name")?;
             let ordinals = self.list(t.get_ordinals(), "ordinals")?;
             let n = ordinals.get().len();
@@ -642,8 +674,13 @@ impl OpenBlob {
                     t.get_records_slot()
                 )));
             }
-            let lists =
-                self.record_lists(&name, t.get_records_slot(), t.get_list_shift(), n as u32)?;
+            let lists = self.record_lists(
+                &name,
+                t.get_records_slot(),
+                t.get_list_shift(),
+                n as u32,
+                struct_size(nodes, type_id),
+            )?;
             let section = DeltaSection {
                 type_id,
                 key_fields: texts(t.get_key_fields(), &self.name)?,
@@ -665,6 +702,33 @@ impl OpenBlob {
 
 /// The pointer index of `records` in the `Snapshot` and `Delta` roots.
 const RECORDS_POINTER: usize = 2;
+
+/// The schema nodes a header carries, by id.
+pub(super) type Nodes<'a> = std::collections::HashMap<u64, node::Reader<'a>>;
+
+/// The struct size (data words, pointers) of node `id`, if the header
+/// carries it and it is a struct.
+pub(super) fn struct_size(nodes: &Nodes<'_>, id: u64) -> Option<(u16, u16)> {
+    match nodes.get(&id)?.which() {
+        Ok(node::Struct(st)) => Some((st.get_data_word_count(), st.get_pointer_count())),
+        _ => None,
+    }
+}
+
+/// The ordinals a presence bitmap of `ceil(limit / 64)` words marks:
+/// their count, or the first bit set at or past `limit` (which marks no
+/// ordinal).
+fn marked_ordinals(bits: &[u64], limit: u32) -> Result<u64, u64> {
+    let tail = limit % 64;
+    if let (Some(&last), true) = (bits.last(), tail != 0) {
+        let past = last >> tail;
+        if past != 0 {
+            let word = bits.len() as u64 - 1;
+            return Err(word * 64 + u64::from(tail) + u64::from(past.trailing_zeros()));
+        }
+    }
+    Ok(bits.iter().map(|w| u64::from(w.count_ones())).sum())
+}
 
 /// Where one type's records lie: `len` elements of `data` data words and
 /// `ptrs` pointers, split into lists of `1 << shift` (the last shorter).
@@ -693,7 +757,7 @@ impl RecordLists {
     }
 }
 
-fn text(
+pub(super) fn text(
     t: capnp::Result<capnp::text::Reader<'_>>,
     blob: &str,
     what: &str,
@@ -702,7 +766,7 @@ fn text(
         .map_err(|e| FormatError::capnp(blob, what, e))
 }
 
-fn texts(
+pub(super) fn texts(
     t: capnp::Result<capnp::text_list::Reader<'_>>,
     blob: &str,
 ) -> Result<Vec<String>, FormatError> {

@@ -115,6 +115,24 @@ impl DatasetSchema {
     fn words(&self) -> usize {
         self.nodes.iter().map(|(_, w)| w.len()).sum()
     }
+
+    /// The struct size (data words, pointers) of node `id`, if it is one
+    /// of these nodes and a struct.
+    pub fn struct_size(&self, id: u64) -> Option<(u16, u16)> {
+        let at = self.nodes.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+        let words = &self.nodes[at].1;
+        let reader = capnp::message::Reader::new(
+            crate::schema::record::OneSegment(capnp::Word::words_to_bytes(words)),
+            ReaderOptions::new(),
+        );
+        let node: capnp::schema_capnp::node::Reader<'_> = reader.get_root().ok()?;
+        match node.which().ok()? {
+            capnp::schema_capnp::node::Struct(st) => {
+                Some((st.get_data_word_count(), st.get_pointer_count()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What every blob's header says.
@@ -277,6 +295,7 @@ pub use crate::schema::key_index::slots_for as index_slots;
 /// list elements in order (`None`: a hole, an all-zero element).
 struct ListSource<'a> {
     name: &'a str,
+    type_id: u64,
     slot: u16,
     len: u32,
     record: Box<dyn Fn(u32) -> Option<&'a [u64]> + 'a>,
@@ -303,7 +322,7 @@ pub fn write_snapshot(
     let sources: Vec<ListSource<'_>> = types.iter().map(snapshot_source).collect();
     let sizes = sources
         .iter()
-        .map(element_size)
+        .map(|t| element_size(t, head.schema))
         .collect::<Result<Vec<_>, _>>()?;
     let type_words = |t: &SnapshotTypeSource<'_>| {
         let mut words = 24 + (t.ordinal_limit as usize).div_ceil(64);
@@ -334,6 +353,7 @@ pub fn write_snapshot(
 fn snapshot_source<'a>(t: &'a SnapshotTypeSource<'a>) -> ListSource<'a> {
     ListSource {
         name: &t.info.name,
+        type_id: t.info.type_id,
         slot: t.slot,
         len: t.ordinal_limit,
         record: Box::new(move |o| t.records.record(o).map(|(words, _)| words)),
@@ -343,6 +363,7 @@ fn snapshot_source<'a>(t: &'a SnapshotTypeSource<'a>) -> ListSource<'a> {
 fn delta_source<'a>(t: &'a DeltaTypeSource<'a>) -> ListSource<'a> {
     ListSource {
         name: t.name,
+        type_id: t.type_id,
         slot: t.slot,
         len: t.set.len() as u32,
         record: Box::new(move |i| Some(t.set[i as usize].1)),
@@ -350,13 +371,27 @@ fn delta_source<'a>(t: &'a DeltaTypeSource<'a>) -> ListSource<'a> {
 }
 
 /// The element size of a type's lists: the largest struct among its
-/// records (canonical records are never larger than their schema's).
-fn element_size(t: &ListSource<'_>) -> Result<(u16, u16), FormatError> {
+/// records. Where `schema` holds the type's node, no record may be larger
+/// than it (readers refuse such lists, see `OpenBlob::record_lists`): a
+/// record copied from a reader of a newer schema, with fields this
+/// producer's schema does not describe, is refused by name.
+fn element_size(t: &ListSource<'_>, schema: &DatasetSchema) -> Result<(u16, u16), FormatError> {
+    let node = schema.struct_size(t.type_id);
     let (mut d, mut p) = (0u16, 0u16);
     for i in 0..t.len {
         if let Some(words) = (t.record)(i) {
             let (rd, rp) = wire::record_struct_size(words)
                 .map_err(|e| corrupt_write(format!("{}: record {i}: {e}", t.name)))?;
+            if let Some((nd, np)) = node {
+                if rd > nd || rp > np {
+                    return Err(corrupt_write(format!(
+                        "{}: record {i} has {rd} data words and {rp} pointers, more than the \
+                         type's schema ({nd} data words, {np} pointers): a record of a newer \
+                         schema cannot be written under this one",
+                        t.name
+                    )));
+                }
+            }
             d = d.max(rd);
             p = p.max(rp);
         }
@@ -613,7 +648,7 @@ pub fn write_delta(
     let sources: Vec<ListSource<'_>> = types.iter().map(delta_source).collect();
     let sizes = sources
         .iter()
-        .map(element_size)
+        .map(|t| element_size(t, head.schema))
         .collect::<Result<Vec<_>, _>>()?;
     let type_words = |t: &DeltaTypeSource<'_>| {
         24 + t.removed.len() * 2
@@ -703,6 +738,51 @@ fn write_type_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct One(Vec<u64>);
+
+    impl SnapshotRecords for One {
+        fn record(&self, _: u32) -> Option<(&[u64], u64)> {
+            Some((&self.0, 7))
+        }
+    }
+
+    /// Invariant: the writer never lays out elements larger than the
+    /// type's node in the header (which readers refuse): a record with
+    /// more data words than its type's schema is refused by name.
+    #[test]
+    fn records_larger_than_their_schema_are_refused() {
+        use crate::schema::record::TypeInfo;
+        let info = TypeInfo::of::<crate::schema::movies_capnp::movie::Owned>();
+        let schema = DatasetSchema::of(std::slice::from_ref(&info)).unwrap();
+        assert_eq!(schema.struct_size(info.type_id), Some((2, 2)));
+        // A canonical record of 3 data words, one of them beyond Movie's.
+        let record = One(vec![wire::Ptr::to_struct(0, 3, 0), 1, 1990, 5]);
+        let head = HeaderInfo {
+            dataset_id: DatasetId::mint(),
+            from_version: 0,
+            to_version: 1,
+            producer_id: "p",
+            cycle_start_micros: 0,
+            schema: &schema,
+            tags: &[],
+            max_list_shift: MAX_LIST_SHIFT,
+        };
+        let source = SnapshotTypeSource {
+            info: &info,
+            key_fields: &[],
+            ordinal_limit: 1,
+            record_count: 1,
+            total_words: 4,
+            slot: 0,
+            records: &record,
+        };
+        let err = write_snapshot(&head, &[source]).unwrap_err().to_string();
+        assert!(
+            err.contains("record 0 has 3 data words and 0 pointers, more than the type's schema"),
+            "{err}"
+        );
+    }
 
     /// Invariant: where the build ran does not reach blobs: a node named by
     /// an absolute file path is written under its file name, with the same

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod mangle;
 pub mod tools;
 
 use burrow::blobstore::BlobStore;

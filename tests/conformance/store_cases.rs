@@ -2,14 +2,28 @@
 
 use super::support::Backend;
 use burrow::blobstore::{BlobCache, BlobName, StoreError};
-use burrow::schema::envelope::{frame, BlobKind};
 use burrow::{Error, FormatError};
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 
+/// A snapshot of `version` holding no types, of a little over
+/// `body_words` words: its header carries a tag that long. A real blob,
+/// as a cache proves a blob's contents before taking it.
 fn blob(version: u64, body_words: usize) -> Vec<u8> {
-    let body: Vec<u8> = (0..body_words * 8).map(|i| (i % 251) as u8).collect();
-    frame(BlobKind::Snapshot, 0, version, &body)
+    use burrow::schema::blob::{write_snapshot, DatasetSchema, HeaderInfo, MAX_LIST_SHIFT};
+    let schema = DatasetSchema::default();
+    let tags = [("pad".to_string(), "x".repeat(body_words * 8))];
+    let head = HeaderInfo {
+        dataset_id: burrow::schema::DatasetId::mint(),
+        from_version: 0,
+        to_version: version,
+        producer_id: "conformance",
+        cycle_start_micros: 0,
+        schema: &schema,
+        tags: &tags,
+        max_list_shift: MAX_LIST_SHIFT,
+    };
+    write_snapshot(&head, &[]).unwrap()
 }
 
 /// Blobs read back as written; a LIST shows burrow's names, in version
@@ -186,38 +200,44 @@ pub async fn aborted_writer_creates_nothing(b: &Backend) {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 }
 
-/// Fetch-to-cache keeps a verified copy; a corrupt blob is refused with a
-/// `Corrupt` error naming it, and leaves neither the file nor a temp file.
+/// Fetch-to-cache keeps a verified copy; a corrupt blob (a flipped bit,
+/// or a body whose checksum holds but whose structure does not: its root
+/// pointer made a list pointer) is refused with a `Corrupt` error naming
+/// it, and leaves neither the file nor a temp file.
 pub async fn fetch_verifies_and_rejects_corrupt_blobs(b: &Backend) {
+    use burrow::schema::envelope::{frame, BlobKind, ENVELOPE_LEN};
     let good = blob(1, 100);
-    let mut bad = blob(2, 100);
-    let last = bad.len() - 1;
-    bad[last] ^= 0x55;
-    b.store
-        .create(&BlobName::Snapshot(1), vec![Bytes::from(good.clone())])
-        .await
-        .unwrap();
-    b.store
-        .create(&BlobName::Snapshot(2), vec![Bytes::from(bad)])
-        .await
-        .unwrap();
+    let mut flipped = blob(2, 100);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    let mut body = blob(3, 100)[ENVELOPE_LEN..].to_vec();
+    body[8] |= 1;
+    let misshapen = frame(BlobKind::Snapshot, 0, 3, &body);
+    for (version, bytes) in [(1, &good), (2, &flipped), (3, &misshapen)] {
+        b.store
+            .create(
+                &BlobName::Snapshot(version),
+                vec![Bytes::from(bytes.clone())],
+            )
+            .await
+            .unwrap();
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(dir.path()).unwrap();
     let path = cache.fetch(&b.store, &BlobName::Snapshot(1)).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), good);
 
-    let err = cache
-        .fetch(&b.store, &BlobName::Snapshot(2))
-        .await
-        .unwrap_err();
-    match &err {
-        Error::Format(FormatError::Corrupt { blob, .. }) => {
-            assert_eq!(blob, &BlobName::Snapshot(2).to_string())
+    for name in [BlobName::Snapshot(2), BlobName::Snapshot(3)] {
+        let err = cache.fetch(&b.store, &name).await.unwrap_err();
+        match &err {
+            Error::Format(FormatError::Corrupt { blob, .. }) => {
+                assert_eq!(blob, &name.to_string(), "{}: {err}", b.name)
+            }
+            other => panic!("{}: expected Corrupt, got {other:?}", b.name),
         }
-        other => panic!("{}: expected Corrupt, got {other:?}", b.name),
+        assert!(!cache.contains(&name), "{}: {name} cached", b.name);
     }
-    assert!(!cache.contains(&BlobName::Snapshot(2)));
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

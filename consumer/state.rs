@@ -633,20 +633,18 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         let data = self.data;
         // The candidate as its struct reader (Copy), so that it can be
         // both checked and handed out.
+        // A key of one integer field is compared as a word, straight from
+        // the candidate's data section; any other by its canonical bytes.
+        let direct = match <[u8; 8]>::try_from(query.as_bytes()) {
+            Ok(bytes) if spec.is_direct() => Some(u64::from_le_bytes(bytes)),
+            _ => None,
+        };
         let matches = |o: u32, r: Element<'s, T>| -> Result<Option<Element<'s, T>>, Error> {
             use capnp::traits::IntoInternalStructReader;
             let reader = r.into_internal_struct_reader();
-            let same = match spec.matches_struct(&reader, query.as_bytes()) {
-                Some(same) => same,
-                None => {
-                    let mut candidate = KeyBuf::new();
-                    resolved
-                        .encode_record(T::dynamic_element(reader.into()), &mut candidate)
-                        .map_err(|e| {
-                            FormatError::capnp(&data.blob_name, &format!("key of ordinal {o}"), e)
-                        })?;
-                    candidate.as_bytes() == query.as_bytes()
-                }
+            let same = match direct {
+                Some(q) => spec.matches_direct(&reader, q) == Some(true),
+                None => key_bytes_match::<T>(resolved, reader, query.as_bytes(), data, o)?,
             };
             Ok(same.then(|| reader.into()))
         };
@@ -698,6 +696,26 @@ impl<'s, T: RecordType> TypeView<'s, T> {
             present: &[],
         }
     }
+}
+
+/// Whether the record `reader` (ordinal `o`) has the key whose canonical
+/// bytes are `query`, read through reflection: the path of keys other
+/// than one integer field, kept out of line so that the common lookup
+/// stays short.
+#[cold]
+#[inline(never)]
+fn key_bytes_match<T: RecordType>(
+    resolved: &ResolvedKey,
+    reader: capnp::private::layout::StructReader<'_>,
+    query: &[u8],
+    data: &TypeData,
+    o: u32,
+) -> Result<bool, Error> {
+    let mut candidate = KeyBuf::new();
+    resolved
+        .encode_record(T::dynamic_element(reader.into()), &mut candidate)
+        .map_err(|e| FormatError::capnp(&data.blob_name, &format!("key of ordinal {o}"), e))?;
+    Ok(candidate.as_bytes() == query)
 }
 
 /// Iterates a type's records in ordinal order. Runs of ordinals that no

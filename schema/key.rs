@@ -70,6 +70,9 @@ struct DirectKey {
     byte_offset: usize,
     /// Field width in bytes: 1, 2, 4 or 8.
     width: usize,
+    /// `byte_offset / width`: the field's index as Cap'n Proto numbers
+    /// data fields of its width.
+    index: usize,
     signed: bool,
     /// The field's default value, as raw little-endian bits (Cap'n Proto
     /// stores fields XORed with their defaults).
@@ -103,6 +106,7 @@ impl DirectKey {
         Some(DirectKey {
             byte_offset: slot.get_offset() as usize * width,
             width,
+            index: slot.get_offset() as usize,
             signed: matches!(kind, KeyKind::Signed { .. }),
             default_bits,
         })
@@ -264,15 +268,35 @@ impl KeySpec {
         reader: &capnp::private::layout::StructReader<'_>,
         query: &[u8],
     ) -> Option<bool> {
-        let d = self.direct?;
-        let at = d.byte_offset / d.width;
+        let query = u64::from_le_bytes(query.try_into().ok()?);
+        self.matches_direct(reader, query)
+    }
+
+    /// [`Self::matches_struct`] for a query already read as the key's one
+    /// integer value (its 8 canonical bytes, little-endian): a load, a
+    /// mask and a compare.
+    #[inline]
+    pub fn matches_direct(
+        &self,
+        reader: &capnp::private::layout::StructReader<'_>,
+        query: u64,
+    ) -> Option<bool> {
+        let d = self.direct.as_ref()?;
+        let at = d.index;
         let raw = match d.width {
             1 => u64::from(reader.get_data_field::<u8>(at)),
             2 => u64::from(reader.get_data_field::<u16>(at)),
             4 => u64::from(reader.get_data_field::<u32>(at)),
             _ => reader.get_data_field::<u64>(at),
         };
-        Some(d.finish(raw).to_le_bytes() == query)
+        Some(d.finish(raw) == query)
+    }
+
+    /// Whether the key is one integer or enum field read straight from the
+    /// data section ([`Self::matches_direct`] answers every candidate).
+    #[inline]
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// The key's fields as schema handles, for reading them from records.

@@ -23,6 +23,7 @@ const FIGURES: &[&str] = &[
     "delta_refresh_cached",
     "hashmap_lookup",
     "lookup",
+    "hashmap_lookup_threads",
     "lookup_threads",
     "hashmap_scan",
     "scan",

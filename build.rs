@@ -7,6 +7,7 @@ fn main() {
         "schema/burrow.capnp",
         "schema/examples/movies.capnp",
         "schema/examples/probe.capnp",
+        "schema/examples/library.capnp",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

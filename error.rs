@@ -139,6 +139,9 @@ pub enum Error {
     /// A consumer could not reach or serve a version.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// A blob's record types cannot be printed as a Cap'n Proto schema.
+    #[error(transparent)]
+    CapnpText(#[from] crate::schema::capnp_text::CapnpTextError),
     /// A setting given to a builder or the CLI is invalid.
     #[error("invalid configuration: {what}: {reason}")]
     Config {

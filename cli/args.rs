@@ -50,6 +50,23 @@ pub enum Command {
     Pin(PinArgs),
     /// Release a pin: consumers follow the newest announced version again.
     Unpin(UnpinArgs),
+    /// Print the dataset's record types as a Cap'n Proto schema file, with
+    /// which `capnp decode` prints every record of a snapshot or delta body.
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SchemaArgs {
+    /// Print a Cap'n Proto schema file (the one format there is; the flag
+    /// keeps the command open to others).
+    #[arg(long, required = true)]
+    pub capnp: bool,
+
+    /// Read the types from this blob file (a consumer's cache file or a
+    /// stored object, zstd-compressed or not) instead of the store's latest
+    /// snapshot.
+    #[arg(value_name = "BLOB_FILE")]
+    pub blob: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -4,6 +4,7 @@
 
 use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
+    SchemaArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, Compression, StoreOptions, StoreUrl};
@@ -129,6 +130,14 @@ pub enum Task {
     /// `burrow pin`: the version to pin.
     Pin(u64),
     Unpin,
+    Schema(SchemaConfig),
+}
+
+/// `burrow schema --capnp`: where the types are read from.
+#[derive(Debug, Clone)]
+pub struct SchemaConfig {
+    /// A blob file; `None`: the store's latest snapshot.
+    pub blob: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,9 +232,25 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
         Command::Pin(a) => Task::Pin(pin(a)?),
         Command::Unpin(_) => Task::Unpin,
+        Command::Schema(a) => Task::Schema(schema(a)?),
         Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
     Ok((global, task))
+}
+
+fn schema(a: SchemaArgs) -> Result<SchemaConfig> {
+    // clap requires the flag; a format other than Cap'n Proto would be
+    // chosen here.
+    debug_assert!(a.capnp);
+    if let Some(file) = &a.blob {
+        if !file.is_file() {
+            bail!(
+                "invalid BLOB_FILE {}: not a file (give a blob from a store or a consumer's cache)",
+                file.display()
+            );
+        }
+    }
+    Ok(SchemaConfig { blob: a.blob })
 }
 
 fn fraction(flag: &str, value: f64) -> Result<f64> {

@@ -15,6 +15,7 @@ mod follow;
 mod inspect;
 mod output;
 mod pin;
+mod schema;
 mod verify;
 mod versions;
 
@@ -63,6 +64,10 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 pin::pin(version, global.store.open_existing().await?, &mut out).await
             }
             Task::Unpin => pin::unpin(global.store.open_existing().await?, &mut out).await,
+            Task::Schema(cfg) => match &cfg.blob {
+                Some(file) => schema::from_file(file, &mut out).await,
+                None => schema::from_store(global.store.open_existing().await?, &mut out).await,
+            },
         }
     })
 }

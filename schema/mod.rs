@@ -6,11 +6,13 @@
 //! [`blob`] (bodies: [`blob::write`] and [`blob::read`]), [`record`] (a
 //! record's canonical message), [`key`] (key encoding and hashing) and
 //! [`key_index`] (the snapshot's key index), [`node_key`] (keys of a type known only
-//! by the schema node a blob carries). The format layer does no I/O:
+//! by the schema node a blob carries), [`capnp_text`] (a blob's record
+//! types as a Cap'n Proto schema file). The format layer does no I/O:
 //! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
 //! cache made).
 
 pub mod blob;
+pub mod capnp_text;
 pub mod dataset_id;
 pub mod envelope;
 pub mod key;
@@ -38,9 +40,17 @@ pub mod probe_capnp {
     include!(concat!(env!("OUT_DIR"), "/examples/probe_capnp.rs"));
 }
 
+/// A record type with nested structs, enums, groups, unions, lists and
+/// defaults, for the tests of `burrow schema --capnp`.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod library_capnp {
+    include!(concat!(env!("OUT_DIR"), "/examples/library_capnp.rs"));
+}
+
 /// Example datasets (generated code lives at `schema::*_capnp`, where
 /// capnpc's paths point; these are the names to use).
 pub mod examples {
+    pub use super::library_capnp;
     pub use super::movies_capnp;
     pub use super::probe_capnp;
 }

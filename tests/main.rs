@@ -2,6 +2,7 @@
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
+mod capnp_schema;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]

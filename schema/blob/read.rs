@@ -387,6 +387,25 @@ impl OpenBlob {
         })
     }
 
+    /// Runs `read` on the schema nodes the header carries (every struct
+    /// and enum the dataset's types reach, see `Header.nodes`): what a
+    /// reader without generated code learns the types from (see
+    /// [`crate::schema::capnp_text`]).
+    pub fn with_schema_nodes<T, E: From<FormatError>>(
+        &self,
+        read: impl FnOnce(
+            capnp::struct_list::Reader<'_, capnp::schema_capnp::node::Owned>,
+        ) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut result = None;
+        self.with_header(|header| {
+            let nodes = header.get_nodes().map_err(self.cap("nodes"))?;
+            result = Some(read(nodes));
+            Ok(())
+        })?;
+        result.expect("with_header ran `read` or failed")
+    }
+
     /// The body's one segment as words (the body is a one-segment message:
     /// its segment table was checked when the blob was taken).
     pub fn segment(&self) -> &[u64] {

@@ -46,7 +46,7 @@
 //! assert_eq!(state.version(), report.version);
 //! let movies = state.view::<movie::Owned>()?;
 //! let (_ordinal, record) = movies.find(&42u64)?.expect("id 42 was published");
-//! assert_eq!(record.get()?.get_year(), 1950 + 42);
+//! assert_eq!(record.get_year(), 1950 + 42);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # })
 //! # }

@@ -74,12 +74,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .view::<book::Owned>()?
             .find("978-0-14-118776-1")?
             .expect("Middlemarch was published");
-        assert_eq!(middlemarch.get()?.get_title()?.to_str()?, "Middlemarch");
+        assert_eq!(middlemarch.get_title()?.to_str()?, "Middlemarch");
         let (_, loan) = state
             .view::<loan::Owned>()?
             .find(&("central", 2u32))?
             .expect("central copy 2 is on loan");
-        assert_eq!(loan.get()?.get_borrower()?.to_str()?, "grace");
+        assert_eq!(loan.get_borrower()?.to_str()?, "grace");
     }
 
     // Cycle 2: a book added, a loan returned, a loan extended.
@@ -104,10 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, gaskell) = book_view
         .find("978-0-14-043951-3")?
         .expect("the new book is there");
-    assert_eq!(gaskell.get()?.get_author()?.to_str()?, "Elizabeth Gaskell");
+    assert_eq!(gaskell.get_author()?.to_str()?, "Elizabeth Gaskell");
     assert!(loan_view.find(&("central", 1u32))?.is_none(), "returned");
     let (_, extended) = loan_view.find(&("central", 2u32))?.expect("still on loan");
-    assert_eq!(extended.get()?.get_due_day(), 29);
+    assert_eq!(extended.get_due_day(), 29);
     assert!(
         loan_view.find(&("harbour", 2u32))?.is_none(),
         "no such copy"

@@ -23,7 +23,8 @@ pub enum FormatError {
     },
     /// The blob was written by a format version this build cannot read.
     #[error(
-        "{blob}: format version {found} is not supported (this build reads versions 2 to {supported})"
+        "{blob}: format version {found} is not supported (this build reads versions {oldest} to {supported})",
+        oldest = crate::schema::envelope::OLDEST_READABLE_VERSION
     )]
     Incompatible {
         /// The blob, as named in the store.

@@ -19,7 +19,7 @@
 //! arena ([`OpenBlob::typed_lists`]): every pointer bounds-checked, no
 //! traversal limit, nothing shared between reader threads but the map.
 //! What opening does not look at is proven once per blob by
-//! [`check`](mod@check) ([`OpenBlob::check_contents`], and
+//! `check` ([`OpenBlob::check_contents`], and
 //! [`OpenBlob::verify`] with the checksum), when a blob enters a cache and
 //! before a whole-blob reader walks it: the records' layout (pre-order,
 //! only leaves shared, walks bounded) and a snapshot's key indexes.

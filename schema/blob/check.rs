@@ -161,13 +161,11 @@ mod tests {
     use super::*;
     use crate::schema::blob::{
         write_snapshot, DatasetSchema, HeaderInfo, SnapshotRecords, SnapshotTypeSource,
-        MAX_LIST_SHIFT,
     };
     use crate::schema::key::{KeyBuf, KeySpec};
     use crate::schema::movies_capnp::movie;
     use crate::schema::record::TypeInfo;
     use crate::schema::wire::Ptr;
-    use crate::schema::DatasetId;
 
     /// A snapshot's movies by ordinal (`None`: a hole), as canonical
     /// records with their key hashes.
@@ -210,16 +208,7 @@ mod tests {
             .collect();
         let records = Movies(records);
         let schema = DatasetSchema::of(std::slice::from_ref(&info)).unwrap();
-        let head = HeaderInfo {
-            dataset_id: DatasetId::mint(),
-            from_version: 0,
-            to_version: 1,
-            producer_id: "p",
-            cycle_start_micros: 0,
-            schema: &schema,
-            tags: &[],
-            max_list_shift: MAX_LIST_SHIFT,
-        };
+        let head = HeaderInfo::for_test(&schema);
         let key_fields = ["id".to_string()];
         let source = SnapshotTypeSource {
             info: &info,

@@ -974,16 +974,7 @@ mod tests {
     #[test]
     fn from_mmap_checks_the_envelope_and_verify_the_body() {
         let schema = DatasetSchema::default();
-        let head = HeaderInfo {
-            dataset_id: DatasetId::mint(),
-            from_version: 0,
-            to_version: 1,
-            producer_id: "p",
-            cycle_start_micros: 0,
-            schema: &schema,
-            tags: &[],
-            max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
-        };
+        let head = HeaderInfo::for_test(&schema);
         let mut bytes = write_snapshot(&head, &[]).unwrap();
         let blob = OpenBlob::from_mmap(mapped(&bytes), "snapshot/1").unwrap();
         blob.verify().unwrap();

@@ -157,6 +157,23 @@ pub struct HeaderInfo<'a> {
     pub max_list_shift: u8,
 }
 
+#[cfg(test)]
+impl<'a> HeaderInfo<'a> {
+    /// The header of a unit test's snapshot (version 1, a fresh dataset).
+    pub(crate) fn for_test(schema: &'a DatasetSchema) -> Self {
+        HeaderInfo {
+            dataset_id: DatasetId::mint(),
+            from_version: 0,
+            to_version: 1,
+            producer_id: "p",
+            cycle_start_micros: 0,
+            schema,
+            tags: &[],
+            max_list_shift: MAX_LIST_SHIFT,
+        }
+    }
+}
+
 impl HeaderInfo<'_> {
     fn write(&self, mut h: header::Builder<'_>) -> capnp::Result<()> {
         h.set_from_version(self.from_version);
@@ -758,16 +775,7 @@ mod tests {
         assert_eq!(schema.struct_size(info.type_id), Some((2, 2)));
         // A canonical record of 3 data words, one of them beyond Movie's.
         let record = One(vec![wire::Ptr::to_struct(0, 3, 0), 1, 1990, 5]);
-        let head = HeaderInfo {
-            dataset_id: DatasetId::mint(),
-            from_version: 0,
-            to_version: 1,
-            producer_id: "p",
-            cycle_start_micros: 0,
-            schema: &schema,
-            tags: &[],
-            max_list_shift: MAX_LIST_SHIFT,
-        };
+        let head = HeaderInfo::for_test(&schema);
         let source = SnapshotTypeSource {
             info: &info,
             key_fields: &[],

@@ -79,6 +79,17 @@ struct SlotType {
     key_fields: Vec<String>,
 }
 
+impl SlotType {
+    fn new(slot: u16, type_id: u64, name: String, key_fields: Vec<String>) -> Self {
+        SlotType {
+            slot,
+            type_id,
+            name,
+            key_fields,
+        }
+    }
+}
+
 /// The Cap'n Proto schema file that types `blob`'s records (see the
 /// module documentation): a snapshot's types, or the types a delta
 /// carries. `Snapshot` and `Delta` are its roots:
@@ -93,27 +104,15 @@ pub fn blob_schema(blob: &Arc<OpenBlob>) -> Result<String, CapnpTextError> {
             let (header, sections) = blob.snapshot()?;
             let slots = sections
                 .into_iter()
-                .map(|s| SlotType {
-                    slot: s.lists.slot,
-                    type_id: s.type_id,
-                    name: s.name,
-                    key_fields: s.key_fields,
-                })
-                .collect::<Vec<_>>();
-            (header, slots)
+                .map(|s| SlotType::new(s.lists.slot, s.type_id, s.name, s.key_fields));
+            (header, slots.collect::<Vec<_>>())
         }
         _ => {
             let (header, sections) = blob.delta()?;
             let slots = sections
                 .into_iter()
-                .map(|s| SlotType {
-                    slot: s.lists.slot,
-                    type_id: s.type_id,
-                    name: s.name,
-                    key_fields: s.key_fields,
-                })
-                .collect::<Vec<_>>();
-            (header, slots)
+                .map(|s| SlotType::new(s.lists.slot, s.type_id, s.name, s.key_fields));
+            (header, slots.collect::<Vec<_>>())
         }
     };
     if slots.is_empty() {

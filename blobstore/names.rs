@@ -87,7 +87,10 @@ mod tests {
         }
         assert!(BlobName::Snapshot(9).to_string() < BlobName::Snapshot(10).to_string());
         for n in names {
-            assert_eq!(BlobName::from_cache_file_name(&n.cache_file_name()), Some(n));
+            assert_eq!(
+                BlobName::from_cache_file_name(&n.cache_file_name()),
+                Some(n)
+            );
         }
         assert_eq!(BlobName::from_cache_file_name("snapshot-1.tmp-ab"), None);
         assert_eq!(BlobName::parse("snapshot/12"), None);

@@ -489,7 +489,9 @@ mod tests {
         assert!(parse_size("").unwrap_err().contains("number"));
         assert!(parse_size("-1").unwrap_err().contains("number"));
         assert!(parse_size("12parsecs").unwrap_err().contains("unit"));
-        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

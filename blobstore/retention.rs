@@ -14,6 +14,11 @@
 //! often than back, and they do not change when a file is copied or
 //! refetched.
 //!
+//! A cache holds one directory per dataset; once the consumer follows
+//! another dataset (the store was deleted and published again), the
+//! others' blobs can never serve it again, so
+//! [`BlobCache::evict_other_datasets`] removes them whatever the bound.
+//!
 //! Files that are not a blob (the lock file, temp files of a fetch in
 //! progress or interrupted, anything else) are neither counted nor
 //! touched: a fetch in progress is never evicted under its writer, and
@@ -27,7 +32,9 @@
 
 use super::cache::BlobCache;
 use super::BlobName;
+use crate::schema::DatasetId;
 use std::collections::HashSet;
+use std::path::Path;
 
 /// How much a cache keeps beyond the blobs its current state maps. Both
 /// bounds hold at once; the current state's blobs are kept even when they
@@ -42,10 +49,11 @@ pub struct CacheRetention {
 
 impl CacheRetention {
     /// The default byte bound: 2 GiB beyond the current state, about
-    /// fifteen snapshots of a million records or thousands of deltas:
-    /// enough to go back a few versions or to a recent pin without a
-    /// fetch, small next to a read service's disk, and reached within a
-    /// day by a dataset cycling every minute, not after a month.
+    /// fifteen snapshots of a million records (129 MiB each) or thousands
+    /// of their deltas: enough to go back a few versions or to a recent pin
+    /// without a fetch, and small next to a read service's disk. The disk
+    /// a consumer needs is then its state plus 2 GiB, whether it runs a day
+    /// or a month.
     pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
     /// The default file bound: 1024 blob files beyond the current state,
     /// so a dataset of tiny deltas does not grow a directory without end
@@ -186,5 +194,72 @@ impl BlobCache {
         done.kept_files += files;
         done.kept_bytes += bytes;
         done
+    }
+
+    /// Called on a cache's top directory: evicts every blob of every
+    /// dataset directory but `current`'s, and removes such a directory once
+    /// it is empty. Temp files and anything not named like a dataset or a
+    /// blob are left alone. Blocking; never fails (see [`BlobCache::trim`]).
+    pub fn evict_other_datasets(&self, current: DatasetId) -> Trimmed {
+        let mut done = Trimmed::default();
+        let root = self.dir();
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot list the cache directory to trim it");
+                done.failures += 1;
+                return done;
+            }
+        };
+        for entry in entries.flatten() {
+            let is_other = entry
+                .file_name()
+                .to_str()
+                .and_then(DatasetId::parse)
+                .is_some_and(|id| id != current);
+            if is_other && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                evict_dir(&entry.path(), &mut done);
+            }
+        }
+        done
+    }
+}
+
+/// Removes every blob file of one directory, then the directory if that
+/// left it empty.
+fn evict_dir(dir: &Path, done: &mut Trimmed) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list another dataset's cache directory");
+            done.failures += 1;
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let is_blob = entry
+            .file_name()
+            .to_str()
+            .and_then(BlobName::from_cache_file_name)
+            .is_some();
+        if !is_blob {
+            continue;
+        }
+        let path = entry.path();
+        let len = entry.metadata().map_or(0, |m| m.len());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                done.evicted_files += 1;
+                done.evicted_bytes += len;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot evict another dataset's cache file");
+                done.failures += 1;
+            }
+        }
+    }
+    // Not empty (a temp file, something else): it stays, quietly.
+    if std::fs::remove_dir(dir).is_ok() {
+        tracing::info!(dir = %dir.display(), "removed the cache directory of a dataset the store no longer holds");
     }
 }

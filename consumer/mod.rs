@@ -706,7 +706,7 @@ impl Consumer {
         *self.current_blobs.lock().expect("blobs lock") = blobs;
         self.current.store(Some(state));
         let duration = started.elapsed();
-        let trimmed = self.trim_cache(&cache, live).await;
+        let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(
             ?from,
             to,
@@ -734,11 +734,31 @@ impl Consumer {
     /// (see `blobstore/retention.rs`). Never fails the refresh: what it
     /// could not do is logged and counted in
     /// `burrow_consumer_cache_evict_failures_total`.
-    async fn trim_cache(&self, cache: &BlobCache, live: HashSet<BlobName>) -> Trimmed {
-        let (cache, retention) = (cache.clone(), self.retention);
-        let trimmed = match tokio::task::spawn_blocking(move || cache.trim(&live, retention)).await
-        {
-            Ok(trimmed) => trimmed,
+    /// Blobs of datasets other than the current one (a store deleted and
+    /// published again) go too, whatever the bound: they cannot serve this
+    /// consumer again.
+    async fn trim_cache(
+        &self,
+        cache: &BlobCache,
+        dataset: DatasetId,
+        live: HashSet<BlobName>,
+    ) -> Trimmed {
+        let (root, cache, retention) = (self.cache.clone(), cache.clone(), self.retention);
+        let trimmed = tokio::task::spawn_blocking(move || {
+            let others = root.evict_other_datasets(dataset);
+            let mut trimmed = cache.trim(&live, retention);
+            trimmed.evicted_files += others.evicted_files;
+            trimmed.evicted_bytes += others.evicted_bytes;
+            trimmed.failures += others.failures;
+            trimmed
+        })
+        .await;
+        let trimmed = match trimmed {
+            Ok(trimmed) => {
+                metrics::gauge!("burrow_consumer_cache_bytes").set(trimmed.kept_bytes as f64);
+                metrics::gauge!("burrow_consumer_cache_files").set(trimmed.kept_files as f64);
+                trimmed
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the cache trim did not run to its end");
                 Trimmed {
@@ -752,8 +772,6 @@ impl Consumer {
         metrics::counter!("burrow_consumer_cache_evicted_bytes_total")
             .increment(trimmed.evicted_bytes);
         metrics::counter!("burrow_consumer_cache_evict_failures_total").increment(trimmed.failures);
-        metrics::gauge!("burrow_consumer_cache_bytes").set(trimmed.kept_bytes as f64);
-        metrics::gauge!("burrow_consumer_cache_files").set(trimmed.kept_files as f64);
         trimmed
     }
 

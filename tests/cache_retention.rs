@@ -233,6 +233,45 @@ async fn restart_on_trimmed_cache_refetches_what_is_missing() {
     );
 }
 
+/// Invariant: once the store holds another dataset (deleted and published
+/// again), the old dataset's blobs leave the cache whatever the bound, and
+/// a reader still holding the old state keeps reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_dataset_leaves_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let cache = dir.path().join("cache");
+    let old: Model = (0..40).map(|i| (i, movie_value(i, 0))).collect();
+    let new: Model = (100..130).map(|i| (i, movie_value(i, 5))).collect();
+    let store = BlobStore::local(&store_dir).unwrap();
+    publish(&producer_every(&store, 1), &old).await.unwrap();
+    let consumer = consumer_with(&store, &cache, CacheRetention::UNBOUNDED, 256);
+    consumer.refresh().await.unwrap();
+    let old_state = consumer.state().unwrap();
+    let old_id = old_state.dataset_id().to_string();
+
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    let store = BlobStore::local(&store_dir).unwrap();
+    // Two versions: the new log is longer than the one the consumer knows.
+    let producer = producer_every(&store, 1);
+    publish(&producer, &old).await.unwrap();
+    publish(&producer, &new).await.unwrap();
+    let report = consumer.refresh().await.unwrap().expect("switched");
+    let new_id = consumer.state().unwrap().dataset_id().to_string();
+    assert_ne!(new_id, old_id);
+    assert_eq!(report.cache.evicted_files, 1, "{report:?}");
+    assert_eq!(
+        cache_files_in(&cache),
+        [format!(
+            "{new_id}/{}",
+            BlobName::Snapshot(2).cache_file_name()
+        )],
+        "the old dataset's directory is gone"
+    );
+    assert_eq!(snapshot_of(&consumer), new);
+    assert_eq!(state_model(&old_state), old, "the old state still reads");
+}
+
 /// `burrow follow --cache-max-files/--cache-max-bytes` reach the consumer:
 /// on a cache seeded with older blobs, the first version it prints reports
 /// what the trim evicted, and the directory holds what the flags allow.

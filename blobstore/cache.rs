@@ -28,6 +28,9 @@
 //! a stream past any bound, cut short or corrupt is a
 //! [`FormatError::Compression`] and its temp file is removed.
 //!
+//! The cache keeps what the consumer's current state maps plus a bounded
+//! amount more; [`BlobCache::trim`] (in `retention.rs`) evicts the rest.
+//!
 //! One process owns a cache directory at a time: [`BlobCache::open`] takes
 //! an exclusive lock on `<dir>/.lock` (`flock`, on Unix) held for the
 //! cache's life, and a second owner gets [`StoreError::CacheInUse`]. Only
@@ -326,13 +329,13 @@ impl BlobCache {
         Ok((dest, true))
     }
 
-    /// Removes a cached blob (one found corrupt, or no longer needed).
-    /// Existing mappings of it stay valid.
-    pub fn evict(&self, name: &BlobName) -> Result<(), StoreError> {
+    /// Removes a cached blob (one found corrupt, or no longer needed), and
+    /// says whether it was there. Existing mappings of it stay valid.
+    pub fn evict(&self, name: &BlobName) -> Result<bool, StoreError> {
         let path = self.path(name);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io("remove cached blob", &path)(e)),
         }
     }

@@ -31,12 +31,14 @@ pub mod compress;
 pub mod config;
 mod names;
 pub mod resilience;
+mod retention;
 pub mod upload;
 
 pub use cache::BlobCache;
 pub use compress::Compression;
 pub use config::{RetryOptions, StoreOptions, StoreUrl, UploadOptions};
 pub use names::BlobName;
+pub use retention::{CacheRetention, Trimmed};
 pub use upload::BlobWriter;
 
 use bytes::Bytes;

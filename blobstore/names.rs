@@ -60,6 +60,12 @@ impl BlobName {
     pub fn cache_file_name(&self) -> String {
         self.to_string().replace('/', "-")
     }
+
+    /// The blob a cache file holds, from its file name (the inverse of
+    /// [`BlobName::cache_file_name`]); `None` for any other file.
+    pub fn from_cache_file_name(file: &str) -> Option<Self> {
+        BlobName::parse(&file.replacen('-', "/", 1))
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +86,13 @@ mod tests {
             assert_eq!(BlobName::parse(&n.to_string()), Some(n), "{n}");
         }
         assert!(BlobName::Snapshot(9).to_string() < BlobName::Snapshot(10).to_string());
+        for n in names {
+            assert_eq!(
+                BlobName::from_cache_file_name(&n.cache_file_name()),
+                Some(n)
+            );
+        }
+        assert_eq!(BlobName::from_cache_file_name("snapshot-1.tmp-ab"), None);
         assert_eq!(BlobName::parse("snapshot/12"), None);
         assert_eq!(BlobName::parse("other/00000000000000000001"), None);
     }

@@ -89,6 +89,17 @@ pub struct FollowArgs {
     /// Time between polls of the announcement log, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub interval_ms: u64,
+
+    /// Bytes of blobs the cache keeps beyond what the current state maps,
+    /// as a number of bytes or with a unit (KiB, MiB, GiB, TiB; KB, MB,
+    /// GB, TB) [default: 2GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub cache_max_bytes: Option<String>,
+
+    /// Blob files the cache keeps beyond what the current state maps
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub cache_max_files: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -7,7 +7,7 @@ use crate::args::{
     SchemaArgs,
 };
 use anyhow::{bail, Context, Result};
-use burrow::blobstore::{BlobStore, Compression, StoreOptions, StoreUrl};
+use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
 use std::path::{Path, PathBuf};
 
 /// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
@@ -144,6 +144,7 @@ pub struct SchemaConfig {
 pub struct FollowConfig {
     pub cache: PathBuf,
     pub interval: std::time::Duration,
+    pub retention: CacheRetention,
 }
 
 #[derive(Debug, Clone)]
@@ -278,10 +279,54 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
             cache.display()
         );
     }
+    let mut retention = CacheRetention::default();
+    if let Some(raw) = &a.cache_max_bytes {
+        retention.max_bytes = parse_size(raw)
+            .map_err(|reason| anyhow::anyhow!("invalid --cache-max-bytes {raw:?}: {reason}"))?;
+    }
+    if let Some(raw) = &a.cache_max_files {
+        retention.max_files = raw.trim().parse().map_err(|_| {
+            anyhow::anyhow!("invalid --cache-max-files {raw:?}: must be a whole number of files")
+        })?;
+    }
     Ok(FollowConfig {
         cache,
         interval: std::time::Duration::from_millis(a.interval_ms),
+        retention,
     })
+}
+
+/// A size in bytes: digits, optionally followed by a unit (`KiB`, `MiB`,
+/// `GiB`, `TiB` in powers of 1024; `KB`, `MB`, `GB`, `TB` in powers of
+/// 1000; `B`), case-insensitive, with or without a space.
+fn parse_size(raw: &str) -> std::result::Result<u64, String> {
+    let s = raw.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err("must be a number of bytes, optionally with a unit such as MiB or GB".into());
+    }
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| "too large: must fit in 64 bits of bytes".into())
 }
 
 fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
@@ -433,6 +478,21 @@ fn pin(a: PinArgs) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("3 mib"), Ok(3 << 20));
+        assert_eq!(parse_size("5MB"), Ok(5_000_000));
+        assert!(parse_size("").unwrap_err().contains("number"));
+        assert!(parse_size("-1").unwrap_err().contains("number"));
+        assert!(parse_size("12parsecs").unwrap_err().contains("unit"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
 
     #[test]
     fn store_locations() {

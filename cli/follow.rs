@@ -18,6 +18,7 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
         ConsumerBuilder::new(store)
             .cache_dir(&cfg.cache)
             .breaker(breaker)
+            .cache_retention(cfg.retention)
             .build()
             .with_context(|| format!("cannot open cache {}", cfg.cache.display()))?,
     );
@@ -66,15 +67,22 @@ fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::R
                     "steps": r.steps.iter().map(|s| s.blob().to_string()).collect::<Vec<_>>(),
                     "fetched_bytes": r.fetched_bytes,
                     "ms": output::millis(r.duration),
+                    "evicted_files": r.cache.evicted_files,
+                    "evicted_bytes": r.cache.evicted_bytes,
+                    "cache_files": r.cache.kept_files,
+                    "cache_bytes": r.cache.kept_bytes,
                 }))
             } else {
                 out.line(&format!(
-                    "version {} (from {}, {} blob(s), {} fetched, {})",
+                    "version {} (from {}, {} blob(s), {} fetched, {}; cache {} in {} file(s), {} evicted)",
                     r.to,
                     r.from.map_or("nothing".to_string(), |v| v.to_string()),
                     r.steps.len(),
                     output::bytes(r.fetched_bytes),
                     output::duration(r.duration),
+                    output::bytes(r.cache.kept_bytes),
+                    r.cache.kept_files,
+                    output::bytes(r.cache.evicted_bytes),
                 ))
             }
         }

@@ -18,14 +18,21 @@
 //! are verified yet, [`Consumer::wait_verified`] waits for it, and a file
 //! that fails is evicted, refetched and the state rebuilt and swapped in;
 //! the failure is a [`CacheFault`] (the cache's fault, not the store's).
-//! Blocking work (state building, delta apply, cache writes) runs on
-//! tokio's blocking pool.
+//! Blocking work (state building, delta apply, cache writes, cache trims)
+//! runs on tokio's blocking pool.
+//!
+//! After each refresh that swaps in a state, the dataset's cache directory
+//! is trimmed to what the new state maps plus the builder's
+//! [`CacheRetention`] bound, oldest version first; the report's
+//! [`RefreshReport::cache`] and the `burrow_consumer_cache_*` metrics say
+//! what went.
 
 pub mod plan;
 mod recheck;
 mod state;
 mod watch;
 
+pub use crate::blobstore::{CacheRetention, Trimmed};
 pub use plan::{Plan, Step};
 pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, TypeData, TypeView};
@@ -111,6 +118,7 @@ pub struct ConsumerBuilder {
     max_delta_depth: usize,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<CircuitBreakerStore>>,
+    retention: CacheRetention,
 }
 
 impl ConsumerBuilder {
@@ -124,6 +132,7 @@ impl ConsumerBuilder {
             max_delta_depth: 256,
             clock: Arc::new(SystemClock),
             breaker: None,
+            retention: CacheRetention::default(),
         }
     }
 
@@ -143,6 +152,18 @@ impl ConsumerBuilder {
     /// Where fetched blobs are kept (required).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How much the cache keeps beyond the blobs the current state maps
+    /// (default [`CacheRetention::default`]: 2 GiB and 1024 files). After
+    /// each refresh that swaps in a state, the dataset's cache directory is
+    /// trimmed to it, oldest version first; the current state's blobs are
+    /// never evicted, even when they alone exceed the bound (see
+    /// [`BlobCache::trim`]). [`CacheRetention::UNBOUNDED`] keeps every
+    /// blob ever fetched.
+    pub fn cache_retention(mut self, retention: CacheRetention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -194,6 +215,7 @@ impl ConsumerBuilder {
             log,
             verify_on_open: self.verify_on_open,
             max_delta_depth: self.max_delta_depth,
+            retention: self.retention,
         })
     }
 }
@@ -251,6 +273,7 @@ pub struct Consumer {
     inner: tokio::sync::Mutex<Inner>,
     verify_on_open: bool,
     max_delta_depth: usize,
+    retention: CacheRetention,
     /// Refreshes completed, for single flight.
     completed: AtomicU64,
     health: Mutex<HealthState>,
@@ -298,6 +321,9 @@ pub struct RefreshReport {
     pub fetched_bytes: u64,
     /// Wall time of the refresh, planning to swap.
     pub duration: Duration,
+    /// What the cache trim after the swap evicted and kept (see
+    /// [`ConsumerBuilder::cache_retention`]).
+    pub cache: Trimmed,
 }
 
 /// How long a consumer took from being built to its first lookup, and to
@@ -672,16 +698,81 @@ impl Consumer {
             return Ok(None);
         };
         let to = state.version();
+        let live: HashSet<BlobName> = blobs
+            .iter()
+            .filter(|(id, _)| *id == dataset)
+            .map(|(_, name)| *name)
+            .collect();
         *self.current_blobs.lock().expect("blobs lock") = blobs;
         self.current.store(Some(state));
-        tracing::info!(?from, to, steps = plan.steps.len(), "refreshed");
+        let duration = started.elapsed();
+        let trimmed = self.trim_cache(&cache, dataset, live).await;
+        tracing::info!(
+            ?from,
+            to,
+            steps = plan.steps.len(),
+            evicted_files = trimmed.evicted_files,
+            evicted_bytes = trimmed.evicted_bytes,
+            "refreshed"
+        );
         Ok(Some(RefreshReport {
             from,
             to,
             steps: plan.steps,
             fetched_bytes,
-            duration: started.elapsed(),
+            duration,
+            cache: trimmed,
         }))
+    }
+
+    /// Trims the dataset's part of the cache to the retention bound after a
+    /// swap, keeping `live` (the new current state's blobs). Runs under the
+    /// refresh lock, so no fetch of this consumer is writing into the
+    /// directory meanwhile (and temp files are never touched); the
+    /// directory's lock keeps other processes out. Blobs an older state
+    /// still maps may go: a reader holding that state keeps its mappings
+    /// (see `blobstore/retention.rs`). Never fails the refresh: what it
+    /// could not do is logged and counted in
+    /// `burrow_consumer_cache_evict_failures_total`.
+    /// Blobs of datasets other than the current one (a store deleted and
+    /// published again) go too, whatever the bound: they cannot serve this
+    /// consumer again.
+    async fn trim_cache(
+        &self,
+        cache: &BlobCache,
+        dataset: DatasetId,
+        live: HashSet<BlobName>,
+    ) -> Trimmed {
+        let (root, cache, retention) = (self.cache.clone(), cache.clone(), self.retention);
+        let trimmed = tokio::task::spawn_blocking(move || {
+            let others = root.evict_other_datasets(dataset);
+            let mut trimmed = cache.trim(&live, retention);
+            trimmed.evicted_files += others.evicted_files;
+            trimmed.evicted_bytes += others.evicted_bytes;
+            trimmed.failures += others.failures;
+            trimmed
+        })
+        .await;
+        let trimmed = match trimmed {
+            Ok(trimmed) => {
+                metrics::gauge!("burrow_consumer_cache_bytes").set(trimmed.kept_bytes as f64);
+                metrics::gauge!("burrow_consumer_cache_files").set(trimmed.kept_files as f64);
+                trimmed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cache trim did not run to its end");
+                Trimmed {
+                    failures: 1,
+                    ..Trimmed::default()
+                }
+            }
+        };
+        metrics::counter!("burrow_consumer_cache_evicted_files_total")
+            .increment(trimmed.evicted_files);
+        metrics::counter!("burrow_consumer_cache_evicted_bytes_total")
+            .increment(trimmed.evicted_bytes);
+        metrics::counter!("burrow_consumer_cache_evict_failures_total").increment(trimmed.failures);
+        trimmed
     }
 
     /// The part of the cache that holds `dataset`'s blobs, made (its

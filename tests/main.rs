@@ -2,6 +2,7 @@
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
+mod cache_retention;
 mod capnp_schema;
 #[cfg(feature = "cli")]
 mod cli;

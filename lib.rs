@@ -58,6 +58,8 @@ pub mod blobstore;
 pub mod consumer;
 pub mod error;
 pub mod gc;
+#[cfg(feature = "prometheus")]
+pub mod metrics_http;
 pub mod notify;
 pub mod producer;
 pub mod schema;

@@ -100,6 +100,12 @@ pub struct FollowArgs {
     /// [default: 1024].
     #[arg(long, value_name = "N")]
     pub cache_max_files: Option<String>,
+
+    /// Serve the metrics in the Prometheus text format at
+    /// http://ADDR/metrics (IP:PORT; port 0 picks a free port, printed at
+    /// start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]

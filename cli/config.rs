@@ -145,6 +145,8 @@ pub struct FollowConfig {
     pub cache: PathBuf,
     pub interval: std::time::Duration,
     pub retention: CacheRetention,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -289,10 +291,19 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
             anyhow::anyhow!("invalid --cache-max-files {raw:?}: must be a whole number of files")
         })?;
     }
+    let metrics_addr = match &a.metrics_addr {
+        None => None,
+        Some(raw) => Some(raw.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid --metrics-addr {raw:?}: must be an IP address and port, such as 127.0.0.1:9464"
+            )
+        })?),
+    };
     Ok(FollowConfig {
         cache,
         interval: std::time::Duration::from_millis(a.interval_ms),
         retention,
+        metrics_addr,
     })
 }
 

@@ -1,7 +1,8 @@
 //! `burrow follow`: a real consumer that watches the store in the
 //! background (retrying, behind a circuit breaker) and prints a line for
 //! each version it reaches and each change of its health, until
-//! interrupted (Ctrl-C or SIGTERM).
+//! interrupted (Ctrl-C or SIGTERM). With `--metrics-addr` it also serves
+//! the metrics at `/metrics` for a Prometheus scraper.
 
 use crate::config::FollowConfig;
 use crate::output::{self, Out};
@@ -22,6 +23,19 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
             .build()
             .with_context(|| format!("cannot open cache {}", cfg.cache.display()))?,
     );
+    let _metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let health_of = Arc::clone(&consumer);
+            // health() sets the seconds-since-refresh gauge as of the scrape.
+            let server = burrow::metrics_http::serve_with(addr, move || {
+                health_of.health();
+            })
+            .await?;
+            print_metrics_addr(out, server.local_addr())?;
+            Some(server)
+        }
+        None => None,
+    };
     let mut handle = consumer.watch(WatchConfig {
         interval: cfg.interval,
         ..WatchConfig::default()
@@ -54,6 +68,14 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
     }
     handle.shutdown().await;
     Ok(())
+}
+
+fn print_metrics_addr(out: &mut Out, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    if out.json {
+        out.json(&json!({ "event": "metrics", "url": format!("http://{addr}/metrics") }))
+    } else {
+        out.line(&format!("metrics at http://{addr}/metrics"))
+    }
 }
 
 fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::Result<()> {

@@ -503,6 +503,8 @@ impl Consumer {
                 if let Some(report) = report {
                     metrics::counter!("burrow_consumer_refreshes_total").increment(1);
                     metrics::gauge!("burrow_consumer_version").set(report.to as f64);
+                    metrics::histogram!("burrow_consumer_refresh_seconds")
+                        .record(report.duration.as_secs_f64());
                 }
             }
             Err(e) => {
@@ -671,6 +673,7 @@ impl Consumer {
                 Ok((next, len, fetched)) => {
                     if fetched {
                         fetched_bytes += len;
+                        metrics::counter!("burrow_consumer_fetched_bytes_total").increment(len);
                     }
                     inner.failed.remove(&name);
                     blobs.push((dataset, name));

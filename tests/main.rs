@@ -30,6 +30,8 @@ mod golden;
 mod hostile;
 mod hostile_v2;
 mod limits;
+#[cfg(feature = "cli")]
+mod metrics_http;
 mod producer_blocking;
 mod producer_pin;
 mod producer_restore;

@@ -31,6 +31,11 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long, and how many bytes, a closing connection reads of what the
+/// client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
 /// The content type of the Prometheus text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -199,7 +204,23 @@ async fn answer(
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Lingering close: closing with unread input (the rest of a request
+    // too large to read) would reset the connection and could destroy the
+    // answer before the client reads it, so read what the client still
+    // sends, bounded in bytes and time, before dropping the socket.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Reads up to the end of the headers (the blank line) and classifies the

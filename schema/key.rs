@@ -258,23 +258,11 @@ impl KeySpec {
     }
 
     /// Whether the record `reader` (a struct read in place, e.g. a list
-    /// element) has the key whose canonical bytes are `query`, read
-    /// straight from its data section when the key is one integer or enum
-    /// field; `None` otherwise (the caller then reads the key with
+    /// element) has the key `query`, the key's one integer or enum value
+    /// (its 8 canonical bytes, little-endian), read straight from the
+    /// data section: a load, a mask and a compare. `None` when the key is
+    /// not one such field (the caller then reads the key with
     /// [`ResolvedKey::encode_record`]).
-    #[inline]
-    pub fn matches_struct(
-        &self,
-        reader: &capnp::private::layout::StructReader<'_>,
-        query: &[u8],
-    ) -> Option<bool> {
-        let query = u64::from_le_bytes(query.try_into().ok()?);
-        self.matches_direct(reader, query)
-    }
-
-    /// [`Self::matches_struct`] for a query already read as the key's one
-    /// integer value (its 8 canonical bytes, little-endian): a load, a
-    /// mask and a compare.
     #[inline]
     pub fn matches_direct(
         &self,

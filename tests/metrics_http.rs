@@ -123,16 +123,7 @@ async fn follow_serves_metrics_a_scraper_reads() {
     });
 
     let body = scrape(addr);
-    assert_eq!(
-        sample(&body, "burrow_consumer_version"),
-        Some(first as f64),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, "burrow_consumer_newest_announced_version"),
-        Some(first as f64),
-        "{body}"
-    );
+    assert_at_version(&body, first);
     let since = sample(&body, "burrow_consumer_seconds_since_refresh")
         .unwrap_or_else(|| panic!("no seconds since refresh: {body}"));
     assert!(since >= 0.0, "{body}");
@@ -179,16 +170,7 @@ async fn follow_serves_metrics_a_scraper_reads() {
         e["event"] == "version" && e["version"] == second
     });
     let body = scrape(addr);
-    assert_eq!(
-        sample(&body, "burrow_consumer_version"),
-        Some(second as f64),
-        "{body}"
-    );
-    assert_eq!(
-        sample(&body, "burrow_consumer_newest_announced_version"),
-        Some(second as f64),
-        "{body}"
-    );
+    assert_at_version(&body, second);
     assert!(
         sample(&body, "burrow_consumer_fetched_bytes_total").is_some_and(|b| b > fetched),
         "{body}"
@@ -215,4 +197,14 @@ async fn follow_bad_metrics_addr_is_named() {
         &out,
         &format!("cannot listen for metrics scrapes on {addr}"),
     );
+}
+
+/// The scraped consumer is at `version`, and it is the newest announced.
+fn assert_at_version(body: &str, version: u64) {
+    for name in [
+        "burrow_consumer_version",
+        "burrow_consumer_newest_announced_version",
+    ] {
+        assert_eq!(sample(body, name), Some(version as f64), "{name}: {body}");
+    }
 }

@@ -19,8 +19,11 @@
 #   BURROW_TEST_S3_AUTH_ENDPOINT  http://127.0.0.1:<port>: checks credentials
 #                                 (moto's IAM authentication); holds bucket
 #                                 `burrow-auth` and one user allowed s3:*,
-#   BURROW_TEST_S3_AUTH_KEY_ID    whose keys these are. Only the start-up
-#   BURROW_TEST_S3_AUTH_SECRET    check test uses it.
+#   BURROW_TEST_S3_AUTH_KEY_ID    whose keys these are,
+#   BURROW_TEST_S3_AUTH_SECRET
+#   BURROW_TEST_S3_AUTH_ROLES     and a user per role of blobstore/iam/, as
+#                                 `role:key:secret,...` (the start-up check
+#                                 and least-privilege tests use them).
 #
 # Progress goes to stderr; the servers' logs to .ci/.moto*.log. `stop` kills
 # only the pids recorded by `start` (in .ci/.moto.pid).
@@ -93,8 +96,12 @@ start() {
     keys="$("$venv/bin/python" "$here/moto_auth_setup.py" "$auth")" || { stop; exit 1; }
     echo "export BURROW_TEST_S3_ENDPOINT=$plain"
     echo "export BURROW_TEST_S3_AUTH_ENDPOINT=$auth"
-    echo "export BURROW_TEST_S3_AUTH_KEY_ID=${keys%% *}"
-    echo "export BURROW_TEST_S3_AUTH_SECRET=${keys#* }"
+    local admin roles
+    admin="$(head -n 1 <<<"$keys")"
+    roles="$(tail -n +2 <<<"$keys" | tr ' ' ':' | paste -sd, -)"
+    echo "export BURROW_TEST_S3_AUTH_KEY_ID=${admin%% *}"
+    echo "export BURROW_TEST_S3_AUTH_SECRET=${admin#* }"
+    echo "export BURROW_TEST_S3_AUTH_ROLES=$roles"
 }
 
 stop() {

@@ -98,6 +98,24 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// The store refused one operation to these credentials (HTTP 403, or
+    /// 401, on a call after the start-up check): their policy does not
+    /// allow it. Each role's permissions are in `blobstore/iam/` and the
+    /// README's "Least privilege".
+    #[error(
+        "blob store {op} of {name} was refused: these credentials may not do it \
+         (a consumer may read and list; a producer also create; gc also delete; \
+         see the policies in blobstore/iam/): {source}"
+    )]
+    PermissionDenied {
+        /// The operation (`get`, `create`, `list`, `delete`, ...).
+        op: &'static str,
+        /// The object (or directory) it was applied to.
+        name: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// An S3 store was given no credentials (no keys, web identity or
     /// container credentials in the environment or the options), and the
     /// instance metadata service, the last place object_store looks, gave
@@ -154,6 +172,7 @@ impl StoreError {
             | StoreError::AlreadyExists { .. }
             | StoreError::BucketNotFound { .. }
             | StoreError::CredentialsRejected { .. }
+            | StoreError::PermissionDenied { .. }
             | StoreError::NoCredentials { .. }
             | StoreError::NotADirectory { .. } => false,
             StoreError::CacheInUse { .. } => false,
@@ -184,6 +203,11 @@ impl StoreError {
             object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists {
                 name: name.to_string(),
             },
+            source if is_access_denied(&source) => StoreError::PermissionDenied {
+                op,
+                name: name.to_string(),
+                source: Box::new(source),
+            },
             source => StoreError::Backend {
                 op,
                 name: name.to_string(),
@@ -204,6 +228,27 @@ fn is_missing_bucket(error: &object_store::Error) -> bool {
     let mut cause: Option<&dyn std::error::Error> = Some(error);
     while let Some(e) = cause {
         if e.to_string().contains("NoSuchBucket") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether the store refused a request to these credentials. object_store
+/// types a 401 or 403 of GET, HEAD and PUT; a refused LIST or DELETE comes
+/// as `Generic`, so its chain is searched for S3's error code
+/// `AccessDenied` (MinIO and moto use the same code).
+fn is_access_denied(error: &object_store::Error) -> bool {
+    if matches!(
+        error,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) {
+        return true;
+    }
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("AccessDenied") {
             return true;
         }
         cause = e.source();

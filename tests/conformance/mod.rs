@@ -14,6 +14,8 @@ mod announce_cases;
 #[cfg(feature = "s3")]
 mod moto;
 #[cfg(feature = "s3")]
+mod roles;
+#[cfg(feature = "s3")]
 mod s3;
 mod store_cases;
 mod support;

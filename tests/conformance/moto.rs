@@ -6,13 +6,15 @@
 //!
 //! - the plain server ([`plain_endpoint`]) accepts any credentials; each
 //!   test creates the bucket it uses and works under a random prefix;
-//! - the auth server ([`auth_server`]) checks credentials (moto's IAM
-//!   authentication); it holds bucket `burrow-auth` and one user's keys,
-//!   set up by `.ci/moto_auth_setup.py`.
+//! - the auth server ([`auth_server`]) checks credentials and policies
+//!   (moto's IAM authentication); it holds bucket `burrow-auth`, one user
+//!   allowed everything, and a user per role of `blobstore/iam/` (consumer,
+//!   producer, gc) holding exactly that role's policy for the datasets under
+//!   `burrow-auth/roles/`; set up by `.ci/moto_auth_setup.py`.
 //!
 //! A server named by `BURROW_TEST_S3_ENDPOINT` (or, for the auth server,
-//! `BURROW_TEST_S3_AUTH_ENDPOINT` with `BURROW_TEST_S3_AUTH_KEY_ID` and
-//! `BURROW_TEST_S3_AUTH_SECRET`, as `eval "$(.ci/s3.sh start)"` exports) is
+//! `BURROW_TEST_S3_AUTH_ENDPOINT` with `BURROW_TEST_S3_AUTH_KEY_ID`,
+//! `BURROW_TEST_S3_AUTH_SECRET` and `BURROW_TEST_S3_AUTH_ROLES`, as `eval "$(.ci/s3.sh start)"` exports) is
 //! used instead of starting one. Otherwise moto is found as
 //! `BURROW_TEST_MOTO` or `.ci/.venv/bin/moto_server`; when the venv is
 //! missing (a fresh clone) the tests create it with `.ci/s3.sh venv` (pip
@@ -43,8 +45,58 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server that checks credentials.
 pub struct AuthServer {
     pub endpoint: String,
+    /// The keys of the user allowed `s3:*`.
     pub key: String,
     pub secret: String,
+    /// The keys of each role's user: `(role, key, secret)`.
+    pub roles: Vec<(String, String, String)>,
+}
+
+/// The bucket and the prefix the roles' policies are for.
+pub const ROLES_BUCKET: &str = "burrow-auth";
+pub const ROLES_PREFIX: &str = "roles/";
+
+impl AuthServer {
+    /// The keys of `role`'s user (`consumer`, `producer` or `gc`).
+    pub fn role(&self, role: &str) -> (&str, &str) {
+        self.roles
+            .iter()
+            .find(|(name, _, _)| name == role)
+            .map(|(_, key, secret)| (key.as_str(), secret.as_str()))
+            .unwrap_or_else(|| panic!("the auth server has no user for role {role}"))
+    }
+}
+
+/// Parses the setup script's output: the `s3:*` user's `key secret` on
+/// the first line, then `role key secret` a line per role.
+fn parse_setup(endpoint: String, stdout: &str) -> Option<AuthServer> {
+    let mut lines = stdout.lines();
+    let (key, secret) = lines.next()?.split_once(' ')?;
+    let roles = lines
+        .map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
+            [role, key, secret] => Some((role.into(), key.into(), secret.into())),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(AuthServer {
+        endpoint,
+        key: key.into(),
+        secret: secret.into(),
+        roles,
+    })
+}
+
+/// Parses `BURROW_TEST_S3_AUTH_ROLES` (`role:key:secret,...`).
+fn parse_roles(value: &str) -> Result<Vec<(String, String, String)>, String> {
+    value
+        .split(',')
+        .map(|item| match item.split(':').collect::<Vec<_>>()[..] {
+            [role, key, secret] => Ok((role.into(), key.into(), secret.into())),
+            _ => Err(format!(
+                "BURROW_TEST_S3_AUTH_ROLES: {item:?} is not role:key:secret"
+            )),
+        })
+        .collect()
 }
 
 static PLAIN: OnceLock<Result<String, String>> = OnceLock::new();
@@ -75,6 +127,7 @@ pub fn auth_server() -> &'static AuthServer {
                 endpoint,
                 key: var("BURROW_TEST_S3_AUTH_KEY_ID")?,
                 secret: var("BURROW_TEST_S3_AUTH_SECRET")?,
+                roles: parse_roles(&var("BURROW_TEST_S3_AUTH_ROLES")?)?,
             });
         }
         let moto = find_moto()?;
@@ -88,12 +141,8 @@ pub fn auth_server() -> &'static AuthServer {
             .output()
             .map_err(|e| format!("run {} {}: {e}", python.display(), script.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        match stdout.split_whitespace().collect::<Vec<_>>()[..] {
-            [key, secret] if out.status.success() => Ok(AuthServer {
-                endpoint,
-                key: key.to_string(),
-                secret: secret.to_string(),
-            }),
+        match parse_setup(endpoint.clone(), &stdout) {
+            Some(server) if out.status.success() => Ok(server),
             _ => Err(format!(
                 "setting up the auth S3 server at {endpoint} with {} failed ({}): {}{}",
                 script.display(),

@@ -74,10 +74,22 @@ pub struct PinArgs {
     /// The announced version to hold consumers at.
     #[arg(value_name = "VERSION")]
     pub target: String,
+
+    /// Publish a notification of each entry written on this channel:
+    /// redis://HOST:PORT[/DB][?channel=NAME] or nats://HOST:PORT[?subject=NAME]
+    /// (consumers following with the same --notify learn of it at once).
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct UnpinArgs {}
+pub struct UnpinArgs {
+    /// Publish a notification of each entry written on this channel:
+    /// redis://HOST:PORT[/DB][?channel=NAME] or nats://HOST:PORT[?subject=NAME]
+    /// (consumers following with the same --notify learn of it at once).
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
+}
 
 #[derive(Debug, ClapArgs)]
 pub struct FollowArgs {
@@ -106,6 +118,20 @@ pub struct FollowArgs {
     /// start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// Listen for pushed announcements on this channel:
+    /// redis://HOST:PORT[/DB][?channel=NAME] or
+    /// nats://HOST:PORT[?subject=NAME]. A notification makes the consumer
+    /// read the log at once; it polls every --interval-ms while the channel
+    /// is healthy and every --fallback-interval-ms while it is down or
+    /// silent.
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
+
+    /// Time between polls while the notification channel is down or
+    /// silent, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000, requires = "notify")]
+    pub fallback_interval_ms: u64,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -140,6 +166,12 @@ pub struct DemoArgs {
     /// or none. Consumers read every setting.
     #[arg(long, value_name = "zstd[:LEVEL]|none", default_value = "zstd:3")]
     pub compression: String,
+
+    /// Publish a notification of each version announced on this channel:
+    /// redis://HOST:PORT[/DB][?channel=NAME] or nats://HOST:PORT[?subject=NAME]
+    /// (consumers following with the same --notify learn of it at once).
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]

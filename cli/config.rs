@@ -8,7 +8,9 @@ use crate::args::{
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
+use burrow::notify::NotifyChannel;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Upper bound on `--records`: ordinals are u32 and a Cap'n Proto list holds
 /// under 2^29 elements.
@@ -127,9 +129,9 @@ pub enum Task {
     Bench(Box<BenchConfig>),
     Follow(FollowConfig),
     Verify,
-    /// `burrow pin`: the version to pin.
-    Pin(u64),
-    Unpin,
+    /// `burrow pin`: the version to pin, and where to notify.
+    Pin(u64, Option<Arc<dyn NotifyChannel>>),
+    Unpin(Option<Arc<dyn NotifyChannel>>),
     Schema(SchemaConfig),
 }
 
@@ -147,6 +149,10 @@ pub struct FollowConfig {
     pub retention: CacheRetention,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The notification channel to listen on, and the poll interval while
+    /// it is not healthy.
+    pub notify: Option<Arc<dyn NotifyChannel>>,
+    pub fallback_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +163,8 @@ pub struct DemoConfig {
     pub churn: f64,
     pub cache: PathBuf,
     pub compression: Compression,
+    /// Where the producer publishes notifications, if anywhere.
+    pub notify: Option<Arc<dyn NotifyChannel>>,
 }
 
 /// `burrow bench`: the figures, or one of the child processes a run starts.
@@ -233,8 +241,11 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Verify(_) => Task::Verify,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
-        Command::Pin(a) => Task::Pin(pin(a)?),
-        Command::Unpin(_) => Task::Unpin,
+        Command::Pin(a) => {
+            let channel = notify_channel(a.notify.as_deref())?;
+            Task::Pin(pin(a)?, channel)
+        }
+        Command::Unpin(a) => Task::Unpin(notify_channel(a.notify.as_deref())?),
         Command::Schema(a) => Task::Schema(schema(a)?),
         Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
@@ -299,12 +310,28 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
             )
         })?),
     };
+    if a.fallback_interval_ms == 0 || a.fallback_interval_ms > 3_600_000 {
+        bail!(
+            "invalid --fallback-interval-ms {}: must be between 1 and 3600000",
+            a.fallback_interval_ms
+        );
+    }
     Ok(FollowConfig {
         cache,
         interval: std::time::Duration::from_millis(a.interval_ms),
         retention,
         metrics_addr,
+        notify: notify_channel(a.notify.as_deref())?,
+        fallback_interval: std::time::Duration::from_millis(a.fallback_interval_ms),
     })
+}
+
+/// The channel a `--notify` URL names (checked here; connected later).
+fn notify_channel(url: Option<&str>) -> Result<Option<Arc<dyn NotifyChannel>>> {
+    url.map(|url| {
+        burrow::notify::open_channel(url).map_err(|e| anyhow::anyhow!("invalid --notify: {e}"))
+    })
+    .transpose()
 }
 
 /// A size in bytes: digits, optionally followed by a unit (`KiB`, `MiB`,
@@ -381,6 +408,7 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
         churn,
         cache,
         compression,
+        notify: notify_channel(a.notify.as_deref())?,
     })
 }
 

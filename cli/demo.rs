@@ -21,12 +21,14 @@ use crate::output::{self, Out, Progress};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::consumer::{Consumer, ConsumerBuilder, RefreshReport, Step};
+use burrow::notify::{Publisher, PublisherConfig};
 use burrow::producer::{CycleReport, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::record::TypeInfo;
 use burrow::testing::workload::{generation_of, Dataset, Rng};
 use serde_json::json;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// The seed of the demo's edits (`Dataset::advance` mixes in the cycle).
 const SEED: u64 = 0x6275_7272_6f77_0001;
@@ -120,12 +122,20 @@ fn row(cells: &[String]) -> String {
 pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()> {
     let where_ = store.description().to_string();
     let progress = Progress::new();
-    let producer = ProducerBuilder::new(store.clone())
+    // With --notify, every announcement is also pushed to the channel.
+    let publisher = cfg
+        .notify
+        .clone()
+        .map(|channel| Arc::new(Publisher::start(channel, PublisherConfig::default())));
+    let mut builder = ProducerBuilder::new(store.clone())
         .producer_id(format!("burrow-demo-{}", std::process::id()))
         .primary_key::<movie::Owned>(&["id"])
         .header_tag("workload", "movies")
-        .compression(cfg.compression)
-        .build()?;
+        .compression(cfg.compression);
+    if let Some(publisher) = &publisher {
+        builder = builder.listener(Arc::clone(publisher));
+    }
+    let producer = builder.build()?;
     let consumer = ConsumerBuilder::new(store)
         .cache_dir(&cfg.cache)
         .build()
@@ -233,8 +243,21 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
             ]))?;
         }
     }
+    if let Some(publisher) = &publisher {
+        if !publisher.drain(NOTIFY_DRAIN).await {
+            let health = publisher.health();
+            output::note(&format!(
+                "warning: {} notification(s) not delivered ({}); consumers see the versions at their next poll",
+                health.queue_depth,
+                health.last_error.as_deref().unwrap_or("the channel did not take them in time"),
+            ));
+        }
+    }
     lookup_check(&consumer, &model, &removed_ids, out)
 }
+
+/// How long the demo waits, before it exits, for its last notifications.
+const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Looks up a few ids through the consumer, prints them, and checks a
 /// larger seeded sample and the record count against the model.

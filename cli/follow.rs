@@ -9,7 +9,7 @@ use crate::output::{self, Out};
 use anyhow::{Context, Result};
 use burrow::blobstore::resilience::{BreakerState, Resilience};
 use burrow::blobstore::BlobStore;
-use burrow::consumer::{ConsumerBuilder, Health, WatchConfig, WatchEvent};
+use burrow::consumer::{ConsumerBuilder, Health, NotifyConfig, WatchConfig, WatchEvent};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -38,6 +38,10 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
     };
     let mut handle = consumer.watch(WatchConfig {
         interval: cfg.interval,
+        notify: cfg.notify.clone().map(|channel| NotifyConfig {
+            fallback_interval: cfg.fallback_interval,
+            ..NotifyConfig::new(channel)
+        }),
         ..WatchConfig::default()
     });
     let mut events = handle.subscribe();
@@ -142,6 +146,18 @@ fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::R
                 out.line(&format!("cache fault: {fault}"))
             }
         }
+        WatchEvent::Channel(state) => {
+            if out.json {
+                out.json(&json!({
+                    "event": "mode",
+                    "mode": if state.is_push() { "push" } else { "polling" },
+                    "channel": format!("{state:?}").to_lowercase(),
+                    "serving": health.version,
+                }))
+            } else {
+                out.line(&format!("mode: {state}"))
+            }
+        }
         WatchEvent::Recovered => {
             if out.json {
                 out.json(&json!({ "event": "recovered", "serving": health.version }))
@@ -169,6 +185,13 @@ fn print_health(out: &mut Out, h: &Health) -> std::io::Result<()> {
             "breaker": breaker,
             "verified": h.verified,
             "cache_faults": h.cache_faults,
+            "mode": h.notify.map(|n| if n.state.is_push() { "push" } else { "polling" }),
+            "notifications": h.notify.map(|n| json!({
+                "received": n.received,
+                "acted_on": n.acted_on,
+                "ignored": n.ignored,
+                "unconfirmed": n.unconfirmed,
+            })),
         }))
     } else {
         out.line(&format!(

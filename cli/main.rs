@@ -60,10 +60,14 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 follow::run(&cfg, store, &mut out).await
             }
             Task::Verify => verify::run(global.store.open_existing().await?, &mut out).await,
-            Task::Pin(version) => {
-                pin::pin(version, global.store.open_existing().await?, &mut out).await
+            Task::Pin(version, notify) => {
+                let store = global.store.open_existing().await?;
+                pin::pin(version, store, notify, &mut out).await
             }
-            Task::Unpin => pin::unpin(global.store.open_existing().await?, &mut out).await,
+            Task::Unpin(notify) => {
+                let store = global.store.open_existing().await?;
+                pin::unpin(store, notify, &mut out).await
+            }
             Task::Schema(cfg) => match &cfg.blob {
                 Some(file) => schema::from_file(file, &mut out).await,
                 None => schema::from_store(global.store.open_existing().await?, &mut out).await,

@@ -13,13 +13,21 @@ use crate::output::{self, Align, Out, Table};
 use anyhow::{bail, Context, Result};
 use burrow::announcer::{AnnounceError, Announcement, AnnouncementLog};
 use burrow::blobstore::BlobStore;
+use burrow::notify::{Message, Notification, NotifyChannel};
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How often an append that lost a race for its seq is tried again.
 const ATTEMPTS: usize = 5;
 
 /// Pins consumers to `version`.
-pub async fn pin(version: u64, store: BlobStore, out: &mut Out) -> Result<()> {
+pub async fn pin(
+    version: u64,
+    store: BlobStore,
+    notify: Option<Arc<dyn NotifyChannel>>,
+    out: &mut Out,
+) -> Result<()> {
     let log = AnnouncementLog::new(store.clone());
     let newest = newest(&log, &store).await?;
     if newest.pinned_version == Some(version) {
@@ -32,11 +40,17 @@ pub async fn pin(version: u64, store: BlobStore, out: &mut Out) -> Result<()> {
     let entry = append(|| log.pin(version, &writer))
         .await
         .with_context(|| format!("cannot pin version {version} (see `burrow versions`)"))?;
-    print(&entry, out)
+    print(&entry, out)?;
+    notify_once(notify, &entry).await;
+    Ok(())
 }
 
 /// Lifts the pin in effect.
-pub async fn unpin(store: BlobStore, out: &mut Out) -> Result<()> {
+pub async fn unpin(
+    store: BlobStore,
+    notify: Option<Arc<dyn NotifyChannel>>,
+    out: &mut Out,
+) -> Result<()> {
     let log = AnnouncementLog::new(store.clone());
     let newest = newest(&log, &store).await?;
     if newest.pinned_version.is_none() {
@@ -50,7 +64,32 @@ pub async fn unpin(store: BlobStore, out: &mut Out) -> Result<()> {
     let entry = append(|| log.unpin(&writer))
         .await
         .context("cannot unpin")?;
-    print(&entry, out)
+    print(&entry, out)?;
+    notify_once(notify, &entry).await;
+    Ok(())
+}
+
+/// Publishes the notification of `entry`: three attempts of at most 2 s.
+/// A failure is a warning, not a failed command: the entry is in the log,
+/// and consumers see it at their next poll.
+async fn notify_once(channel: Option<Arc<dyn NotifyChannel>>, entry: &Announcement) {
+    let Some(channel) = channel else { return };
+    let message = Message::Notify(Notification::of(entry)).encode();
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), channel.publish(message.clone())).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("{channel:?}: publish timed out"),
+        }
+    }
+    output::note(&format!(
+        "warning: could not notify consumers of announcement {} ({last}); they will see it at their next poll",
+        entry.seq
+    ));
 }
 
 async fn newest(log: &AnnouncementLog, store: &BlobStore) -> Result<Announcement> {

@@ -30,12 +30,14 @@
 pub mod plan;
 mod recheck;
 mod state;
+mod subscribe;
 mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
 pub use plan::{Plan, Step};
 pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, TypeData, TypeView};
+pub use subscribe::{ChannelState, NotifyConfig, NotifyHealth};
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
@@ -210,6 +212,7 @@ impl ConsumerBuilder {
             health: Mutex::new(HealthState::default()),
             rechecks: recheck::Rechecks::new(),
             current_blobs: Mutex::new(Vec::new()),
+            notify: Mutex::new(None),
             clock: self.clock,
             breaker: self.breaker,
             log,
@@ -258,6 +261,9 @@ struct Inner {
 #[derive(Default)]
 struct HealthState {
     newest_target: Option<u64>,
+    /// The newest log entry seen, and its dataset.
+    newest_seq: Option<u64>,
+    dataset: Option<DatasetId>,
     last_success: Option<Instant>,
     consecutive_failures: u32,
     last_error: Option<String>,
@@ -283,6 +289,9 @@ pub struct Consumer {
     /// The blobs the current state was built from (its snapshot and every
     /// delta applied since).
     current_blobs: Mutex<Vec<BlobKey>>,
+    /// What the notification channel brought, when the watcher listens to
+    /// one.
+    notify: subscribe::NotifyHealthCell,
 }
 
 impl Inner {
@@ -478,7 +487,12 @@ impl Consumer {
                 .cloned()
                 .ok_or(ConsumerError::NothingAnnounced)?;
             let target = version.unwrap_or(newest.target());
-            self.health.lock().expect("health lock").newest_target = Some(newest.target());
+            {
+                let mut health = self.health.lock().expect("health lock");
+                health.newest_target = Some(newest.target());
+                health.newest_seq = Some(newest.seq);
+                health.dataset = Some(newest.dataset_id);
+            }
             metrics::gauge!("burrow_consumer_newest_announced_version").set(newest.target() as f64);
             self.refresh_locked(&mut inner, &newest, target).await
         }
@@ -543,7 +557,20 @@ impl Consumer {
             consecutive_failures: h.consecutive_failures,
             last_error: h.last_error.clone(),
             breaker: self.breaker.as_ref().map(|b| b.state()),
+            notify: *self.notify.lock().expect("notify health lock"),
         }
+    }
+
+    /// Updates what the notification channel brought.
+    pub(crate) fn set_notify_health(&self, update: impl FnOnce(&mut NotifyHealth)) {
+        let mut cell = self.notify.lock().expect("notify health lock");
+        update(cell.get_or_insert_with(NotifyHealth::new));
+    }
+
+    /// The dataset of the log and the newest entry the consumer has seen.
+    pub(crate) fn log_position(&self) -> (Option<DatasetId>, Option<u64>) {
+        let h = self.health.lock().expect("health lock");
+        (h.dataset, h.newest_seq)
     }
 
     async fn refresh_locked(

@@ -12,6 +12,13 @@
 //! randomness come from the injected [`Clock`] and [`Rng`], so tests drive
 //! the watcher with a manual clock and never sleep.
 //!
+//! With [`WatchConfig::notify`] the watcher also listens on a notification
+//! channel (see `consumer/subscribe.rs`): a notification wakes it to poll
+//! at once, and it polls at `interval` while the channel is healthy and at
+//! the channel's fallback interval while it is not. Each change of the
+//! channel's state is a [`WatchEvent::Channel`] and polls at once (a
+//! notification may have been missed while it was down).
+//!
 //! Staleness is visible through [`Consumer::health`] and the `metrics`
 //! crate (gauges `burrow_consumer_version`,
 //! `burrow_consumer_newest_announced_version`,
@@ -20,7 +27,8 @@
 //! `burrow_consumer_refresh_failures_total`), so a Prometheus exporter can
 //! serve them.
 
-use super::{Consumer, RefreshReport};
+use super::subscribe::{ChannelState, NotifyConfig, Subscriber};
+use super::{Consumer, NotifyHealth, RefreshReport};
 use crate::blobstore::resilience::{BreakerState, Clock, Rng};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +36,8 @@ use std::time::Duration;
 /// How a background watcher polls.
 #[derive(Clone)]
 pub struct WatchConfig {
-    /// Time between polls when all is well (default 5 s).
+    /// Time between polls when all is well (default 5 s); with a healthy
+    /// notification channel, the long interval between polls.
     pub interval: Duration,
     /// Each delay is the nominal one plus up to this fraction of it, at
     /// random (default 0.2).
@@ -39,6 +48,8 @@ pub struct WatchConfig {
     pub clock: Arc<dyn Clock>,
     /// The randomness behind the jitter.
     pub rng: Arc<dyn Rng>,
+    /// A notification channel to listen on (default none: polling only).
+    pub notify: Option<NotifyConfig>,
 }
 
 impl std::fmt::Debug for WatchConfig {
@@ -47,6 +58,7 @@ impl std::fmt::Debug for WatchConfig {
             .field("interval", &self.interval)
             .field("jitter", &self.jitter)
             .field("max_backoff", &self.max_backoff)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -59,6 +71,7 @@ impl Default for WatchConfig {
             max_backoff: Duration::from_secs(60),
             clock: Arc::new(crate::blobstore::resilience::SystemClock),
             rng: Arc::new(crate::blobstore::resilience::SeededRng::from_entropy()),
+            notify: None,
         }
     }
 }
@@ -66,11 +79,24 @@ impl Default for WatchConfig {
 impl WatchConfig {
     /// The delay before the next poll after `failures` failures in a row.
     pub fn delay(&self, failures: u32) -> Duration {
+        self.delay_from(self.interval, failures)
+    }
+
+    /// The poll interval while the notification channel is in `channel`'s
+    /// state (`interval` without a channel, or while it is healthy).
+    fn interval_for(&self, channel: Option<ChannelState>) -> Duration {
+        match (&self.notify, channel) {
+            (Some(notify), Some(state)) if !state.is_push() => notify.fallback_interval,
+            _ => self.interval,
+        }
+    }
+
+    fn delay_from(&self, interval: Duration, failures: u32) -> Duration {
         let nominal = if failures == 0 {
-            self.interval
+            interval
         } else {
             let factor = 1u32 << failures.min(16);
-            self.interval.saturating_mul(factor).min(self.max_backoff)
+            interval.saturating_mul(factor).min(self.max_backoff)
         };
         let jitter_max = nominal.mul_f64(self.jitter.clamp(0.0, 1.0));
         nominal + crate::blobstore::resilience::random_duration(self.rng.as_ref(), jitter_max)
@@ -97,6 +123,10 @@ pub enum WatchEvent {
     /// was evicted, and the state is rebuilt from blobs refetched from the
     /// store. The cache's fault, not the store's.
     CacheCorrupt(super::CacheFault),
+    /// The notification channel changed state: push while
+    /// [`ChannelState::Healthy`], polling at the fallback interval
+    /// otherwise.
+    Channel(ChannelState),
 }
 
 /// A consumer's view of its own freshness.
@@ -122,6 +152,9 @@ pub struct Health {
     pub cache_faults: u64,
     /// The last of them.
     pub last_cache_fault: Option<String>,
+    /// The notification channel's state and counts, when the watcher
+    /// listens to one.
+    pub notify: Option<NotifyHealth>,
 }
 
 impl Health {
@@ -169,6 +202,31 @@ impl Drop for WatchHandle {
     }
 }
 
+/// Waits for `receiver` to change; never, without one.
+async fn changed<T>(
+    receiver: Option<&mut tokio::sync::watch::Receiver<T>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match receiver {
+        Some(receiver) => receiver.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After the poll a notification woke: a notification of an entry the log
+/// did not have is counted as unconfirmed (it moved nothing).
+fn check_notification(consumer: &Consumer, n: &crate::notify::Notification, polled: bool) {
+    let (_, seen) = consumer.log_position();
+    if polled && seen.is_none_or(|s| s < n.seq) {
+        tracing::warn!(
+            seq = n.seq,
+            version = n.version,
+            "a notification named an entry the log does not have; ignored"
+        );
+        metrics::counter!("burrow_consumer_notify_unconfirmed_total").increment(1);
+        consumer.set_notify_health(|h| h.unconfirmed += 1);
+    }
+}
+
 impl Consumer {
     /// Starts refreshing in the background on the current tokio runtime.
     pub fn watch(self: &Arc<Self>, config: WatchConfig) -> WatchHandle {
@@ -176,8 +234,19 @@ impl Consumer {
         let (events, first) = tokio::sync::broadcast::channel(64);
         let consumer = Arc::clone(self);
         let sender = events.clone();
+        let (mut channel_rx, mut wake_rx, subscriber) = match config.notify.clone() {
+            Some(notify) => {
+                let s = Subscriber::start(Arc::clone(self), notify, Arc::clone(&config.clock));
+                (Some(s.state), Some(s.wake), Some(s.task))
+            }
+            None => (None, None, None),
+        };
         let task = tokio::spawn(async move {
+            // The subscriber lives as long as this task.
+            let _subscriber = subscriber;
             let mut failures = 0u32;
+            // The notification that woke this poll, to check against the log.
+            let mut woken_by = None;
             let mut checks = consumer.rechecks.subscribe();
             let mut faults_seen = 0;
             'watch: loop {
@@ -187,9 +256,14 @@ impl Consumer {
                 // The poll is bounded by one interval, so an unreachable
                 // store is reported within one interval, not after the
                 // retry layer's attempts.
+                let channel = channel_rx.as_ref().map(|rx| *rx.borrow());
+                let interval = config.interval_for(channel);
                 let outcome = consumer
-                    .refresh_polling_within(config.interval, config.clock.as_ref())
+                    .refresh_polling_within(interval, config.clock.as_ref())
                     .await;
+                if let Some(n) = woken_by.take() {
+                    check_notification(&consumer, &n, outcome.is_ok());
+                }
                 // Keeps the staleness gauge fresh without a health() caller.
                 let _ = consumer.health();
                 for fault in consumer.rechecks.faults().into_iter().skip(faults_seen) {
@@ -205,7 +279,7 @@ impl Consumer {
                         if let Some(report) = report {
                             let _ = sender.send(WatchEvent::Refreshed(report));
                         }
-                        config.delay(0)
+                        config.delay_from(interval, 0)
                     }
                     Err(error) => {
                         failures += 1;
@@ -213,7 +287,7 @@ impl Consumer {
                         // (an open breaker fails fast, so polling it at the
                         // nominal interval is a busy loop); recovery is
                         // seen within `max_backoff` (plus jitter).
-                        let retry_in = config.delay(failures);
+                        let retry_in = config.delay_from(interval, failures);
                         tracing::warn!(%error, failures, ?retry_in, "background refresh failed; serving the current state");
                         let _ = sender.send(WatchEvent::Failed {
                             error: error.to_string(),
@@ -229,6 +303,19 @@ impl Consumer {
                     tokio::select! {
                         _ = &mut sleep => break,
                         _ = stopped.changed() => break 'watch,
+                        // A notification: poll now.
+                        Ok(()) = changed(wake_rx.as_mut()) => {
+                            woken_by = wake_rx.as_mut().and_then(|rx| *rx.borrow_and_update());
+                            break;
+                        }
+                        // The channel went down or came back: poll now, at
+                        // the interval of its new state.
+                        Ok(()) = changed(channel_rx.as_mut()) => {
+                            if let Some(rx) = channel_rx.as_mut() {
+                                let _ = sender.send(WatchEvent::Channel(*rx.borrow_and_update()));
+                            }
+                            break;
+                        }
                         // A background check found a corrupt cache file:
                         // rebuild now rather than at the next poll.
                         changed = checks.changed() => {

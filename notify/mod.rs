@@ -28,12 +28,22 @@
 //! side.
 
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
 mod publisher;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod url;
 
 pub use memory::MemoryChannel;
+#[cfg(feature = "nats")]
+pub use nats::{NatsChannel, DEFAULT_NATS_SUBJECT};
 pub use publisher::{
     NotifyQueue, PublishEvent, PublishListener, Publisher, PublisherConfig, PublisherHealth,
 };
+#[cfg(feature = "redis")]
+pub use redis::{RedisChannel, DEFAULT_REDIS_CHANNEL};
 
 use crate::announcer::{AnnounceKind, Announcement};
 use crate::schema::DatasetId;
@@ -67,6 +77,14 @@ pub enum NotifyError {
     /// The circuit breaker in front of the channel is open.
     #[error(transparent)]
     CircuitOpen(#[from] Box<crate::blobstore::resilience::ResilienceError>),
+    /// A channel URL this build cannot use.
+    #[error("notification channel {url}: {reason}")]
+    Config {
+        /// The URL (without a password).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A message's bytes are not a notification or a heartbeat.
     #[error("malformed notification ({len} bytes): {reason}")]
     Malformed {
@@ -206,6 +224,37 @@ pub trait NotifyChannel: fmt::Debug + Send + Sync + 'static {
     async fn publish(&self, message: Bytes) -> Result<(), NotifyError>;
     /// Subscribes to the topic.
     async fn subscribe(&self) -> Result<Subscription, NotifyError>;
+}
+
+/// The channel a `--notify` URL names: `redis://host:port[/db][?channel=NAME]`
+/// (feature `redis`) or `nats://host:port[?subject=NAME]` (feature `nats`).
+/// Does not connect.
+pub fn open_channel(url: &str) -> Result<std::sync::Arc<dyn NotifyChannel>, NotifyError> {
+    let config = |reason: &str| NotifyError::Config {
+        url: url.split('@').next_back().unwrap_or(url).to_string(),
+        reason: reason.to_string(),
+    };
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("redis") => {
+            #[cfg(feature = "redis")]
+            return Ok(std::sync::Arc::new(RedisChannel::open(url)?));
+            #[cfg(not(feature = "redis"))]
+            return Err(config(
+                "this build has no Redis support (build with --features redis)",
+            ));
+        }
+        Some("nats") => {
+            #[cfg(feature = "nats")]
+            return Ok(std::sync::Arc::new(NatsChannel::open(url)?));
+            #[cfg(not(feature = "nats"))]
+            return Err(config(
+                "this build has no NATS support (build with --features nats)",
+            ));
+        }
+        _ => Err(config(
+            "not a notification channel URL: expected redis://host:port or nats://host:port",
+        )),
+    }
 }
 
 #[cfg(test)]

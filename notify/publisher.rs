@@ -377,6 +377,29 @@ impl Publisher {
         self.shared.health()
     }
 
+    /// Waits until nothing is queued (every notification delivered or
+    /// superseded), at most `limit`; whether the queue emptied. For a
+    /// process about to exit, such as `burrow demo`.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let clock = &self.shared.config.clock;
+        let deadline = clock.now() + limit;
+        loop {
+            if self
+                .shared
+                .queue
+                .lock()
+                .expect("notify queue lock")
+                .is_empty()
+            {
+                return true;
+            }
+            if clock.now() >= deadline {
+                return false;
+            }
+            clock.sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the task and waits for it (what is still queued is dropped:
     /// consumers will see it in the log at their next poll).
     pub async fn shutdown(mut self) {

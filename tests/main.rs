@@ -32,6 +32,8 @@ mod hostile_v2;
 mod limits;
 #[cfg(feature = "cli")]
 mod metrics_http;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod notify;
 mod producer_blocking;
 mod producer_pin;
 mod producer_restore;

@@ -4,6 +4,8 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod mangle;
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub mod servers;
 pub mod tools;
 
 use burrow::blobstore::BlobStore;

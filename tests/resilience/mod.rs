@@ -119,6 +119,7 @@ pub(crate) fn watch_config(clock: &ManualClock, max_backoff: Duration) -> WatchC
         max_backoff,
         clock: Arc::new(clock.clone()),
         rng: Arc::new(SeededRng::new(1)),
+        notify: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //!   interleaved with its baseline so that noise from a shared machine hits
 //!   both.
 
+mod announce;
 mod child;
 mod report;
 
@@ -448,8 +449,10 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         }
     }
 
+    let announced = announce::measure(args, work).await?;
+
     let pct = |f: f64| format!("{}%", f * 100.0);
-    let figures = vec![
+    let mut figures = vec![
         Figure::new(
             "producer_snapshot_cycle",
             "producer snapshot cycle (1)",
@@ -653,6 +656,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         .vs("decode_rss")
         .target("<= 100 MiB at 1M", None, Some(100.0 * 1024.0 * 1024.0)),
     ];
+    figures.extend(announce_figures(&announced));
     let config = json!({
         "records": args.workload.records,
         "change": args.workload.change,
@@ -665,11 +669,40 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         "versions": deltas.last().map(|p| p.cycles.iter().map(|c| c["version"].clone()).collect::<Vec<_>>()),
         "records_after": deltas.last().and_then(|p| p.cycles.last()).map(|c| c["records"].clone()),
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "announce_channel": announced.channel,
     });
     let serde_json::Value::Object(config) = config else {
         unreachable!("json! of an object literal is an object")
     };
     Ok(Report { config, figures })
+}
+
+/// "announce to refreshed": push (its median is the p50, and its p99 a
+/// figure of its own) against polling every 5 s.
+fn announce_figures(a: &announce::AnnounceFigures) -> Vec<Figure> {
+    vec![
+        Figure::new(
+            "announce_to_refresh_polling",
+            "BASELINE announce to refreshed, polling every 5 s",
+            Unit::Seconds,
+            a.poll.clone(),
+        ),
+        Figure::new(
+            "announce_to_refresh",
+            "announce to refreshed, push (p50)",
+            Unit::Seconds,
+            a.push.clone(),
+        )
+        .vs("announce_to_refresh_polling")
+        .target("p50 <= 20 ms", None, Some(0.020)),
+        Figure::new(
+            "announce_to_refresh_p99",
+            "announce to refreshed, push (p99)",
+            Unit::Seconds,
+            vec![report::percentile(&a.push, 0.99)],
+        )
+        .target("p99 <= 100 ms", None, Some(0.100)),
+    ]
 }
 
 /// Runs `lookups` on `threads` threads at once, each over every query

@@ -33,6 +33,9 @@ const FIGURES: &[&str] = &[
     "consumer_file_rss",
     "consumer_anon_rss",
     "consumer_rss_after_scan",
+    "announce_to_refresh_polling",
+    "announce_to_refresh",
+    "announce_to_refresh_p99",
 ];
 
 #[test]

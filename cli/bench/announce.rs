@@ -148,7 +148,7 @@ impl Cycles {
         let mut handle = consumer.watch(config);
         let mut events = handle.subscribe();
         let push = handle_is_push(&consumer);
-        wait(&consumer, self.producer.version().await, || push()).await?;
+        wait(&consumer, self.producer.version().await, push).await?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             self.cycle += 1;

@@ -22,10 +22,19 @@
 //! - Bytes from a channel are hostile: [`Message::decode`] bounds their
 //!   length and checks every field before anything else reads them.
 //!
-//! Where each part lives: the wire format and the [`NotifyChannel`] trait
-//! here; `memory`: [`MemoryChannel`], an in-process channel (tests, and a
-//! producer and consumers in one process); `publisher`: the producer's
-//! side.
+//! Where each part lives: the wire format, the [`NotifyChannel`] trait and
+//! [`open_channel`] (a `--notify` URL) here; `memory`: [`MemoryChannel`],
+//! an in-process channel (tests, and a producer and consumers in one
+//! process); `redis`: Redis pub/sub (feature `redis`); `nats`: NATS core
+//! (feature `nats`); `url`: the channel name in a URL, passwords kept out
+//! of messages; `publisher`: the producer's side. The consumer's side, the
+//! subscription that wakes the watcher, is `consumer/subscribe.rs`
+//! ([`crate::consumer::NotifyConfig`]).
+//!
+//! Both servers are tested for real (`tests/notify.rs` starts
+//! `redis-server` and `nats-server`): push with polling an hour apart, the
+//! server killed and restarted, frozen (SIGSTOP) and thawed, hostile
+//! messages, eight consumers across a restart.
 
 mod memory;
 #[cfg(feature = "nats")]

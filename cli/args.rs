@@ -101,6 +101,12 @@ pub struct FollowArgs {
     #[arg(long, value_name = "N")]
     pub cache_max_files: Option<String>,
 
+    /// How long to wait for the first state before reporting what the
+    /// consumer waits for (reported again after each such wait), in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub ready_timeout_ms: u64,
+
     /// Serve the metrics in the Prometheus text format at
     /// http://ADDR/metrics (IP:PORT; port 0 picks a free port, printed at
     /// start).

@@ -147,6 +147,9 @@ pub struct FollowConfig {
     pub retention: CacheRetention,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long to wait for the first state before saying what the
+    /// consumer waits for.
+    pub ready_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +284,12 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
             cache.display()
         );
     }
+    if a.ready_timeout_ms == 0 || a.ready_timeout_ms > 3_600_000 {
+        bail!(
+            "invalid --ready-timeout-ms {}: must be between 1 and 3600000",
+            a.ready_timeout_ms
+        );
+    }
     let mut retention = CacheRetention::default();
     if let Some(raw) = &a.cache_max_bytes {
         retention.max_bytes = parse_size(raw)
@@ -304,6 +313,7 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
         interval: std::time::Duration::from_millis(a.interval_ms),
         retention,
         metrics_addr,
+        ready_timeout: std::time::Duration::from_millis(a.ready_timeout_ms),
     })
 }
 

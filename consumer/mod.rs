@@ -28,14 +28,18 @@
 //! what went.
 
 pub mod plan;
+mod ready;
 mod recheck;
 mod state;
+mod warm;
 mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
 pub use plan::{Plan, Step};
+pub use ready::{Readiness, Waiting};
 pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, TypeData, TypeView};
+pub use warm::WarmUp;
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
@@ -96,6 +100,14 @@ pub enum ConsumerError {
         /// The joined refresh's error, as text (it belongs to that call).
         message: String,
     },
+    /// [`Consumer::ready`] ran out of time before the first state.
+    #[error("the consumer has no state after {waited:?}: {waiting}")]
+    NotReady {
+        /// How long the call waited.
+        waited: Duration,
+        /// What the consumer was waiting for when the time ran out.
+        waiting: Waiting,
+    },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
@@ -119,6 +131,7 @@ pub struct ConsumerBuilder {
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<CircuitBreakerStore>>,
     retention: CacheRetention,
+    warm_up: WarmUp,
 }
 
 impl ConsumerBuilder {
@@ -133,7 +146,16 @@ impl ConsumerBuilder {
             clock: Arc::new(SystemClock),
             breaker: None,
             retention: CacheRetention::default(),
+            warm_up: WarmUp::default(),
         }
+    }
+
+    /// How a refresh warms the blobs it maps before it swaps the new state
+    /// in (default [`WarmUp::default`]; see [`WarmUp`] for the measured
+    /// effect of each).
+    pub fn warm_up(mut self, warm_up: WarmUp) -> Self {
+        self.warm_up = warm_up;
+        self
     }
 
     /// The clock used for staleness (default: the system clock).
@@ -216,6 +238,8 @@ impl ConsumerBuilder {
             verify_on_open: self.verify_on_open,
             max_delta_depth: self.max_delta_depth,
             retention: self.retention,
+            warm_up: self.warm_up,
+            swapped: tokio::sync::watch::Sender::new(None),
         })
     }
 }
@@ -261,6 +285,10 @@ struct HealthState {
     last_success: Option<Instant>,
     consecutive_failures: u32,
     last_error: Option<String>,
+    /// The last failure was that nothing is announced.
+    nothing_announced: bool,
+    /// What a refresh in flight does, for [`Consumer::readiness`].
+    in_flight: ready::InFlight,
 }
 
 /// Follows a dataset. `Send + Sync`; refreshes run one at a time, reads
@@ -274,6 +302,9 @@ pub struct Consumer {
     verify_on_open: bool,
     max_delta_depth: usize,
     retention: CacheRetention,
+    warm_up: WarmUp,
+    /// The version of each state swapped in, for [`Consumer::ready`].
+    swapped: tokio::sync::watch::Sender<Option<u64>>,
     /// Refreshes completed, for single flight.
     completed: AtomicU64,
     health: Mutex<HealthState>,
@@ -321,6 +352,8 @@ pub struct RefreshReport {
     pub fetched_bytes: u64,
     /// Wall time of the refresh, planning to swap.
     pub duration: Duration,
+    /// The part of it spent warming the new blobs (see [`WarmUp`]).
+    pub warm_up: Duration,
     /// What the cache trim after the swap evicted and kept (see
     /// [`ConsumerBuilder::cache_retention`]).
     pub cache: Trimmed,
@@ -458,6 +491,7 @@ impl Consumer {
         }
         let span =
             tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
+        self.health.lock().expect("health lock").in_flight = ready::InFlight::Polling;
         let outcome = async {
             match poll_limit {
                 // Cancelling a poll is safe: the watcher records what it
@@ -478,7 +512,11 @@ impl Consumer {
                 .cloned()
                 .ok_or(ConsumerError::NothingAnnounced)?;
             let target = version.unwrap_or(newest.target());
-            self.health.lock().expect("health lock").newest_target = Some(newest.target());
+            {
+                let mut health = self.health.lock().expect("health lock");
+                health.newest_target = Some(newest.target());
+                health.in_flight = ready::InFlight::Fetching(target);
+            }
             metrics::gauge!("burrow_consumer_newest_announced_version").set(newest.target() as f64);
             self.refresh_locked(&mut inner, &newest, target).await
         }
@@ -495,11 +533,13 @@ impl Consumer {
 
     fn record_outcome(&self, outcome: &Result<Option<RefreshReport>, Error>) {
         let mut health = self.health.lock().expect("health lock");
+        health.in_flight = ready::InFlight::Idle;
         match outcome {
             Ok(report) => {
                 health.last_success = Some(self.clock.now());
                 health.consecutive_failures = 0;
                 health.last_error = None;
+                health.nothing_announced = false;
                 if let Some(report) = report {
                     metrics::counter!("burrow_consumer_refreshes_total").increment(1);
                     metrics::gauge!("burrow_consumer_version").set(report.to as f64);
@@ -510,6 +550,10 @@ impl Consumer {
             Err(e) => {
                 health.consecutive_failures += 1;
                 health.last_error = Some(e.to_string());
+                health.nothing_announced = matches!(
+                    e,
+                    Error::Consumer(ConsumerError::NothingAnnounced)
+                );
                 metrics::counter!("burrow_consumer_refresh_failures_total").increment(1);
             }
         }
@@ -628,6 +672,8 @@ impl Consumer {
         };
         let mut state: Option<Arc<ReadState>> = None;
         let mut fetched_bytes = 0;
+        // The blobs this refresh maps: what warm-up brings in before the swap.
+        let mut mapped = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             let name = step.blob();
             let fail = |source: Error| -> Error {
@@ -643,6 +689,7 @@ impl Consumer {
             let result = async {
                 let (blob, fetched) = self.open_blob(&cache, dataset, &name).await?;
                 let len = blob.len();
+                let opened = Arc::clone(&blob);
                 let base = match *step {
                     Step::Snapshot(_) => None,
                     Step::Delta(..) | Step::Reverse(..) => Some(match &state {
@@ -664,13 +711,14 @@ impl Consumer {
                         source: std::io::Error::other(e),
                     })
                 })??;
-                Ok::<_, Error>((next, len, fetched))
+                Ok::<_, Error>((next, len, fetched, opened))
             }
             .instrument(step_span)
             .await;
             tracing::debug!(blob = %name, elapsed = ?step_started.elapsed(), ok = result.is_ok(), "refresh step");
             match result {
-                Ok((next, len, fetched)) => {
+                Ok((next, len, fetched, opened)) => {
+                    mapped.push(opened);
                     if fetched {
                         fetched_bytes += len;
                         metrics::counter!("burrow_consumer_fetched_bytes_total").increment(len);
@@ -706,8 +754,19 @@ impl Consumer {
             .filter(|(id, _)| *id == dataset)
             .map(|(_, name)| *name)
             .collect();
+        let warm_up = self.warm_up;
+        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped))
+            .await
+            .map_err(|e| {
+                Error::from(StoreError::Io {
+                    op: "warm up the next state",
+                    path: cache.dir().to_path_buf(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
         *self.current_blobs.lock().expect("blobs lock") = blobs;
         self.current.store(Some(state));
+        self.swapped.send_replace(Some(to));
         let duration = started.elapsed();
         let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(
@@ -724,6 +783,7 @@ impl Consumer {
             steps: plan.steps,
             fetched_bytes,
             duration,
+            warm_up,
             cache: trimmed,
         }))
     }

@@ -104,8 +104,17 @@ impl Consumer {
     /// Whether the consumer serves a state yet, and if not, what it is
     /// waiting for. Never waits: what a health endpoint answers with.
     ///
+    /// A read service's health endpoint, and its start-up (the README
+    /// shows the same code; a test keeps the two equal):
+    ///
     /// ```
+    /// # use burrow::blobstore::BlobStore;
+    /// # use burrow::consumer::{ConsumerBuilder, WatchConfig};
+    /// # use burrow::producer::ProducerBuilder;
+    /// # use burrow::schema::examples::movies_capnp::movie;
+    /// # use std::sync::Arc;
     /// use burrow::consumer::{Consumer, Readiness};
+    /// use std::time::Duration;
     ///
     /// /// `GET /ready`: 200 once the first state serves, 503 and the reason before.
     /// fn ready_endpoint(consumer: &Consumer) -> (u16, String) {
@@ -114,32 +123,21 @@ impl Consumer {
     ///         Readiness::Waiting(why) => (503, format!("not ready: {why}")),
     ///     }
     /// }
-    /// # use burrow::blobstore::BlobStore;
-    /// # use burrow::consumer::{ConsumerBuilder, ConsumerError, Waiting};
-    /// # use burrow::error::Error;
-    /// # use burrow::producer::ProducerBuilder;
-    /// # use burrow::schema::examples::movies_capnp::movie;
-    /// # use std::time::Duration;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
     /// # let store = BlobStore::local(dir.path().join("store"))?;
-    /// let consumer = ConsumerBuilder::new(store.clone()).cache_dir(dir.path().join("cache")).build()?;
-    /// assert_eq!(consumer.readiness(), Readiness::Waiting(Waiting::NotStarted));
-    /// assert!(consumer.refresh().await.is_err()); // the store is empty
-    /// assert_eq!(ready_endpoint(&consumer).0, 503);
-    /// // A service waits for its first state before it takes traffic:
-    /// match consumer.ready(Duration::from_millis(10)).await {
-    ///     Err(Error::Consumer(ConsumerError::NotReady { waiting, .. })) => {
-    ///         assert_eq!(waiting, Waiting::NoAnnouncement)
-    ///     }
-    ///     other => panic!("expected NotReady, got {other:?}"),
-    /// }
-    /// # let producer = ProducerBuilder::new(store).primary_key::<movie::Owned>(&["id"]).build()?;
+    /// # let producer = ProducerBuilder::new(store.clone()).primary_key::<movie::Owned>(&["id"]).build()?;
     /// # producer.run_cycle(|p| p.add::<movie::Owned>(|mut m| { m.set_id(1); Ok(()) })).await?;
-    /// consumer.refresh().await?; // (a watcher does this in a service)
+    /// # let consumer = Arc::new(ConsumerBuilder::new(store).cache_dir(dir.path().join("cache")).build()?);
+    /// # assert_eq!(ready_endpoint(&consumer).0, 503);
+    ///
+    /// // At start-up: follow the store, then wait for the first state (30 s at
+    /// // most) before taking traffic; the error says what is missing.
+    /// let watcher = consumer.watch(WatchConfig::default());
     /// let state = consumer.ready(Duration::from_secs(30)).await?;
     /// assert_eq!(ready_endpoint(&consumer), (200, format!("serving version {}", state.version())));
+    /// # watcher.shutdown().await;
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// # })
     /// # }

@@ -36,6 +36,7 @@ mod producer_blocking;
 mod producer_pin;
 mod producer_restore;
 mod property;
+mod readiness;
 mod resilience;
 #[cfg(feature = "cli")]
 mod verify;

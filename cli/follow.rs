@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use burrow::blobstore::resilience::{BreakerState, Resilience};
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{
-    ConsumerBuilder, ConsumerError, Health, ReadState, WatchConfig, WatchEvent, Waiting,
+    ConsumerBuilder, ConsumerError, Health, ReadState, Waiting, WatchConfig, WatchEvent,
 };
 use burrow::error::Error;
 use serde_json::json;
@@ -95,7 +95,9 @@ fn print_readiness(
         Ok(state) => {
             let version = state.version();
             if out.json {
-                out.json(&json!({ "event": "ready", "version": version, "ms": output::millis(elapsed) }))?;
+                out.json(
+                    &json!({ "event": "ready", "version": version, "ms": output::millis(elapsed) }),
+                )?;
             } else {
                 out.line(&format!(
                     "ready: serving version {version} ({} after start)",

@@ -550,10 +550,8 @@ impl Consumer {
             Err(e) => {
                 health.consecutive_failures += 1;
                 health.last_error = Some(e.to_string());
-                health.nothing_announced = matches!(
-                    e,
-                    Error::Consumer(ConsumerError::NothingAnnounced)
-                );
+                health.nothing_announced =
+                    matches!(e, Error::Consumer(ConsumerError::NothingAnnounced));
                 metrics::counter!("burrow_consumer_refresh_failures_total").increment(1);
             }
         }

@@ -30,6 +30,7 @@ mod golden;
 mod hostile;
 mod hostile_v2;
 mod limits;
+mod load;
 #[cfg(feature = "cli")]
 mod metrics_http;
 mod producer_blocking;

@@ -45,7 +45,10 @@ async fn readiness_names_what_the_consumer_waits_for() {
     );
     let short = Duration::from_millis(5);
 
-    assert_eq!(consumer.readiness(), Readiness::Waiting(Waiting::NotStarted));
+    assert_eq!(
+        consumer.readiness(),
+        Readiness::Waiting(Waiting::NotStarted)
+    );
     let (waiting, text) = not_ready(consumer.ready(short).await);
     assert_eq!(waiting, Waiting::NotStarted);
     assert!(text.contains("no refresh has run"), "{text}");
@@ -72,7 +75,10 @@ async fn readiness_names_what_the_consumer_waits_for() {
         }
         other => panic!("expected StoreUnreachable, got {other:?}"),
     }
-    assert!(text.contains("could not be read") && text.contains("injected fault"), "{text}");
+    assert!(
+        text.contains("could not be read") && text.contains("injected fault"),
+        "{text}"
+    );
     faulty.set_down(false);
 
     // A fetch in progress: the snapshot's GET hangs until released.
@@ -92,7 +98,10 @@ async fn readiness_names_what_the_consumer_waits_for() {
         Readiness::Waiting(Waiting::Fetching { version: v1 })
     );
     let (_, text) = not_ready(consumer.ready(short).await);
-    assert!(text.contains(&format!("version {v1}")) && text.contains("fetch in progress"), "{text}");
+    assert!(
+        text.contains(&format!("version {v1}")) && text.contains("fetch in progress"),
+        "{text}"
+    );
     let waiter = tokio::spawn({
         let consumer = Arc::clone(&consumer);
         async move { consumer.ready(Duration::from_secs(60)).await }
@@ -127,7 +136,10 @@ fn readme_health_endpoint_is_the_doctest() {
     let doctest: Vec<&str> = source
         .lines()
         .map(str::trim_start)
-        .filter_map(|l| l.strip_prefix("///").map(|l| l.strip_prefix(' ').unwrap_or(l)))
+        .filter_map(|l| {
+            l.strip_prefix("///")
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        })
         .skip_while(|l| !l.starts_with("```"))
         .skip(1)
         .take_while(|l| !l.starts_with("```"))
@@ -148,7 +160,15 @@ async fn follow_reports_readiness() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
         .arg("--store")
         .arg(&store_dir)
-        .args(["--json", "follow", "--interval-ms", "20", "--ready-timeout-ms", "100", "--cache"])
+        .args([
+            "--json",
+            "follow",
+            "--interval-ms",
+            "20",
+            "--ready-timeout-ms",
+            "100",
+            "--cache",
+        ])
         .arg(dir.path().join("cache"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -163,8 +183,7 @@ async fn follow_reports_readiness() {
     }
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let _child = Kill(child);
-    let mut events =
-        lines.map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap());
+    let mut events = lines.map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap());
     // Failed polls print their own lines; the first `waiting` follows them.
     let first = events
         .find(|v| v["event"] == "waiting")
@@ -172,11 +191,17 @@ async fn follow_reports_readiness() {
     assert_eq!(first["event"], "waiting", "{first}");
     assert_eq!(first["waiting_for"], "no_announcement", "{first}");
     assert!(
-        first["reason"].as_str().unwrap().contains("no version has been announced"),
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no version has been announced"),
         "{first}"
     );
     let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
-    let v1 = publish(&producer(&store, "p"), &model).await.unwrap().version;
+    let v1 = publish(&producer(&store, "p"), &model)
+        .await
+        .unwrap()
+        .version;
     let ready = events
         .find(|v| v["event"] == "ready")
         .expect("follow printed more");

@@ -3,7 +3,7 @@
 //! failure is one line that names the argument and what is wrong with it.
 
 use crate::args::{
-    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
+    Args, BenchArgs, BlobArg, ChildMode, SuiteArg, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
     SchemaArgs,
 };
 use anyhow::{bail, Context, Result};
@@ -194,7 +194,36 @@ pub struct BenchRun {
     pub json: bool,
     pub dir: Option<PathBuf>,
     pub keep: bool,
+    /// Which figures.
+    pub suite: Suite,
+    /// Lookups per run of each load figure, as time.
+    pub load_time: std::time::Duration,
+    /// Refreshes of the soak (at least [`MIN_SOAK_REFRESHES`]).
+    pub refreshes: u64,
 }
+
+/// The figure sets of a bench run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// The anchor workload's figures and the load figures.
+    All,
+    Anchor,
+    Load,
+    Soak,
+}
+
+impl Suite {
+    pub fn anchor(self) -> bool {
+        matches!(self, Suite::All | Suite::Anchor)
+    }
+    pub fn load(self) -> bool {
+        matches!(self, Suite::All | Suite::Load)
+    }
+}
+
+/// The fewest refreshes a soak takes: it compares what it measures after
+/// 100 refreshes with what it measures at the end.
+pub const MIN_SOAK_REFRESHES: u64 = 200;
 
 /// A bench run's child process (`--child`, hidden).
 #[derive(Debug, Clone)]
@@ -428,6 +457,18 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
     if a.lookups == 0 {
         bail!("invalid --lookups 0: must be at least 1");
     }
+    if !(a.load_seconds > 0.0 && a.load_seconds <= 3600.0) {
+        bail!(
+            "invalid --load-seconds {}: must be more than 0 and at most 3600",
+            a.load_seconds
+        );
+    }
+    if a.refreshes < MIN_SOAK_REFRESHES || a.refreshes > 100_000_000 {
+        bail!(
+            "invalid --refreshes {}: must be between {MIN_SOAK_REFRESHES} and 100000000",
+            a.refreshes
+        );
+    }
     let workload = BenchWorkload {
         records: a.records,
         change,
@@ -443,6 +484,14 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
             json,
             dir: a.dir,
             keep: a.keep,
+            suite: match a.suite {
+                SuiteArg::All => Suite::All,
+                SuiteArg::Anchor => Suite::Anchor,
+                SuiteArg::Load => Suite::Load,
+                SuiteArg::Soak => Suite::Soak,
+            },
+            load_time: std::time::Duration::from_secs_f64(a.load_seconds),
+            refreshes: a.refreshes,
         }));
     };
     let dir = || a.dir.clone().context("invalid --child: it needs --dir");

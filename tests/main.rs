@@ -40,4 +40,6 @@ mod property;
 mod readiness;
 mod resilience;
 #[cfg(feature = "cli")]
+mod soak;
+#[cfg(feature = "cli")]
 mod verify;

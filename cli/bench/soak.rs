@@ -34,7 +34,7 @@ use std::time::Duration;
 
 const VERSIONS: u64 = 12;
 const MAX_DEPTH: usize = 3;
-const KEPT_FILES: u64 = 2;
+const KEPT_FILES: u64 = 8;
 const READERS: usize = 2;
 
 /// What a checkpoint measured.
@@ -148,8 +148,50 @@ fn reader(consumer: &Consumer, control: &Control, records: u64, seed: u64) -> an
     Ok(())
 }
 
-/// The soak's figures and its checkpoints (in the config block).
-pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<String, Value>)> {
+/// Threads of the soak runtime's blocking pool, all started before the
+/// soak and kept for its whole length.
+const BLOCKING_THREADS: usize = 4;
+
+/// The soak's figures and its checkpoints (in the config block). It runs
+/// on a runtime of its own, on a thread of its own, with a fixed set of
+/// threads (a current-thread runtime and a blocking pool started in full
+/// and never shrunk): a pool that grew or shrank between checkpoints would
+/// change their stacks, mapped regions and allocator arenas, which are
+/// not the consumer's.
+pub async fn figures(
+    args: &BenchRun,
+    work: &Path,
+) -> anyhow::Result<(Vec<Figure>, Map<String, Value>)> {
+    let (args, work) = (args.clone(), work.to_path_buf());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(BLOCKING_THREADS)
+            .thread_keep_alive(Duration::from_secs(365 * 24 * 3600))
+            .build()
+            .context("starting the soak's runtime")?;
+        runtime.block_on(async {
+            // Every blocking thread at once: each waits for all the others.
+            let all = Arc::new(std::sync::Barrier::new(BLOCKING_THREADS));
+            let started: Vec<_> = (0..BLOCKING_THREADS)
+                .map(|_| {
+                    let all = Arc::clone(&all);
+                    tokio::task::spawn_blocking(move || {
+                        all.wait();
+                    })
+                })
+                .collect();
+            for s in started {
+                s.await?;
+            }
+            soak(&args, &work).await
+        })
+    })
+    .join()
+    .map_err(|_| anyhow!("the soak's thread panicked"))?
+}
+
+async fn soak(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<String, Value>)> {
     let say = |what: String| eprintln!("bench: {what}");
     let dir = work.join("soak");
     let w = args.workload;
@@ -200,6 +242,7 @@ pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure
     let mut checkpoints = Vec::new();
     let mut durations = Vec::new();
     let (mut evicted, mut snapshots, mut reverses) = (0u64, 0u64, 0u64);
+    let mut held_deleted = 0u64;
     let mut at = 1;
     let outcome = async {
         for done in 1..=total {
@@ -217,6 +260,9 @@ pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure
             reverses += report.steps.iter().filter(|s| matches!(s, Step::Reverse(..))).count() as u64;
             if done % 10 == 0 {
                 durations.push(report.duration.as_secs_f64());
+                // While readers hold old states, their evicted files stay
+                // mapped: what the checkpoints then see released.
+                held_deleted = held_deleted.max(measure(done, &cache)?.deleted_mapped);
             }
             if marks.contains(&done) {
                 control.pause.store(true, Ordering::Release);
@@ -264,6 +310,7 @@ pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure
     config.insert("soak_refreshes".into(), json!(total));
     config.insert("soak_versions".into(), json!(VERSIONS));
     config.insert("soak_evicted_files".into(), json!(evicted));
+    config.insert("soak_deleted_mapped_max_while_held".into(), json!(held_deleted));
     config.insert("soak_snapshot_loads".into(), json!(snapshots));
     config.insert("soak_reverse_deltas".into(), json!(reverses));
     config.insert(

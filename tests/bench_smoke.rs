@@ -33,6 +33,22 @@ const FIGURES: &[&str] = &[
     "consumer_file_rss",
     "consumer_anon_rss",
     "consumer_rss_after_scan",
+    "lookup_p50_idle",
+    "lookup_p99_idle",
+    "lookup_max_idle",
+    "lookup_p50_refreshing",
+    "lookup_p99_refreshing",
+    "lookup_max_refreshing",
+    "lookup_p99_after_delta_swap",
+    "lookup_p99_after_delta_swap_off",
+    "lookup_p99_after_snapshot_swap_off",
+    "lookup_p99_after_snapshot_swap_willneed",
+    "lookup_p99_after_snapshot_swap_populate",
+    "refresh_under_load",
+    "warm_up_delta",
+    "refresh_snapshot_off",
+    "refresh_snapshot_populate",
+    "warm_up_snapshot_populate",
 ];
 
 #[test]
@@ -45,6 +61,8 @@ fn bench_reports_every_figure_as_a_finite_positive_number() {
             "2000",
             "--runs",
             "1",
+            "--load-seconds",
+            "0.5",
             "--json",
             "--dir",
         ])

@@ -752,8 +752,8 @@ impl Consumer {
             .filter(|(id, _)| *id == dataset)
             .map(|(_, name)| *name)
             .collect();
-        let warm_up = self.warm_up;
-        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped))
+        let (warm_up, replaces) = (self.warm_up, self.current().is_some());
+        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped, replaces))
             .await
             .map_err(|e| {
                 Error::from(StoreError::Io {

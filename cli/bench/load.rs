@@ -270,7 +270,7 @@ pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure
             .target("<= 3x idle p99", Some(3.0), None),
         Figure::new("lookup_max_refreshing", "lookup latency max, refreshing", Unit::NsPerOp, q(&busy, max))
             .vs("lookup_max_idle"),
-        Figure::new("lookup_p99_after_delta_swap", "lookup p99, first 1000 per reader after a delta swap (default warm-up)", Unit::NsPerOp, q(&busy, p99_after))
+        Figure::new("lookup_p99_after_delta_swap", "lookup p99, first 1000 per reader after a delta swap (default: populate swaps)", Unit::NsPerOp, q(&busy, p99_after))
             .vs("lookup_p99_idle"),
         Figure::new("lookup_p99_after_delta_swap_off", "lookup p99, first 1000 per reader after a delta swap (warm-up off)", Unit::NsPerOp, q(&per_config[1], p99_after))
             .vs("lookup_p99_idle"),

@@ -3,8 +3,8 @@
 //! failure is one line that names the argument and what is wrong with it.
 
 use crate::args::{
-    Args, BenchArgs, BlobArg, ChildMode, SuiteArg, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
-    SchemaArgs,
+    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
+    SchemaArgs, SuiteArg,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};

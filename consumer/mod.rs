@@ -21,6 +21,13 @@
 //! Blocking work (state building, delta apply, cache writes, cache trims)
 //! runs on tokio's blocking pool.
 //!
+//! Before the swap, the blobs the refresh mapped are warmed ([`WarmUp`],
+//! [`ConsumerBuilder::warm_up`]) so that readers of the new state do not
+//! each take page faults. [`Consumer::ready`] waits for the first state
+//! (and [`Consumer::readiness`] says at once whether there is one, or what
+//! the consumer waits for): what a read service checks before it takes
+//! traffic.
+//!
 //! After each refresh that swaps in a state, the dataset's cache directory
 //! is trimmed to what the new state maps plus the builder's
 //! [`CacheRetention`] bound, oldest version first; the report's

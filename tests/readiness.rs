@@ -207,3 +207,18 @@ async fn follow_reports_readiness() {
         .expect("follow printed more");
     assert_eq!(ready["version"], v1, "{ready}");
 }
+
+/// A bad `--ready-timeout-ms` is refused by name before anything runs.
+#[cfg(feature = "cli")]
+#[test]
+fn follow_bad_ready_timeout_is_named() {
+    use crate::common::cli::{assert_fails, burrow};
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["0", "3600001"] {
+        let out = burrow(
+            &dir.path().join("store"),
+            &["follow", "--ready-timeout-ms", value],
+        );
+        assert_fails(&out, &format!("invalid --ready-timeout-ms {value}"));
+    }
+}

@@ -211,14 +211,19 @@ fn read(
 }
 
 /// The load figures and what the config block says of them.
-pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<String, Value>)> {
+pub async fn figures(
+    args: &BenchRun,
+    work: &Path,
+) -> anyhow::Result<(Vec<Figure>, Map<String, Value>)> {
     let say = |what: String| eprintln!("bench: {what}");
     let dir = work.join("load");
     say(format!(
         "load: publishing a snapshot and {DELTAS} deltas of {} records",
         args.workload.records
     ));
-    let p = publish(args, &dir).await.context("publishing for the load figures")?;
+    let p = publish(args, &dir)
+        .await
+        .context("publishing for the load figures")?;
     let threads = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rng = Rng::new(args.workload.seed ^ 0x10ad);
     let queries: Arc<[u64]> = (0..args.lookups.max(1000))
@@ -260,32 +265,121 @@ pub async fn figures(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure
     let max = |r: &Run| r.all.max() as f64;
     let p99_after = |r: &Run| r.after_swap.quantile(0.99) as f64;
     let figures = vec![
-        Figure::new("lookup_p50_idle", "lookup latency p50, idle consumer", Unit::NsPerOp, q(&idle, p50)),
-        Figure::new("lookup_p99_idle", "lookup latency p99, idle consumer", Unit::NsPerOp, q(&idle, p99)),
-        Figure::new("lookup_max_idle", "lookup latency max, idle consumer", Unit::NsPerOp, q(&idle, max)),
-        Figure::new("lookup_p50_refreshing", "lookup latency p50, refreshing (delta every 100 ms)", Unit::NsPerOp, q(&busy, p50))
-            .vs("lookup_p50_idle"),
-        Figure::new("lookup_p99_refreshing", "lookup latency p99, refreshing (delta every 100 ms)", Unit::NsPerOp, q(&busy, p99))
-            .vs("lookup_p99_idle")
-            .target("<= 3x idle p99", Some(3.0), None),
-        Figure::new("lookup_max_refreshing", "lookup latency max, refreshing", Unit::NsPerOp, q(&busy, max))
-            .vs("lookup_max_idle"),
-        Figure::new("lookup_p99_after_delta_swap", "lookup p99, first 1000 per reader after a delta swap (default: populate swaps)", Unit::NsPerOp, q(&busy, p99_after))
-            .vs("lookup_p99_idle"),
-        Figure::new("lookup_p99_after_delta_swap_off", "lookup p99, first 1000 per reader after a delta swap (warm-up off)", Unit::NsPerOp, q(&per_config[1], p99_after))
-            .vs("lookup_p99_idle"),
-        Figure::new("lookup_p99_after_snapshot_swap_off", "lookup p99, first 1000 per reader after a snapshot load (warm-up off)", Unit::NsPerOp, q(&per_config[2], p99_after))
-            .vs("lookup_p99_idle"),
-        Figure::new("lookup_p99_after_snapshot_swap_willneed", "lookup p99, first 1000 per reader after a snapshot load (MADV_WILLNEED)", Unit::NsPerOp, q(&per_config[3], p99_after))
-            .vs("lookup_p99_idle"),
-        Figure::new("lookup_p99_after_snapshot_swap_populate", "lookup p99, first 1000 per reader after a snapshot load (populate)", Unit::NsPerOp, q(&per_config[4], p99_after))
-            .vs("lookup_p99_idle"),
-        Figure::new("refresh_under_load", "delta refresh under load (default warm-up)", Unit::Seconds, busy.iter().flat_map(|r| r.refresh.clone()).collect()),
-        Figure::new("warm_up_delta", "warm-up of a delta refresh (default)", Unit::Seconds, busy.iter().flat_map(|r| r.warm_up.clone()).collect()),
-        Figure::new("refresh_snapshot_off", "snapshot-load refresh under load (warm-up off)", Unit::Seconds, per_config[2].iter().flat_map(|r| r.refresh.clone()).collect()),
-        Figure::new("refresh_snapshot_populate", "snapshot-load refresh under load (populate)", Unit::Seconds, per_config[4].iter().flat_map(|r| r.refresh.clone()).collect())
-            .vs("refresh_snapshot_off"),
-        Figure::new("warm_up_snapshot_populate", "warm-up of a snapshot load (populate)", Unit::Seconds, per_config[4].iter().flat_map(|r| r.warm_up.clone()).collect()),
+        Figure::new(
+            "lookup_p50_idle",
+            "lookup latency p50, idle consumer",
+            Unit::NsPerOp,
+            q(&idle, p50),
+        ),
+        Figure::new(
+            "lookup_p99_idle",
+            "lookup latency p99, idle consumer",
+            Unit::NsPerOp,
+            q(&idle, p99),
+        ),
+        Figure::new(
+            "lookup_max_idle",
+            "lookup latency max, idle consumer",
+            Unit::NsPerOp,
+            q(&idle, max),
+        ),
+        Figure::new(
+            "lookup_p50_refreshing",
+            "lookup latency p50, refreshing (delta every 100 ms)",
+            Unit::NsPerOp,
+            q(&busy, p50),
+        )
+        .vs("lookup_p50_idle"),
+        Figure::new(
+            "lookup_p99_refreshing",
+            "lookup latency p99, refreshing (delta every 100 ms)",
+            Unit::NsPerOp,
+            q(&busy, p99),
+        )
+        .vs("lookup_p99_idle")
+        .target("<= 3x idle p99", Some(3.0), None),
+        Figure::new(
+            "lookup_max_refreshing",
+            "lookup latency max, refreshing",
+            Unit::NsPerOp,
+            q(&busy, max),
+        )
+        .vs("lookup_max_idle"),
+        Figure::new(
+            "lookup_p99_after_delta_swap",
+            "lookup p99, first 1000 per reader after a delta swap (default: populate swaps)",
+            Unit::NsPerOp,
+            q(&busy, p99_after),
+        )
+        .vs("lookup_p99_idle"),
+        Figure::new(
+            "lookup_p99_after_delta_swap_off",
+            "lookup p99, first 1000 per reader after a delta swap (warm-up off)",
+            Unit::NsPerOp,
+            q(&per_config[1], p99_after),
+        )
+        .vs("lookup_p99_idle"),
+        Figure::new(
+            "lookup_p99_after_snapshot_swap_off",
+            "lookup p99, first 1000 per reader after a snapshot load (warm-up off)",
+            Unit::NsPerOp,
+            q(&per_config[2], p99_after),
+        )
+        .vs("lookup_p99_idle"),
+        Figure::new(
+            "lookup_p99_after_snapshot_swap_willneed",
+            "lookup p99, first 1000 per reader after a snapshot load (MADV_WILLNEED)",
+            Unit::NsPerOp,
+            q(&per_config[3], p99_after),
+        )
+        .vs("lookup_p99_idle"),
+        Figure::new(
+            "lookup_p99_after_snapshot_swap_populate",
+            "lookup p99, first 1000 per reader after a snapshot load (populate)",
+            Unit::NsPerOp,
+            q(&per_config[4], p99_after),
+        )
+        .vs("lookup_p99_idle"),
+        Figure::new(
+            "refresh_under_load",
+            "delta refresh under load (default warm-up)",
+            Unit::Seconds,
+            busy.iter().flat_map(|r| r.refresh.clone()).collect(),
+        ),
+        Figure::new(
+            "warm_up_delta",
+            "warm-up of a delta refresh (default)",
+            Unit::Seconds,
+            busy.iter().flat_map(|r| r.warm_up.clone()).collect(),
+        ),
+        Figure::new(
+            "refresh_snapshot_off",
+            "snapshot-load refresh under load (warm-up off)",
+            Unit::Seconds,
+            per_config[2]
+                .iter()
+                .flat_map(|r| r.refresh.clone())
+                .collect(),
+        ),
+        Figure::new(
+            "refresh_snapshot_populate",
+            "snapshot-load refresh under load (populate)",
+            Unit::Seconds,
+            per_config[4]
+                .iter()
+                .flat_map(|r| r.refresh.clone())
+                .collect(),
+        )
+        .vs("refresh_snapshot_off"),
+        Figure::new(
+            "warm_up_snapshot_populate",
+            "warm-up of a snapshot load (populate)",
+            Unit::Seconds,
+            per_config[4]
+                .iter()
+                .flat_map(|r| r.warm_up.clone())
+                .collect(),
+        ),
     ];
     let mut config = Map::new();
     config.insert("load_seconds".into(), json!(time.as_secs_f64()));

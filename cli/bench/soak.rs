@@ -47,6 +47,9 @@ struct Checkpoint {
     threads: u64,
     /// Mapped files under the cache directory, and those of them deleted.
     cache_files_mapped: u64,
+    /// The blobs the current state reads (its snapshot and deltas): all
+    /// that should be mapped once readers hold nothing else.
+    state_blobs: u64,
     deleted_mapped: u64,
     cache_files: u64,
 }
@@ -60,13 +63,15 @@ impl Checkpoint {
             "fds": self.fds,
             "threads": self.threads,
             "cache_files_mapped": self.cache_files_mapped,
+            "state_blobs": self.state_blobs,
+            "maps_besides_cache_files": self.maps - self.cache_files_mapped,
             "deleted_mapped": self.deleted_mapped,
             "cache_files": self.cache_files,
         })
     }
 }
 
-fn measure(refreshes: u64, cache: &Path) -> anyhow::Result<Checkpoint> {
+fn measure(refreshes: u64, cache: &Path, state_blobs: u64) -> anyhow::Result<Checkpoint> {
     let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
     let cache_prefix = cache.display().to_string();
     let mut mapped: Vec<&str> = maps
@@ -93,6 +98,7 @@ fn measure(refreshes: u64, cache: &Path) -> anyhow::Result<Checkpoint> {
         fds,
         threads,
         cache_files_mapped: mapped.len() as u64,
+        state_blobs,
         deleted_mapped: mapped.iter().filter(|l| l.ends_with("(deleted)")).count() as u64,
         cache_files,
     })
@@ -197,7 +203,10 @@ async fn soak(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<
     let say = |what: String| eprintln!("bench: {what}");
     let dir = work.join("soak");
     let w = args.workload;
-    say(format!("soak: publishing {VERSIONS} versions of {} records", w.records));
+    say(format!(
+        "soak: publishing {VERSIONS} versions of {} records",
+        w.records
+    ));
     let store = BlobStore::local(dir.join("store"))?;
     let producer = ProducerBuilder::new(store.clone())
         .producer_id("bench-soak")
@@ -258,13 +267,21 @@ async fn soak(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<
                 .ok_or_else(|| anyhow!("refresh {done} to {to} did nothing"))?;
             at = to;
             evicted += report.cache.evicted_files;
-            snapshots += report.steps.iter().filter(|s| matches!(s, Step::Snapshot(_))).count() as u64;
-            reverses += report.steps.iter().filter(|s| matches!(s, Step::Reverse(..))).count() as u64;
+            snapshots += report
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Snapshot(_)))
+                .count() as u64;
+            reverses += report
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Reverse(..)))
+                .count() as u64;
             if done % 10 == 0 {
                 durations.push(report.duration.as_secs_f64());
                 // While readers hold old states, their evicted files stay
                 // mapped: what the checkpoints then see released.
-                held_deleted = held_deleted.max(measure(done, &cache)?.deleted_mapped);
+                held_deleted = held_deleted.max(measure(done, &cache, 0)?.deleted_mapped);
             }
             if marks.contains(&done) {
                 control.pause.store(true, Ordering::Release);
@@ -274,7 +291,9 @@ async fn soak(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                let c = measure(done, &cache)?;
+                let state = consumer.state()?;
+                let c = measure(done, &cache, state.delta_depth() as u64 + 1)?;
+                drop(state);
                 say(format!("soak: after {done} refreshes: {c:?}"));
                 checkpoints.push(c);
                 control.pause.store(false, Ordering::Release);
@@ -292,27 +311,76 @@ async fn soak(args: &BenchRun, work: &Path) -> anyhow::Result<(Vec<Figure>, Map<
     let first = checkpoints.first().cloned().context("no checkpoint")?;
     let last = checkpoints.last().cloned().context("no checkpoint")?;
     let figures = vec![
-        Figure::new("soak_anon_at_100", "soak: anonymous memory after 100 refreshes", Unit::Bytes, vec![first.anon_bytes as f64]),
-        Figure::new("soak_anon_at_end", "soak: anonymous memory at the end", Unit::Bytes, vec![last.anon_bytes as f64])
-            .vs("soak_anon_at_100")
-            .target("within 5% of after 100", Some(1.05), None),
-        Figure::new("soak_maps_at_100", "soak: mapped regions after 100 refreshes", Unit::Count, vec![first.maps as f64]),
-        Figure::new("soak_maps_at_end", "soak: mapped regions at the end", Unit::Count, vec![last.maps as f64])
-            .vs("soak_maps_at_100")
-            .target("within 5% of after 100", Some(1.05), None),
-        Figure::new("soak_fds_at_100", "soak: open descriptors after 100 refreshes", Unit::Count, vec![first.fds as f64]),
-        Figure::new("soak_fds_at_end", "soak: open descriptors at the end", Unit::Count, vec![last.fds as f64])
-            .vs("soak_fds_at_100")
-            .target("within 5% of after 100", Some(1.05), None),
-        Figure::new("soak_deleted_mapped_at_end", "soak: deleted cache files still mapped at the end", Unit::Count, vec![last.deleted_mapped as f64])
-            .target("none", None, Some(0.0)),
-        Figure::new("soak_refresh", "soak: refresh (every 10th)", Unit::Seconds, durations),
+        Figure::new(
+            "soak_anon_at_100",
+            "soak: anonymous memory after 100 refreshes",
+            Unit::Bytes,
+            vec![first.anon_bytes as f64],
+        ),
+        Figure::new(
+            "soak_anon_at_end",
+            "soak: anonymous memory at the end",
+            Unit::Bytes,
+            vec![last.anon_bytes as f64],
+        )
+        .vs("soak_anon_at_100")
+        .target("within 5% of after 100", Some(1.05), None),
+        Figure::new(
+            "soak_maps_at_100",
+            "soak: mapped regions after 100 refreshes (besides the state's blobs)",
+            Unit::Count,
+            vec![(first.maps - first.cache_files_mapped) as f64],
+        ),
+        Figure::new(
+            "soak_maps_at_end",
+            "soak: mapped regions at the end (besides the state's blobs)",
+            Unit::Count,
+            vec![(last.maps - last.cache_files_mapped) as f64],
+        )
+        .vs("soak_maps_at_100")
+        .target("within 5% of after 100", Some(1.05), None),
+        Figure::new(
+            "soak_fds_at_100",
+            "soak: open descriptors after 100 refreshes",
+            Unit::Count,
+            vec![first.fds as f64],
+        ),
+        Figure::new(
+            "soak_fds_at_end",
+            "soak: open descriptors at the end",
+            Unit::Count,
+            vec![last.fds as f64],
+        )
+        .vs("soak_fds_at_100")
+        .target("within 5% of after 100", Some(1.05), None),
+        Figure::new(
+            "soak_blobs_mapped_at_end",
+            "soak: cache files mapped at the end (the state's blobs)",
+            Unit::Count,
+            vec![last.cache_files_mapped as f64],
+        ),
+        Figure::new(
+            "soak_deleted_mapped_at_end",
+            "soak: deleted cache files still mapped at the end",
+            Unit::Count,
+            vec![last.deleted_mapped as f64],
+        )
+        .target("none", None, Some(0.0)),
+        Figure::new(
+            "soak_refresh",
+            "soak: refresh (every 10th)",
+            Unit::Seconds,
+            durations,
+        ),
     ];
     let mut config = Map::new();
     config.insert("soak_refreshes".into(), json!(total));
     config.insert("soak_versions".into(), json!(VERSIONS));
     config.insert("soak_evicted_files".into(), json!(evicted));
-    config.insert("soak_deleted_mapped_max_while_held".into(), json!(held_deleted));
+    config.insert(
+        "soak_deleted_mapped_max_while_held".into(),
+        json!(held_deleted),
+    );
     config.insert("soak_snapshot_loads".into(), json!(snapshots));
     config.insert("soak_reverse_deltas".into(), json!(reverses));
     config.insert(

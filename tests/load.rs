@@ -88,6 +88,7 @@ fn reader(
     let mut rng = Rng::new(0x10ad ^ id as u64);
     let mut held: Option<Arc<ReadState>> = None;
     let mut seen = Vec::new();
+    let mut compared = None;
     while !stop.load(Ordering::Relaxed) {
         // Hold the state for a few rounds now and then.
         let state = match held.take() {
@@ -115,7 +116,8 @@ fn reader(
                 continue;
             }
         };
-        if id == 0 && seen.len() % 3 == 1 && seen.last() == Some(&version) {
+        if id == 0 && seen.len() % 3 == 1 && compared != Some(version) {
+            compared = Some(version);
             let mut whole = BTreeMap::new();
             for (_, record) in view.iter() {
                 check_record(&state, &model, record, tally);

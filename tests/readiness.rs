@@ -181,7 +181,7 @@ async fn follow_reports_readiness() {
             let _ = self.0.wait();
         }
     }
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let _child = Kill(child);
     let mut events = lines.map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap());
     // Failed polls print their own lines; the first `waiting` follows them.

@@ -157,6 +157,7 @@ fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::R
                     "steps": r.steps.iter().map(|s| s.blob().to_string()).collect::<Vec<_>>(),
                     "fetched_bytes": r.fetched_bytes,
                     "ms": output::millis(r.duration),
+                    "warm_up_ms": output::millis(r.warm_up),
                     "evicted_files": r.cache.evicted_files,
                     "evicted_bytes": r.cache.evicted_bytes,
                     "cache_files": r.cache.kept_files,

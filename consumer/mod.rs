@@ -552,6 +552,8 @@ impl Consumer {
                     metrics::gauge!("burrow_consumer_version").set(report.to as f64);
                     metrics::histogram!("burrow_consumer_refresh_seconds")
                         .record(report.duration.as_secs_f64());
+                    metrics::histogram!("burrow_consumer_warm_up_seconds")
+                        .record(report.warm_up.as_secs_f64());
                 }
             }
             Err(e) => {

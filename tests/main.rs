@@ -43,3 +43,5 @@ mod resilience;
 mod soak;
 #[cfg(feature = "cli")]
 mod verify;
+#[cfg(target_os = "linux")]
+mod warm_up;

@@ -298,6 +298,18 @@ struct HealthState {
     in_flight: ready::InFlight,
 }
 
+/// Marks a refresh in flight (for [`Consumer::readiness`]) until it ends,
+/// however it ends: a refresh future dropped half-way included.
+struct InFlightGuard<'a>(&'a Mutex<HealthState>);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut health) = self.0.lock() {
+            health.in_flight = ready::InFlight::Idle;
+        }
+    }
+}
+
 /// Follows a dataset. `Send + Sync`; refreshes run one at a time, reads
 /// never wait for them.
 pub struct Consumer {
@@ -499,6 +511,7 @@ impl Consumer {
         let span =
             tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
         self.health.lock().expect("health lock").in_flight = ready::InFlight::Polling;
+        let _in_flight = InFlightGuard(&self.health);
         let outcome = async {
             match poll_limit {
                 // Cancelling a poll is safe: the watcher records what it

@@ -224,3 +224,44 @@ fn follow_bad_ready_timeout_is_named() {
         assert_fails(&out, &format!("invalid --ready-timeout-ms {value}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_refresh_is_not_a_fetch_in_progress() {
+    // Regression: a refresh future dropped half-way (a caller's timeout)
+    // must not leave readiness saying a fetch is in progress forever.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("store")).unwrap();
+    let local = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("store")).unwrap(),
+    );
+    let faulty = Arc::new(FaultyStore::new(local.clone()));
+    let producer = producer(&BlobStore::new(local, ""), "p");
+    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let consumer = ConsumerBuilder::new(BlobStore::new(faulty.clone(), ""))
+        .cache_dir(dir.path().join("cache"))
+        .build()
+        .unwrap();
+    faulty.hang_matching(|op, path| op == Op::Get && path.contains("snapshot"));
+    {
+        let refresh = consumer.refresh();
+        tokio::pin!(refresh);
+        while faulty.hanging() == 0 {
+            tokio::select! {
+                outcome = &mut refresh => panic!("the refresh ended: {outcome:?}"),
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        assert_eq!(
+            consumer.readiness(),
+            Readiness::Waiting(Waiting::Fetching { version: v1 })
+        );
+    }
+    assert_eq!(
+        consumer.readiness(),
+        Readiness::Waiting(Waiting::NotStarted)
+    );
+    faulty.heal();
+    consumer.refresh().await.unwrap();
+    assert_eq!(consumer.readiness(), Readiness::Ready { version: v1 });
+}

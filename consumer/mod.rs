@@ -247,6 +247,7 @@ impl ConsumerBuilder {
             retention: self.retention,
             warm_up: self.warm_up,
             swapped: tokio::sync::watch::Sender::new(None),
+            first_state: std::sync::Condvar::new(),
         })
     }
 }
@@ -324,6 +325,9 @@ pub struct Consumer {
     warm_up: WarmUp,
     /// The version of each state swapped in, for [`Consumer::ready`].
     swapped: tokio::sync::watch::Sender<Option<u64>>,
+    /// Signalled (with `health`'s lock) at each swap, for
+    /// [`Consumer::ready_blocking`].
+    first_state: std::sync::Condvar,
     /// Refreshes completed, for single flight.
     completed: AtomicU64,
     health: Mutex<HealthState>,
@@ -787,6 +791,10 @@ impl Consumer {
         *self.current_blobs.lock().expect("blobs lock") = blobs;
         self.current.store(Some(state));
         self.swapped.send_replace(Some(to));
+        // Taken after the store: a blocked `ready_blocking` either saw the
+        // state or waits already, and wakes.
+        drop(self.health.lock().expect("health lock"));
+        self.first_state.notify_all();
         let duration = started.elapsed();
         let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(

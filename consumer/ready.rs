@@ -6,8 +6,9 @@
 //! whatever refreshes the consumer: [`Consumer::watch`] or calls to
 //! [`Consumer::refresh`]) and fails after its timeout with
 //! [`ConsumerError::NotReady`], which names what the consumer was waiting
-//! for ([`Waiting`]). [`Consumer::readiness`] answers the same question at
-//! once, without waiting, for a health endpoint.
+//! for ([`Waiting`]); [`Consumer::ready_blocking`] does the same on a
+//! thread outside async code. [`Consumer::readiness`] answers the same
+//! question at once, without waiting, for a health endpoint.
 //!
 //! Invariant: once a consumer has a state it stays ready (a failed refresh
 //! keeps the current state serving), so readiness never goes back to
@@ -164,6 +165,38 @@ impl Consumer {
         match self.version() {
             Some(version) => Readiness::Ready { version },
             None => Readiness::Waiting(waiting),
+        }
+    }
+
+    /// [`Consumer::ready`] for code that is not async (a service on
+    /// threads, its consumer watched on a runtime elsewhere): blocks the
+    /// calling thread until the first state, or fails as `ready` does
+    /// after `timeout`. Do not call it on an async worker thread.
+    pub fn ready_blocking(&self, timeout: Duration) -> Result<Arc<ReadState>, Error> {
+        let started = Instant::now();
+        let mut health = self.health.lock().expect("health lock");
+        loop {
+            if let Some(state) = self.current() {
+                return Ok(state);
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            health = self
+                .first_state
+                .wait_timeout(health, left)
+                .expect("health lock")
+                .0;
+        }
+        drop(health);
+        match self.readiness() {
+            Readiness::Ready { .. } => self.state(),
+            Readiness::Waiting(waiting) => Err(ConsumerError::NotReady {
+                waited: started.elapsed(),
+                waiting,
+            }
+            .into()),
         }
     }
 

@@ -265,3 +265,29 @@ async fn a_dropped_refresh_is_not_a_fetch_in_progress() {
     consumer.refresh().await.unwrap();
     assert_eq!(consumer.readiness(), Readiness::Ready { version: v1 });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_blocking_waits_on_a_thread() {
+    // Invariant: the blocking form times out with the same reason as the
+    // async one, and a thread blocked in it wakes at the first swap.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let consumer = Arc::new(consumer(&store, &dir.path().join("cache")));
+    let outcome = consumer.ready_blocking(Duration::from_millis(5));
+    assert_eq!(not_ready(outcome).0, Waiting::NotStarted);
+    let waiter = std::thread::spawn({
+        let consumer = Arc::clone(&consumer);
+        move || consumer.ready_blocking(Duration::from_secs(60))
+    });
+    let model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer(&store, "p"), &model)
+        .await
+        .unwrap()
+        .version;
+    consumer.refresh().await.unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap().version(), v1);
+    assert_eq!(
+        consumer.ready_blocking(Duration::ZERO).unwrap().version(),
+        v1
+    );
+}

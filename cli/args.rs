@@ -113,6 +113,12 @@ pub struct FollowArgs {
     #[arg(long, value_name = "N")]
     pub cache_max_files: Option<String>,
 
+    /// How long to wait for the first state before reporting what the
+    /// consumer waits for (reported again after each such wait), in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub ready_timeout_ms: u64,
+
     /// Serve the metrics in the Prometheus text format at
     /// http://ADDR/metrics (IP:PORT; port 0 picks a free port, printed at
     /// start).
@@ -250,6 +256,18 @@ pub struct BenchArgs {
     /// Keeps the working directory.
     #[arg(long)]
     pub keep: bool,
+    /// Which figures: the anchor workload's and the read-service load's
+    /// (`all`), one of them, or the soak (many refreshes; memory, mapped
+    /// regions and descriptors measured along the way).
+    #[arg(long, value_enum, default_value_t = SuiteArg::All)]
+    pub suite: SuiteArg,
+    /// Seconds of lookups per run of each load figure (idle, refreshing,
+    /// after swaps).
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub load_seconds: f64,
+    /// Refreshes the soak runs.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub refreshes: u64,
     /// Internal: run as one of a bench run's child processes.
     #[arg(long, hide = true, value_enum)]
     pub child: Option<ChildMode>,
@@ -263,6 +281,15 @@ pub struct BenchArgs {
     pub at_version: u64,
     #[arg(long, hide = true)]
     pub blob: Option<PathBuf>,
+}
+
+/// The figure sets of `burrow bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SuiteArg {
+    All,
+    Anchor,
+    Load,
+    Soak,
 }
 
 /// The hidden child processes of a bench run.

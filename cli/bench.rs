@@ -15,9 +15,12 @@
 
 mod announce;
 mod child;
+mod latency;
+mod load;
 mod report;
+mod soak;
 
-use crate::config::{BenchChild, BenchConfig, BenchRun};
+use crate::config::{BenchChild, BenchConfig, BenchRun, Suite};
 use anyhow::{anyhow, bail, Context};
 use burrow::blobstore::{BlobCache, BlobName, BlobStore};
 use burrow::consumer::ConsumerBuilder;
@@ -54,7 +57,40 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
         }) => return child::decode(&blob, at_version, t0_ns, lookup_id),
     };
     let work = WorkDir::new(&args)?;
-    let report = bench(&args, &work.path).await?;
+    let mut report = if args.suite.anchor() {
+        bench(&args, &work.path).await?
+    } else {
+        Report {
+            config: serde_json::Map::new(),
+            figures: Vec::new(),
+        }
+    };
+    let mut more = Vec::new();
+    if args.suite.load() {
+        more.push(load::figures(&args, &work.path).await?);
+    }
+    if args.suite == Suite::Soak {
+        more.push(soak::figures(&args, &work.path).await?);
+    }
+    for (figures, config) in more {
+        report.figures.extend(figures);
+        report.config.extend(config);
+    }
+    let w = &args.workload;
+    for (key, value) in [
+        ("suite", json!(format!("{:?}", args.suite).to_lowercase())),
+        ("records", json!(w.records)),
+        ("change", json!(w.change)),
+        ("churn", json!(w.churn)),
+        ("seed", json!(w.seed)),
+        ("runs", json!(args.runs)),
+        (
+            "nproc",
+            json!(std::thread::available_parallelism().map_or(0, |n| n.get())),
+        ),
+    ] {
+        report.config.entry(key).or_insert(value);
+    }
     if args.json {
         println!("{}", report.json());
     } else {

@@ -4,7 +4,7 @@
 
 use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
-    SchemaArgs,
+    SchemaArgs, SuiteArg,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -153,6 +153,9 @@ pub struct FollowConfig {
     /// it is not healthy.
     pub notify: Option<Arc<dyn NotifyChannel>>,
     pub fallback_interval: std::time::Duration,
+    /// How long to wait for the first state before saying what the
+    /// consumer waits for.
+    pub ready_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +202,36 @@ pub struct BenchRun {
     pub json: bool,
     pub dir: Option<PathBuf>,
     pub keep: bool,
+    /// Which figures.
+    pub suite: Suite,
+    /// Lookups per run of each load figure, as time.
+    pub load_time: std::time::Duration,
+    /// Refreshes of the soak (at least [`MIN_SOAK_REFRESHES`]).
+    pub refreshes: u64,
 }
+
+/// The figure sets of a bench run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// The anchor workload's figures and the load figures.
+    All,
+    Anchor,
+    Load,
+    Soak,
+}
+
+impl Suite {
+    pub fn anchor(self) -> bool {
+        matches!(self, Suite::All | Suite::Anchor)
+    }
+    pub fn load(self) -> bool {
+        matches!(self, Suite::All | Suite::Load)
+    }
+}
+
+/// The fewest refreshes a soak takes: it compares what it measures after
+/// 100 refreshes with what it measures at the end.
+pub const MIN_SOAK_REFRESHES: u64 = 200;
 
 /// A bench run's child process (`--child`, hidden).
 #[derive(Debug, Clone)]
@@ -292,6 +324,12 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
             cache.display()
         );
     }
+    if a.ready_timeout_ms == 0 || a.ready_timeout_ms > 3_600_000 {
+        bail!(
+            "invalid --ready-timeout-ms {}: must be between 1 and 3600000",
+            a.ready_timeout_ms
+        );
+    }
     let mut retention = CacheRetention::default();
     if let Some(raw) = &a.cache_max_bytes {
         retention.max_bytes = parse_size(raw)
@@ -323,6 +361,7 @@ fn follow(a: FollowArgs, store: &StoreLocation) -> Result<FollowConfig> {
         metrics_addr,
         notify: notify_channel(a.notify.as_deref())?,
         fallback_interval: std::time::Duration::from_millis(a.fallback_interval_ms),
+        ready_timeout: std::time::Duration::from_millis(a.ready_timeout_ms),
     })
 }
 
@@ -446,6 +485,18 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
     if a.lookups == 0 {
         bail!("invalid --lookups 0: must be at least 1");
     }
+    if !(a.load_seconds > 0.0 && a.load_seconds <= 3600.0) {
+        bail!(
+            "invalid --load-seconds {}: must be more than 0 and at most 3600",
+            a.load_seconds
+        );
+    }
+    if a.refreshes < MIN_SOAK_REFRESHES || a.refreshes > 100_000_000 {
+        bail!(
+            "invalid --refreshes {}: must be between {MIN_SOAK_REFRESHES} and 100000000",
+            a.refreshes
+        );
+    }
     let workload = BenchWorkload {
         records: a.records,
         change,
@@ -461,6 +512,14 @@ fn bench(a: BenchArgs, json: bool) -> Result<BenchConfig> {
             json,
             dir: a.dir,
             keep: a.keep,
+            suite: match a.suite {
+                SuiteArg::All => Suite::All,
+                SuiteArg::Anchor => Suite::Anchor,
+                SuiteArg::Load => Suite::Load,
+                SuiteArg::Soak => Suite::Soak,
+            },
+            load_time: std::time::Duration::from_secs_f64(a.load_seconds),
+            refreshes: a.refreshes,
         }));
     };
     let dir = || a.dir.clone().context("invalid --child: it needs --dir");

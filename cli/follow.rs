@@ -1,15 +1,22 @@
 //! `burrow follow`: a real consumer that watches the store in the
 //! background (retrying, behind a circuit breaker) and prints a line for
 //! each version it reaches and each change of its health, until
-//! interrupted (Ctrl-C or SIGTERM). With `--metrics-addr` it also serves
-//! the metrics at `/metrics` for a Prometheus scraper.
+//! interrupted (Ctrl-C or SIGTERM). It reports readiness: a `ready` line
+//! when the first state serves, and until then a `waiting` line after each
+//! `--ready-timeout-ms` without one, saying what the consumer waits for.
+//! With `--metrics-addr` it also serves the metrics at `/metrics` for a
+//! Prometheus scraper.
 
 use crate::config::FollowConfig;
 use crate::output::{self, Out};
 use anyhow::{Context, Result};
 use burrow::blobstore::resilience::{BreakerState, Resilience};
 use burrow::blobstore::BlobStore;
-use burrow::consumer::{ConsumerBuilder, Health, NotifyConfig, WatchConfig, WatchEvent};
+use burrow::consumer::{
+    ConsumerBuilder, ConsumerError, Health, NotifyConfig, ReadState, Waiting, WatchConfig,
+    WatchEvent,
+};
+use burrow::error::Error;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -48,9 +55,15 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
     let mut last_health: Option<(bool, BreakerState)> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    let started = std::time::Instant::now();
+    let mut ready = false;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
+            outcome = consumer.ready(cfg.ready_timeout), if !ready => {
+                ready = print_readiness(out, outcome, started)?;
+                continue;
+            }
             _ = &mut stop => break,
         };
         let event = match event {
@@ -74,6 +87,62 @@ pub async fn run(cfg: &FollowConfig, store: BlobStore, out: &mut Out) -> Result<
     Ok(())
 }
 
+/// Prints what [`Consumer::ready`] returned: `ready` with the version and
+/// the time since the start, or `waiting` with what the consumer waits
+/// for. Returns whether the consumer is ready.
+fn print_readiness(
+    out: &mut Out,
+    outcome: Result<Arc<ReadState>, Error>,
+    started: std::time::Instant,
+) -> Result<bool> {
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(state) => {
+            let version = state.version();
+            if out.json {
+                out.json(
+                    &json!({ "event": "ready", "version": version, "ms": output::millis(elapsed) }),
+                )?;
+            } else {
+                out.line(&format!(
+                    "ready: serving version {version} ({} after start)",
+                    output::duration(elapsed)
+                ))?;
+            }
+            Ok(true)
+        }
+        Err(Error::Consumer(ConsumerError::NotReady { waiting, .. })) => {
+            if out.json {
+                out.json(&json!({
+                    "event": "waiting",
+                    "ms": output::millis(elapsed),
+                    "waiting_for": waiting_key(&waiting),
+                    "reason": waiting.to_string(),
+                }))?;
+            } else {
+                out.line(&format!(
+                    "not ready after {}: {waiting}",
+                    output::duration(elapsed)
+                ))?;
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A stable name of what a consumer waits for, for `--json`.
+fn waiting_key(w: &Waiting) -> &'static str {
+    match w {
+        Waiting::NotStarted => "not_started",
+        Waiting::Polling => "polling",
+        Waiting::NoAnnouncement => "no_announcement",
+        Waiting::StoreUnreachable { .. } => "store_unreachable",
+        Waiting::Fetching { .. } => "fetching",
+        _ => "other",
+    }
+}
+
 fn print_metrics_addr(out: &mut Out, addr: std::net::SocketAddr) -> std::io::Result<()> {
     if out.json {
         out.json(&json!({ "event": "metrics", "url": format!("http://{addr}/metrics") }))
@@ -93,6 +162,7 @@ fn print_event(out: &mut Out, event: &WatchEvent, health: &Health) -> std::io::R
                     "steps": r.steps.iter().map(|s| s.blob().to_string()).collect::<Vec<_>>(),
                     "fetched_bytes": r.fetched_bytes,
                     "ms": output::millis(r.duration),
+                    "warm_up_ms": output::millis(r.warm_up),
                     "evicted_files": r.cache.evicted_files,
                     "evicted_bytes": r.cache.evicted_bytes,
                     "cache_files": r.cache.kept_files,

@@ -21,6 +21,13 @@
 //! Blocking work (state building, delta apply, cache writes, cache trims)
 //! runs on tokio's blocking pool.
 //!
+//! Before the swap, the blobs the refresh mapped are warmed ([`WarmUp`],
+//! [`ConsumerBuilder::warm_up`]) so that readers of the new state do not
+//! each take page faults. [`Consumer::ready`] waits for the first state
+//! (and [`Consumer::readiness`] says at once whether there is one, or what
+//! the consumer waits for): what a read service checks before it takes
+//! traffic.
+//!
 //! After each refresh that swaps in a state, the dataset's cache directory
 //! is trimmed to what the new state maps plus the builder's
 //! [`CacheRetention`] bound, oldest version first; the report's
@@ -28,16 +35,20 @@
 //! what went.
 
 pub mod plan;
+mod ready;
 mod recheck;
 mod state;
 mod subscribe;
+mod warm;
 mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
 pub use plan::{Plan, Step};
+pub use ready::{Readiness, Waiting};
 pub use recheck::CacheFault;
 pub use state::{Iter, ReadState, TypeData, TypeView};
 pub use subscribe::{ChannelState, NotifyConfig, NotifyHealth};
+pub use warm::WarmUp;
 pub use watch::{Health, WatchConfig, WatchEvent, WatchHandle};
 
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement, AnnouncementLog, Watcher};
@@ -98,6 +109,14 @@ pub enum ConsumerError {
         /// The joined refresh's error, as text (it belongs to that call).
         message: String,
     },
+    /// [`Consumer::ready`] ran out of time before the first state.
+    #[error("the consumer has no state after {waited:?}: {waiting}")]
+    NotReady {
+        /// How long the call waited.
+        waited: Duration,
+        /// What the consumer was waiting for when the time ran out.
+        waiting: Waiting,
+    },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
@@ -121,6 +140,7 @@ pub struct ConsumerBuilder {
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<CircuitBreakerStore>>,
     retention: CacheRetention,
+    warm_up: WarmUp,
 }
 
 impl ConsumerBuilder {
@@ -135,7 +155,16 @@ impl ConsumerBuilder {
             clock: Arc::new(SystemClock),
             breaker: None,
             retention: CacheRetention::default(),
+            warm_up: WarmUp::default(),
         }
+    }
+
+    /// How a refresh warms the blobs it maps before it swaps the new state
+    /// in (default [`WarmUp::default`]; see [`WarmUp`] for the measured
+    /// effect of each).
+    pub fn warm_up(mut self, warm_up: WarmUp) -> Self {
+        self.warm_up = warm_up;
+        self
     }
 
     /// The clock used for staleness (default: the system clock).
@@ -219,6 +248,9 @@ impl ConsumerBuilder {
             verify_on_open: self.verify_on_open,
             max_delta_depth: self.max_delta_depth,
             retention: self.retention,
+            warm_up: self.warm_up,
+            swapped: tokio::sync::watch::Sender::new(None),
+            first_state: std::sync::Condvar::new(),
         })
     }
 }
@@ -267,6 +299,22 @@ struct HealthState {
     last_success: Option<Instant>,
     consecutive_failures: u32,
     last_error: Option<String>,
+    /// The last failure was that nothing is announced.
+    nothing_announced: bool,
+    /// What a refresh in flight does, for [`Consumer::readiness`].
+    in_flight: ready::InFlight,
+}
+
+/// Marks a refresh in flight (for [`Consumer::readiness`]) until it ends,
+/// however it ends: a refresh future dropped half-way included.
+struct InFlightGuard<'a>(&'a Mutex<HealthState>);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut health) = self.0.lock() {
+            health.in_flight = ready::InFlight::Idle;
+        }
+    }
 }
 
 /// Follows a dataset. `Send + Sync`; refreshes run one at a time, reads
@@ -280,6 +328,12 @@ pub struct Consumer {
     verify_on_open: bool,
     max_delta_depth: usize,
     retention: CacheRetention,
+    warm_up: WarmUp,
+    /// The version of each state swapped in, for [`Consumer::ready`].
+    swapped: tokio::sync::watch::Sender<Option<u64>>,
+    /// Signalled (with `health`'s lock) at each swap, for
+    /// [`Consumer::ready_blocking`].
+    first_state: std::sync::Condvar,
     /// Refreshes completed, for single flight.
     completed: AtomicU64,
     health: Mutex<HealthState>,
@@ -330,6 +384,8 @@ pub struct RefreshReport {
     pub fetched_bytes: u64,
     /// Wall time of the refresh, planning to swap.
     pub duration: Duration,
+    /// The part of it spent warming the new blobs (see [`WarmUp`]).
+    pub warm_up: Duration,
     /// What the cache trim after the swap evicted and kept (see
     /// [`ConsumerBuilder::cache_retention`]).
     pub cache: Trimmed,
@@ -467,6 +523,8 @@ impl Consumer {
         }
         let span =
             tracing::info_span!("refresh", from = ?self.version(), to = tracing::field::Empty);
+        self.health.lock().expect("health lock").in_flight = ready::InFlight::Polling;
+        let _in_flight = InFlightGuard(&self.health);
         let outcome = async {
             match poll_limit {
                 // Cancelling a poll is safe: the watcher records what it
@@ -492,6 +550,7 @@ impl Consumer {
                 health.newest_target = Some(newest.target());
                 health.newest_seq = Some(newest.seq);
                 health.dataset = Some(newest.dataset_id);
+                health.in_flight = ready::InFlight::Fetching(target);
             }
             metrics::gauge!("burrow_consumer_newest_announced_version").set(newest.target() as f64);
             self.refresh_locked(&mut inner, &newest, target).await
@@ -509,21 +568,27 @@ impl Consumer {
 
     fn record_outcome(&self, outcome: &Result<Option<RefreshReport>, Error>) {
         let mut health = self.health.lock().expect("health lock");
+        health.in_flight = ready::InFlight::Idle;
         match outcome {
             Ok(report) => {
                 health.last_success = Some(self.clock.now());
                 health.consecutive_failures = 0;
                 health.last_error = None;
+                health.nothing_announced = false;
                 if let Some(report) = report {
                     metrics::counter!("burrow_consumer_refreshes_total").increment(1);
                     metrics::gauge!("burrow_consumer_version").set(report.to as f64);
                     metrics::histogram!("burrow_consumer_refresh_seconds")
                         .record(report.duration.as_secs_f64());
+                    metrics::histogram!("burrow_consumer_warm_up_seconds")
+                        .record(report.warm_up.as_secs_f64());
                 }
             }
             Err(e) => {
                 health.consecutive_failures += 1;
                 health.last_error = Some(e.to_string());
+                health.nothing_announced =
+                    matches!(e, Error::Consumer(ConsumerError::NothingAnnounced));
                 metrics::counter!("burrow_consumer_refresh_failures_total").increment(1);
             }
         }
@@ -655,6 +720,8 @@ impl Consumer {
         };
         let mut state: Option<Arc<ReadState>> = None;
         let mut fetched_bytes = 0;
+        // The blobs this refresh maps: what warm-up brings in before the swap.
+        let mut mapped = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             let name = step.blob();
             let fail = |source: Error| -> Error {
@@ -670,6 +737,7 @@ impl Consumer {
             let result = async {
                 let (blob, fetched) = self.open_blob(&cache, dataset, &name).await?;
                 let len = blob.len();
+                let opened = Arc::clone(&blob);
                 let base = match *step {
                     Step::Snapshot(_) => None,
                     Step::Delta(..) | Step::Reverse(..) => Some(match &state {
@@ -691,13 +759,14 @@ impl Consumer {
                         source: std::io::Error::other(e),
                     })
                 })??;
-                Ok::<_, Error>((next, len, fetched))
+                Ok::<_, Error>((next, len, fetched, opened))
             }
             .instrument(step_span)
             .await;
             tracing::debug!(blob = %name, elapsed = ?step_started.elapsed(), ok = result.is_ok(), "refresh step");
             match result {
-                Ok((next, len, fetched)) => {
+                Ok((next, len, fetched, opened)) => {
+                    mapped.push(opened);
                     if fetched {
                         fetched_bytes += len;
                         metrics::counter!("burrow_consumer_fetched_bytes_total").increment(len);
@@ -733,8 +802,23 @@ impl Consumer {
             .filter(|(id, _)| *id == dataset)
             .map(|(_, name)| *name)
             .collect();
+        let (warm_up, replaces) = (self.warm_up, self.current().is_some());
+        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped, replaces))
+            .await
+            .map_err(|e| {
+                Error::from(StoreError::Io {
+                    op: "warm up the next state",
+                    path: cache.dir().to_path_buf(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
         *self.current_blobs.lock().expect("blobs lock") = blobs;
         self.current.store(Some(state));
+        self.swapped.send_replace(Some(to));
+        // Taken after the store: a blocked `ready_blocking` either saw the
+        // state or waits already, and wakes.
+        drop(self.health.lock().expect("health lock"));
+        self.first_state.notify_all();
         let duration = started.elapsed();
         let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(
@@ -751,6 +835,7 @@ impl Consumer {
             steps: plan.steps,
             fetched_bytes,
             duration,
+            warm_up,
             cache: trimmed,
         }))
     }

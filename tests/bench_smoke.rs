@@ -36,6 +36,22 @@ const FIGURES: &[&str] = &[
     "announce_to_refresh_polling",
     "announce_to_refresh",
     "announce_to_refresh_p99",
+    "lookup_p50_idle",
+    "lookup_p99_idle",
+    "lookup_max_idle",
+    "lookup_p50_refreshing",
+    "lookup_p99_refreshing",
+    "lookup_max_refreshing",
+    "lookup_p99_after_delta_swap",
+    "lookup_p99_after_delta_swap_off",
+    "lookup_p99_after_snapshot_swap_off",
+    "lookup_p99_after_snapshot_swap_willneed",
+    "lookup_p99_after_snapshot_swap_populate",
+    "refresh_under_load",
+    "warm_up_delta",
+    "refresh_snapshot_off",
+    "refresh_snapshot_populate",
+    "warm_up_snapshot_populate",
 ];
 
 #[test]
@@ -48,6 +64,8 @@ fn bench_reports_every_figure_as_a_finite_positive_number() {
             "2000",
             "--runs",
             "1",
+            "--load-seconds",
+            "0.5",
             "--json",
             "--dir",
         ])

@@ -319,11 +319,17 @@ async fn follow_flags_bound_the_cache() {
             .spawn()
             .unwrap(),
     );
+    // The first version line (a `ready` line comes beside it).
+    let mut reader = std::io::BufReader::new(follow.0.stdout.take().unwrap());
     let mut line = String::new();
-    std::io::BufReader::new(follow.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let event = loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] != "ready" {
+            break event;
+        }
+    };
     assert_eq!(event["event"], "version", "{line}");
     assert_eq!(event["version"], 4, "{line}");
     // A fresh consumer loads snapshot/4; of the four seeded blobs the

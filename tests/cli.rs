@@ -224,6 +224,9 @@ fn bench_bad_arguments_fail_naming_the_argument_before_any_work() {
         (&["--lookups", "0"][..], "invalid --lookups 0"),
         (&["--runs", "x"][..], "--runs"),
         (&["--child", "decode"][..], "--blob"),
+        (&["--load-seconds", "0"][..], "invalid --load-seconds 0"),
+        (&["--refreshes", "10"][..], "invalid --refreshes 10"),
+        (&["--suite", "nope"][..], "--suite"),
     ] {
         let mut full = vec!["bench", "--dir", work_arg];
         full.extend_from_slice(args);

@@ -49,11 +49,12 @@ fn second_follow_on_same_cache_exits_with_message() {
             .unwrap()
     };
     let mut first = Running(follow(Stdio::piped()));
-    // Its first line (the version it reached) comes after it took the lock.
+    // Its first line (readiness or the version it reached) comes after it
+    // took the lock. Its stdout stays open to the end: a follow whose
+    // stdout is closed exits at its next line, and frees the cache.
     let mut line = String::new();
-    std::io::BufReader::new(first.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut first_out = std::io::BufReader::new(first.0.stdout.take().unwrap());
+    first_out.read_line(&mut line).unwrap();
     assert!(line.contains("\"version\""), "first follow: {line}");
     let mut second = Running(follow(Stdio::null()));
     let mut pipe = second.0.stderr.take().unwrap();
@@ -73,4 +74,5 @@ fn second_follow_on_same_cache_exits_with_message() {
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(stderr.contains(&cache.display().to_string()), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    drop(first_out);
 }

@@ -32,6 +32,7 @@ mod golden;
 mod hostile;
 mod hostile_v2;
 mod limits;
+mod load;
 #[cfg(feature = "cli")]
 mod metrics_http;
 #[cfg(any(feature = "redis", feature = "nats"))]
@@ -40,6 +41,11 @@ mod producer_blocking;
 mod producer_pin;
 mod producer_restore;
 mod property;
+mod readiness;
 mod resilience;
 #[cfg(feature = "cli")]
+mod soak;
+#[cfg(feature = "cli")]
 mod verify;
+#[cfg(target_os = "linux")]
+mod warm_up;

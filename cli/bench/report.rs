@@ -9,6 +9,7 @@ pub enum Unit {
     Seconds,
     NsPerOp,
     Bytes,
+    Count,
 }
 
 impl Unit {
@@ -17,6 +18,7 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::NsPerOp => "ns/op",
             Unit::Bytes => "bytes",
+            Unit::Count => "count",
         }
     }
 
@@ -28,6 +30,7 @@ impl Unit {
             Unit::NsPerOp => format!("{v:.1} ns"),
             Unit::Bytes if v < 1024.0 * 1024.0 => format!("{:.1} KiB", v / 1024.0),
             Unit::Bytes => format!("{:.1} MiB", v / (1024.0 * 1024.0)),
+            Unit::Count => format!("{v:.0}"),
         }
     }
 }

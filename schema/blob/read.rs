@@ -186,6 +186,16 @@ impl OpenBlob {
         &self.bytes()[ENVELOPE_LEN..]
     }
 
+    /// The file mapping the blob is read from, if it was mapped (not
+    /// taken from memory): what a consumer advises the kernel about, or
+    /// touches, to warm it before serving it.
+    pub fn mapping(&self) -> Option<&memmap2::Mmap> {
+        match &self.data {
+            BlobBytes::Mapped(m) => Some(m),
+            BlobBytes::Owned(_) => None,
+        }
+    }
+
     /// Total size, envelope included.
     pub fn len(&self) -> u64 {
         ENVELOPE_LEN as u64 + self.envelope.body_len

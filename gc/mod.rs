@@ -36,10 +36,51 @@
 //!   `reverse/`, `announce/`, `upload/`), so datasets under sibling prefixes
 //!   of one store are never swept by each other.
 
+mod retention;
+
+pub use retention::{
+    collect_garbage, needed_blobs, DeleteReason, Deletion, GcReport, RetentionPolicy,
+    DEFAULT_KEEP_VERSIONS, DEFAULT_RETENTION_GRACE,
+};
+
+use crate::announcer::AnnounceError;
 use crate::blobstore::{BlobStore, StoreError};
 use futures::TryStreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// Errors of garbage collection. gc deletes nothing it has not proven
+/// unneeded: any of these stops a run before its deletions (or part way
+/// through them, for a store error while deleting).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GcError {
+    /// The retention policy is invalid.
+    #[error("invalid retention policy: {what}: {reason}")]
+    Policy {
+        /// The setting.
+        what: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The log does not hold an announced version an entry refers to.
+    #[error(
+        "the announcement log is broken: version {version}, which announce/{seq} relies on, \
+         is not announced before it; gc deletes nothing on a log it cannot follow"
+    )]
+    BrokenLog {
+        /// The entry whose walk failed.
+        seq: u64,
+        /// The version it looked for.
+        version: u64,
+    },
+    /// Reading the log failed.
+    #[error(transparent)]
+    Announce(#[from] AnnounceError),
+    /// Listing or deleting failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// How old a leftover must be before the producer's sweep deletes it: far
 /// longer than any single blob write takes.
@@ -98,7 +139,11 @@ impl std::fmt::Display for Leftover {
 /// Every leftover of interrupted writes in `store`, oldest name first.
 /// Reads only; see the [module docs](self) for what counts.
 pub async fn find_leftovers(store: &BlobStore) -> Result<Vec<Leftover>, StoreError> {
-    let now = SystemTime::now();
+    find_leftovers_at(store, SystemTime::now()).await
+}
+
+/// [`find_leftovers`] with ages taken against `now`.
+async fn find_leftovers_at(store: &BlobStore, now: SystemTime) -> Result<Vec<Leftover>, StoreError> {
     let mut found = temporary_uploads(store, now).await?;
     if let Some(dir) = store.local_dir() {
         let partial = blocking("list partial writes", move || partial_writes(&dir, now)).await?;
@@ -121,16 +166,7 @@ pub async fn sweep_leftovers(
         if leftover.age < grace {
             continue;
         }
-        match leftover.kind {
-            LeftoverKind::TemporaryUpload => store.delete_raw(&leftover.name).await?,
-            LeftoverKind::PartialWrite => {
-                let Some(dir) = store.local_dir() else {
-                    continue;
-                };
-                let path = dir.join(&leftover.name);
-                blocking("delete partial write", move || remove_file(&path)).await?;
-            }
-        }
+        delete_leftover(store, &leftover).await?;
         tracing::info!(leftover = %leftover, "deleted a leftover of an interrupted write");
         deleted.push(leftover);
     }
@@ -138,6 +174,46 @@ pub async fn sweep_leftovers(
         metrics::counter!("burrow_gc_leftovers_deleted_total").increment(deleted.len() as u64);
     }
     Ok(deleted)
+}
+
+async fn delete_leftover(store: &BlobStore, leftover: &Leftover) -> Result<(), StoreError> {
+    match leftover.kind {
+        LeftoverKind::TemporaryUpload => store.delete_raw(&leftover.name).await,
+        LeftoverKind::PartialWrite => {
+            let Some(dir) = store.local_dir() else {
+                return Ok(());
+            };
+            let path = dir.join(&leftover.name);
+            blocking("delete partial write", move || remove_file(&path)).await
+        }
+    }
+}
+
+/// The leftovers at least `grace` old as of `now`, as deletions; deleted
+/// unless `dry_run`. Retention's part of a gc run.
+async fn leftovers_to_delete(
+    store: &BlobStore,
+    grace: Duration,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<Vec<Deletion>, StoreError> {
+    let mut out = Vec::new();
+    for leftover in find_leftovers_at(store, now).await? {
+        if leftover.age < grace {
+            continue;
+        }
+        if !dry_run {
+            delete_leftover(store, &leftover).await?;
+            tracing::info!(leftover = %leftover, "gc deleted a leftover of an interrupted write");
+        }
+        out.push(Deletion {
+            name: leftover.name,
+            size: leftover.size,
+            age: leftover.age,
+            reason: DeleteReason::Leftover(leftover.kind),
+        });
+    }
+    Ok(out)
 }
 
 async fn temporary_uploads(

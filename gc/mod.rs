@@ -38,6 +38,7 @@
 
 mod retention;
 
+pub(crate) use retention::collect_garbage_in;
 pub use retention::{
     collect_garbage, needed_blobs, DeleteReason, Deletion, GcReport, RetentionPolicy,
     DEFAULT_KEEP_VERSIONS, DEFAULT_RETENTION_GRACE,
@@ -143,7 +144,10 @@ pub async fn find_leftovers(store: &BlobStore) -> Result<Vec<Leftover>, StoreErr
 }
 
 /// [`find_leftovers`] with ages taken against `now`.
-async fn find_leftovers_at(store: &BlobStore, now: SystemTime) -> Result<Vec<Leftover>, StoreError> {
+async fn find_leftovers_at(
+    store: &BlobStore,
+    now: SystemTime,
+) -> Result<Vec<Leftover>, StoreError> {
     let mut found = temporary_uploads(store, now).await?;
     if let Some(dir) = store.local_dir() {
         let partial = blocking("list partial writes", move || partial_writes(&dir, now)).await?;

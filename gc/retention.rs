@@ -417,8 +417,19 @@ pub async fn collect_garbage(
     now: SystemTime,
     dry_run: bool,
 ) -> Result<GcReport, GcError> {
+    collect_garbage_in(&AnnouncementLog::new(store.clone()), policy, now, dry_run).await
+}
+
+/// [`collect_garbage`] on the store of `log`, reading entries through it
+/// (and its cache of entries read).
+pub(crate) async fn collect_garbage_in(
+    log: &AnnouncementLog,
+    policy: &RetentionPolicy,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<GcReport, GcError> {
     policy.check()?;
-    let log = AnnouncementLog::new(store.clone());
+    let store = log.store();
     let mut report = GcReport {
         dry_run,
         ..GcReport::default()
@@ -427,7 +438,7 @@ pub async fn collect_garbage(
         report.deleted = super::leftovers_to_delete(store, policy.grace, now, dry_run).await?;
         return Ok(report);
     };
-    let needed = needed(&log, &newest, policy, now).await?;
+    let needed = needed(log, &newest, policy, now).await?;
     report.newest_version = Some(newest.version);
     report.retained_versions = needed.retained.clone();
     report.entries_read = needed.entries_read;
@@ -604,9 +615,13 @@ mod tests {
         let newest = log.latest().await.unwrap().unwrap();
         // Entry 10 at 600 s; now 720 s. Keep 1: entry 10 needs snapshot 10;
         // entry 9 (540 s) was newest until 600 s, 2 minutes ago.
-        let short = needed(&log, &newest, &policy(1, 60), at(720)).await.unwrap();
+        let short = needed(&log, &newest, &policy(1, 60), at(720))
+            .await
+            .unwrap();
         assert!(!short.keep.contains(&BlobName::Snapshot(9)));
-        let long = needed(&log, &newest, &policy(1, 300), at(721)).await.unwrap();
+        let long = needed(&log, &newest, &policy(1, 300), at(721))
+            .await
+            .unwrap();
         for v in [7, 8, 9, 10] {
             assert!(long.keep.contains(&BlobName::Snapshot(v)), "{v}");
         }
@@ -623,7 +638,9 @@ mod tests {
         let newest = log.latest().await.unwrap().unwrap();
         let pin = newest.follow_up(AnnounceKind::Pin, Some(3), "op");
         log.append(&pin).await.unwrap();
-        let n = needed(&log, &pin, &policy(2, 0), at(100_000)).await.unwrap();
+        let n = needed(&log, &pin, &policy(2, 0), at(100_000))
+            .await
+            .unwrap();
         assert_eq!(n.retained, [10, 9, 3]);
         for name in [
             BlobName::Snapshot(1),
@@ -646,11 +663,20 @@ mod tests {
         let store = BlobStore::memory();
         let log = AnnouncementLog::new(store.clone());
         let now = SystemTime::now();
-        let secs = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         for (seq, v, snap) in [(1, 1, 1), (2, 2, 1), (3, 3, 3)] {
-            log.append(&announce(seq, v, v - 1, Some(snap), secs - 3600 + seq as i64))
-                .await
-                .unwrap();
+            log.append(&announce(
+                seq,
+                v,
+                v - 1,
+                Some(snap),
+                secs - 3600 + seq as i64,
+            ))
+            .await
+            .unwrap();
         }
         for n in [
             BlobName::Snapshot(1),
@@ -726,7 +752,11 @@ mod tests {
             snapshot_spacing: Some(0),
             ..RetentionPolicy::default()
         };
-        assert!(p.check().unwrap_err().to_string().contains("snapshot_spacing"));
+        assert!(p
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("snapshot_spacing"));
         RetentionPolicy::default().check().unwrap();
     }
 }

@@ -55,8 +55,16 @@ impl Producer {
     {
         let span = tracing::info_span!("cycle", producer = %self.config.producer_id);
         let started = Instant::now();
-        let result = self.cycle(populate).instrument(span).await;
+        let mut result = self.cycle(populate).instrument(span).await;
         let config = &*self.config;
+        if let Ok(report) = &mut result {
+            if report.published {
+                if let Some(policy) = config.retention {
+                    self.retention.start(&config.log, policy, report.version);
+                }
+            }
+            report.last_gc = self.retention.last();
+        }
         metrics::histogram!("burrow_producer_cycle_seconds")
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -144,6 +152,7 @@ impl Producer {
                 populate_time,
                 total_time: started.elapsed(),
                 announcement: None,
+                last_gc: None,
             });
         }
 
@@ -203,6 +212,7 @@ impl Producer {
             populate_time,
             total_time: started.elapsed(),
             announcement,
+            last_gc: None,
         })
     }
 }

@@ -626,6 +626,7 @@ impl Consumer {
         // refresh plans again: another path, or a newer snapshot. Bounded,
         // since each round avoids one more blob.
         let mut replans = 0;
+        let mut gone: Option<Error> = None;
         let (plan, blobs, state, fetched_bytes) = loop {
             match self
                 .apply_plan(
@@ -644,6 +645,13 @@ impl Consumer {
                     tracing::info!(%blob, %error, replans, "a blob of the plan is gone; planning again around it");
                     metrics::counter!("burrow_consumer_replans_total").increment(1);
                     avoid.insert(blob);
+                    gone = Some(error);
+                }
+                // No other path: the blob found gone is the cause.
+                Err(ApplyError::Other(Error::Consumer(ConsumerError::NoPath { .. })))
+                    if gone.is_some() =>
+                {
+                    return Err(gone.expect("a blob was found gone"));
                 }
                 Err(ApplyError::Gone { error, .. } | ApplyError::Other(error)) => {
                     return Err(error)

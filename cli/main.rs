@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod demo;
 mod follow;
+mod gc;
 mod inspect;
 mod output;
 mod pin;
@@ -64,6 +65,7 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 pin::pin(version, global.store.open_existing().await?, &mut out).await
             }
             Task::Unpin => pin::unpin(global.store.open_existing().await?, &mut out).await,
+            Task::Gc(cfg) => gc::run(&cfg, global.store.open_existing().await?, &mut out).await,
             Task::Schema(cfg) => match &cfg.blob {
                 Some(file) => schema::from_file(file, &mut out).await,
                 None => schema::from_store(global.store.open_existing().await?, &mut out).await,

@@ -328,6 +328,9 @@ pub struct RefreshReport {
     pub to: u64,
     /// The blobs applied, in order.
     pub steps: Vec<Step>,
+    /// Plans abandoned because one of their blobs was gone from the store
+    /// (retention deleted it), before the plan in `steps` worked.
+    pub replans: usize,
     /// Bytes fetched from the store (0 when every blob was cached).
     pub fetched_bytes: u64,
     /// Wall time of the refresh, planning to swap.
@@ -685,6 +688,7 @@ impl Consumer {
             from,
             to,
             steps: plan.steps,
+            replans,
             fetched_bytes,
             duration,
             cache: trimmed,

@@ -26,6 +26,7 @@ mod full_disk;
 mod fuzz_seeds;
 #[cfg(feature = "cli")]
 mod gc;
+mod gc_property;
 mod gc_retention;
 mod golden;
 mod hostile;

@@ -750,7 +750,7 @@ impl Consumer {
             let step_span = tracing::info_span!("refresh_step", blob = %name);
             let step_started = Instant::now();
             let result = async {
-                let (blob, fetched) = self.open_blob(&cache, dataset, &name).await?;
+                let (blob, fetched) = self.open_blob(cache, dataset, &name).await?;
                 let len = blob.len();
                 let base = match *step {
                     Step::Snapshot(_) => None,

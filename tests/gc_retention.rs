@@ -332,8 +332,7 @@ mod cli {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let last = json_lines(&out)
             .into_iter()
-            .filter(|e| e["event"] == "cycle")
-            .last()
+            .rfind(|e| e["event"] == "cycle")
             .unwrap();
         assert_eq!(last["gc_deleted_blobs"], 0, "{last}");
     }

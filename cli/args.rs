@@ -174,7 +174,16 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct VersionsArgs {}
+pub struct VersionsArgs {
+    /// Show the newest N entries, read back from the newest (a log of a
+    /// million entries is not read whole) [default: 100].
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub last: Option<String>,
+
+    /// Show every entry, from the first (reads the whole log).
+    #[arg(long)]
+    pub all: bool,
+}
 
 #[derive(Debug, ClapArgs)]
 pub struct InspectArgs {

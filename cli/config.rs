@@ -4,7 +4,7 @@
 
 use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, GcArgs, InspectArgs,
-    PinArgs, SchemaArgs,
+    PinArgs, SchemaArgs, VersionsArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -122,7 +122,8 @@ pub struct Global {
 #[derive(Debug, Clone)]
 pub enum Task {
     Demo(DemoConfig),
-    Versions,
+    /// `burrow versions`: how many of the newest entries (`None`: all).
+    Versions(Option<u64>),
     Inspect(InspectConfig),
     Bench(Box<BenchConfig>),
     Follow(FollowConfig),
@@ -232,7 +233,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
     };
     let task = match args.command {
         Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
-        Command::Versions(_) => Task::Versions,
+        Command::Versions(a) => Task::Versions(versions(a)?),
         Command::Verify(_) => Task::Verify,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
@@ -476,6 +477,22 @@ fn inspect(a: InspectArgs) -> Result<InspectConfig> {
         version,
         blob: a.blob,
     })
+}
+
+/// The newest entries `burrow versions` shows by default.
+const DEFAULT_VERSIONS_SHOWN: u64 = 100;
+
+fn versions(a: VersionsArgs) -> Result<Option<u64>> {
+    if a.all {
+        return Ok(None);
+    }
+    match &a.last {
+        None => Ok(Some(DEFAULT_VERSIONS_SHOWN)),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => bail!("invalid --last {raw:?}: must be a whole number of entries, at least 1"),
+        },
+    }
 }
 
 fn gc(a: GcArgs) -> Result<crate::gc::GcConfig> {

@@ -51,7 +51,9 @@ fn run(global: &Global, task: Task) -> Result<()> {
     runtime.block_on(async {
         match task {
             Task::Demo(cfg) => demo::run(&cfg, global.store.open().await?, &mut out).await,
-            Task::Versions => versions::run(global.store.open_existing().await?, &mut out).await,
+            Task::Versions(last) => {
+                versions::run(last, global.store.open_existing().await?, &mut out).await
+            }
             Task::Inspect(cfg) => {
                 inspect::run(&cfg, global.store.open_existing().await?, &mut out).await
             }

@@ -1,8 +1,27 @@
 //! Garbage collection: what a store holds that no reader will ever need.
 //!
-//! This module owns deleting things from a dataset's store. Today it sweeps
-//! the *leftovers of interrupted writes*; retention of old versions (a later
-//! issue) belongs here too.
+//! This module owns deleting things from a dataset's store: the blobs of
+//! versions a [`RetentionPolicy`] no longer keeps, the blobs of cycles that
+//! never announced, and the *leftovers of interrupted writes*.
+//!
+//! # Retention
+//!
+//! [`collect_garbage`] applies a [`RetentionPolicy`] (see `retention.rs`
+//! for what is kept and when a blob may go): the newest
+//! [`DEFAULT_KEEP_VERSIONS`] announced versions stay reachable from their
+//! snapshots and by deltas and reverse deltas between them, a pin keeps
+//! what its version needs, and a blob goes only
+//! [`DEFAULT_RETENTION_GRACE`] after the last entry that needed it stopped
+//! being the newest (a blob no announcement names: once its object is that
+//! old). Announcement entries are never deleted. It runs as the
+//! producer's background step after each announcement
+//! (`ProducerBuilder::retention`, on by default) and as `burrow gc`. A
+//! consumer that finds a blob gone plans again around it, and `verify`
+//! lists the versions retention retired without calling them problems.
+//!
+//! Who may do what: gc LISTs `snapshot/`, `delta/`, `reverse/` and
+//! `upload/`, GETs announcement entries, and DELETEs blobs; it never
+//! writes.
 //!
 //! # Leftovers
 //!
@@ -25,8 +44,8 @@
 //!
 //! # Invariants
 //!
-//! - Only leftovers are ever deleted: a name that parses as one of burrow's
-//!   blob or announcement names is never touched here.
+//! - The sweep deletes only leftovers: a name that parses as one of
+//!   burrow's blob or announcement names is never touched by it.
 //! - A leftover is deleted only once it is older than a grace period (by its
 //!   modification time), so a sweep never races a write in progress: a
 //!   staging file or temporary upload that is still being written is young.

@@ -301,6 +301,45 @@ mod cli {
         );
     }
 
+    /// `burrow versions` reads back from the newest entry only as far as it
+    /// shows (100 by default, `--last N`): with the oldest entry made
+    /// unreadable it still lists the newest, and only `--all` reads it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versions_reads_only_the_entries_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = BlobStore::local(&path).unwrap();
+        let producer = producer_with(&store, 1, None);
+        let mut model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+        cycles(&producer, &mut model, 5).await;
+        let seqs = |out: &std::process::Output| -> Vec<u64> {
+            json_lines(out)
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            seqs(&burrow(&path, &["--json", "versions"])),
+            [1, 2, 3, 4, 5]
+        );
+        std::fs::write(path.join(BlobName::Announce(1).to_string()), b"garbage").unwrap();
+        let last = burrow(&path, &["--json", "versions", "--last", "2"]);
+        assert!(last.status.success(), "{}", text(&last.stderr));
+        assert_eq!(seqs(&last), [4, 5]);
+        assert_eq!(
+            seqs(&burrow(&path, &["--json", "versions", "--last", "4"])),
+            [2, 3, 4, 5]
+        );
+        assert_fails(
+            &burrow(&path, &["versions", "--all"]),
+            "announce/00000000000000000001",
+        );
+        assert_fails(
+            &burrow(&path, &["versions", "--last", "0"]),
+            "invalid --last \"0\"",
+        );
+    }
+
     /// `burrow demo --no-gc` leaves retention to `burrow gc`; without it the
     /// demo's producer runs it (with the default grace nothing young goes).
     #[test]

@@ -745,6 +745,92 @@ mod tests {
         assert_eq!(log.latest().await.unwrap().unwrap().seq, 3, "entries stay");
     }
 
+    /// A snapshot spacing keeps the oldest snapshot of each span of
+    /// versions below the retained ones, and nothing else of them.
+    #[tokio::test]
+    async fn snapshot_spacing_keeps_one_snapshot_a_span() {
+        let log = log_of(12, 1).await;
+        let store = log.store().clone();
+        for v in 1..=12 {
+            store
+                .create(
+                    &BlobName::Snapshot(v),
+                    vec![bytes::Bytes::from_static(b"s")],
+                )
+                .await
+                .unwrap();
+            if v > 1 {
+                store
+                    .create(
+                        &BlobName::Delta(v - 1, v),
+                        vec![bytes::Bytes::from_static(b"d")],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let p = RetentionPolicy {
+            snapshot_spacing: Some(4),
+            ..policy(2, 0)
+        };
+        let now = SystemTime::now() + Duration::from_secs(1);
+        collect_garbage(&store, &p, now, false).await.unwrap();
+        let left: Vec<BlobName> = list_blobs(&store, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        let want = [1, 4, 8, 11, 12]
+            .map(BlobName::Snapshot)
+            .into_iter()
+            .chain([BlobName::Delta(11, 12)])
+            .collect::<Vec<_>>();
+        assert_eq!(left, want);
+    }
+
+    /// A temporary upload older than the grace period goes with the run,
+    /// named as a leftover.
+    #[tokio::test]
+    async fn stale_uploads_go_as_leftovers() {
+        use object_store::ObjectStoreExt;
+        let log = log_of(2, 1).await;
+        let store = log.store().clone();
+        store
+            .object_store()
+            .put(
+                &store.path_of("upload/abc"),
+                bytes::Bytes::from_static(b"u").into(),
+            )
+            .await
+            .unwrap();
+        let now = SystemTime::now() + Duration::from_secs(1);
+        let dry = collect_garbage(&store, &policy(1, 0), now, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            dry.deleted
+                .iter()
+                .map(|d| (d.name.as_str(), d.reason))
+                .collect::<Vec<_>>(),
+            [(
+                "upload/abc",
+                DeleteReason::Leftover(LeftoverKind::TemporaryUpload)
+            )]
+        );
+        let young = collect_garbage(&store, &policy(1, 60), now, false)
+            .await
+            .unwrap();
+        assert!(young.deleted.is_empty());
+        collect_garbage(&store, &policy(1, 0), now, false)
+            .await
+            .unwrap();
+        assert!(super::super::find_leftovers(&store)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     #[test]
     fn a_policy_that_keeps_nothing_is_refused() {
         assert!(policy(0, 1).check().is_err());

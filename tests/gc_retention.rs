@@ -267,6 +267,15 @@ mod cli {
         assert_eq!(deleted, would);
         assert!(left.contains(&BlobName::Snapshot(4)) && left.contains(&BlobName::Snapshot(5)));
 
+        // A retired version cannot be pinned: consumers could not reach it.
+        assert_fails(
+            &burrow(&path, &["pin", "1"]),
+            "cannot pin version 1: retention retired it",
+        );
+        let pin = burrow(&path, &["pin", "4"]);
+        assert!(pin.status.success(), "{}", text(&pin.stderr));
+        burrow(&path, &["unpin"]);
+
         let verify = burrow(&path, &["verify"]);
         assert!(verify.status.success(), "{}", text(&verify.stdout));
         assert!(

@@ -6,8 +6,7 @@
 //!
 //! # Retention
 //!
-//! [`collect_garbage`] applies a [`RetentionPolicy`] (see `retention.rs`
-//! for what is kept and when a blob may go): the newest
+//! [`collect_garbage`] applies a [`RetentionPolicy`]: the newest
 //! [`DEFAULT_KEEP_VERSIONS`] announced versions stay reachable from their
 //! snapshots and by deltas and reverse deltas between them, a pin keeps
 //! what its version needs, and a blob goes only
@@ -18,6 +17,33 @@
 //! (`ProducerBuilder::retention`, on by default) and as `burrow gc`. A
 //! consumer that finds a blob gone plans again around it, and `verify`
 //! lists the versions retention retired without calling them problems.
+//!
+//! What is kept, for one log entry `e` (the newest, say):
+//!
+//! - for each of the newest `keep` announced versions up to `e`
+//!   (following each announcement's `from_version` link), the path the
+//!   planner offers from a snapshot: the nearest snapshot at or below it
+//!   and the deltas from there;
+//! - between those versions, the deltas and reverse deltas, so a consumer
+//!   at one of them moves to another by deltas;
+//! - if `e` carries a pin, the pinned version's snapshot path and the
+//!   deltas and reverse deltas between it and `e`'s version;
+//! - with a `snapshot_spacing` of `n`, also the oldest snapshot of each
+//!   span of `n` versions below those (an archive to pin or roll back to;
+//!   off by default).
+//!
+//! When a blob may go: a grace period after the last entry that needed it
+//! stopped being the newest. That time comes from the log itself, no extra
+//! state: gc keeps the union of what every entry written within the grace
+//! period needs, plus what the entry that was newest when the grace period
+//! began needs; a blob outside that union stopped being needed before
+//! `now - grace`. Entries' times are their `timestamp_micros` (the
+//! writer's clock), so the clocks of producers and gc must agree to within
+//! a small part of the grace period. A blob no entry read names is deleted
+//! only once its object is older than the grace period (the store's
+//! last-modified time). gc reads the log back from its newest entry only
+//! as far as the grace window, the retained versions and their snapshots
+//! reach, never the whole log.
 //!
 //! Who may do what: gc LISTs `snapshot/`, `delta/`, `reverse/` and
 //! `upload/`, GETs announcement entries, and DELETEs blobs; it never

@@ -61,7 +61,7 @@ pub const DEFAULT_KEEP_VERSIONS: usize = 10;
 /// one.
 pub const DEFAULT_RETENTION_GRACE: Duration = Duration::from_secs(15 * 60);
 
-/// A dataset's retention policy. See the [module docs](self).
+/// A dataset's retention policy: see the [`crate::gc`] docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// How many of the newest announced versions stay reachable (at least

@@ -58,12 +58,13 @@ impl Producer {
         let mut result = self.cycle(populate).instrument(span).await;
         let config = &*self.config;
         if let Ok(report) = &mut result {
+            // The outcome known before this cycle's own run starts.
+            report.last_gc = self.retention.last();
             if report.published {
                 if let Some(policy) = config.retention {
                     self.retention.start(&config.log, policy, report.version);
                 }
             }
-            report.last_gc = self.retention.last();
         }
         metrics::histogram!("burrow_producer_cycle_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -298,8 +298,9 @@ pub struct CycleReport {
     /// listeners that pass it on (`burrow::notify::Publisher`).
     pub announcement: Option<Announcement>,
     /// The outcome of the last background retention run that had finished
-    /// when the cycle ended (usually the one the previous announcement
-    /// started); `None` before the first, or with retention off.
+    /// when the cycle ended, before it started its own (usually the run the
+    /// previous announcement started); `None` before the first, or with
+    /// retention off.
     pub last_gc: Option<GcOutcome>,
 }
 

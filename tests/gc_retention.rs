@@ -147,6 +147,38 @@ async fn the_producer_applies_retention_after_each_announcement() {
     assert_eq!(verified.versions_reachable, 3);
 }
 
+/// A retention run that hangs (its LIST of `snapshot/` stuck) holds up no
+/// cycle: cycles announce while it hangs, start no second run, and report
+/// no outcome until it finishes; once released it finishes and the next
+/// cycle's report carries its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_retention_run_holds_up_no_cycle() {
+    use burrow::testing::faults::{FaultyStore, Op};
+    let faulty = std::sync::Arc::new(FaultyStore::memory());
+    let store = BlobStore::new(faulty.clone(), "d");
+    let producer = producer_with(&store, 1, Some(policy(1)));
+    faulty.hang_matching(|op, path| op == Op::List && path.contains("snapshot"));
+    let mut model: Model = (0..20).map(|i| (i, movie_value(i, 0))).collect();
+    let first = publish(&producer, &model).await.unwrap();
+    while faulty.hanging() == 0 {
+        tokio::task::yield_now().await;
+    }
+    for g in 1..4u64 {
+        model.insert(g, movie_value(g, g));
+        let report = publish(&producer, &model).await.unwrap();
+        assert!(report.published);
+        assert!(report.last_gc.is_none(), "the hung run has not finished");
+    }
+    assert_eq!(faulty.hanging(), 1, "no second run started");
+    faulty.release();
+    let outcome = producer.wait_for_gc().await.expect("the released run");
+    assert_eq!(outcome.after_version, first.version);
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    model.insert(9, movie_value(9, 9));
+    let report = publish(&producer, &model).await.unwrap();
+    assert_eq!(report.last_gc.unwrap().after_version, first.version);
+}
+
 /// A grace period keeps what was retired recently; a blob no announcement
 /// names goes only once it is older than the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

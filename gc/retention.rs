@@ -69,7 +69,11 @@ pub struct RetentionPolicy {
     pub keep: usize,
     /// How long a blob outlives the last version that needed it, and how
     /// old a blob no announcement names must be before it goes. Default
-    /// [`DEFAULT_RETENTION_GRACE`].
+    /// [`DEFAULT_RETENTION_GRACE`]. It must be longer than a consumer takes
+    /// to fetch a blob after reading the log, and than a producer takes
+    /// from writing a blob to announcing it (a younger unannounced blob may
+    /// be a cycle in progress); zero suits only a store nothing else uses
+    /// meanwhile (tests).
     pub grace: Duration,
     /// Also keep the oldest snapshot of every span of this many versions
     /// below the retained ones; `None` (the default) keeps none.

@@ -1,48 +1,11 @@
 //! The retention policy: which of a dataset's blobs its announcement log
-//! still needs, and which may go.
+//! still needs, and which may go (the rules are in the [`crate::gc`] docs).
 //!
-//! # What is kept
-//!
-//! For one log entry `e` (the newest, say), the blobs *needed* by `e` are:
-//!
-//! - for each of the newest [`RetentionPolicy::keep`] announced versions
-//!   up to `e` (following each announcement's `from_version` link), the
-//!   path the planner offers from a snapshot: the nearest snapshot at or
-//!   below it and the deltas from there;
-//! - between those versions, the deltas and reverse deltas, so a consumer
-//!   at one of them moves to another by deltas;
-//! - if `e` carries a pin, the pinned version's snapshot path and the
-//!   deltas and reverse deltas between it and `e`'s version;
-//! - with a [`RetentionPolicy::snapshot_spacing`] of `n`, also the oldest
-//!   snapshot of each span of `n` versions below those (an archive to pin
-//!   or roll back to; off by default).
-//!
-//! # When a blob may go
-//!
-//! A blob becomes deletable a grace period after the last entry that
-//! needed it stopped being the newest. That time comes from the log
-//! itself, no extra state: gc keeps the union of what every entry written
-//! within the grace period needs, plus what the entry that was newest when
-//! the grace period began needs. A blob outside that union stopped being
-//! needed before `now - grace`. Each entry's time is its
-//! `timestamp_micros` (the writer's clock), so clocks of producers and gc
-//! must agree to within a small part of the grace period.
-//!
-//! A blob that no entry read names (an orphan of a failed or lost cycle,
-//! or the upload of a cycle still running) is deleted only once its
-//! object is older than the grace period (the store's last-modified
-//! time), so gc never races a producer that has not announced yet.
-//!
-//! Announcement entries and `announce/latest` are never deleted: the log
-//! is also the producers' lock, and a deleted `announce/<seq>` could be
-//! created again by a stale producer.
-//!
-//! # Cost
-//!
-//! gc reads the log backwards from its newest entry only as far as the
-//! grace window, the retained versions and their snapshots reach (never
-//! the whole log), and LISTs `snapshot/`, `delta/`, `reverse/` and
-//! `upload/` (object_store pages through any number of objects).
+//! [`needed`] walks the log back from its newest entry, through the grace
+//! window, taking the union of what each entry needs (`Walk::needs`);
+//! [`collect_garbage_in`] lists the blobs and deletes the rest that is old
+//! enough, with the leftovers of interrupted writes. Announcement entries
+//! and `announce/latest` are never listed for deletion.
 
 use super::{GcError, LeftoverKind};
 use crate::announcer::{AnnounceKind, Announcement, AnnouncementLog};

@@ -140,6 +140,9 @@ pub enum Error {
     /// A consumer could not reach or serve a version.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// Garbage collection refused its policy, the log, or failed in the store.
+    #[error(transparent)]
+    Gc(#[from] crate::gc::GcError),
     /// A blob's record types cannot be printed as a Cap'n Proto schema.
     #[error(transparent)]
     CapnpText(#[from] crate::schema::capnp_text::CapnpTextError),

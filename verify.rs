@@ -25,6 +25,14 @@
 //!   its newest entry, the one consumers follow); a blob of another dataset
 //!   is a problem, and is not used to reach a version.
 //!
+//! - retention: a version whose blobs retention deleted is *retired*, not
+//!   a problem. A missing blob is a problem only when the newest entry
+//!   needs it (the snapshot path of its version and of its pin: what
+//!   every [`crate::gc::RetentionPolicy`] keeps); an announced version that
+//!   is unreachable only for blobs nothing needs is listed in
+//!   [`VerifyReport::retired`]. (verify cannot tell a blob retention
+//!   deleted from one lost otherwise, outside what consumers need.)
+//!
 //! A blob stored as a zstd frame ([`crate::blobstore::compress`]) is
 //! decompressed first, with the consumer's checks (a bad frame is a
 //! problem in that blob); the report counts both sizes.
@@ -81,6 +89,10 @@ pub struct VerifyReport {
     pub entries_checked: usize,
     /// Announced versions found reachable.
     pub versions_reachable: usize,
+    /// Announced versions no longer reachable because blobs that no
+    /// consumer needs any more are gone (retention retired them). Not
+    /// problems.
+    pub retired: Vec<u64>,
     /// Blobs that no announcement names.
     pub orphans: Vec<String>,
     /// Leftovers of interrupted writes (partial writes, temporary uploads;
@@ -116,8 +128,21 @@ pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
             listed.insert(meta.name);
         }
     }
+    // What any retention policy keeps: the newest entry's needs. An
+    // unreadable log keeps everything required (its problems are reported
+    // by the walk).
+    let minimal = crate::gc::RetentionPolicy {
+        keep: 1,
+        grace: std::time::Duration::ZERO,
+        snapshot_spacing: None,
+    };
+    let required = crate::gc::needed_blobs(store, &minimal, std::time::SystemTime::now())
+        .await
+        .ok();
     let mut checker = Checker {
         store,
+        required,
+        retired_missing: 0,
         listed: &listed,
         dataset: None,
         checked: BTreeMap::new(),
@@ -139,6 +164,11 @@ pub async fn verify_store(store: &BlobStore) -> Result<VerifyReport, Error> {
 
 struct Checker<'a> {
     store: &'a BlobStore,
+    /// The blobs the newest entry needs; a missing blob outside them is
+    /// retired, not a problem. `None`: every blob is required.
+    required: Option<BTreeSet<BlobName>>,
+    /// Blobs found missing that nothing requires, so far.
+    retired_missing: usize,
     listed: &'a BTreeSet<BlobName>,
     /// The log's dataset, once its entries are read.
     dataset: Option<DatasetId>,
@@ -167,6 +197,11 @@ impl Checker<'_> {
             None
         };
         let Some(bytes) = bytes else {
+            self.checked.insert(name, false);
+            if self.required.as_ref().is_some_and(|r| !r.contains(&name)) {
+                self.retired_missing += 1;
+                return Ok(None);
+            }
             self.report.problem(&label, "missing from the store");
             self.checked.insert(name, false);
             return Ok(None);
@@ -334,6 +369,7 @@ impl Checker<'_> {
     ) -> Result<Option<ReadState>, Error> {
         let v = entry.version;
         let label = BlobName::Announce(entry.seq).to_string();
+        let (problems_before, retired_before) = (self.report.problems.len(), self.retired_missing);
         let mut by_delta = None;
         let mut why = Vec::new();
         if entry.from_version != 0 {
@@ -421,7 +457,14 @@ impl Checker<'_> {
                 }
             }
         }
-        if state.is_none() {
+        // Unreachable only for blobs nothing needs any more, or only
+        // because the version it starts from is retired.
+        let after_retired = self.report.retired.last() == Some(&entry.from_version);
+        let retired = (self.retired_missing > retired_before || after_retired)
+            && self.report.problems.len() == problems_before;
+        if state.is_none() && retired {
+            self.report.retired.push(v);
+        } else if state.is_none() {
             self.report.problem(
                 &label,
                 format!("announced version {v} is unreachable: {}", why.join("; ")),

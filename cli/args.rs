@@ -50,6 +50,9 @@ pub enum Command {
     Pin(PinArgs),
     /// Release a pin: consumers follow the newest announced version again.
     Unpin(UnpinArgs),
+    /// Apply a retention policy: delete the blobs no retained version needs
+    /// (after a grace period) and print each deletion and why.
+    Gc(GcArgs),
     /// Print the dataset's record types as a Cap'n Proto schema file, with
     /// which `capnp decode` prints every record of a snapshot or delta body.
     Schema(SchemaArgs),
@@ -89,6 +92,29 @@ pub struct UnpinArgs {
     /// (consumers following with the same --notify learn of it at once).
     #[arg(long, value_name = "URL")]
     pub notify: Option<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct GcArgs {
+    /// Print what would be deleted, and why, without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How many of the newest announced versions stay reachable [default:
+    /// 10].
+    #[arg(long, value_name = "N")]
+    pub keep: Option<String>,
+
+    /// How long a blob outlives the last retained version that needed it
+    /// (and how old an unannounced blob must be), such as 30s, 10m, 1h or
+    /// 2d [default: 15m].
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+
+    /// Also keep the oldest snapshot of every span of N versions below the
+    /// retained ones [default: none].
+    #[arg(long, value_name = "N")]
+    pub snapshot_spacing: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -163,6 +189,11 @@ pub struct DemoArgs {
     )]
     pub churn: f64,
 
+    /// Leave retention to `burrow gc`: the producer deletes nothing after
+    /// its announcements.
+    #[arg(long)]
+    pub no_gc: bool,
+
     /// The consumer's blob cache [default: burrow-cache/STORE_NAME beside
     /// the store].
     #[arg(long, value_name = "DIR")]
@@ -181,7 +212,16 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct VersionsArgs {}
+pub struct VersionsArgs {
+    /// Show the newest N entries, read back from the newest (a log of a
+    /// million entries is not read whole) [default: 100].
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub last: Option<String>,
+
+    /// Show every entry, from the first (reads the whole log).
+    #[arg(long)]
+    pub all: bool,
+}
 
 #[derive(Debug, ClapArgs)]
 pub struct InspectArgs {

@@ -3,8 +3,8 @@
 //! failure is one line that names the argument and what is wrong with it.
 
 use crate::args::{
-    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, InspectArgs, PinArgs,
-    SchemaArgs, SuiteArg,
+    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, GcArgs, InspectArgs,
+    PinArgs, SchemaArgs, SuiteArg, VersionsArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -124,7 +124,8 @@ pub struct Global {
 #[derive(Debug, Clone)]
 pub enum Task {
     Demo(DemoConfig),
-    Versions,
+    /// `burrow versions`: how many of the newest entries (`None`: all).
+    Versions(Option<u64>),
     Inspect(InspectConfig),
     Bench(Box<BenchConfig>),
     Follow(FollowConfig),
@@ -133,6 +134,7 @@ pub enum Task {
     Pin(u64, Option<Arc<dyn NotifyChannel>>),
     Unpin(Option<Arc<dyn NotifyChannel>>),
     Schema(SchemaConfig),
+    Gc(crate::gc::GcConfig),
 }
 
 /// `burrow schema --capnp`: where the types are read from.
@@ -168,6 +170,8 @@ pub struct DemoConfig {
     pub compression: Compression,
     /// Where the producer publishes notifications, if anywhere.
     pub notify: Option<Arc<dyn NotifyChannel>>,
+    /// Whether the producer runs retention after its announcements.
+    pub gc: bool,
 }
 
 /// `burrow bench`: the figures, or one of the child processes a run starts.
@@ -269,7 +273,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
     };
     let task = match args.command {
         Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
-        Command::Versions(_) => Task::Versions,
+        Command::Versions(a) => Task::Versions(versions(a)?),
         Command::Verify(_) => Task::Verify,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
         Command::Follow(a) => Task::Follow(follow(a, &global.store)?),
@@ -278,6 +282,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
             Task::Pin(pin(a)?, channel)
         }
         Command::Unpin(a) => Task::Unpin(notify_channel(a.notify.as_deref())?),
+        Command::Gc(a) => Task::Gc(gc(a)?),
         Command::Schema(a) => Task::Schema(schema(a)?),
         Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
@@ -448,6 +453,7 @@ fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {
         cache,
         compression,
         notify: notify_channel(a.notify.as_deref())?,
+        gc: !a.no_gc,
     })
 }
 
@@ -560,6 +566,71 @@ fn inspect(a: InspectArgs) -> Result<InspectConfig> {
     })
 }
 
+/// The newest entries `burrow versions` shows by default.
+const DEFAULT_VERSIONS_SHOWN: u64 = 100;
+
+fn versions(a: VersionsArgs) -> Result<Option<u64>> {
+    if a.all {
+        return Ok(None);
+    }
+    match &a.last {
+        None => Ok(Some(DEFAULT_VERSIONS_SHOWN)),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => bail!("invalid --last {raw:?}: must be a whole number of entries, at least 1"),
+        },
+    }
+}
+
+fn gc(a: GcArgs) -> Result<crate::gc::GcConfig> {
+    let mut policy = burrow::gc::RetentionPolicy::default();
+    if let Some(raw) = &a.keep {
+        policy.keep = match raw.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => bail!("invalid --keep {raw:?}: must be a whole number of versions, at least 1"),
+        };
+    }
+    if let Some(raw) = &a.grace {
+        policy.grace = parse_duration(raw)
+            .map_err(|reason| anyhow::anyhow!("invalid --grace {raw:?}: {reason}"))?;
+    }
+    if let Some(raw) = &a.snapshot_spacing {
+        policy.snapshot_spacing = match raw.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => bail!(
+                "invalid --snapshot-spacing {raw:?}: must be a whole number of versions, at least 1"
+            ),
+        };
+    }
+    Ok(crate::gc::GcConfig {
+        policy,
+        dry_run: a.dry_run,
+    })
+}
+
+/// A duration: digits and a unit, `ms`, `s`, `m`, `h` or `d` (`30s`,
+/// `10m`, `1h`), with or without a space.
+fn parse_duration(raw: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = raw.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let Ok(n) = number.parse::<u64>() else {
+        return Err("must be a number with a unit, such as 30s, 10m, 1h or 2d".into());
+    };
+    let millis: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" => return Err("needs a unit: ms, s, m, h or d (such as 10m)".into()),
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(millis)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| "too long".into())
+}
+
 fn pin(a: PinArgs) -> Result<u64> {
     let version: u64 = a.target.trim().parse().map_err(|_| {
         anyhow::anyhow!(
@@ -590,6 +661,26 @@ mod tests {
         assert!(parse_size("99999999999TiB")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_named() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2 d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("m").unwrap_err().contains("number"));
+        assert!(parse_duration("-1h").unwrap_err().contains("number"));
+        assert!(parse_duration("3 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("99999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         .producer_id(format!("burrow-demo-{}", std::process::id()))
         .primary_key::<movie::Owned>(&["id"])
         .header_tag("workload", "movies")
-        .compression(cfg.compression);
+        .compression(cfg.compression)
+        .retention(cfg.gc.then(burrow::gc::RetentionPolicy::default));
     if let Some(publisher) = &publisher {
         builder = builder.listener(Arc::clone(publisher));
     }
@@ -224,6 +225,11 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
                 "consumer_ms": consumer_time.map(output::millis),
                 "consumer_fetched_bytes": refresh.as_ref().map(|r| r.fetched_bytes),
                 "consumer_plan": steps(refresh.as_ref()),
+                // The last finished background retention run (`--no-gc`: null).
+                "gc_deleted_blobs": report.last_gc.as_ref().map(|g| match &g.result {
+                    Ok(r) => json!(r.deleted.len()),
+                    Err(e) => json!({ "error": e.to_string() }),
+                }),
             }))?;
         } else {
             let size = |s: Option<u64>| s.map_or_else(|| "-".to_string(), output::bytes);
@@ -243,6 +249,9 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
             ]))?;
         }
     }
+    // The last announcement's retention run finishes before the process
+    // exits (its outcome is logged; it never fails the demo).
+    producer.wait_for_gc().await;
     if let Some(publisher) = &publisher {
         if !publisher.drain(NOTIFY_DRAIN).await {
             let health = publisher.health();

@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod demo;
 mod follow;
+mod gc;
 mod inspect;
 mod output;
 mod pin;
@@ -50,7 +51,9 @@ fn run(global: &Global, task: Task) -> Result<()> {
     runtime.block_on(async {
         match task {
             Task::Demo(cfg) => demo::run(&cfg, global.store.open().await?, &mut out).await,
-            Task::Versions => versions::run(global.store.open_existing().await?, &mut out).await,
+            Task::Versions(last) => {
+                versions::run(last, global.store.open_existing().await?, &mut out).await
+            }
             Task::Inspect(cfg) => {
                 inspect::run(&cfg, global.store.open_existing().await?, &mut out).await
             }
@@ -68,6 +71,7 @@ fn run(global: &Global, task: Task) -> Result<()> {
                 let store = global.store.open_existing().await?;
                 pin::unpin(store, notify, &mut out).await
             }
+            Task::Gc(cfg) => gc::run(&cfg, global.store.open_existing().await?, &mut out).await,
             Task::Schema(cfg) => match &cfg.blob {
                 Some(file) => schema::from_file(file, &mut out).await,
                 None => schema::from_store(global.store.open_existing().await?, &mut out).await,

@@ -3,7 +3,8 @@
 //! entry to the announcement log (`AnnouncementLog::pin` / `unpin`).
 //!
 //! Invariants: a pin names a version the log announced (the library refuses
-//! others); `unpin` refuses a log with no pin in effect, so an operator's
+//! others) and whose snapshot path is still in the store (not retired by
+//! retention, see `burrow::gc`); `unpin` refuses a log with no pin in effect, so an operator's
 //! typo never writes an entry that changes nothing. An entry is appended
 //! with a create-only put, so a pin racing a producer's announcement takes
 //! the next free seq: the race is retried a bounded number of times, and
@@ -12,7 +13,7 @@
 use crate::output::{self, Align, Out, Table};
 use anyhow::{bail, Context, Result};
 use burrow::announcer::{AnnounceError, Announcement, AnnouncementLog};
-use burrow::blobstore::BlobStore;
+use burrow::blobstore::{BlobName, BlobStore, StoreError};
 use burrow::notify::{Message, Notification, NotifyChannel};
 use serde_json::json;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub async fn pin(
             newest.seq
         );
     }
+    check_not_retired(&log, &newest, version).await?;
     let writer = writer_id();
     let entry = append(|| log.pin(version, &writer))
         .await
@@ -90,6 +92,36 @@ async fn notify_once(channel: Option<Arc<dyn NotifyChannel>>, entry: &Announceme
         "warning: could not notify consumers of announcement {} ({last}); they will see it at their next poll",
         entry.seq
     ));
+}
+
+/// Refuses to pin a version whose snapshot path retention deleted
+/// (consumers could not reach it). A version never announced is left to
+/// the library's own refusal.
+async fn check_not_retired(
+    log: &AnnouncementLog,
+    newest: &Announcement,
+    version: u64,
+) -> Result<()> {
+    let Some(entry) = log.find_version(newest, version).await? else {
+        return Ok(());
+    };
+    let path = burrow::announcer::chain_to(log, &entry, entry.snapshot_version).await?;
+    let mut blobs = vec![BlobName::Snapshot(path[0].version)];
+    blobs.extend(
+        path.windows(2)
+            .map(|w| BlobName::Delta(w[0].version, w[1].version)),
+    );
+    for blob in blobs {
+        match log.store().size(&blob).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => bail!(
+                "cannot pin version {version}: retention retired it ({blob} is gone); pin a \
+                 version `burrow gc --dry-run` lists as retained"
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn newest(log: &AnnouncementLog, store: &BlobStore) -> Result<Announcement> {

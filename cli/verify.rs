@@ -3,7 +3,9 @@
 //! is in (or one JSON object with `--json`), and fails if there is any. The
 //! summary names the dataset verified (the log's; `none` for an empty or
 //! unreadable log, `null` in JSON). Sizes are given as stored and
-//! decompressed (blobs may be stored as zstd frames).
+//! decompressed (blobs may be stored as zstd frames). Versions retention
+//! retired (their blobs deleted, nothing needing them) are counted, not
+//! problems.
 
 use crate::output::Out;
 use anyhow::Result;
@@ -36,7 +38,7 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
         out.line(&format!(
             "{}: dataset {}, {} blobs ({} records; {} stored, {} decompressed), \
              {} announcement entries, \
-             {} versions reachable, {} orphan blobs, {} leftovers of interrupted writes: {}",
+             {} versions reachable, {} retired, {} orphan blobs, {} leftovers of interrupted writes: {}",
             store.description(),
             report
                 .dataset_id
@@ -47,6 +49,7 @@ pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
             crate::output::bytes(report.bytes_decompressed),
             report.entries_checked,
             report.versions_reachable,
+            report.retired.len(),
             report.orphans.len(),
             report.leftovers.len(),
             if report.is_clean() { "OK" } else { "PROBLEMS" }
@@ -70,6 +73,7 @@ fn json(store: &str, r: &VerifyReport) -> serde_json::Value {
         "bytes_decompressed": r.bytes_decompressed,
         "entries_checked": r.entries_checked,
         "versions_reachable": r.versions_reachable,
+        "versions_retired": r.retired,
         "orphans": r.orphans,
         "leftovers": r.leftovers.iter().map(|l| serde_json::json!({
             "name": l.name,

@@ -1,4 +1,7 @@
-//! `burrow versions`: the announcement log, one row (or JSON line) per entry.
+//! `burrow versions`: the announcement log, one row (or JSON line) per entry,
+//! oldest first: the newest 100 (`--last N`), read back from the newest
+//! entry so that a log of a million entries costs as much as a short one,
+//! or with `--all` every entry.
 //! The text form names the log's dataset once, above the table (every
 //! entry of one log carries the same id: reading refuses a log that mixes
 //! two); each JSON line carries it as `dataset_id`.
@@ -9,15 +12,32 @@ use burrow::announcer::{AnnounceKind, AnnouncementLog};
 use burrow::blobstore::BlobStore;
 use serde_json::json;
 
-pub async fn run(store: BlobStore, out: &mut Out) -> Result<()> {
+pub async fn run(last: Option<u64>, store: BlobStore, out: &mut Out) -> Result<()> {
     let log = AnnouncementLog::new(store.clone());
-    if log.latest().await?.is_none() {
+    let Some(newest) = log.latest().await? else {
         bail!(
             "nothing has been announced in store {} (run `burrow demo` to publish)",
             store.description()
         );
-    }
-    let entries = log.entries_from(1).await?;
+    };
+    let entries = match last {
+        None => log.entries_from(1).await?,
+        Some(n) => {
+            let mut entries = vec![newest];
+            loop {
+                let oldest = entries.last().expect("not empty");
+                if entries.len() as u64 >= n || oldest.seq <= 1 {
+                    break;
+                }
+                match log.read_before(oldest).await? {
+                    Some(prev) => entries.push(prev),
+                    None => break,
+                }
+            }
+            entries.reverse();
+            entries
+        }
+    };
     let mut table = Table::new(&[
         ("SEQ", Align::Right),
         ("KIND", Align::Left),

@@ -261,6 +261,28 @@ pub const FAILED_BLOB_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a failed blob is avoided before it is tried again.
 pub const FAILED_BLOB_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How many times one refresh plans again around blobs found gone.
+const MAX_REPLANS: usize = 8;
+
+/// An applied plan: the plan, the blobs the new state is built from, the
+/// state (`None` for an empty plan), the bytes fetched, and the blobs it
+/// mapped (what warm-up brings in before the swap).
+type Applied = (
+    Plan,
+    Vec<BlobKey>,
+    Option<Arc<ReadState>>,
+    u64,
+    Vec<Arc<OpenBlob>>,
+);
+
+/// Why applying a plan failed.
+enum ApplyError {
+    /// A step's blob is missing from the store: plan again around it.
+    Gone { blob: BlobName, error: Error },
+    /// Anything else: the refresh fails with it.
+    Other(Error),
+}
+
 /// A blob that failed: avoided by planning until `retry_at`.
 #[derive(Debug, Clone, Copy)]
 struct FailedBlob {
@@ -380,6 +402,9 @@ pub struct RefreshReport {
     pub to: u64,
     /// The blobs applied, in order.
     pub steps: Vec<Step>,
+    /// Plans abandoned because one of their blobs was gone from the store
+    /// (retention deleted it), before the plan in `steps` worked.
+    pub replans: usize,
     /// Bytes fetched from the store (0 when every blob was cached).
     pub fetched_bytes: u64,
     /// Wall time of the refresh, planning to swap.
@@ -696,23 +721,134 @@ impl Consumer {
             .as_ref()
             .is_some_and(|s| s.delta_depth() >= self.max_delta_depth);
         let now = self.clock.now();
-        let avoid: HashSet<BlobName> = inner
+        let mut avoid: HashSet<BlobName> = inner
             .failed
             .iter()
             .filter(|(_, f)| now < f.retry_at)
             .map(|(name, _)| *name)
             .collect();
+        // A blob found gone (retention deleted it after the plan was made,
+        // or a path the log still links was retired) is avoided and the
+        // refresh plans again: another path, or a newer snapshot. Bounded,
+        // since each round avoids one more blob.
+        let mut replans = 0;
+        let mut gone: Option<Error> = None;
+        let (plan, blobs, state, fetched_bytes, mapped) = loop {
+            match self
+                .apply_plan(
+                    inner,
+                    &cache,
+                    newest,
+                    &target,
+                    current.as_ref(),
+                    deep,
+                    &avoid,
+                )
+                .await
+            {
+                Err(ApplyError::Gone { blob, error }) if replans < MAX_REPLANS => {
+                    replans += 1;
+                    tracing::info!(%blob, %error, replans, "a blob of the plan is gone; planning again around it");
+                    metrics::counter!("burrow_consumer_replans_total").increment(1);
+                    avoid.insert(blob);
+                    gone = Some(error);
+                }
+                // No other path: the blob found gone is the cause.
+                Err(ApplyError::Other(Error::Consumer(ConsumerError::NoPath { .. })))
+                    if gone.is_some() =>
+                {
+                    return Err(gone.expect("a blob was found gone"));
+                }
+                Err(ApplyError::Gone { error, .. } | ApplyError::Other(error)) => {
+                    return Err(error)
+                }
+                Ok(applied) => break applied,
+            }
+        };
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let to = state.version();
+        let live: HashSet<BlobName> = blobs
+            .iter()
+            .filter(|(id, _)| *id == dataset)
+            .map(|(_, name)| *name)
+            .collect();
+        let (warm_up, replaces) = (self.warm_up, self.current().is_some());
+        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped, replaces))
+            .await
+            .map_err(|e| {
+                Error::from(StoreError::Io {
+                    op: "warm up the next state",
+                    path: cache.dir().to_path_buf(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
+        *self.current_blobs.lock().expect("blobs lock") = blobs;
+        self.current.store(Some(state));
+        self.swapped.send_replace(Some(to));
+        // Taken after the store: a blocked `ready_blocking` either saw the
+        // state or waits already, and wakes.
+        drop(self.health.lock().expect("health lock"));
+        self.first_state.notify_all();
+        let duration = started.elapsed();
+        let trimmed = self.trim_cache(&cache, dataset, live).await;
+        tracing::info!(
+            ?from,
+            to,
+            steps = plan.steps.len(),
+            replans,
+            evicted_files = trimmed.evicted_files,
+            evicted_bytes = trimmed.evicted_bytes,
+            "refreshed"
+        );
+        Ok(Some(RefreshReport {
+            from,
+            to,
+            steps: plan.steps,
+            replans,
+            fetched_bytes,
+            duration,
+            warm_up,
+            cache: trimmed,
+        }))
+    }
+
+    /// Plans from `current` to `target` around `avoid` and applies the
+    /// plan's steps: the plan, the blobs the new state is built from, the
+    /// state (`None` for an empty plan) and the bytes fetched. A step's
+    /// blob found missing in the store is [`ApplyError::Gone`].
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_plan(
+        &self,
+        inner: &mut Inner,
+        cache: &BlobCache,
+        newest: &Announcement,
+        target: &Announcement,
+        current: Option<&Arc<ReadState>>,
+        deep: bool,
+        avoid: &HashSet<BlobName>,
+    ) -> Result<Applied, ApplyError> {
+        let target_version = target.version;
+        let dataset = newest.dataset_id;
+        let current = current.cloned();
         let plan = plan::plan(
             &self.log,
             newest,
-            &target,
+            target,
             current.as_ref().map(|s| s.version()),
-            &avoid,
+            avoid,
             deep,
         )
-        .await?
-        .ok_or(ConsumerError::NoPath {
-            target: target_version,
+        .await
+        .map_err(|e| ApplyError::Other(e.into()))?
+        .ok_or_else(|| {
+            ApplyError::Other(
+                ConsumerError::NoPath {
+                    target: target_version,
+                }
+                .into(),
+            )
         })?;
         let mut blobs = match plan.steps.first() {
             Some(Step::Delta(..) | Step::Reverse(..)) => self.blobs_in_use(),
@@ -735,7 +871,7 @@ impl Consumer {
             let step_span = tracing::info_span!("refresh_step", blob = %name);
             let step_started = Instant::now();
             let result = async {
-                let (blob, fetched) = self.open_blob(&cache, dataset, &name).await?;
+                let (blob, fetched) = self.open_blob(cache, dataset, &name).await?;
                 let len = blob.len();
                 let opened = Arc::clone(&blob);
                 let base = match *step {
@@ -789,55 +925,17 @@ impl Consumer {
                         );
                         let _ = cache.evict(&name);
                     }
-                    return Err(fail(e));
+                    let gone = matches!(e, Error::Store(StoreError::NotFound { .. }));
+                    let error = fail(e);
+                    return Err(if gone {
+                        ApplyError::Gone { blob: name, error }
+                    } else {
+                        ApplyError::Other(error)
+                    });
                 }
             }
         }
-        let Some(state) = state else {
-            return Ok(None);
-        };
-        let to = state.version();
-        let live: HashSet<BlobName> = blobs
-            .iter()
-            .filter(|(id, _)| *id == dataset)
-            .map(|(_, name)| *name)
-            .collect();
-        let (warm_up, replaces) = (self.warm_up, self.current().is_some());
-        let warm_up = tokio::task::spawn_blocking(move || warm_up.warm(&mapped, replaces))
-            .await
-            .map_err(|e| {
-                Error::from(StoreError::Io {
-                    op: "warm up the next state",
-                    path: cache.dir().to_path_buf(),
-                    source: std::io::Error::other(e),
-                })
-            })?;
-        *self.current_blobs.lock().expect("blobs lock") = blobs;
-        self.current.store(Some(state));
-        self.swapped.send_replace(Some(to));
-        // Taken after the store: a blocked `ready_blocking` either saw the
-        // state or waits already, and wakes.
-        drop(self.health.lock().expect("health lock"));
-        self.first_state.notify_all();
-        let duration = started.elapsed();
-        let trimmed = self.trim_cache(&cache, dataset, live).await;
-        tracing::info!(
-            ?from,
-            to,
-            steps = plan.steps.len(),
-            evicted_files = trimmed.evicted_files,
-            evicted_bytes = trimmed.evicted_bytes,
-            "refreshed"
-        );
-        Ok(Some(RefreshReport {
-            from,
-            to,
-            steps: plan.steps,
-            fetched_bytes,
-            duration,
-            warm_up,
-            cache: trimmed,
-        }))
+        Ok((plan, blobs, state, fetched_bytes, mapped))
     }
 
     /// Trims the dataset's part of the cache to the retention bound after a

@@ -1,8 +1,53 @@
 //! Garbage collection: what a store holds that no reader will ever need.
 //!
-//! This module owns deleting things from a dataset's store. Today it sweeps
-//! the *leftovers of interrupted writes*; retention of old versions (a later
-//! issue) belongs here too.
+//! This module owns deleting things from a dataset's store: the blobs of
+//! versions a [`RetentionPolicy`] no longer keeps, the blobs of cycles that
+//! never announced, and the *leftovers of interrupted writes*.
+//!
+//! # Retention
+//!
+//! [`collect_garbage`] applies a [`RetentionPolicy`]: the newest
+//! [`DEFAULT_KEEP_VERSIONS`] announced versions stay reachable from their
+//! snapshots and by deltas and reverse deltas between them, a pin keeps
+//! what its version needs, and a blob goes only
+//! [`DEFAULT_RETENTION_GRACE`] after the last entry that needed it stopped
+//! being the newest (a blob no announcement names: once its object is that
+//! old). Announcement entries are never deleted. It runs as the
+//! producer's background step after each announcement
+//! (`ProducerBuilder::retention`, on by default) and as `burrow gc`. A
+//! consumer that finds a blob gone plans again around it, and `verify`
+//! lists the versions retention retired without calling them problems.
+//!
+//! What is kept, for one log entry `e` (the newest, say):
+//!
+//! - for each of the newest `keep` announced versions up to `e`
+//!   (following each announcement's `from_version` link), the path the
+//!   planner offers from a snapshot: the nearest snapshot at or below it
+//!   and the deltas from there;
+//! - between those versions, the deltas and reverse deltas, so a consumer
+//!   at one of them moves to another by deltas;
+//! - if `e` carries a pin, the pinned version's snapshot path and the
+//!   deltas and reverse deltas between it and `e`'s version;
+//! - with a `snapshot_spacing` of `n`, also the oldest snapshot of each
+//!   span of `n` versions below those (an archive to pin or roll back to;
+//!   off by default).
+//!
+//! When a blob may go: a grace period after the last entry that needed it
+//! stopped being the newest. That time comes from the log itself, no extra
+//! state: gc keeps the union of what every entry written within the grace
+//! period needs, plus what the entry that was newest when the grace period
+//! began needs; a blob outside that union stopped being needed before
+//! `now - grace`. Entries' times are their `timestamp_micros` (the
+//! writer's clock), so the clocks of producers and gc must agree to within
+//! a small part of the grace period. A blob no entry read names is deleted
+//! only once its object is older than the grace period (the store's
+//! last-modified time). gc reads the log back from its newest entry only
+//! as far as the grace window, the retained versions and their snapshots
+//! reach, never the whole log.
+//!
+//! Who may do what: gc LISTs `snapshot/`, `delta/`, `reverse/` and
+//! `upload/`, GETs announcement entries, and DELETEs blobs; it never
+//! writes.
 //!
 //! # Leftovers
 //!
@@ -25,8 +70,8 @@
 //!
 //! # Invariants
 //!
-//! - Only leftovers are ever deleted: a name that parses as one of burrow's
-//!   blob or announcement names is never touched here.
+//! - The sweep deletes only leftovers: a name that parses as one of
+//!   burrow's blob or announcement names is never touched by it.
 //! - A leftover is deleted only once it is older than a grace period (by its
 //!   modification time), so a sweep never races a write in progress: a
 //!   staging file or temporary upload that is still being written is young.
@@ -36,10 +81,52 @@
 //!   `reverse/`, `announce/`, `upload/`), so datasets under sibling prefixes
 //!   of one store are never swept by each other.
 
+mod retention;
+
+pub(crate) use retention::collect_garbage_in;
+pub use retention::{
+    collect_garbage, needed_blobs, DeleteReason, Deletion, GcReport, RetentionPolicy,
+    DEFAULT_KEEP_VERSIONS, DEFAULT_RETENTION_GRACE,
+};
+
+use crate::announcer::AnnounceError;
 use crate::blobstore::{BlobStore, StoreError};
 use futures::TryStreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// Errors of garbage collection. gc deletes nothing it has not proven
+/// unneeded: any of these stops a run before its deletions (or part way
+/// through them, for a store error while deleting).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GcError {
+    /// The retention policy is invalid.
+    #[error("invalid retention policy: {what}: {reason}")]
+    Policy {
+        /// The setting.
+        what: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The log does not hold an announced version an entry refers to.
+    #[error(
+        "the announcement log is broken: version {version}, which announce/{seq} relies on, \
+         is not announced before it; gc deletes nothing on a log it cannot follow"
+    )]
+    BrokenLog {
+        /// The entry whose walk failed.
+        seq: u64,
+        /// The version it looked for.
+        version: u64,
+    },
+    /// Reading the log failed.
+    #[error(transparent)]
+    Announce(#[from] AnnounceError),
+    /// Listing or deleting failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// How old a leftover must be before the producer's sweep deletes it: far
 /// longer than any single blob write takes.
@@ -98,7 +185,14 @@ impl std::fmt::Display for Leftover {
 /// Every leftover of interrupted writes in `store`, oldest name first.
 /// Reads only; see the [module docs](self) for what counts.
 pub async fn find_leftovers(store: &BlobStore) -> Result<Vec<Leftover>, StoreError> {
-    let now = SystemTime::now();
+    find_leftovers_at(store, SystemTime::now()).await
+}
+
+/// [`find_leftovers`] with ages taken against `now`.
+async fn find_leftovers_at(
+    store: &BlobStore,
+    now: SystemTime,
+) -> Result<Vec<Leftover>, StoreError> {
     let mut found = temporary_uploads(store, now).await?;
     if let Some(dir) = store.local_dir() {
         let partial = blocking("list partial writes", move || partial_writes(&dir, now)).await?;
@@ -121,16 +215,7 @@ pub async fn sweep_leftovers(
         if leftover.age < grace {
             continue;
         }
-        match leftover.kind {
-            LeftoverKind::TemporaryUpload => store.delete_raw(&leftover.name).await?,
-            LeftoverKind::PartialWrite => {
-                let Some(dir) = store.local_dir() else {
-                    continue;
-                };
-                let path = dir.join(&leftover.name);
-                blocking("delete partial write", move || remove_file(&path)).await?;
-            }
-        }
+        delete_leftover(store, &leftover).await?;
         tracing::info!(leftover = %leftover, "deleted a leftover of an interrupted write");
         deleted.push(leftover);
     }
@@ -138,6 +223,46 @@ pub async fn sweep_leftovers(
         metrics::counter!("burrow_gc_leftovers_deleted_total").increment(deleted.len() as u64);
     }
     Ok(deleted)
+}
+
+async fn delete_leftover(store: &BlobStore, leftover: &Leftover) -> Result<(), StoreError> {
+    match leftover.kind {
+        LeftoverKind::TemporaryUpload => store.delete_raw(&leftover.name).await,
+        LeftoverKind::PartialWrite => {
+            let Some(dir) = store.local_dir() else {
+                return Ok(());
+            };
+            let path = dir.join(&leftover.name);
+            blocking("delete partial write", move || remove_file(&path)).await
+        }
+    }
+}
+
+/// The leftovers at least `grace` old as of `now`, as deletions; deleted
+/// unless `dry_run`. Retention's part of a gc run.
+async fn leftovers_to_delete(
+    store: &BlobStore,
+    grace: Duration,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<Vec<Deletion>, StoreError> {
+    let mut out = Vec::new();
+    for leftover in find_leftovers_at(store, now).await? {
+        if leftover.age < grace {
+            continue;
+        }
+        if !dry_run {
+            delete_leftover(store, &leftover).await?;
+            tracing::info!(leftover = %leftover, "gc deleted a leftover of an interrupted write");
+        }
+        out.push(Deletion {
+            name: leftover.name,
+            size: leftover.size,
+            age: leftover.age,
+            reason: DeleteReason::Leftover(leftover.kind),
+        });
+    }
+    Ok(out)
 }
 
 async fn temporary_uploads(

@@ -1,5 +1,5 @@
 //! Building a producer: its configuration (store, id, snapshot cadence,
-//! record limits, transport compression), the record types it publishes with their primary keys,
+//! retention, record limits, transport compression), the record types it publishes with their primary keys,
 //! validators, listeners and header tags.
 //!
 //! [`ProducerBuilder::build`] checks the configuration once (a type
@@ -12,6 +12,7 @@ use crate::announcer::AnnouncementLog;
 use crate::blobstore::resilience::{Clock, SystemClock};
 use crate::blobstore::{BlobStore, Compression};
 use crate::error::Error;
+use crate::gc::RetentionPolicy;
 use crate::schema::blob::DatasetSchema;
 use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
 use crate::schema::DatasetId;
@@ -52,6 +53,7 @@ pub struct ProducerBuilder {
     dataset_id: Option<DatasetId>,
     clock: Arc<dyn Clock>,
     leftover_grace: std::time::Duration,
+    retention: Option<RetentionPolicy>,
     format_version: u16,
     max_list_shift: u8,
     compression: Compression,
@@ -75,6 +77,7 @@ impl ProducerBuilder {
             dataset_id: None,
             clock: Arc::new(SystemClock),
             leftover_grace: crate::gc::DEFAULT_LEFTOVER_GRACE,
+            retention: Some(RetentionPolicy::default()),
             format_version: crate::schema::envelope::FORMAT_VERSION,
             max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
             compression: Compression::default(),
@@ -195,6 +198,17 @@ impl ProducerBuilder {
         self
     }
 
+    /// The dataset's retention policy, applied by a background run after
+    /// each announcement (see [`crate::gc`]); `None` turns the step off
+    /// (retention is then left to `burrow gc`). Default:
+    /// [`RetentionPolicy::default`], the newest
+    /// [`crate::gc::DEFAULT_KEEP_VERSIONS`] versions kept reachable, a grace
+    /// of [`crate::gc::DEFAULT_RETENTION_GRACE`], no snapshot archive.
+    pub fn retention(mut self, policy: Option<RetentionPolicy>) -> Self {
+        self.retention = policy;
+        self
+    }
+
     /// Adds a header tag written into every blob.
     pub fn header_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.push((key.into(), value.into()));
@@ -224,6 +238,11 @@ impl ProducerBuilder {
         self.compression
             .check()
             .map_err(|reason| config("compression", reason))?;
+        if let Some(policy) = &self.retention {
+            policy
+                .check()
+                .map_err(|e| config("retention", e.to_string()))?;
+        }
         if self.producer_id.is_empty() {
             return Err(config("producer_id", "must not be empty".into()));
         }
@@ -274,11 +293,13 @@ impl ProducerBuilder {
                 dataset_id: self.dataset_id,
                 clock: self.clock,
                 leftover_grace: self.leftover_grace,
+                retention: self.retention,
                 max_list_shift: self.max_list_shift,
                 compression: self.compression,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
+            retention: Default::default(),
         })
     }
 }
@@ -301,6 +322,8 @@ pub(super) struct Config {
     pub(super) clock: Arc<dyn Clock>,
     /// Leftovers older than this are swept by restore.
     pub(super) leftover_grace: std::time::Duration,
+    /// Applied in the background after each announcement; `None`: off.
+    pub(super) retention: Option<RetentionPolicy>,
     /// The largest `listShift` the blob writer uses.
     pub(super) max_list_shift: u8,
     /// How each blob is stored.

@@ -55,8 +55,17 @@ impl Producer {
     {
         let span = tracing::info_span!("cycle", producer = %self.config.producer_id);
         let started = Instant::now();
-        let result = self.cycle(populate).instrument(span).await;
+        let mut result = self.cycle(populate).instrument(span).await;
         let config = &*self.config;
+        if let Ok(report) = &mut result {
+            // The outcome known before this cycle's own run starts.
+            report.last_gc = self.retention.last();
+            if report.published {
+                if let Some(policy) = config.retention {
+                    self.retention.start(&config.log, policy, report.version);
+                }
+            }
+        }
         metrics::histogram!("burrow_producer_cycle_seconds")
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -144,6 +153,7 @@ impl Producer {
                 populate_time,
                 total_time: started.elapsed(),
                 announcement: None,
+                last_gc: None,
             });
         }
 
@@ -203,6 +213,7 @@ impl Producer {
             populate_time,
             total_time: started.elapsed(),
             announcement,
+            last_gc: None,
         })
     }
 }

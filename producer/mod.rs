@@ -52,6 +52,8 @@
 //! - `write`: the bytes of the delta, reverse delta (one function, two
 //!   directions) and snapshot.
 //! - `restore`: [`Producer::restore`].
+//! - `retention`: the background retention run after each announcement
+//!   (see [`crate::gc`]).
 //! - `validate`: [`Validator`]s.
 //! - `blocking`: how the blocking steps (populate, identify, blob writing,
 //!   restore's decoding) stay off the tokio worker threads.
@@ -61,12 +63,14 @@ mod builder;
 mod cycle;
 mod populate;
 mod restore;
+mod retention;
 mod state;
 pub mod validate;
 mod write;
 
 pub use builder::ProducerBuilder;
 pub use populate::Populate;
+pub use retention::GcOutcome;
 pub use validate::{FnValidator, RecordCountChangeLimit, TypeChange, Validator};
 
 use crate::announcer::Announcement;
@@ -267,6 +271,7 @@ struct Announced {
 pub struct Producer {
     config: Arc<Config>,
     announced: tokio::sync::Mutex<Option<Announced>>,
+    retention: retention::RetentionStep,
 }
 
 /// What a cycle did.
@@ -292,6 +297,11 @@ pub struct CycleReport {
     /// The log entry the cycle appended (`None` when nothing changed), for
     /// listeners that pass it on (`burrow::notify::Publisher`).
     pub announcement: Option<Announcement>,
+    /// The outcome of the last background retention run that had finished
+    /// when the cycle ended, before it started its own (usually the run the
+    /// previous announcement started); `None` before the first, or with
+    /// retention off.
+    pub last_gc: Option<GcOutcome>,
 }
 
 impl Producer {
@@ -313,6 +323,18 @@ impl Producer {
             .await
             .as_ref()
             .map(|a| a.entry.dataset_id)
+    }
+
+    /// The outcome of the last background retention run that finished.
+    pub fn last_gc(&self) -> Option<GcOutcome> {
+        self.retention.last()
+    }
+
+    /// Waits for the background retention run in progress, if any, and
+    /// returns the outcome of the last one (for tools and tests that need
+    /// it done, e.g. before exiting).
+    pub async fn wait_for_gc(&self) -> Option<GcOutcome> {
+        self.retention.wait().await
     }
 
     /// The id this producer writes into its blobs and announcements.

@@ -28,6 +28,8 @@ mod full_disk;
 mod fuzz_seeds;
 #[cfg(feature = "cli")]
 mod gc;
+mod gc_property;
+mod gc_retention;
 mod golden;
 mod hostile;
 mod hostile_v2;

@@ -28,9 +28,12 @@ pub fn movie_value(i: u64, generation: u64) -> (String, u32, Vec<String>) {
 /// A producer of the Movie workload. It stores raw blobs
 /// (`Compression::None`): the tests that mangle or read a store's bytes
 /// work on the blob format itself; tests/compression.rs covers zstd.
+/// Its background retention is off: tests that count or fail a store's
+/// requests see the cycle's alone (tests/gc_retention.rs covers it).
 pub fn producer(store: &BlobStore, id: &str) -> Producer {
     ProducerBuilder::new(store.clone())
         .producer_id(id)
+        .retention(None)
         .compression(burrow::blobstore::Compression::None)
         .primary_key::<movie::Owned>(&["id"])
         .build()

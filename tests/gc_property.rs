@@ -305,13 +305,9 @@ proptest! {
 }
 
 // The conformance suite's moto server (started on first use, or named by
-// BURROW_TEST_S3_ENDPOINT), compiled here a second time: the suite keeps
-// its module private. (Once `conformance::support::s3` is visible to the
-// other tests, this becomes a `use` and one server serves both.)
+// BURROW_TEST_S3_ENDPOINT): one server serves both.
 #[cfg(feature = "s3")]
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "conformance/moto.rs"]
-mod moto;
+use crate::conformance::moto;
 
 #[cfg(feature = "s3")]
 mod s3 {

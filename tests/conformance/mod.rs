@@ -12,7 +12,7 @@
 
 mod announce_cases;
 #[cfg(feature = "s3")]
-mod moto;
+pub(crate) mod moto;
 #[cfg(feature = "s3")]
 mod roles;
 #[cfg(feature = "s3")]

@@ -7,7 +7,7 @@ use super::moto::{auth_server, ROLES_BUCKET, ROLES_PREFIX};
 use super::support::{random_prefix, s3::options};
 use crate::common::*;
 use burrow::blobstore::{BlobStore, StoreError};
-use burrow::gc::sweep_leftovers;
+use burrow::gc::{collect_garbage, sweep_leftovers, GcError, RetentionPolicy};
 use burrow::producer::ProducerError;
 use burrow::Error;
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
@@ -132,6 +132,36 @@ async fn each_role_does_its_job_and_nothing_else() {
         .await
         .expect("the gc role lists and deletes");
     assert_eq!(swept.len(), 1, "{swept:?}");
+    // Retention: the consumer and the producer may not run it; gc may.
+    let policy = RetentionPolicy {
+        keep: 1,
+        grace: Duration::ZERO,
+        snapshot_spacing: None,
+    };
+    let now = std::time::SystemTime::now();
+    for store in [&consumer_store, &producer_store] {
+        let err = collect_garbage(store, &policy, now, false)
+            .await
+            .expect_err("only gc's keys may delete retired blobs");
+        assert!(
+            matches!(
+                err,
+                GcError::Store(StoreError::PermissionDenied { op: "delete", .. })
+            ),
+            "{err:?}"
+        );
+    }
+    let report = collect_garbage(&gc_store, &policy, now, false)
+        .await
+        .expect("the gc role applies retention");
+    assert!(!report.deleted.is_empty(), "{report:?}");
+    let follower = crate::common::consumer(&consumer_store, &cache.path().join("after-gc"));
+    follower
+        .refresh()
+        .await
+        .expect("the retained version still opens");
+    assert_eq!(snapshot_of(&follower), model);
+
     let intruder = producer(&gc_store, "g1");
     intruder.restore().await.expect("gc's keys read the chain");
     let err = publish(&intruder, &changed)

@@ -148,7 +148,65 @@ fn recorder() -> Result<PrometheusHandle, MetricsHttpError> {
         .install_recorder()
         // install_recorder fails only in setting the global recorder.
         .map_err(|_: BuildError| MetricsHttpError::RecorderInstalled)?;
+    describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric burrow records, with the `# HELP` text a scrape shows.
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    ("burrow_consumer_version", Kind::Gauge, "The version the consumer serves."),
+    ("burrow_consumer_newest_announced_version", Kind::Gauge, "The version the announcement log asks consumers to be at (the pin, if any), as of the last poll."),
+    ("burrow_consumer_seconds_since_refresh", Kind::Gauge, "Seconds since the consumer's last successful refresh or poll that found it current."),
+    ("burrow_consumer_breaker_open", Kind::Gauge, "1 while the circuit breaker in front of the store is open or half-open, else 0."),
+    ("burrow_consumer_cache_bytes", Kind::Gauge, "Bytes of blobs in the consumer's cache after its last trim."),
+    ("burrow_consumer_cache_files", Kind::Gauge, "Blob files in the consumer's cache after its last trim."),
+    ("burrow_consumer_notify_push", Kind::Gauge, "1 while the notification channel is healthy (versions arrive by push), else 0 (polling)."),
+    ("burrow_consumer_refreshes_total", Kind::Counter, "Refreshes that moved the consumer to a new state."),
+    ("burrow_consumer_refresh_failures_total", Kind::Counter, "Polls or refreshes that failed (the consumer kept serving its state)."),
+    ("burrow_consumer_replans_total", Kind::Counter, "Refresh plans made again around a blob found gone from the store."),
+    ("burrow_consumer_fetched_bytes_total", Kind::Counter, "Bytes of blobs fetched from the store into the cache."),
+    ("burrow_consumer_cache_faults_total", Kind::Counter, "Cache files found corrupt when re-verified (each evicted and refetched)."),
+    ("burrow_consumer_cache_evicted_files_total", Kind::Counter, "Blob files evicted from the cache by its bound."),
+    ("burrow_consumer_cache_evicted_bytes_total", Kind::Counter, "Bytes evicted from the cache by its bound."),
+    ("burrow_consumer_cache_evict_failures_total", Kind::Counter, "Cache files the trim could not remove."),
+    ("burrow_consumer_notify_ignored_total", Kind::Counter, "Notifications dropped unread: malformed, of another dataset, or of an entry already seen."),
+    ("burrow_consumer_notify_unconfirmed_total", Kind::Counter, "Notifications of an entry the announcement log did not have."),
+    ("burrow_consumer_refresh_seconds", Kind::Histogram, "Time of a refresh that moved the consumer, planning to swap."),
+    ("burrow_consumer_warm_up_seconds", Kind::Histogram, "Time spent bringing a new state's pages in before its swap."),
+    ("burrow_producer_version", Kind::Gauge, "The producer's last announced version."),
+    ("burrow_producer_cycles_total", Kind::Counter, "Producer cycles run."),
+    ("burrow_producer_cycle_failures_total", Kind::Counter, "Producer cycles that failed (nothing they wrote was announced)."),
+    ("burrow_producer_cycle_seconds", Kind::Histogram, "Time of a producer cycle."),
+    ("burrow_producer_sweep_failures_total", Kind::Counter, "Sweeps of leftovers of interrupted writes that failed at restore."),
+    ("burrow_producer_gc_failures_total", Kind::Counter, "The producer's background retention runs that failed."),
+    ("burrow_producer_notify_queue_depth", Kind::Gauge, "Notifications waiting to be delivered to the channel."),
+    ("burrow_producer_notify_breaker_open", Kind::Gauge, "1 while the breaker in front of the notification channel is open or half-open, else 0."),
+    ("burrow_producer_notify_delivered_total", Kind::Counter, "Notifications delivered to the channel."),
+    ("burrow_producer_notify_failures_total", Kind::Counter, "Attempts to deliver a notification or heartbeat that failed."),
+    ("burrow_gc_runs_total", Kind::Counter, "Retention (gc) runs."),
+    ("burrow_gc_deleted_blobs_total", Kind::Counter, "Blobs retention deleted."),
+    ("burrow_gc_deleted_bytes_total", Kind::Counter, "Bytes retention deleted."),
+    ("burrow_gc_kept_bytes", Kind::Gauge, "Bytes of blobs the last retention run kept."),
+    ("burrow_gc_leftovers_deleted_total", Kind::Counter, "Leftovers of interrupted writes deleted."),
+];
+
+/// Gives every metric its `# HELP` text.
+fn describe() {
+    for &(name, kind, text) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, text),
+            Kind::Gauge => metrics::describe_gauge!(name, text),
+            Kind::Histogram => metrics::describe_histogram!(name, text),
+        }
+    }
 }
 
 /// What a request asks for.
@@ -276,6 +334,57 @@ fn classify(head: &[u8]) -> Request {
         ("GET", "/metrics") => Request::Metrics,
         (_, "/metrics") => Request::WrongMethod,
         _ => Request::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod described {
+    /// Every metric the crate records has a description of its kind: the
+    /// sources are read for `counter!`, `gauge!` and `histogram!` calls.
+    #[test]
+    fn every_recorded_metric_is_described() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for dir in [
+            "consumer",
+            "producer",
+            "notify",
+            "gc",
+            "blobstore",
+            "announcer",
+        ] {
+            collect(&root.join(dir), &mut found);
+        }
+        assert!(found.len() > 20, "found only {found:?}");
+        for (kind, name) in found {
+            let described = super::DESCRIPTIONS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} has no description in DESCRIPTIONS"));
+            assert_eq!(format!("{:?}", described.1).to_lowercase(), kind, "{name}");
+        }
+    }
+
+    fn collect(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                collect(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for kind in ["counter", "gauge", "histogram"] {
+                    for piece in text.split(&format!("{kind}!(")).skip(1) {
+                        let piece = piece.trim_start();
+                        if let Some(rest) = piece.strip_prefix('"') {
+                            let name = rest.split('"').next().unwrap_or("");
+                            if name.starts_with("burrow_") {
+                                out.push((kind.to_string(), name.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -124,6 +124,10 @@ async fn follow_serves_metrics_a_scraper_reads() {
 
     let body = scrape(addr);
     assert_at_version(&body, first);
+    assert!(
+        body.contains("# HELP burrow_consumer_version The version the consumer serves."),
+        "metrics carry their descriptions: {body}"
+    );
     let since = sample(&body, "burrow_consumer_seconds_since_refresh")
         .unwrap_or_else(|| panic!("no seconds since refresh: {body}"));
     assert!(since >= 0.0, "{body}");

@@ -57,6 +57,7 @@ pub mod announcer;
 pub mod blobstore;
 pub mod consumer;
 pub mod error;
+pub mod explore;
 pub mod gc;
 #[cfg(feature = "prometheus")]
 pub mod metrics_http;

@@ -234,6 +234,14 @@ impl Explorer {
         Ok(view)
     }
 
+    /// The snapshot of the newest version's chain (the nearest at or below
+    /// the newest announced version), from the cache.
+    pub async fn latest_snapshot(&self) -> Result<Arc<OpenBlob>, Error> {
+        let entry = self.newest_announce().await?;
+        self.blob(BlobName::Snapshot(entry.snapshot_version), entry.version)
+            .await
+    }
+
     /// The newest announce entry (the newest entry may be a pin).
     async fn newest_announce(&self) -> Result<Announcement, Error> {
         if self.newest.kind == AnnounceKind::Announce {

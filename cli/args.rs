@@ -87,7 +87,12 @@ pub struct DumpArgs {
     pub type_name: Option<String>,
     /// Only the record with this primary key: `42`, `bash`, or
     /// `field=value,field2=value2` for a key of several fields.
-    #[arg(long, value_name = "K", conflicts_with = "ordinal")]
+    #[arg(
+        long,
+        value_name = "K",
+        conflicts_with = "ordinal",
+        allow_hyphen_values = true
+    )]
     pub key: Option<String>,
     /// Only the record at this ordinal.
     #[arg(long, value_name = "O")]
@@ -128,7 +133,7 @@ pub struct HistoryArgs {
     #[arg(long = "type", value_name = "T")]
     pub type_name: Option<String>,
     /// The record's primary key, as `dump --key` takes it.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
     pub key: String,
     #[command(flatten)]
     pub cache: ExploreCacheArgs,

@@ -339,9 +339,7 @@ fn explore_cache(a: ExploreCacheArgs, store: &StoreLocation) -> Result<PathBuf> 
 /// A version number given to `flag`.
 fn version_arg(flag: &str, raw: &str) -> Result<u64> {
     let version: u64 = raw.trim().parse().map_err(|_| {
-        anyhow::anyhow!(
-            "invalid {flag} {raw:?}: expected a version number (see `burrow versions`)"
-        )
+        anyhow::anyhow!("invalid {flag} {raw:?}: expected a version number (see `burrow versions`)")
     })?;
     if version == 0 {
         bail!("invalid {flag} 0: versions start at 1 (see `burrow versions`)");
@@ -374,7 +372,11 @@ fn dump(a: DumpArgs, store: &StoreLocation) -> Result<DumpConfig> {
                 .parse::<u64>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow::anyhow!("invalid --limit {raw:?}: expected a number of records, at least 1"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid --limit {raw:?}: expected a number of records, at least 1"
+                    )
+                })
         })
         .transpose()?;
     if a.field.as_deref() == Some("") {

@@ -26,7 +26,8 @@ pub async fn run(cfg: &DiffConfig, store: BlobStore, out: &mut Out) -> Result<()
         d.to,
         match d.method {
             DiffMethod::Deltas { deltas } => format!("read from {deltas} delta(s)"),
-            DiffMethod::Full => "every record compared: the versions are not on one delta chain".into(),
+            DiffMethod::Full =>
+                "every record compared: the versions are not on one delta chain".into(),
         }
     ))?;
     let mut counts = Table::new(&[
@@ -54,12 +55,24 @@ pub async fn run(cfg: &DiffConfig, store: BlobStore, out: &mut Out) -> Result<()
     ]);
     let mut left_out = 0;
     for t in &d.types {
-        let short = t.name.rsplit([':', '.']).next().unwrap_or(&t.name).to_string();
+        let short = t
+            .name
+            .rsplit([':', '.'])
+            .next()
+            .unwrap_or(&t.name)
+            .to_string();
         let key = |c: &RecordChange| c.key.clone().unwrap_or_else(|| "-".into());
         for (mark, list) in [("+", &t.added), ("-", &t.removed)] {
             for c in list.iter().take(cfg.limit) {
                 let (before, after) = (show(c.before.as_ref()), show(c.after.as_ref()));
-                rows.row(vec![mark.into(), short.clone(), key(c), "$".into(), before, after]);
+                rows.row(vec![
+                    mark.into(),
+                    short.clone(),
+                    key(c),
+                    "$".into(),
+                    before,
+                    after,
+                ]);
             }
             left_out += list.len().saturating_sub(cfg.limit);
         }

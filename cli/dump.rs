@@ -8,8 +8,8 @@ use crate::config::{DumpConfig, DumpSelect};
 use crate::output::Out;
 use anyhow::Result;
 use burrow::blobstore::BlobStore;
-use burrow::explore::{ExploreError, Explorer, VersionView};
 use burrow::consumer::TypeData;
+use burrow::explore::{ExploreError, Explorer, VersionView};
 use serde_json::{json, Value};
 
 pub async fn run(cfg: &DumpConfig, store: BlobStore, out: &mut Out) -> Result<()> {
@@ -52,7 +52,13 @@ pub async fn run(cfg: &DumpConfig, store: BlobStore, out: &mut Out) -> Result<()
 }
 
 /// Prints the record at `o`; `false` for a hole.
-fn print(cfg: &DumpConfig, view: &VersionView, t: &TypeData, o: u32, out: &mut Out) -> Result<bool> {
+fn print(
+    cfg: &DumpConfig,
+    view: &VersionView,
+    t: &TypeData,
+    o: u32,
+    out: &mut Out,
+) -> Result<bool> {
     let Some(record) = view.record(t, o)? else {
         return Ok(false);
     };

@@ -23,11 +23,7 @@ use std::sync::Arc;
 
 /// Prints the dataset's own types, from the newest version's snapshot
 /// fetched through the explorer's cache.
-pub async fn dataset_from_store(
-    store: BlobStore,
-    cache: &Path,
-    out: &mut Out,
-) -> Result<()> {
+pub async fn dataset_from_store(store: BlobStore, cache: &Path, out: &mut Out) -> Result<()> {
     let explorer = burrow::explore::Explorer::open(store, cache).await?;
     let blob = explorer.latest_snapshot().await?;
     explorer.trim_cache();

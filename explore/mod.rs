@@ -106,7 +106,7 @@ pub enum ExploreError {
         what: String,
     },
     /// No retained version holds a record with the key.
-    #[error("no retained version holds a {type_name} with key {key:?}")]
+    #[error("no retained version holds a record of {type_name} with key {key:?}")]
     NoHistory {
         /// The record type.
         type_name: String,

@@ -178,13 +178,14 @@ pub fn dataset_schema(blob: &Arc<OpenBlob>) -> Result<String, CapnpTextError> {
             header.schema_hash
         );
         for t in &slots {
-            let path = printer.record_type(t.type_id).ok_or_else(|| {
-                CapnpTextError::Unprintable {
-                    blob: blob.name().to_string(),
-                    node: format!("type {} ({:#018x})", t.name, t.type_id),
-                    reason: "the header carries no struct node for it".into(),
-                }
-            })?;
+            let path =
+                printer
+                    .record_type(t.type_id)
+                    .ok_or_else(|| CapnpTextError::Unprintable {
+                        blob: blob.name().to_string(),
+                        node: format!("type {} ({:#018x})", t.name, t.type_id),
+                        reason: "the header carries no struct node for it".into(),
+                    })?;
             let key = if t.key_fields.is_empty() {
                 "no primary key".to_string()
             } else {

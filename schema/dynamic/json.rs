@@ -476,7 +476,9 @@ impl DynamicSchema {
                 w.spend(1, &|| at.render())?;
                 Deref::List((**elem).clone(), l, w)
             }
-            (Ty::Struct(id), Target::Null) => Deref::Struct(*id, StructAt::EMPTY, w),
+            // Not the struct of defaults the generated getter returns: a
+            // struct may contain itself, and its defaults would never end.
+            (Ty::Struct(_), Target::Null) => Deref::Value(Value::Null),
             (Ty::Struct(id), Target::Struct(s)) => {
                 w.spend(s.bits / 64 + u64::from(s.ptr_count) + 1, &|| at.render())?;
                 Deref::Struct(*id, s, w)

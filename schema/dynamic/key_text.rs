@@ -14,7 +14,7 @@
 //!   in hex (`0xbeef` or `beef`).
 //!
 //! A single-field key whose text happens to contain `=` is read whole
-//! unless the part before the first `=` is the key field's name.
+//! unless the names before each `=` include a field of the type.
 
 use super::{DynamicError, DynamicSchema, FieldKind, Ty};
 use serde_json::Value;
@@ -45,12 +45,22 @@ impl DynamicSchema {
             return Err(bad("the type has no primary key; use --ordinal".into()));
         }
         let pairs = split_pairs(text);
+        // Pairs, when the text reads as pairs naming fields of the type
+        // (or the key needs several fields); else one field's value.
         let named = match &pairs {
-            Some(pairs) => pairs.iter().all(|(k, _)| key_fields.contains(k)),
+            Some(pairs) => {
+                key_fields.len() > 1
+                    || pairs
+                        .iter()
+                        .any(|(k, _)| self.slot_field(type_id, k).is_some())
+            }
             None => false,
         };
         let values: Vec<String> = if named {
             let pairs = pairs.expect("named implies pairs");
+            if let Some((k, _)) = pairs.iter().find(|(k, _)| !key_fields.contains(k)) {
+                return Err(bad(format!("{k} is not a key field")));
+            }
             let mut values = Vec::with_capacity(key_fields.len());
             for f in key_fields {
                 let mut given = pairs.iter().filter(|(k, _)| k == f);

@@ -25,9 +25,11 @@
 //! | union | only its active member, as a field of the object holding the union; a discriminant the schema does not know, left out |
 //! | `AnyPointer` | `null` when null, else `{"$anyPointer": "struct" \| "list"}` |
 //!
-//! A null pointer reads as the field's default (`Text` and `Data` as `""`
-//! without one, a struct as its fields' defaults, a list as `[]`), and a
-//! scalar is stored XORed with its default, as Cap'n Proto lays them out.
+//! A null pointer reads as the field's default; without one, `Text` and
+//! `Data` as `""`, a list as `[]`, and a struct as `null` (not the struct
+//! of defaults a generated getter returns: a struct may contain itself).
+//! A scalar is stored XORed with its default, as Cap'n Proto lays them
+//! out.
 //!
 //! # Paths
 //!

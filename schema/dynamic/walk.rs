@@ -41,17 +41,6 @@ pub(super) struct StructAt {
     pub ptr_count: u16,
 }
 
-impl StructAt {
-    /// A struct with nothing in it (what a null struct pointer reads as
-    /// when the field has no default).
-    pub const EMPTY: StructAt = StructAt {
-        data: 0,
-        bits: 0,
-        ptrs: 0,
-        ptr_count: 0,
-    };
-}
-
 /// How a list's elements are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Elem {

@@ -483,3 +483,6 @@ fn model_default(ty: &Ty, v: value::Reader<'_>) -> Result<Default, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,8 @@ mod cli;
 #[cfg(feature = "cli")]
 mod cli_cache_lock;
 #[cfg(feature = "cli")]
+mod cli_explore;
+#[cfg(feature = "cli")]
 mod cli_notify;
 #[cfg(feature = "cli")]
 mod cli_pin;

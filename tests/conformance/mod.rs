@@ -12,13 +12,13 @@
 
 mod announce_cases;
 #[cfg(feature = "s3")]
-mod moto;
+pub(crate) mod moto;
 #[cfg(feature = "s3")]
 mod roles;
 #[cfg(feature = "s3")]
 mod s3;
 mod store_cases;
-mod support;
+pub(crate) mod support;
 
 use support::Backend;
 

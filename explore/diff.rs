@@ -262,77 +262,9 @@ pub async fn diff(
             }
         };
         let key_fields = ta.or(tb).map_or_else(Vec::new, |t| t.key_fields().to_vec());
-        let side = |view: &VersionView,
-                    t: Option<&TypeData>|
-         -> Result<BTreeMap<String, (u32, Value, Option<String>)>, Error> {
-            let mut out = BTreeMap::new();
-            let Some(t) = t else { return Ok(out) };
-            for &o in &ordinals {
-                if let Some(v) = view.record(t, o)? {
-                    let key = view.key_text(t, &v);
-                    // Matched by key; a type without one by its contents.
-                    let by = key.clone().unwrap_or_else(|| v.to_string());
-                    out.insert(by, (o, v, key));
-                }
-            }
-            Ok(out)
-        };
-        let mut old = side(&before, tb)?;
-        let new = side(&after, ta)?;
-        let mut td = TypeDiff {
-            name,
-            key_fields,
-            added: Vec::new(),
-            removed: Vec::new(),
-            changed: Vec::new(),
-        };
-        for (by, (o, v, key)) in new {
-            match old.remove(&by) {
-                Some((ob, vb, _)) if vb == v => {
-                    let _ = ob;
-                }
-                Some((ob, vb, _)) => {
-                    let fields = diff_values(&vb, &v)
-                        .into_iter()
-                        .map(|(path, before, after)| FieldChange {
-                            path,
-                            before,
-                            after,
-                        })
-                        .collect();
-                    td.changed.push(RecordChange {
-                        key,
-                        ordinal_before: Some(ob),
-                        ordinal_after: Some(o),
-                        before: Some(vb),
-                        after: Some(v),
-                        fields,
-                    });
-                }
-                None => td.added.push(RecordChange {
-                    key,
-                    ordinal_before: None,
-                    ordinal_after: Some(o),
-                    before: None,
-                    after: Some(v),
-                    fields: Vec::new(),
-                }),
-            }
-        }
-        for (_, (o, v, key)) in old {
-            td.removed.push(RecordChange {
-                key,
-                ordinal_before: Some(o),
-                ordinal_after: None,
-                before: Some(v),
-                after: None,
-                fields: Vec::new(),
-            });
-        }
-        for list in [&mut td.added, &mut td.removed, &mut td.changed] {
-            list.sort_by_key(|c| (c.ordinal_after.or(c.ordinal_before), c.ordinal_before));
-        }
-        types.push(td);
+        let old = side(&before, tb, &ordinals)?;
+        let new = side(&after, ta, &ordinals)?;
+        types.push(compare(name, key_fields, old, new));
     }
     let diff = Diff {
         from: lo,
@@ -341,6 +273,97 @@ pub async fn diff(
         types,
     };
     Ok(if a > b { diff.reversed() } else { diff })
+}
+
+/// A record as one side of a diff has it.
+struct Seen {
+    ordinal: u32,
+    record: Value,
+    key: Option<String>,
+}
+
+/// The records of `t` at `ordinals`, by what they are matched by: their
+/// key text, or for a type without a key their contents.
+fn side(
+    view: &VersionView,
+    t: Option<&TypeData>,
+    ordinals: &[u32],
+) -> Result<BTreeMap<String, Seen>, Error> {
+    let mut out = BTreeMap::new();
+    let Some(t) = t else { return Ok(out) };
+    for &ordinal in ordinals {
+        if let Some(record) = view.record(t, ordinal)? {
+            let key = view.key_text(t, &record);
+            let by = key.clone().unwrap_or_else(|| record.to_string());
+            out.insert(
+                by,
+                Seen {
+                    ordinal,
+                    record,
+                    key,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// One type's changes from the records `old` to `new`.
+fn compare(
+    name: String,
+    key_fields: Vec<String>,
+    mut old: BTreeMap<String, Seen>,
+    new: BTreeMap<String, Seen>,
+) -> TypeDiff {
+    let mut td = TypeDiff {
+        name,
+        key_fields,
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+    };
+    for (by, now) in new {
+        match old.remove(&by) {
+            Some(was) if was.record == now.record => {}
+            Some(was) => td.changed.push(RecordChange {
+                fields: diff_values(&was.record, &now.record)
+                    .into_iter()
+                    .map(|(path, before, after)| FieldChange {
+                        path,
+                        before,
+                        after,
+                    })
+                    .collect(),
+                key: now.key,
+                ordinal_before: Some(was.ordinal),
+                ordinal_after: Some(now.ordinal),
+                before: Some(was.record),
+                after: Some(now.record),
+            }),
+            None => td.added.push(RecordChange {
+                key: now.key,
+                ordinal_before: None,
+                ordinal_after: Some(now.ordinal),
+                before: None,
+                after: Some(now.record),
+                fields: Vec::new(),
+            }),
+        }
+    }
+    for was in old.into_values() {
+        td.removed.push(RecordChange {
+            key: was.key,
+            ordinal_before: Some(was.ordinal),
+            ordinal_after: None,
+            before: Some(was.record),
+            after: None,
+            fields: Vec::new(),
+        });
+    }
+    for list in [&mut td.added, &mut td.removed, &mut td.changed] {
+        list.sort_by_key(|c| (c.ordinal_after.or(c.ordinal_before), c.ordinal_before));
+    }
+    td
 }
 
 /// The view of `hi` reached from `before` by announced deltas, with the

@@ -125,11 +125,11 @@ fn field_oracle(s: capnp::dynamic_struct::Reader<'_>, f: capnp::schema::Field) -
 
 fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
     e.set_id(i);
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         return Ok(()); // every field at its default
     }
-    e.set_flag(i % 2 == 0);
-    e.set_flag_on(i % 3 == 0);
+    e.set_flag(i.is_multiple_of(2));
+    e.set_flag_on(i.is_multiple_of(3));
     e.set_i8(-(i as i8));
     e.set_i16(-7 * i as i16);
     e.set_i32(1000 * i as i32);
@@ -146,7 +146,7 @@ fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
         _ => i as f64 * 0.1,
     });
     e.set_name(format!("name {i} ✓").as_str());
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         e.set_named(""); // set, not null: no default
     }
     e.set_bytes(&[i as u8, 0, 255, 7][..(i % 4) as usize]);
@@ -161,7 +161,7 @@ fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
     }
     let mut bools = e.reborrow().init_bools(70);
     for k in 0..70 {
-        bools.set(k, (k + i as u32) % 3 == 0);
+        bools.set(k, (k + i as u32).is_multiple_of(3));
     }
     let mut l = e.reborrow().init_i16s(3);
     l.set(0, -1);
@@ -212,13 +212,13 @@ fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
         2 => e.set_word("hello"),
         _ => e.reborrow().init_nested().set_label("nested"),
     }
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         e.reborrow().get_choice().set_left(i as u16);
     } else {
         let mut r = e.reborrow().get_choice().init_right(1);
         r.set(0, "r");
     }
-    if i % 3 != 0 {
+    if !i.is_multiple_of(3) {
         let mut place = e.reborrow().get_place();
         place.set_x(-(i as i32));
         place.set_tag("there");
@@ -233,7 +233,7 @@ fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
 
 fn fill_shelf(mut s: shelf::Builder<'_>, i: u64) {
     s.set_id(i);
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         return;
     }
     s.set_label(format!("shelf {i}").as_str());
@@ -247,7 +247,7 @@ fn fill_shelf(mut s: shelf::Builder<'_>, i: u64) {
         books.get(1).init_genres(1).set(0, Genre::Poetry);
     }
     s.reborrow().get_location().set_room("east");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.reborrow().get_owner().set_person("ann");
     } else {
         s.reborrow().get_owner().set_library(i as u32);

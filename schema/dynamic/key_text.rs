@@ -199,7 +199,7 @@ fn push_sized(out: &mut Vec<u8>, bytes: &[u8]) {
 
 fn hex(text: &str) -> Result<Vec<u8>, String> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
-    if digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !digits.len().is_multiple_of(2) || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{text:?} is not data in hex (such as 0xbeef)"));
     }
     Ok((0..digits.len())

@@ -297,6 +297,18 @@ pub struct TypeSummary {
     pub records: u32,
 }
 
+impl TypeSummary {
+    /// As JSON: name, type id (hex), key fields, record count.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "type_id": format!("{:#018x}", self.type_id),
+            "key_fields": self.key_fields,
+            "records": self.records,
+        })
+    }
+}
+
 impl VersionView {
     fn from_snapshot(blob: Arc<OpenBlob>, version: u64) -> Result<Self, Error> {
         let state = ReadState::from_snapshot(Arc::clone(&blob), version)?;

@@ -410,34 +410,42 @@ async fn the_workload_reads_diffs_and_histories_as_its_model_says() {
     let producer = crate::common::producer(&store, "explore-test");
     let mut data = Dataset::new(2_000, 7);
     let mut edits = Vec::new();
+    let mut models = Vec::new();
     for cycle in 1..=4u64 {
         if cycle > 1 {
             edits.push(data.advance(cycle, 0.02, 0.005));
         }
         producer.run_cycle(|p| data.populate(p)).await.unwrap();
+        models.push(data.clone());
     }
     let explorer = Explorer::open(store.clone(), dir.path().join("explore"))
         .await
         .unwrap();
-    let view = explorer.version(None).await.unwrap();
-    let t = view.type_named(None).unwrap();
-    assert_eq!(t.record_count() as usize, data.len());
+    // Every record of every version: the model's, and the generated
+    // code's (a consumer moved to each version in turn).
     let consumer = crate::common::consumer(&store, &dir.path().join("consumer"));
-    consumer.refresh().await.unwrap();
-    let state = consumer.state().unwrap();
-    let typed = state.view::<movie::Owned>().unwrap();
-    let mut n = 0;
-    for (o, m) in typed.iter() {
-        let got = view.record(t, o).unwrap().unwrap();
-        assert_eq!(got, oracle(m.into()), "ordinal {o}");
-        let model = data.movie(m.get_id()).unwrap();
-        assert_eq!(
-            got,
-            json!({"id": m.get_id(), "title": model.title, "year": model.year, "tags": model.tags})
-        );
-        n += 1;
+    for (version, model) in models.iter().enumerate() {
+        let version = version as u64 + 1;
+        let view = explorer.version(Some(version)).await.unwrap();
+        let t = view.type_named(None).unwrap();
+        assert_eq!(t.record_count() as usize, model.len());
+        consumer.refresh_to(version).await.unwrap();
+        let state = consumer.state().unwrap();
+        assert_eq!(state.version(), version);
+        let typed = state.view::<movie::Owned>().unwrap();
+        let mut n = 0;
+        for (o, m) in typed.iter() {
+            let got = view.record(t, o).unwrap().unwrap();
+            assert_eq!(got, oracle(m.into()), "version {version} ordinal {o}");
+            let want = model.movie(m.get_id()).unwrap();
+            assert_eq!(
+                got,
+                json!({"id": m.get_id(), "title": want.title, "year": want.year, "tags": want.tags})
+            );
+            n += 1;
+        }
+        assert_eq!(n, model.len(), "version {version}");
     }
-    assert_eq!(n, data.len());
 
     // Diff 3 -> 4 by its delta: exactly the last cycle's edits.
     let last = edits.last().unwrap();

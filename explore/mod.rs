@@ -187,24 +187,14 @@ impl Explorer {
         if let Some(b) = self.open.lock().expect("open blobs").get(&name) {
             return Ok(Arc::clone(b));
         }
-        let (path, fresh) = match self.cache.fetch_reporting(&self.store, &name).await {
-            Err(Error::Store(StoreError::NotFound { .. })) => {
-                return Err(ExploreError::NotRetained {
-                    version,
-                    blob: name.to_string(),
-                }
-                .into())
-            }
-            other => other?,
-        };
-        let label = name.to_string();
-        let blob = tokio::task::spawn_blocking(move || map_file(&path, &label, !fresh))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "map a cached blob",
-                path: PathBuf::from(name.to_string()),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let mut blob = self.fetch_and_map(name, version).await;
+        if let Err((Error::Format(_), false)) = &blob {
+            // A cached copy that no longer verifies (a disk changed it):
+            // evicted and fetched again, as a consumer does.
+            self.cache.evict(&name)?;
+            blob = self.fetch_and_map(name, version).await;
+        }
+        let blob = blob.map_err(|(e, _)| e)?;
         check_dataset(&blob, self.newest.dataset_id)?;
         let blob = Arc::new(blob);
         self.open
@@ -212,6 +202,35 @@ impl Explorer {
             .expect("open blobs")
             .insert(name, Arc::clone(&blob));
         Ok(blob)
+    }
+
+    /// Blob `name` fetched into the cache (if not there yet) and mapped,
+    /// verified when it was already cached; the error says whether the
+    /// blob came from the store just now.
+    async fn fetch_and_map(&self, name: BlobName, version: u64) -> Result<OpenBlob, (Error, bool)> {
+        let (path, fresh) = match self.cache.fetch_reporting(&self.store, &name).await {
+            Err(Error::Store(StoreError::NotFound { .. })) => {
+                let gone = ExploreError::NotRetained {
+                    version,
+                    blob: name.to_string(),
+                };
+                return Err((gone.into(), true));
+            }
+            Err(e) => return Err((e, true)),
+            Ok(found) => found,
+        };
+        let label = name.to_string();
+        let mapped = tokio::task::spawn_blocking(move || map_file(&path, &label, !fresh))
+            .await
+            .map_err(|e| {
+                let failed = StoreError::Io {
+                    op: "map a cached blob",
+                    path: PathBuf::from(name.to_string()),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                (Error::from(failed), fresh)
+            })?;
+        mapped.map_err(|e| (e, fresh))
     }
 
     /// The state of `version` (the newest when `None`): its nearest

@@ -83,6 +83,23 @@ fn dump_diff_history_and_schema_on_the_demo_dataset() {
     assert_eq!(line["key"], "42");
     assert_eq!(line["record"]["id"], 42);
     assert_eq!(line["type"], "examples/movies.capnp:Movie");
+    // A cached copy that a disk changed is evicted and fetched again.
+    let cached = std::fs::read_dir(dir.path().join("burrow-cache/store-explore"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the dataset's directory in the cache")
+        .join("snapshot-00000000000000000004");
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    let again = one_json(&ok(
+        burrow(&store, &["dump", "--key", "42"]),
+        "dump after a bad cache file",
+    ));
+    assert_eq!(again["id"], 42);
+    assert_ne!(std::fs::read(&cached).unwrap(), bytes, "fetched again");
     let title = one_json(&ok(
         burrow(
             &store,

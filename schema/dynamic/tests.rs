@@ -254,3 +254,38 @@ fn base64_round_trips() {
     assert_eq!(base64(b"Ma"), "TWE=");
     assert_eq!(unbase64("TW?="), None);
 }
+
+mod arbitrary_words {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Words that look like pointers often enough to reach every branch:
+    /// struct and list pointers with small offsets and sizes, far
+    /// pointers, and raw words.
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            (-8i64..8, 0u16..3, 0u16..4).prop_map(|(o, d, p)| Ptr::to_struct(o, d, p)),
+            (-8i64..8, 0u8..8, 0u32..40).prop_map(|(o, s, c)| Ptr::to_list(o, s, c)),
+            (0u64..16, 0u64..2).prop_map(|(pad, double)| pad << 3 | double << 2 | 2),
+            Just(0u64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+        /// Invariant: any words, read as any record type of the schema,
+        /// give a rendering or a named error, never a panic, and within
+        /// the work bound.
+        #[test]
+        fn any_words_render_or_fail_by_name(words in prop::collection::vec(word(), 0..48), at in 0usize..8) {
+            let schema = every_schema().with_limits(Limits { max_depth: 64, max_units: 1 << 16 });
+            let every_id = <every::Reader<'static> as capnp::traits::HasTypeId>::TYPE_ID;
+            for (id, data, ptrs) in [(INNER, 1, 3), (every_id, 6, 24)] {
+                let rec = RecordRef { segment: &words, word: at, data_words: data, ptrs };
+                let _ = schema.render(id, rec);
+                let _ = schema.render_path(id, rec, "inner.deeper.label");
+            }
+        }
+    }
+}

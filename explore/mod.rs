@@ -160,6 +160,33 @@ impl Explorer {
         self.newest.version
     }
 
+    /// Reads the log's newest entry again (a long-lived explorer, such as
+    /// a web UI, calls it to see versions announced since it opened);
+    /// returns the newest version. A log of another dataset now (the store
+    /// recreated) is [`FormatError::DatasetMismatch`].
+    pub async fn refresh(&mut self) -> Result<u64, Error> {
+        let newest = self
+            .log
+            .latest()
+            .await?
+            .ok_or_else(|| ExploreError::Empty {
+                store: self.store.description().to_string(),
+            })?;
+        crate::schema::dataset_id::check_same(
+            "announce/latest",
+            self.newest.dataset_id,
+            newest.dataset_id,
+        )?;
+        self.newest = newest;
+        Ok(self.newest.version)
+    }
+
+    /// Drops the blobs this explorer holds open (each is mapped, and
+    /// verified once, on first use); the next use maps them again.
+    pub fn forget_blobs(&self) {
+        self.open.lock().expect("open blobs").clear();
+    }
+
     /// Every announcement entry (publications, pins, unpins), oldest first.
     pub async fn entries(&self) -> Result<Vec<Announcement>, Error> {
         Ok(self.log.entries_from(1).await?)

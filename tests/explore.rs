@@ -518,3 +518,30 @@ async fn the_workload_reads_diffs_and_histories_as_its_model_says() {
         "{err}"
     );
 }
+
+/// A long-lived explorer (a web UI) sees versions announced after it
+/// opened once it refreshes, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explorer_sees_new_versions_after_refresh() {
+    let (dir, store) = store_and_cache();
+    let producer = crate::common::producer(&store, "explore-refresh");
+    let mut data = Dataset::new(50, 1);
+    producer.run_cycle(|p| data.populate(p)).await.unwrap();
+    let mut explorer = Explorer::open(store.clone(), dir.path().join("explore"))
+        .await
+        .unwrap();
+    data.advance(2, 0.1, 0.0);
+    producer.run_cycle(|p| data.populate(p)).await.unwrap();
+    assert_eq!(explorer.newest_version(), 1);
+    let err = explorer.version(Some(2)).await.err().unwrap();
+    assert!(
+        err.to_string().contains("version 2 was never announced"),
+        "{err}"
+    );
+    assert_eq!(explorer.refresh().await.unwrap(), 2);
+    explorer.forget_blobs();
+    let view = explorer.version(None).await.unwrap();
+    assert_eq!(view.version(), 2);
+    let types = view.types();
+    assert_eq!(types[0].to_json()["records"], 50);
+}

@@ -240,9 +240,13 @@ impl DynamicSchema {
                         }
                         _ => None,
                     };
-                    Deref::Value(next.ok_or_else(|| {
-                        bad(format!("{}: no such field or element in {v}", step()))
-                    })?)
+                    let what = match &v {
+                        Value::Object(_) => "an object without it",
+                        Value::Array(_) => "a list without it",
+                        Value::Null => "null",
+                        _ => "a value that has no fields",
+                    };
+                    Deref::Value(next.ok_or_else(|| bad(format!("{}: {what}", step())))?)
                 }
             };
         }

@@ -545,3 +545,44 @@ async fn an_explorer_sees_new_versions_after_refresh() {
     let types = view.types();
     assert_eq!(types[0].to_json()["records"], 50);
 }
+
+/// A type without a primary key is matched by its records' contents: a
+/// changed record is one removed and one added; it cannot be looked up
+/// by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_without_a_key_diffs_by_contents() {
+    let (dir, store) = store_and_cache();
+    let producer = ProducerBuilder::new(store.clone())
+        .record_type::<movie::Owned>()
+        .build()
+        .unwrap();
+    for title in ["before", "after"] {
+        producer
+            .run_cycle(|p| {
+                for (id, t) in [(1u64, "same"), (2, title)] {
+                    p.add::<movie::Owned>(|mut m| {
+                        m.set_id(id);
+                        m.set_title(t);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let explorer = Explorer::open(store, dir.path().join("explore"))
+        .await
+        .unwrap();
+    let d = diff(&explorer, 1, 2, None).await.unwrap();
+    let t = &d.types[0];
+    assert!(t.key_fields.is_empty());
+    assert_eq!((t.added.len(), t.removed.len(), t.changed.len()), (1, 1, 0));
+    assert_eq!(t.added[0].after.as_ref().unwrap()["title"], "after");
+    assert_eq!(t.removed[0].before.as_ref().unwrap()["title"], "before");
+    assert_eq!(t.added[0].key, None);
+    let view = explorer.version(None).await.unwrap();
+    let ty = view.type_named(Some("Movie")).unwrap();
+    let err = view.key_bytes(ty, "1").unwrap_err().to_string();
+    assert!(err.contains("no primary key"), "{err}");
+}

@@ -8,6 +8,7 @@ fn main() {
         "schema/examples/movies.capnp",
         "schema/examples/probe.capnp",
         "schema/examples/library.capnp",
+        "schema/examples/every.capnp",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -146,6 +146,14 @@ pub enum Error {
     /// A blob's record types cannot be printed as a Cap'n Proto schema.
     #[error(transparent)]
     CapnpText(#[from] crate::schema::capnp_text::CapnpTextError),
+    /// A record, key or path could not be read through the schema nodes
+    /// (see [`crate::schema::dynamic`]).
+    #[error(transparent)]
+    Dynamic(#[from] crate::schema::dynamic::DynamicError),
+    /// An explorer was asked for a version, type or record the dataset
+    /// does not have (see [`crate::explore`]).
+    #[error(transparent)]
+    Explore(#[from] crate::explore::ExploreError),
     /// A setting given to a builder or the CLI is invalid.
     #[error("invalid configuration: {what}: {reason}")]
     Config {

@@ -9,6 +9,9 @@
 //! the log, fetches and verifies blobs into a local cache, maps them, and
 //! serves typed zero-copy views; it moves between versions by deltas
 //! without stopping readers. `schema/FORMAT.md` gives the format.
+//! [`explore`] reads any version's records with no generated code, through
+//! the schema nodes every blob carries ([`schema::dynamic`]): records as
+//! JSON, the diff of two versions, a key's history.
 //!
 //! Publish, announce, consume:
 //!
@@ -57,6 +60,7 @@ pub mod announcer;
 pub mod blobstore;
 pub mod consumer;
 pub mod error;
+pub mod explore;
 pub mod gc;
 #[cfg(feature = "prometheus")]
 pub mod metrics_http;

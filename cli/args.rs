@@ -53,17 +53,105 @@ pub enum Command {
     /// Apply a retention policy: delete the blobs no retained version needs
     /// (after a grace period) and print each deletion and why.
     Gc(GcArgs),
-    /// Print the dataset's record types as a Cap'n Proto schema file, with
-    /// which `capnp decode` prints every record of a snapshot or delta body.
+    /// Print the dataset's own record types as Cap'n Proto source; with
+    /// --capnp, the schema file with which `capnp decode` prints every
+    /// record of a snapshot or delta body.
     Schema(SchemaArgs),
+    /// Print a version's records as JSON lines, read through the schema
+    /// its blobs carry (no generated code needed).
+    // `--version` here is the dataset's version, not burrow's.
+    #[command(disable_version_flag = true)]
+    Dump(DumpArgs),
+    /// Show the records added, removed and changed between two versions,
+    /// matched by primary key, with the fields that changed.
+    Diff(DiffArgs),
+    /// Show one record at every retained version where it changed.
+    History(HistoryArgs),
+}
+
+/// Where `dump`, `diff`, `history` and `schema` keep the blobs they fetch.
+#[derive(Debug, ClapArgs)]
+pub struct ExploreCacheArgs {
+    /// A cache directory of this command's own [default:
+    /// burrow-cache/<store name>-explore beside a local store]; never a
+    /// running consumer's (it is locked).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DumpArgs {
+    /// The announced version [default: the newest].
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// The record type: its name (`Movie`) or full name; may be left out
+    /// when the dataset has one type.
+    #[arg(long = "type", value_name = "T")]
+    pub type_name: Option<String>,
+    /// Only the record with this primary key: `42`, `bash`, or
+    /// `field=value,field2=value2` for a key of several fields.
+    #[arg(
+        long,
+        value_name = "K",
+        conflicts_with = "ordinal",
+        allow_hyphen_values = true
+    )]
+    pub key: Option<String>,
+    /// Only the record at this ordinal.
+    #[arg(long, value_name = "O")]
+    pub ordinal: Option<String>,
+    /// At most this many records.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<String>,
+    /// Print only this field of each record: a path such as `title`,
+    /// `tags.0` or `location.row`.
+    #[arg(long, value_name = "PATH")]
+    pub field: Option<String>,
+    #[command(flatten)]
+    pub cache: ExploreCacheArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DiffArgs {
+    /// The version to compare from.
+    #[arg(value_name = "A")]
+    pub from: String,
+    /// The version to compare to.
+    #[arg(value_name = "B")]
+    pub to: String,
+    /// Only this record type.
+    #[arg(long = "type", value_name = "T")]
+    pub type_name: Option<String>,
+    /// Records listed per type and kind of change in the table (the counts
+    /// are always whole; --json lists every record).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub cache: ExploreCacheArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct HistoryArgs {
+    /// The record type (may be left out when the dataset has one type).
+    #[arg(long = "type", value_name = "T")]
+    pub type_name: Option<String>,
+    /// The record's primary key, as `dump --key` takes it.
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
+    pub key: String,
+    #[command(flatten)]
+    pub cache: ExploreCacheArgs,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct SchemaArgs {
-    /// Print a Cap'n Proto schema file (the one format there is; the flag
-    /// keeps the command open to others).
-    #[arg(long, required = true)]
+    /// Print the Cap'n Proto schema file that decodes whole blob bodies
+    /// (burrow's own structs with the records typed) instead of the
+    /// dataset's types alone.
+    #[arg(long)]
     pub capnp: bool,
+
+    #[command(flatten)]
+    pub cache: ExploreCacheArgs,
 
     /// Read the types from this blob file (a consumer's cache file or a
     /// stored object, zstd-compressed or not) instead of the store's latest

@@ -3,8 +3,8 @@
 //! failure is one line that names the argument and what is wrong with it.
 
 use crate::args::{
-    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, FollowArgs, GcArgs, InspectArgs,
-    PinArgs, SchemaArgs, SuiteArg, VersionsArgs,
+    Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, DiffArgs, DumpArgs, ExploreCacheArgs,
+    FollowArgs, GcArgs, HistoryArgs, InspectArgs, PinArgs, SchemaArgs, SuiteArg, VersionsArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -135,13 +135,60 @@ pub enum Task {
     Unpin(Option<Arc<dyn NotifyChannel>>),
     Schema(SchemaConfig),
     Gc(crate::gc::GcConfig),
+    Dump(DumpConfig),
+    Diff(DiffConfig),
+    History(HistoryConfig),
 }
 
-/// `burrow schema --capnp`: where the types are read from.
+/// `burrow schema [--capnp]`: which file, and where the types are read
+/// from.
 #[derive(Debug, Clone)]
 pub struct SchemaConfig {
+    /// The file that decodes whole blobs (`--capnp`), or the dataset's
+    /// types alone.
+    pub capnp: bool,
     /// A blob file; `None`: the store's latest snapshot.
     pub blob: Option<PathBuf>,
+    /// The explorer's cache (for the store's snapshot without `--capnp`).
+    pub cache: PathBuf,
+}
+
+/// Which records `burrow dump` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DumpSelect {
+    All,
+    Key(String),
+    Ordinal(u32),
+}
+
+/// `burrow dump`.
+#[derive(Debug, Clone)]
+pub struct DumpConfig {
+    /// `None`: the newest version.
+    pub version: Option<u64>,
+    pub type_name: Option<String>,
+    pub select: DumpSelect,
+    pub limit: Option<u64>,
+    pub field: Option<String>,
+    pub cache: PathBuf,
+}
+
+/// `burrow diff`.
+#[derive(Debug, Clone)]
+pub struct DiffConfig {
+    pub from: u64,
+    pub to: u64,
+    pub type_name: Option<String>,
+    pub limit: usize,
+    pub cache: PathBuf,
+}
+
+/// `burrow history`.
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub type_name: Option<String>,
+    pub key: String,
+    pub cache: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -283,16 +330,16 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         }
         Command::Unpin(a) => Task::Unpin(notify_channel(a.notify.as_deref())?),
         Command::Gc(a) => Task::Gc(gc(a)?),
-        Command::Schema(a) => Task::Schema(schema(a)?),
+        Command::Schema(a) => Task::Schema(schema(a, &global.store)?),
+        Command::Dump(a) => Task::Dump(dump(a, &global.store)?),
+        Command::Diff(a) => Task::Diff(diff(a, &global.store)?),
+        Command::History(a) => Task::History(history(a, &global.store)?),
         Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
     Ok((global, task))
 }
 
-fn schema(a: SchemaArgs) -> Result<SchemaConfig> {
-    // clap requires the flag; a format other than Cap'n Proto would be
-    // chosen here.
-    debug_assert!(a.capnp);
+fn schema(a: SchemaArgs, store: &StoreLocation) -> Result<SchemaConfig> {
     if let Some(file) = &a.blob {
         if !file.is_file() {
             bail!(
@@ -301,7 +348,106 @@ fn schema(a: SchemaArgs) -> Result<SchemaConfig> {
             );
         }
     }
-    Ok(SchemaConfig { blob: a.blob })
+    Ok(SchemaConfig {
+        capnp: a.capnp,
+        blob: a.blob,
+        cache: explore_cache(a.cache, store)?,
+    })
+}
+
+/// The cache of `dump`, `diff`, `history` and `schema`: `--cache`, or
+/// the store's default cache with `-explore` (never a consumer's: `demo`
+/// and `follow` use theirs, locked while they run).
+fn explore_cache(a: ExploreCacheArgs, store: &StoreLocation) -> Result<PathBuf> {
+    let cache = a.cache.unwrap_or_else(|| {
+        let mut dir = store.default_cache().into_os_string();
+        dir.push("-explore");
+        PathBuf::from(dir)
+    });
+    if store.local_dir() == Some(cache.as_path()) {
+        bail!(
+            "invalid --cache {}: the cache must not be the store's own directory",
+            cache.display()
+        );
+    }
+    Ok(cache)
+}
+
+/// A version number given to `flag`.
+fn version_arg(flag: &str, raw: &str) -> Result<u64> {
+    let version: u64 = raw.trim().parse().map_err(|_| {
+        anyhow::anyhow!("invalid {flag} {raw:?}: expected a version number (see `burrow versions`)")
+    })?;
+    if version == 0 {
+        bail!("invalid {flag} 0: versions start at 1 (see `burrow versions`)");
+    }
+    Ok(version)
+}
+
+fn dump(a: DumpArgs, store: &StoreLocation) -> Result<DumpConfig> {
+    let version = a
+        .version
+        .as_deref()
+        .map(|v| version_arg("--version", v))
+        .transpose()?;
+    let select = match (a.key, a.ordinal) {
+        (Some(key), _) => {
+            if key.is_empty() {
+                bail!("invalid --key \"\": give a key value such as 42, or field=value pairs");
+            }
+            DumpSelect::Key(key)
+        }
+        (None, Some(raw)) => DumpSelect::Ordinal(raw.trim().parse().map_err(|_| {
+            anyhow::anyhow!("invalid --ordinal {raw:?}: expected a whole number below 2^32")
+        })?),
+        (None, None) => DumpSelect::All,
+    };
+    let limit = a
+        .limit
+        .map(|raw| {
+            raw.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid --limit {raw:?}: expected a number of records, at least 1"
+                    )
+                })
+        })
+        .transpose()?;
+    if a.field.as_deref() == Some("") {
+        bail!("invalid --field \"\": give a path such as title or tags.0");
+    }
+    Ok(DumpConfig {
+        version,
+        type_name: a.type_name,
+        select,
+        limit,
+        field: a.field,
+        cache: explore_cache(a.cache, store)?,
+    })
+}
+
+fn diff(a: DiffArgs, store: &StoreLocation) -> Result<DiffConfig> {
+    Ok(DiffConfig {
+        from: version_arg("A", &a.from)?,
+        to: version_arg("B", &a.to)?,
+        type_name: a.type_name,
+        limit: a.limit,
+        cache: explore_cache(a.cache, store)?,
+    })
+}
+
+fn history(a: HistoryArgs, store: &StoreLocation) -> Result<HistoryConfig> {
+    if a.key.is_empty() {
+        bail!("invalid --key \"\": give a key value such as 42, or field=value pairs");
+    }
+    Ok(HistoryConfig {
+        type_name: a.type_name,
+        key: a.key,
+        cache: explore_cache(a.cache, store)?,
+    })
 }
 
 fn fraction(flag: &str, value: f64) -> Result<f64> {

@@ -11,8 +11,11 @@ mod args;
 mod bench;
 mod config;
 mod demo;
+mod diff;
+mod dump;
 mod follow;
 mod gc;
+mod history;
 mod inspect;
 mod output;
 mod pin;
@@ -73,9 +76,20 @@ fn run(global: &Global, task: Task) -> Result<()> {
             }
             Task::Gc(cfg) => gc::run(&cfg, global.store.open_existing().await?, &mut out).await,
             Task::Schema(cfg) => match &cfg.blob {
-                Some(file) => schema::from_file(file, &mut out).await,
-                None => schema::from_store(global.store.open_existing().await?, &mut out).await,
+                Some(file) => schema::from_file(file, cfg.capnp, &mut out).await,
+                None if cfg.capnp => {
+                    schema::from_store(global.store.open_existing().await?, &mut out).await
+                }
+                None => {
+                    let store = global.store.open_existing().await?;
+                    schema::dataset_from_store(store, &cfg.cache, &mut out).await
+                }
             },
+            Task::Dump(cfg) => dump::run(&cfg, global.store.open_existing().await?, &mut out).await,
+            Task::Diff(cfg) => diff::run(&cfg, global.store.open_existing().await?, &mut out).await,
+            Task::History(cfg) => {
+                history::run(&cfg, global.store.open_existing().await?, &mut out).await
+            }
         }
     })
 }

@@ -1,10 +1,14 @@
-//! `burrow schema --capnp [BLOB_FILE]`: the dataset's record types as a
-//! Cap'n Proto schema file ([`burrow::schema::capnp_text`]), read from the
+//! `burrow schema [--capnp] [BLOB_FILE]`: the dataset's record types as
+//! Cap'n Proto source ([`burrow::schema::capnp_text`]): alone, as their
+//! authors wrote them ([`dataset_schema`]), or with `--capnp` inside the
+//! file that decodes whole blob bodies ([`blob_schema`]). Read from the
 //! store's latest snapshot (the nearest snapshot at or below the newest
 //! announced version) or from one blob file: a consumer's cache file or a
 //! stored object, decompressed first if it is a zstd frame. The blob is
-//! checked (envelope and checksum) before its header is read. With
-//! `--json`, one object holding the blob's name and the file's text.
+//! checked (envelope and checksum) before its header is read; without
+//! `--capnp` the store's snapshot comes through the explorer's own cache
+//! ([`burrow::explore::Explorer`]). With `--json`, one object holding the
+//! blob's name and the file's text.
 
 use crate::output::Out;
 use anyhow::{bail, Context, Result};
@@ -12,10 +16,19 @@ use burrow::announcer::AnnouncementLog;
 use burrow::blobstore::compress::decode_stored;
 use burrow::blobstore::{BlobName, BlobStore};
 use burrow::schema::blob::OpenBlob;
-use burrow::schema::capnp_text::blob_schema;
+use burrow::schema::capnp_text::{blob_schema, dataset_schema};
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Prints the dataset's own types, from the newest version's snapshot
+/// fetched through the explorer's cache.
+pub async fn dataset_from_store(store: BlobStore, cache: &Path, out: &mut Out) -> Result<()> {
+    let explorer = burrow::explore::Explorer::open(store, cache).await?;
+    let blob = explorer.latest_snapshot().await?;
+    explorer.trim_cache();
+    print(&blob, false, out)
+}
 
 /// Prints the schema of the store's latest snapshot.
 pub async fn from_store(store: BlobStore, out: &mut Out) -> Result<()> {
@@ -41,16 +54,17 @@ pub async fn from_store(store: BlobStore, out: &mut Out) -> Result<()> {
     let blob = open(stored, &name.to_string())?;
     burrow::schema::blob::check_dataset(&blob, latest.dataset_id)
         .with_context(|| format!("{name} does not belong to the log's dataset"))?;
-    print(&blob, out)
+    print(&blob, true, out)
 }
 
-/// Prints the schema of the blob in `path`.
-pub async fn from_file(path: &Path, out: &mut Out) -> Result<()> {
+/// Prints the schema of the blob in `path`: with `capnp`, the file that
+/// decodes it.
+pub async fn from_file(path: &Path, capnp: bool, out: &mut Out) -> Result<()> {
     let bytes = tokio::fs::read(path)
         .await
         .with_context(|| format!("cannot read {}", path.display()))?;
     let blob = open(Bytes::from(bytes), &path.display().to_string())?;
-    print(&blob, out)
+    print(&blob, capnp, out)
 }
 
 /// The blob in `stored` (decompressed if it is a zstd frame), checked.
@@ -62,8 +76,12 @@ fn open(stored: Bytes, name: &str) -> Result<Arc<OpenBlob>> {
     Ok(Arc::new(blob))
 }
 
-fn print(blob: &Arc<OpenBlob>, out: &mut Out) -> Result<()> {
-    let text = blob_schema(blob)?;
+fn print(blob: &Arc<OpenBlob>, capnp: bool, out: &mut Out) -> Result<()> {
+    let text = if capnp {
+        blob_schema(blob)?
+    } else {
+        dataset_schema(blob)?
+    };
     if out.json {
         let header = blob.header()?;
         out.json(&serde_json::json!({

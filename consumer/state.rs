@@ -176,6 +176,52 @@ impl TypeData {
         Ok(true)
     }
 
+    /// The ordinal of the record whose canonical key bytes are `key`, read
+    /// without generated code: candidates from the overlay and the
+    /// snapshot's key index, each confirmed by reading its key through
+    /// `node_key` (the type's key resolved against its schema node, see
+    /// [`crate::schema::node_key`]). What `burrow dump --key` looks up by.
+    pub fn find_key_bytes(
+        &self,
+        key: &[u8],
+        node_key: &crate::schema::node_key::NodeKey,
+    ) -> Result<Option<u32>, FormatError> {
+        let hash = crate::schema::key::key_hash(key);
+        let mut candidate = Vec::new();
+        let mut is_it = |o: u32| -> Result<bool, FormatError> {
+            let Some((blob, lists, index)) = self.element(o) else {
+                return Ok(false);
+            };
+            candidate.clear();
+            node_key
+                .encode_struct(
+                    blob.segment(),
+                    lists.element(index),
+                    usize::from(lists.data),
+                    usize::from(lists.ptrs),
+                    &mut candidate,
+                )
+                .map_err(|reason| FormatError::Corrupt {
+                    blob: blob.name().to_string(),
+                    reason: format!("{}: key of ordinal {o}: {reason}", self.name),
+                })?;
+            Ok(candidate == key)
+        };
+        for &o in self.overlay.get(&hash).into_iter().flatten() {
+            if is_it(o)? {
+                return Ok(Some(o));
+            }
+        }
+        if let Some(base) = &self.base {
+            for slot in KeyIndex::new(base.key_index.get()).probe(hash) {
+                if is_it(slot.ordinal)? {
+                    return Ok(Some(slot.ordinal));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether `ordinal`'s record is still the snapshot's (no delta touched
     /// its chunk).
     #[inline]

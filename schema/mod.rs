@@ -7,13 +7,15 @@
 //! record's canonical message), [`key`] (key encoding and hashing) and
 //! [`key_index`] (the snapshot's key index), [`node_key`] (keys of a type known only
 //! by the schema node a blob carries), [`capnp_text`] (a blob's record
-//! types as a Cap'n Proto schema file). The format layer does no I/O:
+//! types as a Cap'n Proto schema file), [`dynamic`] (any record read and
+//! rendered as JSON through those nodes, with no generated code). The format layer does no I/O:
 //! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
 //! cache made).
 
 pub mod blob;
 pub mod capnp_text;
 pub mod dataset_id;
+pub mod dynamic;
 pub mod envelope;
 pub mod key;
 pub mod key_index;
@@ -47,9 +49,17 @@ pub mod library_capnp {
     include!(concat!(env!("OUT_DIR"), "/examples/library_capnp.rs"));
 }
 
+/// A record type with every kind of field, for the tests of
+/// [`dynamic`].
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod every_capnp {
+    include!(concat!(env!("OUT_DIR"), "/examples/every_capnp.rs"));
+}
+
 /// Example datasets (generated code lives at `schema::*_capnp`, where
 /// capnpc's paths point; these are the names to use).
 pub mod examples {
+    pub use super::every_capnp;
     pub use super::library_capnp;
     pub use super::movies_capnp;
     pub use super::probe_capnp;

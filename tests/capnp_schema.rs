@@ -359,6 +359,28 @@ async fn nested_structs_enums_groups_and_unions_keep_their_layout() {
         );
     }
 
+    // `burrow schema` (no --capnp): the dataset's own types alone, which
+    // compile to the same layout.
+    let own_text =
+        burrow::schema::capnp_text::dataset_schema(&open(&store_dir, &BlobName::Snapshot(v1)))
+            .unwrap();
+    assert!(
+        own_text.contains("# Record type Shelf: primary key (id).")
+            && !own_text.contains("struct Snapshot")
+            && !own_text.contains("struct Records"),
+        "{own_text}"
+    );
+    let own = dir.path().join("own.capnp");
+    std::fs::write(&own, &own_text).unwrap();
+    let own = compiled(&own);
+    for start in ["struct Shelf @0x", "enum Genre @0x", "struct Movie @0x"] {
+        assert_eq!(
+            declaration(&own, start),
+            declaration(&printed, start),
+            "{start}: the dataset's own types as in the decoding file"
+        );
+    }
+
     let body = std::fs::read(store_dir.join(BlobName::Snapshot(v1).to_string())).unwrap();
     let decoded = decode(&schema, "Snapshot", &body[ENVELOPE_LEN..]);
     for expected in [

@@ -9,6 +9,8 @@ mod cli;
 #[cfg(feature = "cli")]
 mod cli_cache_lock;
 #[cfg(feature = "cli")]
+mod cli_explore;
+#[cfg(feature = "cli")]
 mod cli_notify;
 #[cfg(feature = "cli")]
 mod cli_pin;
@@ -22,6 +24,7 @@ mod crash;
 mod dataset_id;
 mod dropped_type;
 mod e2e;
+mod explore;
 mod failure;
 mod full_disk;
 #[cfg(feature = "fuzzing")]

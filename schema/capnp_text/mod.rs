@@ -134,6 +134,71 @@ pub fn blob_schema(blob: &Arc<OpenBlob>) -> Result<String, CapnpTextError> {
     blob.with_schema_nodes(|nodes| render(&source, nodes.iter().collect(), &slots))
 }
 
+/// The dataset's own types as a Cap'n Proto schema file, as the producer's
+/// authors wrote them: the structs and enums `blob`'s header carries, with
+/// their ids, ordinals, groups, unions, nested declarations and defaults,
+/// and a comment naming each record type and its primary key; none of
+/// burrow's own structs (what `burrow schema` prints; [`blob_schema`] is
+/// the file that decodes whole blobs).
+pub fn dataset_schema(blob: &Arc<OpenBlob>) -> Result<String, CapnpTextError> {
+    let (header, slots): (_, Vec<SlotType>) = match blob.envelope().kind {
+        BlobKind::Snapshot => {
+            let (header, sections) = blob.snapshot()?;
+            let slots = sections
+                .into_iter()
+                .map(|s| SlotType::new(s.lists.slot, s.type_id, s.name, s.key_fields));
+            (header, slots.collect())
+        }
+        _ => {
+            let (header, sections) = blob.delta()?;
+            let slots = sections
+                .into_iter()
+                .filter(|s| !s.dropped)
+                .map(|s| SlotType::new(s.lists.slot, s.type_id, s.name, s.key_fields));
+            (header, slots.collect())
+        }
+    };
+    if slots.is_empty() {
+        return Err(CapnpTextError::NoTypes {
+            blob: blob.name().to_string(),
+        });
+    }
+    let id = file_id(
+        header.dataset_id.hi(),
+        header.dataset_id.lo(),
+        header.schema_hash ^ 0x5eed,
+    );
+    blob.with_schema_nodes(|nodes| {
+        let printer = print::Printer::new(blob.name(), nodes.iter().collect(), &[])?;
+        let mut out = format!(
+            "# The record types of burrow dataset {}\n\
+             # (printed by `burrow schema` from {}, schema hash {:016x}).\n",
+            header.dataset_id,
+            print::comment_text(blob.name()),
+            header.schema_hash
+        );
+        for t in &slots {
+            let path =
+                printer
+                    .record_type(t.type_id)
+                    .ok_or_else(|| CapnpTextError::Unprintable {
+                        blob: blob.name().to_string(),
+                        node: format!("type {} ({:#018x})", t.name, t.type_id),
+                        reason: "the header carries no struct node for it".into(),
+                    })?;
+            let key = if t.key_fields.is_empty() {
+                "no primary key".to_string()
+            } else {
+                format!("primary key ({})", t.key_fields.join(", "))
+            };
+            out.push_str(&format!("# Record type {path}: {key}.\n"));
+        }
+        out.push_str(&format!("@0x{id:016x};\n"));
+        printer.user_decls(&mut out)?;
+        Ok(out)
+    })
+}
+
 /// What the file's opening comment says about where it came from.
 struct Source<'a> {
     blob: &'a str,

@@ -18,7 +18,7 @@ mod roles;
 #[cfg(feature = "s3")]
 mod s3;
 mod store_cases;
-mod support;
+pub(crate) mod support;
 
 use support::Backend;
 

@@ -143,6 +143,10 @@ pub enum Error {
     /// A blob's record types cannot be printed as a Cap'n Proto schema.
     #[error(transparent)]
     CapnpText(#[from] crate::schema::capnp_text::CapnpTextError),
+    /// A type's schema in a blob cannot be read or continued by this
+    /// build's generated code (see [`crate::schema::evolve`]).
+    #[error(transparent)]
+    Schema(#[from] crate::schema::evolve::SchemaError),
     /// A setting given to a builder or the CLI is invalid.
     #[error("invalid configuration: {what}: {reason}")]
     Config {

@@ -56,6 +56,7 @@ use crate::blobstore::resilience::{CircuitBreakerStore, Clock, SystemClock};
 use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::record::TypeInfo;
 use crate::schema::DatasetId;
 use arc_swap::ArcSwapOption;
 use recheck::BlobKey;
@@ -141,6 +142,7 @@ pub struct ConsumerBuilder {
     breaker: Option<Arc<CircuitBreakerStore>>,
     retention: CacheRetention,
     warm_up: WarmUp,
+    record_types: Vec<TypeInfo>,
 }
 
 impl ConsumerBuilder {
@@ -156,7 +158,20 @@ impl ConsumerBuilder {
             breaker: None,
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
+            record_types: Vec::new(),
         }
+    }
+
+    /// Declares that this consumer reads record type `T` (its generated
+    /// code): every blob a refresh applies is checked against it
+    /// ([`crate::schema::evolve`], either side may be the newer), and a
+    /// blob whose schema of `T` is incompatible fails the refresh with
+    /// [`crate::Error::Schema`] naming the type, the field and the change,
+    /// while the current state keeps serving. A type not declared is
+    /// checked when it is first viewed ([`ReadState::view`]) instead.
+    pub fn record_type<T: crate::schema::record::RecordType>(mut self) -> Self {
+        self.record_types.push(TypeInfo::of::<T>());
+        self
     }
 
     /// How a refresh warms the blobs it maps before it swaps the new state
@@ -249,10 +264,32 @@ impl ConsumerBuilder {
             max_delta_depth: self.max_delta_depth,
             retention: self.retention,
             warm_up: self.warm_up,
+            record_types: Arc::from(self.record_types),
             swapped: tokio::sync::watch::Sender::new(None),
             first_state: std::sync::Condvar::new(),
         })
     }
+}
+
+/// Checks the declared record types against `blob`'s schema nodes, each
+/// with its key as `state` (built from the blob) names it.
+fn check_record_types(
+    blob: &OpenBlob,
+    state: &ReadState,
+    record_types: &[TypeInfo],
+) -> Result<(), Error> {
+    if record_types.is_empty() {
+        return Ok(());
+    }
+    let ours = crate::schema::evolve::generated_nodes(record_types);
+    let types: Vec<(u64, Vec<String>)> = record_types
+        .iter()
+        .filter_map(|t| {
+            let data = state.raw_type(t.type_id)?;
+            Some((t.type_id, data.key_fields().to_vec()))
+        })
+        .collect();
+    crate::schema::evolve::check_blob(blob, &ours, &types, crate::schema::evolve::Rule::Read)
 }
 
 /// The first back-off of a blob that failed; it doubles with each failure
@@ -329,6 +366,8 @@ pub struct Consumer {
     max_delta_depth: usize,
     retention: CacheRetention,
     warm_up: WarmUp,
+    /// The record types declared with [`ConsumerBuilder::record_type`].
+    record_types: Arc<[TypeInfo]>,
     /// The version of each state swapped in, for [`Consumer::ready`].
     swapped: tokio::sync::watch::Sender<Option<u64>>,
     /// Signalled (with `health`'s lock) at each swap, for
@@ -746,10 +785,17 @@ impl Consumer {
                     }),
                 };
                 let step = *step;
-                let next = tokio::task::spawn_blocking(move || match (step, base) {
-                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
-                    (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => base.apply(blob, a, b),
-                    (_, None) => Err(ConsumerError::NoState.into()),
+                let record_types = Arc::clone(&self.record_types);
+                let next = tokio::task::spawn_blocking(move || {
+                    let next = match (step, base) {
+                        (Step::Snapshot(v), _) => ReadState::from_snapshot(Arc::clone(&blob), v),
+                        (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => {
+                            base.apply(Arc::clone(&blob), a, b)
+                        }
+                        (_, None) => Err(ConsumerError::NoState.into()),
+                    }?;
+                    check_record_types(&blob, &next, &record_types)?;
+                    Ok::<_, Error>(next)
                 })
                 .await
                 .map_err(|e| {

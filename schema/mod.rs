@@ -15,6 +15,7 @@ pub mod blob;
 pub mod capnp_text;
 pub mod dataset_id;
 pub mod envelope;
+pub mod evolve;
 pub mod key;
 pub mod key_index;
 pub mod node_key;
@@ -45,6 +46,44 @@ pub mod probe_capnp {
 #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
 pub mod library_capnp {
     include!(concat!(env!("OUT_DIR"), "/examples/library_capnp.rs"));
+}
+
+/// The schema evolution tests' dataset, version 1
+/// (`schema/examples/evolve/v1/evolve.capnp`).
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_v1 {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_v1/evolve_capnp.rs"));
+    }
+}
+
+/// Version 2 of the evolution tests' dataset, a compatible evolution of
+/// version 1 (a field renamed, fields, an enumerant and types added).
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_v2 {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_v2/evolve_capnp.rs"));
+    }
+}
+
+/// An incompatible change of version 1: a field's type changed.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_bad_type {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_bad_type/evolve_capnp.rs"));
+    }
+}
+
+/// An incompatible change of version 1: the primary key field renamed.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_bad_key {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_bad_key/evolve_capnp.rs"));
+    }
 }
 
 /// Example datasets (generated code lives at `schema::*_capnp`, where

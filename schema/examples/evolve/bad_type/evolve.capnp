@@ -1,0 +1,16 @@
+# An incompatible change of v1/evolve.capnp (same ids): `count` changes
+# type from UInt32 to Text. Refused by producers and consumers alike.
+@0xc4e1a7f35b2d9e01;
+
+struct Item @0xf1d2c3b4a5968701 {
+  id @0 :UInt64;     # primary key
+  name @1 :Text;
+  count @2 :Text;
+  kind @3 :Kind;
+  tags @4 :List(Text);
+}
+
+enum Kind @0xf1d2c3b4a5968702 {
+  plain @0;
+  special @1;
+}

@@ -35,10 +35,10 @@ use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{BlobHeader, DeltaSection, OpenBlob, RecordLists, SnapshotSection};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
+use crate::schema::evolve::{self, SchemaError};
 use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
 use crate::schema::record::{Element, RecordType, TypeInfo};
-use crate::schema::evolve::{self, SchemaError};
 use hashbrown::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -168,7 +168,11 @@ fn name_of(f: field::Reader<'_>) -> String {
 
 /// A primary key field keeps its name: each key field, found by name in
 /// the blob's node, must have the same name at the same index in ours.
-fn check_key(theirs: node::Reader<'_>, ours: node::Reader<'_>, keys: &[String]) -> Result<(), Change> {
+fn check_key(
+    theirs: node::Reader<'_>,
+    ours: node::Reader<'_>,
+    keys: &[String],
+) -> Result<(), Change> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -244,7 +248,10 @@ impl Check<'_, '_, '_, '_> {
             .get(&their_id)
             .ok_or_else(|| change(None, format!("the blob carries no node {their_id:#018x}")))?;
         let unreadable = |e: capnp::Error| change(None, format!("unreadable node: {e}"));
-        match (theirs.which().map_err(|e| unreadable(e.into()))?, ours.which().map_err(|e| unreadable(e.into()))?) {
+        match (
+            theirs.which().map_err(|e| unreadable(e.into()))?,
+            ours.which().map_err(|e| unreadable(e.into()))?,
+        ) {
             (node::Struct(t), node::Struct(o)) => self.structs(&name, t, o, path),
             (node::Enum(t), node::Enum(o)) => {
                 let (t, o) = (
@@ -253,7 +260,11 @@ impl Check<'_, '_, '_, '_> {
                 );
                 if self.rule == Rule::Continue && o.len() < t.len() {
                     let lost = t.get(o.len());
-                    let lost = lost.get_name().ok().and_then(|n| n.to_str().ok()).unwrap_or("?");
+                    let lost = lost
+                        .get_name()
+                        .ok()
+                        .and_then(|n| n.to_str().ok())
+                        .unwrap_or("?");
                     return Err(change(
                         Some(lost.to_string()),
                         format!(
@@ -349,7 +360,8 @@ impl Check<'_, '_, '_, '_> {
         if old.get_discriminant_count() > 0
             && old.get_discriminant_offset() != new.get_discriminant_offset()
         {
-            let (blob_v, ours_v) = sides(old.get_discriminant_offset(), new.get_discriminant_offset());
+            let (blob_v, ours_v) =
+                sides(old.get_discriminant_offset(), new.get_discriminant_offset());
             return Err(change(
                 None,
                 format!("the union's discriminant moved: offset {blob_v} in the blob, {ours_v} in this build"),
@@ -487,7 +499,14 @@ impl Check<'_, '_, '_, '_> {
             (type_::AnyPointer(_), type_::AnyPointer(_)) => Ok(None),
             (tw, ow) => {
                 if std::mem::discriminant(&tw) == std::mem::discriminant(&ow)
-                    && !matches!(tw, type_::List(_) | type_::Struct(_) | type_::Enum(_) | type_::Interface(_) | type_::AnyPointer(_))
+                    && !matches!(
+                        tw,
+                        type_::List(_)
+                            | type_::Struct(_)
+                            | type_::Enum(_)
+                            | type_::Interface(_)
+                            | type_::AnyPointer(_)
+                    )
                 {
                     Ok(None)
                 } else {
@@ -600,4 +619,186 @@ pub fn check_blob(
 pub fn generated_identity(info: &crate::schema::record::TypeInfo) -> usize {
     let raw: capnp::introspect::RawBrandedStructSchema = info.schema().into();
     std::ptr::from_ref(raw.generic) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::evolve_v1::evolve_capnp as v1;
+    use crate::schema::evolve_v2::evolve_capnp as v2;
+    use crate::schema::record::TypeInfo;
+
+    const ITEM: u64 = 0xf1d2_c3b4_a596_8701;
+    const KIND: u64 = 0xf1d2_c3b4_a596_8702;
+
+    fn v1_nodes() -> NodeMap<'static> {
+        generated_nodes(&[TypeInfo::of::<v1::item::Owned>()])
+    }
+    fn v2_nodes() -> NodeMap<'static> {
+        generated_nodes(&[
+            TypeInfo::of::<v2::item::Owned>(),
+            TypeInfo::of::<v2::extra::Owned>(),
+        ])
+    }
+
+    fn check(theirs: &NodeMap<'_>, ours: &NodeMap<'_>, rule: Rule) -> Result<(), SchemaError> {
+        check_type("blob", theirs, ours, ITEM, &["id".to_string()], rule)
+    }
+
+    /// `node` copied into a message of its own, changed by `edit`.
+    fn edited(
+        node: node::Reader<'_>,
+        edit: impl FnOnce(node::Builder<'_>),
+    ) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+        let mut message = capnp::message::Builder::new_default();
+        message.set_root(node).unwrap();
+        edit(message.get_root::<node::Builder<'_>>().unwrap());
+        message
+    }
+
+    /// Invariant: v2 is a compatible evolution of v1 (a rename, fields,
+    /// an enumerant and types added): a v2 producer continues a v1 chain,
+    /// and readers of either version read blobs of the other.
+    #[test]
+    fn v2_continues_and_reads_v1_and_v1_reads_v2() {
+        let (old, new) = (v1_nodes(), v2_nodes());
+        check(&old, &new, Rule::Continue).unwrap();
+        check(&old, &new, Rule::Read).unwrap();
+        check(&new, &old, Rule::Read).unwrap();
+        check(&new, &new, Rule::Continue).unwrap();
+    }
+
+    /// Invariant: an older producer does not continue a newer chain: the
+    /// fields it lacks would be dropped from every record it carries.
+    #[test]
+    fn an_older_producer_is_refused() {
+        let err = check(&v2_nodes(), &v1_nodes(), Rule::Continue).unwrap_err();
+        assert_eq!(err.type_name, "evolve.capnp:Item");
+        assert_eq!(err.field.as_deref(), Some("rating"));
+        assert!(err.change.starts_with("field removed"), "{err}");
+    }
+
+    /// Invariant: each kind of incompatible change is refused, naming the
+    /// type, the field and what changed.
+    #[test]
+    fn each_incompatible_change_is_named() {
+        let ours = v2_nodes();
+        let item = ours[&ITEM];
+        let refused = |message: &capnp::message::Builder<capnp::message::HeapAllocator>,
+                       id: u64,
+                       rule: Rule| {
+            let mut theirs = ours.clone();
+            theirs.insert(id, message.get_root_as_reader().unwrap());
+            check(&theirs, &ours, rule).unwrap_err()
+        };
+        fn slot(n: node::Builder<'_>, i: u32) -> field::Builder<'_> {
+            let node::Which::Struct(st) = n.which().unwrap() else {
+                unreachable!()
+            };
+            st.get_fields().unwrap().get(i)
+        }
+
+        // `count` (field 2) at another offset.
+        let m = edited(item, |n| {
+            let f = slot(n, 2);
+            let field::Which::Slot(mut s) = f.which().unwrap() else {
+                unreachable!()
+            };
+            s.set_offset(5);
+        });
+        let err = refused(&m, ITEM, Rule::Read);
+        assert_eq!(err.field.as_deref(), Some("count"));
+        assert_eq!(
+            err.change,
+            "slot moved: offset 5 in the blob, 2 in this build"
+        );
+
+        // `rating` (field 5) with another default.
+        let m = edited(item, |n| {
+            let f = slot(n, 5);
+            let field::Which::Slot(s) = f.which().unwrap() else {
+                unreachable!()
+            };
+            s.get_default_value().unwrap().set_float32(1.0);
+        });
+        let err = refused(&m, ITEM, Rule::Read);
+        assert_eq!(err.field.as_deref(), Some("rating"));
+        assert!(err.change.starts_with("default value changed"), "{err}");
+
+        // `note` (field 6) moved into a union.
+        let m = edited(item, |n| {
+            slot(n, 6).set_discriminant_value(1);
+        });
+        let err = refused(&m, ITEM, Rule::Read);
+        assert_eq!(err.field.as_deref(), Some("note"));
+        assert_eq!(
+            err.change,
+            "union membership changed: union member 1 in the blob, outside any union in this build"
+        );
+
+        // The struct's data section larger in the blob than in this build
+        // (with as many fields): this build's struct shrank.
+        let m = edited(item, |n| {
+            let node::Which::Struct(mut st) = n.which().unwrap() else {
+                unreachable!()
+            };
+            let words = st.reborrow().get_data_word_count();
+            st.set_data_word_count(words + 1);
+        });
+        let err = refused(&m, ITEM, Rule::Continue);
+        assert_eq!(err.field, None);
+        assert_eq!(
+            err.change,
+            "the struct's data section shrinks: 4 in the blob, 3 in this build; a struct may only grow"
+        );
+
+        // An enumerant the blob's enum has and this build's lacks.
+        let old_kind = v1_nodes()[&KIND];
+        let mut theirs = ours.clone();
+        let mut ours_old_kind = ours.clone();
+        ours_old_kind.insert(KIND, old_kind);
+        theirs.insert(KIND, ours[&KIND]);
+        let err = check(&theirs, &ours_old_kind, Rule::Continue).unwrap_err();
+        assert_eq!(err.type_name, "evolve.capnp:Kind");
+        assert_eq!(err.field.as_deref(), Some("rare"));
+        assert!(err.change.starts_with("enumerant removed"), "{err}");
+        // A reader may be older: it reads the new enumerant as unknown.
+        check(&theirs, &ours_old_kind, Rule::Read).unwrap();
+    }
+
+    /// Invariant: a type changed below the record type names the nested
+    /// struct and its field.
+    #[test]
+    fn a_change_in_a_nested_struct_names_it() {
+        let ours = v2_nodes();
+        let detail = ours
+            .values()
+            .find(|n| display_name(**n) == "evolve.capnp:Detail")
+            .copied()
+            .unwrap();
+        let m = edited(detail, |n| {
+            let node::Which::Struct(st) = n.which().unwrap() else {
+                unreachable!()
+            };
+            let f = st.get_fields().unwrap().get(1);
+            let field::Which::Slot(s) = f.which().unwrap() else {
+                unreachable!()
+            };
+            s.get_type().unwrap().set_uint32(());
+        });
+        let mut theirs = ours.clone();
+        theirs.insert(detail.get_id(), m.get_root_as_reader().unwrap());
+        let err = check(&theirs, &ours, Rule::Read).unwrap_err();
+        assert_eq!(err.type_name, "evolve.capnp:Detail");
+        assert_eq!(err.field.as_deref(), Some("weight"));
+        assert_eq!(
+            err.change,
+            "type changed: UInt32 in the blob, UInt16 in this build"
+        );
+        assert_eq!(
+            err.to_string(),
+            "blob: type evolve.capnp:Detail, field `weight`: type changed: UInt32 in the blob, \
+             UInt16 in this build (an incompatible schema change)"
+        );
+    }
 }

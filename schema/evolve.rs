@@ -331,6 +331,20 @@ impl Check<'_, '_, '_, '_> {
                 ),
             ));
         }
+        if old.get_discriminant_count() > 0
+            && old.get_discriminant_offset() != new.get_discriminant_offset()
+        {
+            let (blob_v, ours_v) =
+                sides(old.get_discriminant_offset(), new.get_discriminant_offset());
+            return Err(change(
+                None,
+                format!("the union's discriminant moved: offset {blob_v} in the blob, {ours_v} in this build"),
+            ));
+        }
+        for i in 0..old_fields.min(new_fields) {
+            let (tf, of) = (tf.get(i), of.get(i));
+            self.field(name, path, tf, of)?;
+        }
         if path.is_empty() {
             // A group shares its parent's sections: sizes are checked once.
             for (what, old_v, new_v) in [
@@ -356,20 +370,6 @@ impl Check<'_, '_, '_, '_> {
                     ));
                 }
             }
-        }
-        if old.get_discriminant_count() > 0
-            && old.get_discriminant_offset() != new.get_discriminant_offset()
-        {
-            let (blob_v, ours_v) =
-                sides(old.get_discriminant_offset(), new.get_discriminant_offset());
-            return Err(change(
-                None,
-                format!("the union's discriminant moved: offset {blob_v} in the blob, {ours_v} in this build"),
-            ));
-        }
-        for i in 0..old_fields.min(new_fields) {
-            let (tf, of) = (tf.get(i), of.get(i));
-            self.field(name, path, tf, of)?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod crash;
 mod dataset_id;
 mod dropped_type;
 mod e2e;
+mod evolve;
 mod failure;
 mod full_disk;
 #[cfg(feature = "fuzzing")]

@@ -34,6 +34,7 @@
 //! [`RefreshReport::cache`] and the `burrow_consumer_cache_*` metrics say
 //! what went.
 
+mod changes;
 pub mod plan;
 mod ready;
 mod recheck;
@@ -43,6 +44,7 @@ mod warm;
 mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
+pub use changes::{ChangeSource, RefreshEvent, RefreshListener, TypeChanges, TypedChanges};
 pub use plan::{Plan, Step};
 pub use ready::{Readiness, Waiting};
 pub use recheck::CacheFault;
@@ -118,6 +120,13 @@ pub enum ConsumerError {
         /// What the consumer was waiting for when the time ran out.
         waiting: Waiting,
     },
+    /// The changes of a refresh could not be found (a record's key does
+    /// not read); the refresh itself succeeded.
+    #[error("the refresh's changes are unavailable: {reason}")]
+    ChangesUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
@@ -143,6 +152,7 @@ pub struct ConsumerBuilder {
     retention: CacheRetention,
     warm_up: WarmUp,
     record_types: Vec<TypeInfo>,
+    listeners: Vec<Arc<dyn RefreshListener>>,
 }
 
 impl ConsumerBuilder {
@@ -159,7 +169,18 @@ impl ConsumerBuilder {
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
             record_types: Vec::new(),
+            listeners: Vec::new(),
         }
+    }
+
+    /// Adds a listener told, after each refresh that swaps a state in,
+    /// which keys of each type were added, removed and changed, with the
+    /// old and new records ([`RefreshEvent`]; found from the deltas
+    /// applied, in time proportional to the change, or by comparing the
+    /// states after a snapshot load). Listeners run in the order added.
+    pub fn refresh_listener(mut self, listener: impl RefreshListener + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
     }
 
     /// Declares that this consumer reads record type `T` (its generated
@@ -265,6 +286,7 @@ impl ConsumerBuilder {
             retention: self.retention,
             warm_up: self.warm_up,
             record_types: Arc::from(self.record_types),
+            listeners: Arc::from(self.listeners),
             swapped: tokio::sync::watch::Sender::new(None),
             first_state: std::sync::Condvar::new(),
         })
@@ -368,6 +390,8 @@ pub struct Consumer {
     warm_up: WarmUp,
     /// The record types declared with [`ConsumerBuilder::record_type`].
     record_types: Arc<[TypeInfo]>,
+    /// Told of each refresh's changes ([`ConsumerBuilder::refresh_listener`]).
+    listeners: Arc<[Arc<dyn RefreshListener>]>,
     /// The version of each state swapped in, for [`Consumer::ready`].
     swapped: tokio::sync::watch::Sender<Option<u64>>,
     /// Signalled (with `health`'s lock) at each swap, for
@@ -859,12 +883,13 @@ impl Consumer {
                 })
             })?;
         *self.current_blobs.lock().expect("blobs lock") = blobs;
-        self.current.store(Some(state));
+        let previous = self.current.swap(Some(Arc::clone(&state)));
         self.swapped.send_replace(Some(to));
         // Taken after the store: a blocked `ready_blocking` either saw the
         // state or waits already, and wakes.
         drop(self.health.lock().expect("health lock"));
         self.first_state.notify_all();
+        self.notify_listeners(previous, state).await;
         let duration = started.elapsed();
         let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(
@@ -884,6 +909,38 @@ impl Consumer {
             warm_up,
             cache: trimmed,
         }))
+    }
+
+    /// Tells the listeners what changed from `previous` to `state` (just
+    /// swapped in). A rebuild of the same version of the same dataset
+    /// changes nothing and tells nothing.
+    async fn notify_listeners(&self, previous: Option<Arc<ReadState>>, state: Arc<ReadState>) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.version() == state.version() && p.dataset_id() == state.dataset_id())
+        {
+            return;
+        }
+        let listeners = Arc::clone(&self.listeners);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let event = RefreshEvent::compute(previous, state);
+            if let Err(e) = event.changes() {
+                tracing::warn!(error = %e, "the refresh's changes could not be found; listeners are told so");
+                metrics::counter!("burrow_consumer_change_failures_total").increment(1);
+            }
+            for l in listeners.iter() {
+                l.refreshed(&event);
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            // A listener panicked: the state is swapped in regardless.
+            tracing::error!(error = %e, "a refresh listener panicked");
+            metrics::counter!("burrow_consumer_listener_panics_total").increment(1);
+        }
     }
 
     /// Trims the dataset's part of the cache to the retention bound after a

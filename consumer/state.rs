@@ -130,6 +130,24 @@ impl TypeData {
         self.base.as_deref()
     }
 
+    /// The snapshot section, shared: states built from one snapshot
+    /// share it (what change notifications compare).
+    pub(super) fn base_arc(&self) -> Option<&Arc<SnapshotSection>> {
+        self.base.as_ref()
+    }
+
+    /// The deltas stacked on the snapshot, oldest first; a state built by
+    /// applying deltas to another starts with the other's.
+    pub(super) fn parts(&self) -> &[Arc<DeltaSection>] {
+        &self.parts
+    }
+
+    /// One blob per distinct schema the type's records were written
+    /// under: the snapshot's and the deltas' whose schema hash differs.
+    pub(super) fn schema_blobs(&self) -> impl Iterator<Item = &Arc<OpenBlob>> {
+        self.schemas.iter().map(|(_, b)| b)
+    }
+
     #[inline]
     fn base_loc(&self, ordinal: u32) -> Loc {
         match &self.base {

@@ -43,6 +43,7 @@ mod producer_pin;
 mod producer_restore;
 mod property;
 mod readiness;
+mod refresh_listener;
 mod resilience;
 #[cfg(feature = "cli")]
 mod soak;

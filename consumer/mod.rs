@@ -28,6 +28,14 @@
 //! the consumer waits for): what a read service checks before it takes
 //! traffic.
 //!
+//! Types the consumer reads are declared with
+//! [`ConsumerBuilder::record_type`]: every blob a refresh applies is
+//! checked against their generated code by the schema evolution rules
+//! ([`crate::schema::evolve`]), and an incompatible one fails the refresh
+//! while the current state keeps serving. After each swap, refresh
+//! listeners ([`ConsumerBuilder::refresh_listener`], see `changes.rs`)
+//! are told which keys of each type were added, removed and changed.
+//!
 //! After each refresh that swaps in a state, the dataset's cache directory
 //! is trimmed to what the new state maps plus the builder's
 //! [`CacheRetention`] bound, oldest version first; the report's

@@ -57,6 +57,10 @@ const MAX_PARTS: usize = u16::MAX as usize;
 /// bounds the location table such a delta can make (8 MiB).
 const MAX_CREATED_HOLES: u64 = 1 << 26;
 
+/// A schema check's outcome for one generated type
+/// ([`evolve::generated_identity`]).
+type Verdict = (usize, Result<(), SchemaError>);
+
 /// The records of one type in a read state.
 #[derive(Clone)]
 pub struct TypeData {
@@ -78,7 +82,7 @@ pub struct TypeData {
     /// The verdicts of those checks, by generated code
     /// ([`evolve::generated_identity`]); shared by states with the same
     /// `schemas`.
-    verdicts: Arc<Mutex<Vec<(usize, Result<(), SchemaError>)>>>,
+    verdicts: Arc<Mutex<Vec<Verdict>>>,
 }
 
 impl TypeData {

@@ -7,7 +7,9 @@
 //! record's canonical message), [`key`] (key encoding and hashing) and
 //! [`key_index`] (the snapshot's key index), [`node_key`] (keys of a type known only
 //! by the schema node a blob carries), [`capnp_text`] (a blob's record
-//! types as a Cap'n Proto schema file). The format layer does no I/O:
+//! types as a Cap'n Proto schema file), [`evolve`] (whether a blob's
+//! schema of a type can be read or continued by generated code of another
+//! version). The format layer does no I/O:
 //! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
 //! cache made).
 

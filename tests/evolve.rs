@@ -374,7 +374,7 @@ async fn a_chain_crosses_a_schema_change() {
     assert!(matches!(err, Error::Schema(_)), "{err}");
     assert!(
         err.to_string().contains(
-            "type evolve.capnp:Item, field `rating`: field removed: the blob's struct has 8 \
+            "snapshot/00000000000000000004: type evolve.capnp:Item, field `rating`: field removed: the blob's struct has 8 \
              fields, this build's 5; fields may only be added"
         ),
         "{err}"
@@ -411,7 +411,7 @@ async fn incompatible_producers_are_refused_at_restore() {
     let err = bad.restore().await.unwrap_err().to_string();
     assert!(
         err.contains(
-            "type evolve.capnp:Item, field `ident`: primary key field `id` is renamed `ident` \
+            "snapshot/00000000000000000001: type evolve.capnp:Item, field `ident`: primary key field `id` is renamed `ident` \
              in this build; a key field keeps its name"
         ),
         "{err}"
@@ -446,7 +446,8 @@ async fn an_incompatible_blob_is_refused_at_refresh_and_the_state_stays() {
     let err = consumer.refresh().await.unwrap_err();
     assert!(
         err.to_string().contains(
-            "type evolve.capnp:Extra, field `info`: type changed: Text in the blob, UInt32 in \
+            "refresh to version 2 failed at delta/00000000000000000001-00000000000000000002: \
+             delta/00000000000000000001-00000000000000000002: type evolve.capnp:Extra, field `info`: type changed: Text in the blob, UInt32 in \
              this build (an incompatible schema change)"
         ),
         "{err}"

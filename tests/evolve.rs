@@ -8,7 +8,7 @@
 //! `tests/data/evolve/` written by each version are read by the other.
 
 use burrow::blobstore::{BlobStore, Compression};
-use burrow::consumer::{Consumer, ConsumerBuilder, ReadState};
+use burrow::consumer::{Consumer, ConsumerBuilder, ReadState, RefreshEvent, RefreshListener};
 use burrow::producer::{Producer, ProducerBuilder};
 use burrow::schema::blob::OpenBlob;
 use burrow::schema::evolve_bad_key::evolve_capnp as bad_key;
@@ -20,7 +20,7 @@ use burrow::testing::ManualClock;
 use burrow::Error;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One item as version 2 sees it; version 1 sees `name`, `count`,
 /// `kind` and `tags` only.
@@ -233,6 +233,30 @@ fn consumer_v2(store: &BlobStore, cache: &Path) -> Consumer {
         .unwrap()
 }
 
+/// Logs, per refresh, the changed items (id: rating before -> after) and
+/// how many extras were added.
+struct ChangeLog(Arc<Mutex<Vec<String>>>);
+
+impl RefreshListener for ChangeLog {
+    fn refreshed(&self, event: &RefreshEvent) {
+        let items = event.typed::<v2::item::Owned>().unwrap();
+        let changed: Vec<String> = items
+            .iter()
+            .flat_map(|c| c.changed())
+            .map(|(a, b)| format!("{}:{}->{}", a.get_id(), a.get_rating(), b.get_rating()))
+            .collect();
+        let extras = event
+            .typed::<v2::extra::Owned>()
+            .unwrap()
+            .map_or(0, |c| c.added().count());
+        self.0.lock().unwrap().push(format!(
+            "{}: items ~[{}] extras +{extras}",
+            event.to().version(),
+            changed.join(",")
+        ));
+    }
+}
+
 /// The chain's versions 1 and 2, published by v1.
 fn models_v1() -> (Items, Items) {
     let one: Items = (0..20).map(|id| (id, item(id, 0))).collect();
@@ -259,7 +283,14 @@ async fn a_chain_crosses_a_schema_change() {
 
     // Delta followers of each version, from version 1.
     let old_reader = consumer_v1(&store, &dir.path().join("c1"));
-    let new_reader = consumer_v2(&store, &dir.path().join("c2"));
+    let changes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let new_reader = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("c2"))
+        .record_type::<v2::item::Owned>()
+        .record_type::<v2::extra::Owned>()
+        .refresh_listener(ChangeLog(Arc::clone(&changes)))
+        .build()
+        .unwrap();
     for c in [&old_reader, &new_reader] {
         c.refresh().await.unwrap();
     }
@@ -313,6 +344,12 @@ async fn a_chain_crosses_a_schema_change() {
         let r = c.refresh().await.unwrap().unwrap();
         assert!(matches!(r.steps[..], [burrow::consumer::Step::Delta(2, 3)]));
     }
+    // The listener of the newer reader saw the delta across the change:
+    // old records read with new fields at their defaults.
+    assert_eq!(
+        changes.lock().unwrap().last().unwrap(),
+        "3: items ~[0:2.5->4.5,2:2.5->2.5,4:2.5->2.5,5:2.5->2.5] extras +3"
+    );
     let check =
         |old: &ReadState, new: &ReadState, model: &Items, extras: &BTreeMap<u64, String>| {
             assert_eq!(read_v1(old), v1_view(model));

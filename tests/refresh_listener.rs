@@ -282,3 +282,88 @@ async fn first_load_adds_everything_and_changes_carry_both_records() {
         ]
     );
 }
+
+/// Invariant: a type without a primary key is matched by content (a
+/// changed record is one removed and one added), and a type that leaves
+/// the state reports every record removed, one that comes back every
+/// record added.
+#[tokio::test]
+async fn keyless_types_and_types_that_come_and_go() {
+    use burrow::schema::examples::probe_capnp::probe;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let build = |with_probe: bool| {
+        let b = ProducerBuilder::new(store.clone())
+            .producer_id("listen")
+            .primary_key::<movie::Owned>(&["id"]);
+        let b = if with_probe {
+            b.record_type::<probe::Owned>()
+        } else {
+            b
+        };
+        b.build().unwrap()
+    };
+    let publish_probes = |p: burrow::producer::Producer, counts: Vec<u32>| async move {
+        p.run_cycle(|c| {
+            c.add::<movie::Owned>(|mut m| {
+                m.set_id(1);
+                Ok(())
+            })?;
+            for n in &counts {
+                c.add::<probe::Owned>(|mut r| {
+                    r.set_count(*n);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        p
+    };
+    let seen: Arc<Mutex<Vec<(Vec<u32>, Vec<u32>, usize)>>> = Arc::default();
+    struct Probes(Arc<Mutex<Vec<(Vec<u32>, Vec<u32>, usize)>>>);
+    impl RefreshListener for Probes {
+        fn refreshed(&self, event: &RefreshEvent) {
+            let entry = match event.typed::<probe::Owned>().unwrap() {
+                Some(c) => {
+                    let mut added: Vec<u32> = c.added().map(|r| r.get_count()).collect();
+                    let mut removed: Vec<u32> = c.removed().map(|r| r.get_count()).collect();
+                    added.sort_unstable();
+                    removed.sort_unstable();
+                    (added, removed, c.changed().count())
+                }
+                None => (Vec::new(), Vec::new(), 0),
+            };
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+    let consumer = ConsumerBuilder::new(store.clone())
+        .cache_dir(dir.path().join("cache"))
+        .refresh_listener(Probes(Arc::clone(&seen)))
+        .build()
+        .unwrap();
+    let p = publish_probes(build(true), vec![1, 2, 3]).await;
+    consumer.refresh().await.unwrap();
+    publish_probes(p, vec![1, 2, 30]).await;
+    consumer.refresh().await.unwrap();
+    // A restart without Probe drops it; one with it brings it back.
+    let p = build(false);
+    p.restore().await.unwrap();
+    let p = publish_probes(p, vec![]).await;
+    drop(p);
+    consumer.refresh().await.unwrap();
+    let p = build(true);
+    p.restore().await.unwrap();
+    publish_probes(p, vec![7]).await;
+    consumer.refresh().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (vec![1, 2, 3], vec![], 0),
+            (vec![30], vec![3], 0),
+            (vec![], vec![1, 2, 30], 0),
+            (vec![7], vec![], 0),
+        ]
+    );
+}

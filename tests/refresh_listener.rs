@@ -321,8 +321,10 @@ async fn keyless_types_and_types_that_come_and_go() {
         .unwrap();
         p
     };
-    let seen: Arc<Mutex<Vec<(Vec<u32>, Vec<u32>, usize)>>> = Arc::default();
-    struct Probes(Arc<Mutex<Vec<(Vec<u32>, Vec<u32>, usize)>>>);
+    /// Per refresh: Probe counts added, removed, and how many changed.
+    type ProbeLog = Arc<Mutex<Vec<(Vec<u32>, Vec<u32>, usize)>>>;
+    let seen: ProbeLog = Arc::default();
+    struct Probes(ProbeLog);
     impl RefreshListener for Probes {
         fn refreshed(&self, event: &RefreshEvent) {
             let entry = match event.typed::<probe::Owned>().unwrap() {

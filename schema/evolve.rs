@@ -130,7 +130,7 @@ pub fn check_type(
         seen: HashSet::new(),
     };
     check
-        .node(type_id, type_id, "")
+        .node(type_id, type_id, "", None)
         .and_then(|()| check_key(*their_node, *our_node, key_fields))
         .map_err(|c| SchemaError {
             blob: blob.to_string(),
@@ -227,8 +227,16 @@ struct Check<'t, 'o, 'a, 'b> {
 
 impl Check<'_, '_, '_, '_> {
     /// Compares the struct or enum `their_id` of the blob with `our_id`.
-    /// `path` prefixes field names (a group's fields are `group.field`).
-    fn node(&mut self, their_id: u64, our_id: u64, path: &str) -> Result<(), Change> {
+    /// `path` prefixes field names (a group's fields are `group.field`,
+    /// reported under the name of the struct that holds the group,
+    /// `parent`).
+    fn node(
+        &mut self,
+        their_id: u64,
+        our_id: u64,
+        path: &str,
+        parent: Option<&str>,
+    ) -> Result<(), Change> {
         if !self.seen.insert((their_id, our_id)) {
             return Ok(());
         }
@@ -237,7 +245,7 @@ impl Check<'_, '_, '_, '_> {
             field: None,
             change: "this build's generated code lacks the node".into(),
         })?;
-        let name = display_name(ours);
+        let name = parent.map_or_else(|| display_name(ours), str::to_string);
         let change = |field: Option<String>, change: String| Change {
             type_name: name.clone(),
             field,
@@ -435,9 +443,12 @@ impl Check<'_, '_, '_, '_> {
                 }
                 Ok(())
             }
-            (field::Group(tg), field::Group(og)) => {
-                self.node(tg.get_type_id(), og.get_type_id(), &format!("{field}."))
-            }
+            (field::Group(tg), field::Group(og)) => self.node(
+                tg.get_type_id(),
+                og.get_type_id(),
+                &format!("{field}."),
+                Some(name),
+            ),
             (field::Slot(_), field::Group(_)) => Err(change(
                 "a field in the blob is a group in this build".into(),
             )),
@@ -480,14 +491,14 @@ impl Check<'_, '_, '_, '_> {
                 if ts.get_type_id() != os.get_type_id() {
                     return differ();
                 }
-                self.node(ts.get_type_id(), os.get_type_id(), "")?;
+                self.node(ts.get_type_id(), os.get_type_id(), "", None)?;
                 Ok(None)
             }
             (type_::Enum(te), type_::Enum(oe)) => {
                 if te.get_type_id() != oe.get_type_id() {
                     return differ();
                 }
-                self.node(te.get_type_id(), oe.get_type_id(), "")?;
+                self.node(te.get_type_id(), oe.get_type_id(), "", None)?;
                 Ok(None)
             }
             (type_::Interface(ti), type_::Interface(oi)) => {
@@ -764,6 +775,41 @@ mod tests {
         assert!(err.change.starts_with("enumerant removed"), "{err}");
         // A reader may be older: it reads the new enumerant as unknown.
         check(&theirs, &ours_old_kind, Rule::Read).unwrap();
+    }
+
+    /// Invariant: a schema with groups, unions, nested structs, enums,
+    /// lists and defaults of every kind is compatible with itself under
+    /// both rules (no false refusal), and a change inside a group names
+    /// the record type and the field as `group.field`.
+    #[test]
+    fn groups_unions_and_defaults_compare_equal_to_themselves() {
+        use crate::schema::library_capnp::shelf;
+        let info = TypeInfo::of::<shelf::Owned>();
+        let ours = generated_nodes(std::slice::from_ref(&info));
+        let keys = ["id".to_string()];
+        for rule in [Rule::Continue, Rule::Read] {
+            check_type("blob", &ours, &ours, info.type_id, &keys, rule).unwrap();
+        }
+        let location = ours
+            .values()
+            .find(|n| display_name(**n).ends_with("Shelf.location"))
+            .copied()
+            .unwrap();
+        let m = edited(location, |n| {
+            let node::Which::Struct(st) = n.which().unwrap() else {
+                unreachable!()
+            };
+            let f = st.get_fields().unwrap().get(1);
+            let field::Which::Slot(mut s) = f.which().unwrap() else {
+                unreachable!()
+            };
+            s.set_offset(9);
+        });
+        let mut theirs = ours.clone();
+        theirs.insert(location.get_id(), m.get_root_as_reader().unwrap());
+        let err = check_type("blob", &theirs, &ours, info.type_id, &keys, Rule::Read).unwrap_err();
+        assert_eq!(err.type_name, "examples/library.capnp:Shelf");
+        assert_eq!(err.field.as_deref(), Some("location.row"));
     }
 
     /// Invariant: a type changed below the record type names the nested

@@ -790,6 +790,16 @@ mod tests {
         for rule in [Rule::Continue, Rule::Read] {
             check_type("blob", &ours, &ours, info.type_id, &keys, rule).unwrap();
         }
+        // As a blob carries them: canonical copies, display names made
+        // portable, pointer defaults in the blob's own segment.
+        let schema = crate::schema::blob::DatasetSchema::of(std::slice::from_ref(&info)).unwrap();
+        let head = crate::schema::blob::HeaderInfo::for_test(&schema);
+        let bytes = crate::schema::blob::write_snapshot(&head, &[]).unwrap();
+        let blob = crate::schema::blob::OpenBlob::from_bytes(&bytes, "snapshot/1").unwrap();
+        assert_eq!(blob.header().unwrap().node_count as usize, ours.len());
+        for rule in [Rule::Continue, Rule::Read] {
+            check_blob(&blob, &ours, &[(info.type_id, keys.to_vec())], rule).unwrap();
+        }
         let location = ours
             .values()
             .find(|n| display_name(**n).ends_with("Shelf.location"))

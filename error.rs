@@ -154,6 +154,10 @@ pub enum Error {
     /// does not have (see [`crate::explore`]).
     #[error(transparent)]
     Explore(#[from] crate::explore::ExploreError),
+    /// A type's schema in a blob cannot be read or continued by this
+    /// build's generated code (see [`crate::schema::evolve`]).
+    #[error(transparent)]
+    Schema(#[from] crate::schema::evolve::SchemaError),
     /// A setting given to a builder or the CLI is invalid.
     #[error("invalid configuration: {what}: {reason}")]
     Config {

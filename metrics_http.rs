@@ -179,6 +179,8 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("burrow_consumer_cache_evict_failures_total", Kind::Counter, "Cache files the trim could not remove."),
     ("burrow_consumer_notify_ignored_total", Kind::Counter, "Notifications dropped unread: malformed, of another dataset, or of an entry already seen."),
     ("burrow_consumer_notify_unconfirmed_total", Kind::Counter, "Notifications of an entry the announcement log did not have."),
+    ("burrow_consumer_change_failures_total", Kind::Counter, "Refreshes whose changes could not be computed for the refresh listeners (they are told so)."),
+    ("burrow_consumer_listener_panics_total", Kind::Counter, "Refresh listeners that panicked (the state was swapped in regardless)."),
     ("burrow_consumer_refresh_seconds", Kind::Histogram, "Time of a refresh that moved the consumer, planning to swap."),
     ("burrow_consumer_warm_up_seconds", Kind::Histogram, "Time spent bringing a new state's pages in before its swap."),
     ("burrow_producer_version", Kind::Gauge, "The producer's last announced version."),

@@ -28,12 +28,21 @@
 //! the consumer waits for): what a read service checks before it takes
 //! traffic.
 //!
+//! Types the consumer reads are declared with
+//! [`ConsumerBuilder::record_type`]: every blob a refresh applies is
+//! checked against their generated code by the schema evolution rules
+//! ([`crate::schema::evolve`]), and an incompatible one fails the refresh
+//! while the current state keeps serving. After each swap, refresh
+//! listeners ([`ConsumerBuilder::refresh_listener`], see `changes.rs`)
+//! are told which keys of each type were added, removed and changed.
+//!
 //! After each refresh that swaps in a state, the dataset's cache directory
 //! is trimmed to what the new state maps plus the builder's
 //! [`CacheRetention`] bound, oldest version first; the report's
 //! [`RefreshReport::cache`] and the `burrow_consumer_cache_*` metrics say
 //! what went.
 
+mod changes;
 pub mod plan;
 mod ready;
 mod recheck;
@@ -43,6 +52,7 @@ mod warm;
 mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
+pub use changes::{ChangeSource, RefreshEvent, RefreshListener, TypeChanges, TypedChanges};
 pub use plan::{Plan, Step};
 pub use ready::{Readiness, Waiting};
 pub use recheck::CacheFault;
@@ -56,6 +66,7 @@ use crate::blobstore::resilience::{CircuitBreakerStore, Clock, SystemClock};
 use crate::blobstore::{BlobCache, BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::record::TypeInfo;
 use crate::schema::DatasetId;
 use arc_swap::ArcSwapOption;
 use recheck::BlobKey;
@@ -117,6 +128,13 @@ pub enum ConsumerError {
         /// What the consumer was waiting for when the time ran out.
         waiting: Waiting,
     },
+    /// The changes of a refresh could not be found (a record's key does
+    /// not read); the refresh itself succeeded.
+    #[error("the refresh's changes are unavailable: {reason}")]
+    ChangesUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// A refresh failed at one blob; the current state keeps serving.
     #[error("refresh to version {target} failed at {blob}: {source}")]
     Refresh {
@@ -141,6 +159,8 @@ pub struct ConsumerBuilder {
     breaker: Option<Arc<CircuitBreakerStore>>,
     retention: CacheRetention,
     warm_up: WarmUp,
+    record_types: Vec<TypeInfo>,
+    listeners: Vec<Arc<dyn RefreshListener>>,
 }
 
 impl ConsumerBuilder {
@@ -156,7 +176,31 @@ impl ConsumerBuilder {
             breaker: None,
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
+            record_types: Vec::new(),
+            listeners: Vec::new(),
         }
+    }
+
+    /// Adds a listener told, after each refresh that swaps a state in,
+    /// which keys of each type were added, removed and changed, with the
+    /// old and new records ([`RefreshEvent`]; found from the deltas
+    /// applied, in time proportional to the change, or by comparing the
+    /// states after a snapshot load). Listeners run in the order added.
+    pub fn refresh_listener(mut self, listener: impl RefreshListener + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Declares that this consumer reads record type `T` (its generated
+    /// code): every blob a refresh applies is checked against it
+    /// ([`crate::schema::evolve`], either side may be the newer), and a
+    /// blob whose schema of `T` is incompatible fails the refresh with
+    /// [`crate::Error::Schema`] naming the type, the field and the change,
+    /// while the current state keeps serving. A type not declared is
+    /// checked when it is first viewed ([`ReadState::view`]) instead.
+    pub fn record_type<T: crate::schema::record::RecordType>(mut self) -> Self {
+        self.record_types.push(TypeInfo::of::<T>());
+        self
     }
 
     /// How a refresh warms the blobs it maps before it swaps the new state
@@ -249,10 +293,33 @@ impl ConsumerBuilder {
             max_delta_depth: self.max_delta_depth,
             retention: self.retention,
             warm_up: self.warm_up,
+            record_types: Arc::from(self.record_types),
+            listeners: Arc::from(self.listeners),
             swapped: tokio::sync::watch::Sender::new(None),
             first_state: std::sync::Condvar::new(),
         })
     }
+}
+
+/// Checks the declared record types against `blob`'s schema nodes, each
+/// with its key as `state` (built from the blob) names it.
+fn check_record_types(
+    blob: &OpenBlob,
+    state: &ReadState,
+    record_types: &[TypeInfo],
+) -> Result<(), Error> {
+    if record_types.is_empty() {
+        return Ok(());
+    }
+    let ours = crate::schema::evolve::generated_nodes(record_types);
+    let types: Vec<(u64, Vec<String>)> = record_types
+        .iter()
+        .filter_map(|t| {
+            let data = state.raw_type(t.type_id)?;
+            Some((t.type_id, data.key_fields().to_vec()))
+        })
+        .collect();
+    crate::schema::evolve::check_blob(blob, &ours, &types, crate::schema::evolve::Rule::Read)
 }
 
 /// The first back-off of a blob that failed; it doubles with each failure
@@ -351,6 +418,10 @@ pub struct Consumer {
     max_delta_depth: usize,
     retention: CacheRetention,
     warm_up: WarmUp,
+    /// The record types declared with [`ConsumerBuilder::record_type`].
+    record_types: Arc<[TypeInfo]>,
+    /// Told of each refresh's changes ([`ConsumerBuilder::refresh_listener`]).
+    listeners: Arc<[Arc<dyn RefreshListener>]>,
     /// The version of each state swapped in, for [`Consumer::ready`].
     swapped: tokio::sync::watch::Sender<Option<u64>>,
     /// Signalled (with `health`'s lock) at each swap, for
@@ -785,12 +856,13 @@ impl Consumer {
                 })
             })?;
         *self.current_blobs.lock().expect("blobs lock") = blobs;
-        self.current.store(Some(state));
+        let previous = self.current.swap(Some(Arc::clone(&state)));
         self.swapped.send_replace(Some(to));
         // Taken after the store: a blocked `ready_blocking` either saw the
         // state or waits already, and wakes.
         drop(self.health.lock().expect("health lock"));
         self.first_state.notify_all();
+        self.notify_listeners(previous, state).await;
         let duration = started.elapsed();
         let trimmed = self.trim_cache(&cache, dataset, live).await;
         tracing::info!(
@@ -882,10 +954,17 @@ impl Consumer {
                     }),
                 };
                 let step = *step;
-                let next = tokio::task::spawn_blocking(move || match (step, base) {
-                    (Step::Snapshot(v), _) => ReadState::from_snapshot(blob, v),
-                    (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => base.apply(blob, a, b),
-                    (_, None) => Err(ConsumerError::NoState.into()),
+                let record_types = Arc::clone(&self.record_types);
+                let next = tokio::task::spawn_blocking(move || {
+                    let next = match (step, base) {
+                        (Step::Snapshot(v), _) => ReadState::from_snapshot(Arc::clone(&blob), v),
+                        (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => {
+                            base.apply(Arc::clone(&blob), a, b)
+                        }
+                        (_, None) => Err(ConsumerError::NoState.into()),
+                    }?;
+                    check_record_types(&blob, &next, &record_types)?;
+                    Ok::<_, Error>(next)
                 })
                 .await
                 .map_err(|e| {
@@ -936,6 +1015,38 @@ impl Consumer {
             }
         }
         Ok((plan, blobs, state, fetched_bytes, mapped))
+    }
+
+    /// Tells the listeners what changed from `previous` to `state` (just
+    /// swapped in). A rebuild of the same version of the same dataset
+    /// changes nothing and tells nothing.
+    async fn notify_listeners(&self, previous: Option<Arc<ReadState>>, state: Arc<ReadState>) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.version() == state.version() && p.dataset_id() == state.dataset_id())
+        {
+            return;
+        }
+        let listeners = Arc::clone(&self.listeners);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let event = RefreshEvent::compute(previous, state);
+            if let Err(e) = event.changes() {
+                tracing::warn!(error = %e, "the refresh's changes could not be found; listeners are told so");
+                metrics::counter!("burrow_consumer_change_failures_total").increment(1);
+            }
+            for l in listeners.iter() {
+                l.refreshed(&event);
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            // A listener panicked: the state is swapped in regardless.
+            tracing::error!(error = %e, "a refresh listener panicked");
+            metrics::counter!("burrow_consumer_listener_panics_total").increment(1);
+        }
     }
 
     /// Trims the dataset's part of the cache to the retention bound after a

@@ -35,11 +35,12 @@ use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{BlobHeader, DeltaSection, OpenBlob, RecordLists, SnapshotSection};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
+use crate::schema::evolve::{self, SchemaError};
 use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
 use crate::schema::record::{Element, RecordType, TypeInfo};
 use hashbrown::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Ordinals per chunk of the location table.
 const CHUNK: usize = 64;
@@ -56,6 +57,10 @@ const MAX_PARTS: usize = u16::MAX as usize;
 /// bounds the location table such a delta can make (8 MiB).
 const MAX_CREATED_HOLES: u64 = 1 << 26;
 
+/// A schema check's outcome for one generated type
+/// ([`evolve::generated_identity`]).
+type Verdict = (usize, Result<(), SchemaError>);
+
 /// The records of one type in a read state.
 #[derive(Clone)]
 pub struct TypeData {
@@ -70,6 +75,14 @@ pub struct TypeData {
     /// Key hash → ordinals of records added by deltas since the snapshot.
     overlay: Arc<HashMap<u64, Vec<u32>>>,
     blob_name: Arc<str>,
+    /// The blobs whose schema nodes describe this type's records (its
+    /// snapshot's and each delta's), one per distinct schema hash: what
+    /// [`ReadState::view`] checks generated code against.
+    schemas: Vec<(u64, Arc<OpenBlob>)>,
+    /// The verdicts of those checks, by generated code
+    /// ([`evolve::generated_identity`]); shared by states with the same
+    /// `schemas`.
+    verdicts: Arc<Mutex<Vec<Verdict>>>,
 }
 
 impl TypeData {
@@ -85,6 +98,8 @@ impl TypeData {
             parts: Vec::new(),
             overlay: Arc::default(),
             blob_name: Arc::from("(empty)"),
+            schemas: Vec::new(),
+            verdicts: Arc::default(),
         }
     }
 
@@ -117,6 +132,24 @@ impl TypeData {
     /// The snapshot section the type was opened from, if any.
     pub fn base(&self) -> Option<&SnapshotSection> {
         self.base.as_deref()
+    }
+
+    /// The snapshot section, shared: states built from one snapshot
+    /// share it (what change notifications compare).
+    pub(super) fn base_arc(&self) -> Option<&Arc<SnapshotSection>> {
+        self.base.as_ref()
+    }
+
+    /// The deltas stacked on the snapshot, oldest first; a state built by
+    /// applying deltas to another starts with the other's.
+    pub(super) fn parts(&self) -> &[Arc<DeltaSection>] {
+        &self.parts
+    }
+
+    /// One blob per distinct schema the type's records were written
+    /// under: the snapshot's and the deltas' whose schema hash differs.
+    pub(super) fn schema_blobs(&self) -> impl Iterator<Item = &Arc<OpenBlob>> {
+        self.schemas.iter().map(|(_, b)| b)
     }
 
     #[inline]
@@ -222,6 +255,31 @@ impl TypeData {
         Ok(None)
     }
 
+    /// Checks generated code `info` against the schema nodes of every blob
+    /// this type's records come from ([`evolve::Rule::Read`]): once per
+    /// generated type and set of schemas, the verdict cached.
+    fn check_schema(&self, info: &TypeInfo) -> Result<(), Error> {
+        let id = evolve::generated_identity(info);
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, verdict)) = verdicts.iter().find(|(k, _)| *k == id) {
+            return verdict.clone().map_err(Error::from);
+        }
+        let ours = evolve::generated_nodes(std::slice::from_ref(info));
+        let types = [(self.type_id, self.key_fields.clone())];
+        for (_, blob) in &self.schemas {
+            match evolve::check_blob(blob, &ours, &types, evolve::Rule::Read) {
+                Ok(()) => {}
+                Err(Error::Schema(e)) => {
+                    verdicts.push((id, Err(e.clone())));
+                    return Err(e.into());
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        verdicts.push((id, Ok(())));
+        Ok(())
+    }
+
     /// Whether `ordinal`'s record is still the snapshot's (no delta touched
     /// its chunk).
     #[inline]
@@ -242,8 +300,10 @@ impl TypeData {
         Arc::make_mut(chunk)[ordinal as usize % CHUNK] = loc;
     }
 
-    fn from_snapshot(section: SnapshotSection, blob: &str) -> Self {
+    fn from_snapshot(section: SnapshotSection, blob: &str, schema_hash: u64) -> Self {
         TypeData {
+            schemas: vec![(schema_hash, Arc::clone(&section.blob))],
+            verdicts: Arc::default(),
             type_id: section.type_id,
             name: section.name.clone(),
             key_fields: section.key_fields.clone(),
@@ -263,6 +323,7 @@ impl TypeData {
         &self,
         delta: DeltaSection,
         blob: &str,
+        schema_hash: u64,
         created: bool,
     ) -> Result<TypeData, FormatError> {
         let corrupt = |reason: String| FormatError::Corrupt {
@@ -368,6 +429,10 @@ impl TypeData {
             next.chunks.truncate((limit_after as usize).div_ceil(CHUNK));
         }
         next.record_count = delta.record_count_after;
+        if !next.schemas.iter().any(|(h, _)| *h == schema_hash) {
+            next.schemas.push((schema_hash, Arc::clone(&delta.blob)));
+            next.verdicts = Arc::default();
+        }
         next.parts.push(Arc::new(delta));
         Ok(next)
     }
@@ -416,7 +481,7 @@ impl ReadState {
         check_header(&header, &blob, 0, version)?;
         let types = sections
             .into_iter()
-            .map(|s| TypeData::from_snapshot(s, blob.name()))
+            .map(|s| TypeData::from_snapshot(s, blob.name(), header.schema_hash))
             .collect();
         Ok(ReadState {
             version,
@@ -489,7 +554,7 @@ impl ReadState {
                     section.name, section.key_fields, types[at].key_fields
                 )));
             }
-            types[at] = types[at].apply(section, blob.name(), created)?;
+            types[at] = types[at].apply(section, blob.name(), header.schema_hash, created)?;
         }
         Ok(ReadState {
             version: to,
@@ -541,6 +606,7 @@ impl ReadState {
                 version: self.version,
             }
         })?;
+        data.check_schema(&info)?;
         let key = if data.key_fields.is_empty() {
             None
         } else {

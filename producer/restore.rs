@@ -32,6 +32,7 @@ use crate::consumer::{plan, Plan, ReadState, Step, TypeData};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
 use crate::schema::dataset_id::check_same;
+use crate::schema::evolve;
 use crate::schema::record::KeyBuf;
 use crate::schema::DatasetId;
 use std::collections::HashSet;
@@ -228,6 +229,7 @@ async fn apply_plan(
                     }
                     .into()),
                 }?;
+                check_schema(config, &blob, &next)?;
                 Ok::<_, Error>((next, blob))
             })
         }
@@ -246,6 +248,25 @@ async fn apply_plan(
             .into(),
         )
     })
+}
+
+/// Checks that this producer's generated code continues the schema of
+/// each registered type `blob` carries ([`evolve::Rule::Continue`]: the
+/// same schema or a compatible evolution of it), with the key the chain
+/// names. An incompatible change fails the restore with
+/// [`crate::Error::Schema`], naming the type, the field and the change.
+fn check_schema(config: &Config, blob: &OpenBlob, state: &ReadState) -> Result<(), Error> {
+    let infos: Vec<_> = config.types.iter().map(|t| t.info.clone()).collect();
+    let ours = evolve::generated_nodes(&infos);
+    let types: Vec<(u64, Vec<String>)> = config
+        .types
+        .iter()
+        .filter_map(|t| {
+            let data = state.raw_type(t.info.type_id)?;
+            Some((t.info.type_id, data.key_fields().to_vec()))
+        })
+        .collect();
+    evolve::check_blob(blob, &ours, &types, evolve::Rule::Continue)
 }
 
 /// The state of a type this producer does not register, so that its next

@@ -8,7 +8,9 @@
 //! [`key_index`] (the snapshot's key index), [`node_key`] (keys of a type known only
 //! by the schema node a blob carries), [`capnp_text`] (a blob's record
 //! types as a Cap'n Proto schema file), [`dynamic`] (any record read and
-//! rendered as JSON through those nodes, with no generated code). The format layer does no I/O:
+//! rendered as JSON through those nodes, with no generated code), [`evolve`]
+//! (whether a blob's schema of a type can be read or continued by generated
+//! code of another version). The format layer does no I/O:
 //! it sees bytes, not files ([`blob::OpenBlob::from_mmap`] takes a map the
 //! cache made).
 
@@ -17,6 +19,7 @@ pub mod capnp_text;
 pub mod dataset_id;
 pub mod dynamic;
 pub mod envelope;
+pub mod evolve;
 pub mod key;
 pub mod key_index;
 pub mod node_key;
@@ -54,6 +57,44 @@ pub mod library_capnp {
 #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
 pub mod every_capnp {
     include!(concat!(env!("OUT_DIR"), "/examples/every_capnp.rs"));
+}
+
+/// The schema evolution tests' dataset, version 1
+/// (`schema/examples/evolve/v1/evolve.capnp`).
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_v1 {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_v1/evolve_capnp.rs"));
+    }
+}
+
+/// Version 2 of the evolution tests' dataset, a compatible evolution of
+/// version 1 (a field renamed, fields, an enumerant and types added).
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_v2 {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_v2/evolve_capnp.rs"));
+    }
+}
+
+/// An incompatible change of version 1: a field's type changed.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_bad_type {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_bad_type/evolve_capnp.rs"));
+    }
+}
+
+/// An incompatible change of version 1: the primary key field renamed.
+#[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+pub mod evolve_bad_key {
+    #[allow(clippy::all, missing_docs, unused, unused_qualifications)]
+    pub mod evolve_capnp {
+        include!(concat!(env!("OUT_DIR"), "/evolve_bad_key/evolve_capnp.rs"));
+    }
 }
 
 /// Example datasets (generated code lives at `schema::*_capnp`, where

@@ -24,6 +24,7 @@ mod crash;
 mod dataset_id;
 mod dropped_type;
 mod e2e;
+mod evolve;
 mod explore;
 mod failure;
 mod full_disk;
@@ -47,6 +48,7 @@ mod producer_pin;
 mod producer_restore;
 mod property;
 mod readiness;
+mod refresh_listener;
 mod resilience;
 #[cfg(feature = "cli")]
 mod soak;

@@ -454,7 +454,10 @@ impl OpenBlob {
     /// words and pointers), the elements must fit in it: the writer trims
     /// trailing zeros, so elements may be smaller, and refuses records
     /// larger than the node, so they never are (a section larger than the
-    /// node would read some of a record's words as the wrong kind). A
+    /// node would read some of a record's words as the wrong kind). The
+    /// node is the blob's own, whatever schema version a reader's code is
+    /// (see `schema/evolve.rs`: its generated reader bounds each field by
+    /// the element's sizes, larger or smaller than its struct). A
     /// reverse delta that re-creates a type the producer no longer
     /// registers carries no node for it.
     pub(super) fn record_lists(

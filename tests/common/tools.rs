@@ -61,3 +61,24 @@ fn capnp_present() -> bool {
         .is_ok_and(|o| o.status.success())
         && std::path::Path::new("/usr/include/capnp/schema.capnp").is_file()
 }
+
+/// Makes a child started by `command` die (SIGKILL) when the thread that
+/// spawns it ends (`PR_SET_PDEATHSIG`), so that no server a test starts
+/// outlives it. Linux only; elsewhere a no-op.
+pub fn die_with_spawner(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing is allocated.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}

@@ -273,19 +273,7 @@ fn keep(moto: &Path, tx: mpsc::Sender<Result<String, String>>) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing is allocated.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
+    crate::common::tools::die_with_spawner(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -22,6 +22,8 @@
 
 mod diff;
 mod history;
+#[cfg(feature = "serve")]
+pub mod web;
 
 pub use diff::{diff, Diff, DiffMethod, FieldChange, RecordChange, TypeDiff};
 pub use history::{history, Change, HistoryEntry, HistoryReport};
@@ -185,6 +187,12 @@ impl Explorer {
     /// verified once, on first use); the next use maps them again.
     pub fn forget_blobs(&self) {
         self.open.lock().expect("open blobs").clear();
+    }
+
+    /// How many blobs this explorer holds open (a long-running caller
+    /// bounds it with [`Self::forget_blobs`]).
+    pub fn open_blob_count(&self) -> usize {
+        self.open.lock().expect("open blobs").len()
     }
 
     /// Every announcement entry (publications, pins, unpins), oldest first.

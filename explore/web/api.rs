@@ -33,7 +33,9 @@ pub(crate) async fn versions(State(shared): State<Arc<Shared>>, q: QueryArg) -> 
     let p = request::params(q)?;
     let limit = request::number(&p, "limit")?.map_or(usize::MAX, |n| n as usize);
     let t = data::timeline(&shared, limit).await?;
-    ok(&Value::Array(t.entries.iter().map(data::entry_json).collect()))
+    ok(&Value::Array(
+        t.entries.iter().map(data::entry_json).collect(),
+    ))
 }
 
 /// `/api/versions/{v}`: the entry, types with counts, and the schema.
@@ -119,7 +121,9 @@ pub(crate) async fn record(
 }
 
 /// The two versions of a diff and its optional type.
-pub(crate) fn diff_query(p: &HashMap<String, String>) -> Result<(u64, u64, Option<String>), Failure> {
+pub(crate) fn diff_query(
+    p: &HashMap<String, String>,
+) -> Result<(u64, u64, Option<String>), Failure> {
     let from = request::version("from", request::required(p, "from", "from=1&to=2")?)?;
     let to = request::version("to", request::required(p, "to", "from=1&to=2")?)?;
     Ok((from, to, request::optional(p, "type").map(str::to_string)))

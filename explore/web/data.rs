@@ -145,8 +145,8 @@ pub(crate) async fn version(shared: &Shared, version: u64) -> Result<VersionInfo
     let explorer = shared.explorer().await;
     let entry = explorer.entry(version).await?;
     let view = explorer.version(Some(version)).await?;
-    let schema = crate::schema::capnp_text::dataset_schema(view.last_blob())
-        .map_err(|e| e.to_string());
+    let schema =
+        crate::schema::capnp_text::dataset_schema(view.last_blob()).map_err(|e| e.to_string());
     Ok(VersionInfo {
         entry,
         types: view.types(),

@@ -242,7 +242,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(pages::timeline))
         .route("/versions/{version}", get(pages::version))
         .route("/versions/{version}/types/{type}", get(pages::browse))
-        .route("/versions/{version}/types/{type}/record", get(pages::record))
+        .route(
+            "/versions/{version}/types/{type}/record",
+            get(pages::record),
+        )
         .route("/diff", get(pages::diff))
         .route("/history", get(pages::history))
         .route("/health", get(pages::health))

@@ -29,7 +29,7 @@ th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#fff;border:1px solid #d8dde3;padding:.8em;overflow:auto;max-width:100%}
 code{font-size:.92em}.muted{color:#6b7480}.error{color:#a11}
 form{margin:.4em 0 1em;display:flex;gap:.5em;align-items:center;flex-wrap:wrap}
-input{padding:.2em .4em}.added{color:#176b2c}.removed{color:#a11}.changed{color:#8a5a00}
+input{padding:.2em .4em}#timeline td{white-space:nowrap}.added{color:#176b2c}.removed{color:#a11}.changed{color:#8a5a00}
 ";
 
 fn layout(title: &str, body: Markup) -> Html<String> {
@@ -300,7 +300,10 @@ pub(crate) async fn browse(
             @if let Some(next) = page.next { a #next href=(keep(next)) { "Next page" } }
         }
     };
-    Ok(layout(&format!("{} at version {v}", short(&page.type_name)), body))
+    Ok(layout(
+        &format!("{} at version {v}", short(&page.type_name)),
+        body,
+    ))
 }
 
 /// `/versions/{v}/types/{t}/record?key=K|ordinal=O`: one record.
@@ -387,7 +390,11 @@ fn change_row(
     let ordinal = c.ordinal_after.or(c.ordinal_before).unwrap_or(0);
     let show = |v: Option<&Value>| v.map_or_else(|| "-".to_string(), |v| json_compact(v, 160));
     let (path, before, after) = match field {
-        Some(f) => (f.path.as_str(), show(f.before.as_ref()), show(f.after.as_ref())),
+        Some(f) => (
+            f.path.as_str(),
+            show(f.before.as_ref()),
+            show(f.after.as_ref()),
+        ),
         None => ("$", show(c.before.as_ref()), show(c.after.as_ref())),
     };
     html! {

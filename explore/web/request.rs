@@ -137,10 +137,7 @@ pub(crate) fn version(what: &str, raw: &str) -> Result<u64, Failure> {
 }
 
 /// An optional whole number below 2^32 given as `what`.
-pub(crate) fn number(
-    params: &HashMap<String, String>,
-    what: &str,
-) -> Result<Option<u32>, Failure> {
+pub(crate) fn number(params: &HashMap<String, String>, what: &str) -> Result<Option<u32>, Failure> {
     params
         .get(what)
         .filter(|raw| !raw.is_empty())

@@ -11,9 +11,12 @@ use serde_json::json;
 
 pub async fn run(cfg: WebConfig, store: BlobStore, out: &mut Out) -> Result<()> {
     let cache = cfg.cache_dir.clone();
-    let server = WebServer::start(store, cfg)
-        .await
-        .with_context(|| format!("cannot serve the explorer (caches under {})", cache.display()))?;
+    let server = WebServer::start(store, cfg).await.with_context(|| {
+        format!(
+            "cannot serve the explorer (caches under {})",
+            cache.display()
+        )
+    })?;
     let url = format!("http://{}/", server.local_addr());
     if out.json {
         out.json(&json!({ "event": "serving", "url": url }))?;

@@ -200,6 +200,33 @@ impl Explorer {
         Ok(self.log.entries_from(1).await?)
     }
 
+    /// The newest `n` entries up to the newest this explorer has read,
+    /// newest first, read back one by one (a long log costs what `n`
+    /// entries cost).
+    pub async fn newest_entries(&self, n: usize) -> Result<Vec<Announcement>, Error> {
+        let mut entries = Vec::new();
+        let mut next = self.newest.clone();
+        while entries.len() < n {
+            let prev = if next.seq > 1 {
+                self.log.read_before(&next).await?
+            } else {
+                None
+            };
+            entries.push(next);
+            match prev {
+                Some(p) => next = p,
+                None => break,
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The sequence number of the newest entry this explorer has read
+    /// (how many entries the log holds).
+    pub fn newest_seq(&self) -> u64 {
+        self.newest.seq
+    }
+
     /// The entry that announced `version`.
     pub async fn entry(&self, version: u64) -> Result<Announcement, Error> {
         self.log

@@ -26,7 +26,8 @@ pub(crate) struct TimelineEntry {
     pub types: Option<Result<Vec<TypeSummary>, String>>,
 }
 
-/// The newest entries of the log, newest first.
+/// The newest entries of the log (as far as the server's consumer has
+/// seen it), newest first.
 pub(crate) struct Timeline {
     pub dataset: String,
     pub newest: u64,
@@ -37,10 +38,9 @@ pub(crate) struct Timeline {
 
 pub(crate) async fn timeline(shared: &Shared, limit: usize) -> Result<Timeline, Failure> {
     let explorer = shared.explorer().await;
-    let all = explorer.entries().await.map_err(Failure::from)?;
-    let total = all.len();
+    let newest = explorer.newest_entries(limit).await?;
     let mut entries = Vec::new();
-    for entry in all.into_iter().rev().take(limit) {
+    for entry in newest {
         let types = match entry.kind {
             AnnounceKind::Announce => Some(
                 types_at(shared, &explorer, entry.version)
@@ -54,7 +54,7 @@ pub(crate) async fn timeline(shared: &Shared, limit: usize) -> Result<Timeline, 
     Ok(Timeline {
         dataset: explorer.dataset_id().to_string(),
         newest: explorer.newest_version(),
-        total,
+        total: usize::try_from(explorer.newest_seq()).unwrap_or(usize::MAX),
         entries,
     })
 }

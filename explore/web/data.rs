@@ -18,6 +18,10 @@ pub(crate) const PER_PAGE_MAX: u32 = 500;
 /// filter; the next page goes on from there.
 pub(crate) const SCAN_MAX: u32 = 100_000;
 
+/// Versions whose types and counts the server remembers (each a few
+/// dozen bytes per type); past it they are forgotten and built again.
+const COUNTS_MAX: usize = 4096;
+
 /// One announcement entry, with the types and counts of the version it
 /// announced (`None` for a pin or unpin; an error text when the version
 /// can no longer be built).
@@ -113,11 +117,11 @@ async fn types_at(
     }
     let view = explorer.version(Some(version)).await?;
     let types = view.types();
-    shared
-        .counts
-        .lock()
-        .expect("counts")
-        .insert(version, types.clone());
+    let mut counts = shared.counts.lock().expect("counts");
+    if counts.len() >= COUNTS_MAX {
+        counts.clear();
+    }
+    counts.insert(version, types.clone());
     Ok(types)
 }
 

@@ -361,6 +361,32 @@ fn bad_input_gets_a_clear_4xx_page_never_a_500() {
             "/api{path}: {j}"
         );
     }
+    // Bad settings and an empty store are refused before serving.
+    let cache = dir.path().join("other-cache");
+    let cache = cache.to_str().unwrap();
+    assert_refused(
+        &burrow(&store, &["serve", "--addr", "localhost", "--cache", cache]),
+        "invalid --addr \"localhost\"",
+    );
+    assert_refused(
+        &burrow(&store, &["serve", "--interval-ms", "0", "--cache", cache]),
+        "invalid --interval-ms 0",
+    );
+    let taken = s.addr.to_string();
+    assert_refused(
+        &burrow(&store, &["serve", "--addr", &taken, "--cache", cache]),
+        &format!("cannot listen on {taken}"),
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_refused(
+        &burrow(
+            &empty,
+            &["serve", "--addr", "127.0.0.1:0", "--cache", cache],
+        ),
+        "nothing has been announced",
+    );
+
     // What a request echoes back is escaped, never markup.
     let page = s.get("/versions/2/types/Movie/record?key=%3Cscript%3Ealert(1)%3C/script%3E");
     assert_eq!(page.status, 400);

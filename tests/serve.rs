@@ -585,3 +585,51 @@ fn a_headless_browser_follows_the_timeline_to_a_record_and_a_diff() {
         "{bad}"
     );
 }
+
+/// A long-running server keeps a bounded number of blobs open: a request
+/// that opens more than [`burrow::explore::web::MAX_OPEN_BLOBS`] leaves
+/// them to be released before the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_blobs_stay_bounded() {
+    use burrow::explore::web::{WebConfig, WebServer, MAX_OPEN_BLOBS};
+    let dir = tempfile::tempdir().unwrap();
+    let store = burrow::blobstore::BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = crate::common::producer(&store, "bound-test");
+    let versions = MAX_OPEN_BLOBS as u64 + 6;
+    for generation in 0..versions {
+        let model = (0..3)
+            .map(|i| (i, crate::common::movie_value(i, generation)))
+            .collect();
+        crate::common::publish(&producer, &model).await.unwrap();
+    }
+    let server = WebServer::start(
+        store,
+        WebConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cache_dir: dir.path().join("serve-cache"),
+            interval: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let fetch = |path: &'static str| tokio::task::spawn_blocking(move || get(addr, path));
+    // The consumer's first refresh releases the explorer's blobs too: wait
+    // for it, so that only the bound can release what follows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fetch("/api/health").await.unwrap().json()["explorer"]["refreshes"] == 0 {
+        assert!(Instant::now() < deadline, "the consumer never refreshed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every version's counts: a blob or more per version, all in one request.
+    let all = fetch("/api/versions").await.unwrap();
+    assert_eq!(all.status, 200);
+    assert_eq!(all.json().as_array().unwrap().len() as u64, versions);
+    let health = fetch("/api/health").await.unwrap().json();
+    let open = health["explorer"]["open_blobs"].as_u64().unwrap();
+    assert!(
+        open <= MAX_OPEN_BLOBS as u64,
+        "{open} blobs open after a request that opened {versions} versions"
+    );
+    server.shutdown().await.unwrap();
+}

@@ -45,6 +45,9 @@ impl Served {
                 .unwrap();
             panic!("burrow serve did not start: {line}{err}");
         };
+        // Drained, so that nothing the server logs can block it.
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         Served {
             addr: url.trim_end_matches('/').parse().unwrap(),
             child,
@@ -296,6 +299,21 @@ fn bad_input_gets_a_clear_4xx_page_never_a_500() {
     let store = dir.path().join("store");
     demo(&store, &dir.path().join("demo-cache"), "2");
     let s = Served::start(&store, &dir.path().join("serve-cache"));
+    // Version 1 retired by retention before the server ever read it.
+    let gc = burrow(&store, &["gc", "--keep", "1", "--grace", "0s"]);
+    assert!(gc.status.success(), "gc: {}", text(&gc.stderr));
+    let gone = s.get("/versions/1");
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    assert!(gone.body.contains("no longer retained"), "{}", gone.body);
+    assert_eq!(s.get("/api/versions/1").status, 410);
+    let timeline = s.get("/api/versions");
+    assert_eq!(timeline.status, 200, "the timeline shows what it can");
+    let timeline = timeline.json();
+    assert!(timeline[1]["unavailable"]
+        .as_str()
+        .unwrap()
+        .contains("no longer retained"));
+    assert_eq!(timeline[0]["records"], 300);
     let cases: &[(&str, u16, &str)] = &[
         ("/versions/9", 404, "version 9 was never announced"),
         ("/versions/abc", 400, "invalid version \"abc\""),
@@ -332,7 +350,7 @@ fn bad_input_gets_a_clear_4xx_page_never_a_500() {
         ),
         ("/diff?from=1", 400, "missing to"),
         ("/diff?from=1&to=x", 400, "invalid to"),
-        ("/diff?from=1&to=7", 404, "version 7 was never announced"),
+        ("/diff?from=2&to=7", 404, "version 7 was never announced"),
         ("/history", 400, "missing key"),
         ("/history?key=99999", 404, "no retained version holds"),
         (

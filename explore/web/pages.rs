@@ -168,7 +168,7 @@ fn timeline_row(e: &TimelineEntry) -> Markup {
                             (short(&t.name)) " " (t.records)
                         }
                     }
-                    Some(Err(why)) => { span.muted title=(why) { "not retained" } }
+                    Some(Err(why)) => { span.muted title=(why) { "unavailable" } }
                     None => { "-" }
                 }
             }

@@ -11,7 +11,8 @@
 //! without stopping readers. `schema/FORMAT.md` gives the format.
 //! [`explore`] reads any version's records with no generated code, through
 //! the schema nodes every blob carries ([`schema::dynamic`]): records as
-//! JSON, the diff of two versions, a key's history.
+//! JSON, the diff of two versions, a key's history; with the `serve`
+//! feature, `explore::web` serves them as a web explorer.
 //!
 //! Publish, announce, consume:
 //!

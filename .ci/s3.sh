@@ -59,7 +59,8 @@ start_one() {
     local log_file="$1" port pid endpoint
     port="$(free_port)"
     endpoint="http://127.0.0.1:$port"
-    "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log_file" 2>&1 &
+    # moto_server with its key writes serialised (see moto_serial.py).
+    "$venv/bin/python" "$here/moto_serial.py" -H 127.0.0.1 -p "$port" >"$log_file" 2>&1 &
     pid=$!
     echo "$pid" >>"$pidfile"
     # Wait until it answers: at most 30 s, then fail with its log.

@@ -67,6 +67,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Show one record at every retained version where it changed.
     History(HistoryArgs),
+    /// Serve a web explorer of the store (timeline, types, records, diffs,
+    /// histories, health), following it as a consumer does, until
+    /// interrupted.
+    Serve(ServeArgs),
 }
 
 /// Where `dump`, `diff`, `history` and `schema` keep the blobs they fetch.
@@ -140,6 +144,22 @@ pub struct HistoryArgs {
     pub key: String,
     #[command(flatten)]
     pub cache: ExploreCacheArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// Where to listen (IP:PORT; port 0 picks a free port, printed at
+    /// start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// The server's caches, `consumer/` and `explorer/` under this
+    /// directory [default: burrow-cache/<store name>-serve beside a local
+    /// store]; never a running consumer's (each is locked).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Time between polls of the announcement log, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
 }
 
 #[derive(Debug, ClapArgs)]

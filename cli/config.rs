@@ -4,7 +4,8 @@
 
 use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, DiffArgs, DumpArgs, ExploreCacheArgs,
-    FollowArgs, GcArgs, HistoryArgs, InspectArgs, PinArgs, SchemaArgs, SuiteArg, VersionsArgs,
+    FollowArgs, GcArgs, HistoryArgs, InspectArgs, PinArgs, SchemaArgs, ServeArgs, SuiteArg,
+    VersionsArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -138,6 +139,7 @@ pub enum Task {
     Dump(DumpConfig),
     Diff(DiffConfig),
     History(HistoryConfig),
+    Serve(burrow::explore::web::WebConfig),
 }
 
 /// `burrow schema [--capnp]`: which file, and where the types are read
@@ -334,6 +336,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
         Command::Dump(a) => Task::Dump(dump(a, &global.store)?),
         Command::Diff(a) => Task::Diff(diff(a, &global.store)?),
         Command::History(a) => Task::History(history(a, &global.store)?),
+        Command::Serve(a) => Task::Serve(serve(a, &global.store)?),
         Command::Bench(a) => Task::Bench(Box::new(bench(a, args.json)?)),
     };
     Ok((global, task))
@@ -447,6 +450,37 @@ fn history(a: HistoryArgs, store: &StoreLocation) -> Result<HistoryConfig> {
         type_name: a.type_name,
         key: a.key,
         cache: explore_cache(a.cache, store)?,
+    })
+}
+
+fn serve(a: ServeArgs, store: &StoreLocation) -> Result<burrow::explore::web::WebConfig> {
+    let addr = a.addr.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid --addr {:?}: must be an IP address and port, such as 127.0.0.1:8080",
+            a.addr
+        )
+    })?;
+    if a.interval_ms == 0 || a.interval_ms > 3_600_000 {
+        bail!(
+            "invalid --interval-ms {}: must be between 1 and 3600000",
+            a.interval_ms
+        );
+    }
+    let cache_dir = a.cache.unwrap_or_else(|| {
+        let mut dir = store.default_cache().into_os_string();
+        dir.push("-serve");
+        PathBuf::from(dir)
+    });
+    if store.local_dir() == Some(cache_dir.as_path()) {
+        bail!(
+            "invalid --cache {}: the cache must not be the store's own directory",
+            cache_dir.display()
+        );
+    }
+    Ok(burrow::explore::web::WebConfig {
+        addr,
+        cache_dir,
+        interval: std::time::Duration::from_millis(a.interval_ms),
     })
 }
 

@@ -20,6 +20,7 @@ mod inspect;
 mod output;
 mod pin;
 mod schema;
+mod serve;
 mod verify;
 mod versions;
 
@@ -89,6 +90,10 @@ fn run(global: &Global, task: Task) -> Result<()> {
             Task::Diff(cfg) => diff::run(&cfg, global.store.open_existing().await?, &mut out).await,
             Task::History(cfg) => {
                 history::run(&cfg, global.store.open_existing().await?, &mut out).await
+            }
+            Task::Serve(cfg) => {
+                let store = global.store.open_existing().await?;
+                serve::run(cfg, store, &mut out).await
             }
         }
     })

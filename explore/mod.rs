@@ -22,6 +22,8 @@
 
 mod diff;
 mod history;
+#[cfg(feature = "serve")]
+pub mod web;
 
 pub use diff::{diff, Diff, DiffMethod, FieldChange, RecordChange, TypeDiff};
 pub use history::{history, Change, HistoryEntry, HistoryReport};
@@ -187,9 +189,42 @@ impl Explorer {
         self.open.lock().expect("open blobs").clear();
     }
 
+    /// How many blobs this explorer holds open (a long-running caller
+    /// bounds it with [`Self::forget_blobs`]).
+    pub fn open_blob_count(&self) -> usize {
+        self.open.lock().expect("open blobs").len()
+    }
+
     /// Every announcement entry (publications, pins, unpins), oldest first.
     pub async fn entries(&self) -> Result<Vec<Announcement>, Error> {
         Ok(self.log.entries_from(1).await?)
+    }
+
+    /// The newest `n` entries up to the newest this explorer has read,
+    /// newest first, read back one by one (a long log costs what `n`
+    /// entries cost).
+    pub async fn newest_entries(&self, n: usize) -> Result<Vec<Announcement>, Error> {
+        let mut entries = Vec::new();
+        let mut next = self.newest.clone();
+        while entries.len() < n {
+            let prev = if next.seq > 1 {
+                self.log.read_before(&next).await?
+            } else {
+                None
+            };
+            entries.push(next);
+            match prev {
+                Some(p) => next = p,
+                None => break,
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The sequence number of the newest entry this explorer has read
+    /// (how many entries the log holds).
+    pub fn newest_seq(&self) -> u64 {
+        self.newest.seq
     }
 
     /// The entry that announced `version`.

@@ -51,6 +51,8 @@ mod readiness;
 mod refresh_listener;
 mod resilience;
 #[cfg(feature = "cli")]
+mod serve;
+#[cfg(feature = "cli")]
 mod soak;
 #[cfg(feature = "cli")]
 mod verify;

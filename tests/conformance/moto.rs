@@ -267,8 +267,19 @@ fn start(moto: &Path, role: &str) -> Result<String, String> {
 /// exits. The server dies with this thread (`PR_SET_PDEATHSIG`), and this
 /// thread only ends when the server has, or when the process does.
 fn keep(moto: &Path, tx: mpsc::Sender<Result<String, String>>) {
-    let mut command = Command::new(moto);
+    // moto_server's main, run with its key writes serialised: moto alone
+    // lets two racing conditional creates both succeed (.ci/moto_serial.py).
+    let python = match python_of(moto) {
+        Ok(python) => python,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/moto_serial.py");
+    let mut command = Command::new(&python);
     command
+        .arg(&script)
         .args(["-H", "127.0.0.1", "-p", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -277,7 +288,11 @@ fn keep(moto: &Path, tx: mpsc::Sender<Result<String, String>>) {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let _ = tx.send(Err(format!("start {}: {e}", moto.display())));
+            let _ = tx.send(Err(format!(
+                "start {} {}: {e}",
+                python.display(),
+                script.display()
+            )));
             return;
         }
     };

@@ -21,6 +21,7 @@ pub mod dynamic;
 pub mod envelope;
 pub mod evolve;
 pub mod key;
+pub mod index;
 pub mod key_index;
 pub mod node_key;
 pub mod record;

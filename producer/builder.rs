@@ -14,8 +14,8 @@ use crate::blobstore::{BlobStore, Compression};
 use crate::error::Error;
 use crate::gc::RetentionPolicy;
 use crate::schema::blob::DatasetSchema;
-use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
 use crate::schema::index::{IndexDef, NodeIndex};
+use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
 use crate::schema::DatasetId;
 use std::any::TypeId;
 use std::sync::Arc;
@@ -311,7 +311,10 @@ impl ProducerBuilder {
                 .ok_or_else(|| {
                     config(
                         "indexes",
-                        format!("index {} is on {type_name}, which is not registered", def.name),
+                        format!(
+                            "index {} is on {type_name}, which is not registered",
+                            def.name
+                        ),
                     )
                 })?;
             if t.indexes.iter().any(|(d, _)| d.name == def.name) {

@@ -145,11 +145,9 @@ impl NodeIndex {
                     type_::Uint64(()) => int(8, false),
                     type_::Text(()) => Elem::Bytes { text: true },
                     type_::Data(()) => Elem::Bytes { text: false },
-                    _ => {
-                        return Err(bad(
-                            "is a list of something other than integers, bools, enums, text or data",
-                        ))
-                    }
+                    _ => return Err(bad(
+                        "is a list of something other than integers, bools, enums, text or data",
+                    )),
                 };
                 lists += 1;
                 if lists > 1 {
@@ -247,7 +245,9 @@ impl NodeIndex {
 /// `at` to `out` (a null pointer is an empty list).
 fn read_list(words: &[u64], at: usize, elem: Elem, out: &mut Values) -> Result<(), String> {
     let bytes = crate::schema::record::words_as_bytes(words);
-    let p = *words.get(at).ok_or("a list pointer lies outside the words")?;
+    let p = *words
+        .get(at)
+        .ok_or("a list pointer lies outside the words")?;
     if p == 0 {
         return Ok(());
     }
@@ -459,7 +459,9 @@ impl<'a> IndexTable<'a> {
     pub fn group(&self, g: u32) -> &'a [u32] {
         let g = g as usize;
         match (self.starts.get(g), self.starts.get(g + 1)) {
-            (Some(&s), Some(&e)) if s <= e => self.postings.get(s as usize..e as usize).unwrap_or(&[]),
+            (Some(&s), Some(&e)) if s <= e => {
+                self.postings.get(s as usize..e as usize).unwrap_or(&[])
+            }
             _ => &[],
         }
     }
@@ -500,7 +502,12 @@ pub fn check(def: &IndexDef, stored: IndexTable<'_>, rebuilt: &BuiltIndex) -> Re
             def.name
         ));
     }
-    if let Some(i) = stored.starts.iter().zip(&rebuilt.starts).position(|(x, y)| x != y) {
+    if let Some(i) = stored
+        .starts
+        .iter()
+        .zip(&rebuilt.starts)
+        .position(|(x, y)| x != y)
+    {
         return Err(format!(
             "index {}: start of group {i} differs from what the records give",
             def.name
@@ -537,7 +544,13 @@ mod tests {
             t.set(i as u32, *tag);
         }
         let mut out = Vec::new();
-        append_canonical(m.get_root_as_reader().unwrap(), None, &mut Vec::new(), &mut out).unwrap();
+        append_canonical(
+            m.get_root_as_reader().unwrap(),
+            None,
+            &mut Vec::new(),
+            &mut out,
+        )
+        .unwrap();
         out
     }
 
@@ -561,7 +574,10 @@ mod tests {
         let mut v = Values::default();
         idx.record_values(&records[0], &mut v).unwrap();
         assert_eq!(v.len(), 2, "duplicates collapse");
-        let built = build(&def, 0..3, |o, out| idx.record_values(&records[o as usize], out)).unwrap();
+        let built = build(&def, 0..3, |o, out| {
+            idx.record_values(&records[o as usize], out)
+        })
+        .unwrap();
         let table = IndexTable {
             table: &built.table,
             starts: &built.starts,
@@ -581,9 +597,14 @@ mod tests {
         let def = IndexDef::new("by_year", &["year"], true);
         let idx = resolve(&def).unwrap();
         let records = [movie(1, 1999, &[]), movie(2, 1999, &[])];
-        let err = build(&def, 0..2, |o, out| idx.record_values(&records[o as usize], out))
-            .unwrap_err();
-        assert!(err.contains("unique index by_year: ordinals 0 and 1"), "{err}");
+        let err = build(&def, 0..2, |o, out| {
+            idx.record_values(&records[o as usize], out)
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("unique index by_year: ordinals 0 and 1"),
+            "{err}"
+        );
         let err = resolve(&IndexDef::new("x", &["nope"], false)).unwrap_err();
         assert!(err.contains("index x: field nope: no such field"), "{err}");
         let err = resolve(&IndexDef::new("x", &["year", "year"], false)).unwrap_err();
@@ -594,8 +615,15 @@ mod tests {
     fn check_names_a_damaged_list() {
         let def = IndexDef::new("by_year", &["year"], false);
         let idx = resolve(&def).unwrap();
-        let records = [movie(1, 1999, &[]), movie(2, 2000, &[]), movie(3, 1999, &[])];
-        let built = build(&def, 0..3, |o, out| idx.record_values(&records[o as usize], out)).unwrap();
+        let records = [
+            movie(1, 1999, &[]),
+            movie(2, 2000, &[]),
+            movie(3, 1999, &[]),
+        ];
+        let built = build(&def, 0..3, |o, out| {
+            idx.record_values(&records[o as usize], out)
+        })
+        .unwrap();
         let mut postings = built.postings.clone();
         postings.swap(0, 2);
         let stored = IndexTable {
@@ -604,12 +632,17 @@ mod tests {
             postings: &postings,
         };
         let err = check(&def, stored, &built).unwrap_err();
-        assert!(err.contains("index by_year: posting 0 names ordinal"), "{err}");
+        assert!(
+            err.contains("index by_year: posting 0 names ordinal"),
+            "{err}"
+        );
         let stored = IndexTable {
             table: &built.table[1..],
             starts: &built.starts,
             postings: &built.postings,
         };
-        assert!(check(&def, stored, &built).unwrap_err().contains("table has"));
+        assert!(check(&def, stored, &built)
+            .unwrap_err()
+            .contains("table has"));
     }
 }

@@ -109,7 +109,10 @@ impl OpenBlob {
             let name = text(t.get_name(), self.name(), "type name")?;
             let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
             if list.len() > MAX_INDEXES {
-                return Err(bad(format!("{} indexes, more than {MAX_INDEXES}", list.len())));
+                return Err(bad(format!(
+                    "{} indexes, more than {MAX_INDEXES}",
+                    list.len()
+                )));
             }
             let present = t.get_present().map_err(self.cap("presence bitmap"))?;
             let present = words(self, &present, "presence bitmap")?;
@@ -145,7 +148,10 @@ impl OpenBlob {
                         return Ok(Vec::new());
                     }
                     l.as_slice().map(<[u32]>::to_vec).ok_or_else(|| {
-                        bad(format!("index {}: {what} is not a list of UInt32", def.name))
+                        bad(format!(
+                            "index {}: {what} is not a list of UInt32",
+                            def.name
+                        ))
                     })
                 };
                 let (starts, postings) = (u32s(&starts, "starts")?, u32s(&postings, "postings")?);

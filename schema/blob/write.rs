@@ -418,13 +418,20 @@ fn write_indexes(
     for (i, (def, index)) in built.iter().enumerate() {
         let mut e = list.reborrow().get(i as u32);
         e.set_name(def.name.as_str());
-        set_texts(e.reborrow().init_fields(def.fields.len() as u32), &def.fields);
+        set_texts(
+            e.reborrow().init_fields(def.fields.len() as u32),
+            &def.fields,
+        );
         e.set_unique(def.unique);
-        let mut table = e.reborrow().init_table(list_len("index table", index.table.len())?);
+        let mut table = e
+            .reborrow()
+            .init_table(list_len("index table", index.table.len())?);
         for (j, &w) in index.table.iter().enumerate() {
             table.set(j as u32, w);
         }
-        let mut starts = e.reborrow().init_starts(list_len("index starts", index.starts.len())?);
+        let mut starts = e
+            .reborrow()
+            .init_starts(list_len("index starts", index.starts.len())?);
         for (j, &w) in index.starts.iter().enumerate() {
             starts.set(j as u32, w);
         }

@@ -306,5 +306,8 @@ fn a_snapshot_from_before_indexes_still_reads() {
     assert!(!model.is_empty());
     let view = state.view::<movie::Owned>().unwrap();
     let err = view.index("by_year").err().unwrap().to_string();
-    assert!(err.contains("no index named \"by_year\" (it has [])"), "{err}");
+    assert!(
+        err.contains("no index named \"by_year\" (it has [])"),
+        "{err}"
+    );
 }

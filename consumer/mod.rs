@@ -89,6 +89,13 @@ pub enum ConsumerError {
     /// Nothing has been announced.
     #[error("nothing has been announced in the store yet")]
     NothingAnnounced,
+    /// The consumer was built with a type filter that leaves this type
+    /// out ([`ConsumerBuilder::types`]): it holds no records of it.
+    #[error("{type_name} is filtered out: this consumer was built to read only other types (ConsumerBuilder::types)")]
+    FilteredOut {
+        /// The type asked for.
+        type_name: String,
+    },
     /// The state has no records of this type.
     #[error("version {version} has no type {type_name}")]
     UnknownType {
@@ -162,6 +169,7 @@ pub struct ConsumerBuilder {
     retention: CacheRetention,
     warm_up: WarmUp,
     record_types: Vec<TypeInfo>,
+    filter: Option<Vec<u64>>,
     listeners: Vec<Arc<dyn RefreshListener>>,
 }
 
@@ -179,6 +187,7 @@ impl ConsumerBuilder {
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
             record_types: Vec::new(),
+            filter: None,
             listeners: Vec::new(),
         }
     }
@@ -190,6 +199,17 @@ impl ConsumerBuilder {
     /// states after a snapshot load). Listeners run in the order added.
     pub fn refresh_listener(mut self, listener: impl RefreshListener + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Reads only these record types (`TypeInfo::of::<T>()` each): the
+    /// consumer builds no read state for any other type (no location
+    /// table, key overlay or index is made for it, by snapshot or delta),
+    /// and [`ReadState::view`] of one is [`ConsumerError::FilteredOut`].
+    /// Blobs are still fetched whole: the format keeps a version's types
+    /// in one blob (`BENCHMARKS.md`, "type filtering").
+    pub fn types(mut self, types: &[TypeInfo]) -> Self {
+        self.filter = Some(types.iter().map(|t| t.type_id).collect());
         self
     }
 
@@ -297,6 +317,7 @@ impl ConsumerBuilder {
             warm_up: self.warm_up,
             record_types: Arc::from(self.record_types),
             built_indexes: Mutex::new(Vec::new()),
+            filter: self.filter.map(Arc::from),
             listeners: Arc::from(self.listeners),
             swapped: tokio::sync::watch::Sender::new(None),
             first_state: std::sync::Condvar::new(),
@@ -447,6 +468,8 @@ pub struct Consumer {
     warm_up: WarmUp,
     /// The record types declared with [`ConsumerBuilder::record_type`].
     record_types: Arc<[TypeInfo]>,
+    /// The types read ([`ConsumerBuilder::types`]); `None` for all.
+    filter: Option<Arc<[u64]>>,
     /// Indexes the consumer was asked to build ([`Consumer::build_index`]):
     /// built again over every state loaded from a snapshot.
     built_indexes: Mutex<Vec<BuiltIndexRequest>>,
@@ -1020,6 +1043,7 @@ impl Consumer {
                 };
                 let step = *step;
                 let record_types = Arc::clone(&self.record_types);
+                let filter = self.filter.clone();
                 let built_indexes = self
                     .built_indexes
                     .lock()
@@ -1027,8 +1051,10 @@ impl Consumer {
                     .clone();
                 let next = tokio::task::spawn_blocking(move || {
                     let next = match (step, base) {
-                        (Step::Snapshot(v), _) => ReadState::from_snapshot(Arc::clone(&blob), v)
-                            .and_then(|s| rebuild_indexes(s, &built_indexes)),
+                        (Step::Snapshot(v), _) => {
+                            ReadState::from_snapshot_filtered(Arc::clone(&blob), v, filter)
+                                .and_then(|s| rebuild_indexes(s, &built_indexes))
+                        }
                         (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => {
                             base.apply(Arc::clone(&blob), a, b)
                         }

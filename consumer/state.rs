@@ -516,6 +516,10 @@ pub struct ReadState {
     version: u64,
     header: BlobHeader,
     types: Vec<TypeData>,
+    /// The types this state holds read state for, by node id, when the
+    /// consumer filters types ([`ReadState::from_snapshot_filtered`]);
+    /// `None` for every type.
+    filter: Option<Arc<[u64]>>,
 }
 
 impl std::fmt::Debug for ReadState {
@@ -537,6 +541,19 @@ impl std::fmt::Debug for ReadState {
 impl ReadState {
     /// A state from a snapshot blob, which must be of `version`.
     pub fn from_snapshot(blob: Arc<OpenBlob>, version: u64) -> Result<ReadState, Error> {
+        Self::from_snapshot_filtered(blob, version, None)
+    }
+
+    /// A state from a snapshot blob holding only the types whose node ids
+    /// `filter` lists (every type for `None`): no read state, index or
+    /// location table is built for the others, and every state made from
+    /// this one by deltas skips them too. [`ReadState::view`] of a type
+    /// left out is [`ConsumerError::FilteredOut`](crate::consumer::ConsumerError).
+    pub fn from_snapshot_filtered(
+        blob: Arc<OpenBlob>,
+        version: u64,
+        filter: Option<Arc<[u64]>>,
+    ) -> Result<ReadState, Error> {
         let env = blob.envelope();
         if env.kind != BlobKind::Snapshot || env.to_version != version {
             return Err(FormatError::Corrupt {
@@ -551,8 +568,10 @@ impl ReadState {
         }
         let (header, sections) = blob.snapshot()?;
         check_header(&header, &blob, 0, version)?;
+        let wanted = |id: u64| filter.as_ref().is_none_or(|f| f.contains(&id));
         let types = sections
             .into_iter()
+            .filter(|s| wanted(s.type_id))
             .map(|s| {
                 let indexes = TypeData::shipped_indexes(&s)?;
                 Ok(TypeData::from_snapshot(
@@ -567,6 +586,7 @@ impl ReadState {
             version,
             header,
             types,
+            filter,
         })
     }
 
@@ -603,6 +623,9 @@ impl ReadState {
         check_same(blob.name(), self.header.dataset_id, header.dataset_id)?;
         let mut types = self.types.clone();
         for section in sections {
+            if !self.holds_type(section.type_id) {
+                continue;
+            }
             if section.dropped {
                 // The type leaves the state entirely, as it is absent from
                 // the snapshot of `to`.
@@ -640,7 +663,14 @@ impl ReadState {
             version: to,
             header,
             types,
+            filter: self.filter.clone(),
         })
+    }
+
+    /// Whether the state keeps records of type `type_id` (it passes the
+    /// consumer's type filter, if any).
+    pub fn holds_type(&self, type_id: u64) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(&type_id))
     }
 
     /// The version these records are.
@@ -713,6 +743,12 @@ impl ReadState {
     /// read after is arithmetic.
     pub fn view<T: RecordType>(&self) -> Result<TypeView<'_, T>, Error> {
         let info = TypeInfo::of::<T>();
+        if !self.holds_type(info.type_id) {
+            return Err(crate::consumer::ConsumerError::FilteredOut {
+                type_name: info.name.clone(),
+            }
+            .into());
+        }
         let data = self.raw_type(info.type_id).ok_or_else(|| {
             crate::consumer::ConsumerError::UnknownType {
                 type_name: info.name.clone(),

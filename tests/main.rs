@@ -53,6 +53,7 @@ mod refresh_listener;
 mod resilience;
 #[cfg(feature = "cli")]
 mod soak;
+mod type_filter;
 #[cfg(feature = "cli")]
 mod verify;
 #[cfg(target_os = "linux")]

@@ -282,11 +282,44 @@ async fn a_snapshot_with_a_damaged_index_is_refused_by_name() {
     let blob = burrow::schema::blob::OpenBlob::from_bytes(&damaged, "snapshot/1").unwrap();
     let err = blob.verify().unwrap_err().to_string();
     assert!(err.contains("index by_year: posting"), "{err}");
+    // An index over a field the type does not have (the last "year" in
+    // the blob is the index's field name; the schema node's comes first).
+    let mut renamed = bytes.clone();
+    let at = renamed.windows(5).rposition(|w| w == b"year\0").unwrap();
+    renamed[at + 3] = b'x';
+    crate::common::mangle::reseal_body(&mut renamed);
+    let blob = burrow::schema::blob::OpenBlob::from_bytes(&renamed, "snapshot/1").unwrap();
+    let err = blob.verify().unwrap_err().to_string();
+    assert!(err.contains("index by_year: field yeax: no such field"), "{err}");
+    // A table slot moved: the table no longer is what the records give.
+    let (_, sections) = std::sync::Arc::new(
+        burrow::schema::blob::OpenBlob::from_bytes(&bytes, "s").unwrap(),
+    )
+    .snapshot()
+    .unwrap();
+    let table = sections[0].indexes[0].table.get();
+    let used = table.iter().position(|&w| w != 0).unwrap();
+    let free = table.iter().position(|&w| w == 0).unwrap();
+    let base = table.as_ptr() as usize - seg_of(&sections[0]) + 64 + 8;
+    drop(sections);
+    let mut moved = bytes.clone();
+    for k in 0..8 {
+        moved.swap(base + used * 8 + k, base + free * 8 + k);
+    }
+    crate::common::mangle::reseal_body(&mut moved);
+    let blob = burrow::schema::blob::OpenBlob::from_bytes(&moved, "snapshot/1").unwrap();
+    let err = blob.verify().unwrap_err().to_string();
+    assert!(err.contains("index by_year: table slot"), "{err}");
     // A consumer refuses it too.
     std::fs::write(&path, &damaged).unwrap();
     let c = consumer(&store, &dir.path().join("cache"));
     let err = c.refresh().await.unwrap_err().to_string();
     assert!(err.contains("index by_year"), "{err}");
+}
+
+/// Where a section's blob's segment starts in memory.
+fn seg_of(s: &burrow::schema::blob::SnapshotSection) -> usize {
+    s.blob.segment().as_ptr() as usize
 }
 
 /// Invariant: a v2 snapshot written before `TypeSnapshot.indexes` existed

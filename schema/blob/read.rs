@@ -675,7 +675,7 @@ impl OpenBlob {
     }
 
     /// A snapshot type's secondary indexes, located (their contents are
-    /// proven by [`Self::check_indexes`](crate::schema::blob::OpenBlob)).
+    /// proven by `check_indexes`, in `check.rs`).
     /// Refuses more than [`MAX_INDEXES`] and two of one name.
     pub(super) fn shipped_indexes(
         self: &Arc<Self>,

@@ -260,6 +260,10 @@ impl<'v, 's, T: RecordType> IndexView<'v, 's, T> {
             probe: table.map(|t| (t, KeyIndex::new(t.table).probe(hash))),
             group: [].iter(),
             left: if self.index.def.unique { 1 } else { usize::MAX },
+            clean: self.data.delta_parts() == 0
+                && self.data.base().is_some_and(|b| {
+                    b.present.get().is_empty() && b.ordinal_limit == self.data.ordinal_limit()
+                }),
             vals: Values::default(),
         })
     }
@@ -282,6 +286,9 @@ pub struct Matches<'v, 's, T: RecordType> {
     probe: Option<(IndexTable<'s>, Probe<'s>)>,
     group: std::slice::Iter<'s, u32>,
     left: usize,
+    /// No delta applies and the snapshot has no holes: every ordinal of a
+    /// group is its element, read with no further test.
+    clean: bool,
     vals: Values,
 }
 
@@ -319,7 +326,20 @@ impl<'s, T: RecordType> Matches<'_, 's, T> {
         Ok(held)
     }
 
+    #[inline]
     fn step(&mut self) -> Result<Option<(u32, Element<'s, T>)>, Error> {
+        if self.clean {
+            if let Some(&o) = self.group.next() {
+                if let Some(r) = self.view.base_element_unchecked(o) {
+                    return Ok(Some((o, r)));
+                }
+            }
+        }
+        self.step_slow()
+    }
+
+    #[cold]
+    fn step_slow(&mut self) -> Result<Option<(u32, Element<'s, T>)>, Error> {
         while let Some(&o) = self.overlay.next() {
             if self.holds(o)? {
                 if let Some(r) = self.view.get(o) {

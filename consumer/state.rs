@@ -944,6 +944,14 @@ impl<'s, T: RecordType> TypeView<'s, T> {
         Ok(None)
     }
 
+    /// Element `ordinal` of the snapshot's lists, with no presence test:
+    /// for a type whose snapshot has no holes and to which no delta
+    /// applies (the index lookup's fast path).
+    #[inline]
+    pub(super) fn base_element_unchecked(&self, ordinal: u32) -> Option<Element<'s, T>> {
+        self.base.get(ordinal)
+    }
+
     /// The record at `ordinal` in the snapshot, for an ordinal no delta
     /// touched.
     #[inline]

@@ -290,13 +290,15 @@ async fn a_snapshot_with_a_damaged_index_is_refused_by_name() {
     crate::common::mangle::reseal_body(&mut renamed);
     let blob = burrow::schema::blob::OpenBlob::from_bytes(&renamed, "snapshot/1").unwrap();
     let err = blob.verify().unwrap_err().to_string();
-    assert!(err.contains("index by_year: field yeax: no such field"), "{err}");
+    assert!(
+        err.contains("index by_year: field yeax: no such field"),
+        "{err}"
+    );
     // A table slot moved: the table no longer is what the records give.
-    let (_, sections) = std::sync::Arc::new(
-        burrow::schema::blob::OpenBlob::from_bytes(&bytes, "s").unwrap(),
-    )
-    .snapshot()
-    .unwrap();
+    let (_, sections) =
+        std::sync::Arc::new(burrow::schema::blob::OpenBlob::from_bytes(&bytes, "s").unwrap())
+            .snapshot()
+            .unwrap();
     let table = sections[0].indexes[0].table.get();
     let used = table.iter().position(|&w| w != 0).unwrap();
     let free = table.iter().position(|&w| w == 0).unwrap();

@@ -116,6 +116,28 @@ pub enum KeyError {
         /// The type being looked up.
         type_name: String,
     },
+    /// A lookup through a secondary index the type does not carry.
+    #[error("{type_name} has no index named {index:?} (it has {known:?})")]
+    NoIndex {
+        /// The type being looked up.
+        type_name: String,
+        /// The index asked for.
+        index: String,
+        /// The indexes the type has.
+        known: Vec<String>,
+    },
+    /// A secondary index cannot be built over the fields it names (no such
+    /// field, a field of a kind that cannot be indexed, two list fields),
+    /// or a unique index's records share a value.
+    #[error("{type_name}: index {index:?}: {reason}")]
+    Index {
+        /// The type indexed.
+        type_name: String,
+        /// The index.
+        index: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Any error from burrow.

@@ -15,6 +15,7 @@
 
 mod announce;
 mod child;
+mod index;
 mod latency;
 mod load;
 mod report;
@@ -693,6 +694,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         .target("<= 100 MiB at 1M", None, Some(100.0 * 1024.0 * 1024.0)),
     ];
     figures.extend(announce_figures(&announced));
+    figures.extend(index::figures(args.workload.records, args.workload.seed, runs, work).await?);
     let config = json!({
         "records": args.workload.records,
         "change": args.workload.change,

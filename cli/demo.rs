@@ -130,6 +130,7 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
     let mut builder = ProducerBuilder::new(store.clone())
         .producer_id(format!("burrow-demo-{}", std::process::id()))
         .primary_key::<movie::Owned>(&["id"])
+        .index::<movie::Owned>("by_year", &["year"])
         .header_tag("workload", "movies")
         .compression(cfg.compression)
         .retention(cfg.gc.then(burrow::gc::RetentionPolicy::default));
@@ -335,6 +336,27 @@ fn lookup_check(
             rows.push((id, found));
         }
     }
+    // A secondary index lookup: every movie of one year, through the
+    // producer's by_year index, checked against the model.
+    let year = BY_YEAR;
+    let mut by_year: Vec<u64> = Vec::new();
+    for found in view.index("by_year")?.find(&year)? {
+        by_year.push(found?.1.get_id());
+    }
+    by_year.sort_unstable();
+    let expected: Vec<u64> = keys
+        .iter()
+        .copied()
+        .filter(|&id| burrow::testing::workload::year(id) == year)
+        .collect();
+    if by_year != expected {
+        bail!(
+            "index check failed at version {}: by_year {year} gives {} records, the producer published {}",
+            state.version(),
+            by_year.len(),
+            expected.len()
+        );
+    }
     if out.json {
         let lookups: Vec<_> = rows
             .iter()
@@ -350,6 +372,7 @@ fn lookup_check(
             "checked": shown.len() + sample.len(),
             "ok": true,
             "lookups": lookups,
+            "by_year": {"year": year, "records": by_year.len(), "ok": true},
         }))?;
     } else {
         out.line("")?;
@@ -367,6 +390,16 @@ fn lookup_check(
             }
         }
         table.write(out)?;
+        let first: Vec<String> = by_year.iter().take(5).map(u64::to_string).collect();
+        out.line(&format!(
+            "index lookup by_year {year}: {} records (checked against the producer's model), ids {}{}",
+            by_year.len(),
+            first.join(", "),
+            if by_year.len() > first.len() { ", ..." } else { "" }
+        ))?;
     }
     Ok(())
 }
+
+/// The year the demo looks up through its `by_year` index.
+const BY_YEAR: u32 = 1999;

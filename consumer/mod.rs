@@ -43,6 +43,7 @@
 //! what went.
 
 mod changes;
+mod index;
 pub mod plan;
 mod ready;
 mod recheck;
@@ -53,6 +54,7 @@ mod watch;
 
 pub use crate::blobstore::{CacheRetention, Trimmed};
 pub use changes::{ChangeSource, RefreshEvent, RefreshListener, TypeChanges, TypedChanges};
+pub use index::{IndexBuild, IndexState, IndexView, Matches};
 pub use plan::{Plan, Step};
 pub use ready::{Readiness, Waiting};
 pub use recheck::CacheFault;
@@ -87,6 +89,13 @@ pub enum ConsumerError {
     /// Nothing has been announced.
     #[error("nothing has been announced in the store yet")]
     NothingAnnounced,
+    /// The consumer was built with a type filter that leaves this type
+    /// out ([`ConsumerBuilder::types`]): it holds no records of it.
+    #[error("{type_name} is filtered out: this consumer was built to read only other types (ConsumerBuilder::types)")]
+    FilteredOut {
+        /// The type asked for.
+        type_name: String,
+    },
     /// The state has no records of this type.
     #[error("version {version} has no type {type_name}")]
     UnknownType {
@@ -160,6 +169,7 @@ pub struct ConsumerBuilder {
     retention: CacheRetention,
     warm_up: WarmUp,
     record_types: Vec<TypeInfo>,
+    filter: Option<Vec<u64>>,
     listeners: Vec<Arc<dyn RefreshListener>>,
 }
 
@@ -177,6 +187,7 @@ impl ConsumerBuilder {
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
             record_types: Vec::new(),
+            filter: None,
             listeners: Vec::new(),
         }
     }
@@ -188,6 +199,17 @@ impl ConsumerBuilder {
     /// states after a snapshot load). Listeners run in the order added.
     pub fn refresh_listener(mut self, listener: impl RefreshListener + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Reads only these record types (`TypeInfo::of::<T>()` each): the
+    /// consumer builds no read state for any other type (no location
+    /// table, key overlay or index is made for it, by snapshot or delta),
+    /// and [`ReadState::view`] of one is [`ConsumerError::FilteredOut`].
+    /// Blobs are still fetched whole: the format keeps a version's types
+    /// in one blob (`BENCHMARKS.md`, "type filtering").
+    pub fn types(mut self, types: &[TypeInfo]) -> Self {
+        self.filter = Some(types.iter().map(|t| t.type_id).collect());
         self
     }
 
@@ -294,6 +316,8 @@ impl ConsumerBuilder {
             retention: self.retention,
             warm_up: self.warm_up,
             record_types: Arc::from(self.record_types),
+            built_indexes: Mutex::new(Vec::new()),
+            filter: self.filter.map(Arc::from),
             listeners: Arc::from(self.listeners),
             swapped: tokio::sync::watch::Sender::new(None),
             first_state: std::sync::Condvar::new(),
@@ -303,6 +327,30 @@ impl ConsumerBuilder {
 
 /// Checks the declared record types against `blob`'s schema nodes, each
 /// with its key as `state` (built from the blob) names it.
+/// An index the consumer builds over every state loaded from a snapshot:
+/// its declaration and [`ReadState::with_index`] for its type.
+type BuiltIndexRequest = (
+    crate::schema::index::IndexDef,
+    fn(&ReadState, crate::schema::index::IndexDef) -> Result<(ReadState, IndexBuild), Error>,
+);
+
+/// `state` with every requested consumer-side index built. A type the
+/// state does not hold keeps no index (the lookup says so by name).
+fn rebuild_indexes(state: ReadState, requests: &[BuiltIndexRequest]) -> Result<ReadState, Error> {
+    let mut state = state;
+    for (def, build) in requests {
+        match build(&state, def.clone()) {
+            Ok((next, report)) => {
+                tracing::info!(index = %report.name, records = report.records, elapsed = ?report.elapsed, "rebuilt a consumer-side index");
+                state = next;
+            }
+            Err(Error::Consumer(ConsumerError::UnknownType { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(state)
+}
+
 fn check_record_types(
     blob: &OpenBlob,
     state: &ReadState,
@@ -420,6 +468,11 @@ pub struct Consumer {
     warm_up: WarmUp,
     /// The record types declared with [`ConsumerBuilder::record_type`].
     record_types: Arc<[TypeInfo]>,
+    /// The types read ([`ConsumerBuilder::types`]); `None` for all.
+    filter: Option<Arc<[u64]>>,
+    /// Indexes the consumer was asked to build ([`Consumer::build_index`]):
+    /// built again over every state loaded from a snapshot.
+    built_indexes: Mutex<Vec<BuiltIndexRequest>>,
     /// Told of each refresh's changes ([`ConsumerBuilder::refresh_listener`]).
     listeners: Arc<[Arc<dyn RefreshListener>]>,
     /// The version of each state swapped in, for [`Consumer::ready`].
@@ -582,6 +635,41 @@ impl Consumer {
     /// Moves to the version the log says consumers should be at (the pin,
     /// if there is one). Returns `None` if already there.
     ///
+    /// Builds secondary index `name` over `T`'s `fields` on the consumer's
+    /// side (an index the producer did not ship: Hollow's consumer-side
+    /// hash index) over the current state, swaps the indexed state in, and
+    /// reports what building cost. Every later delta keeps it current in
+    /// time proportional to the delta, and every later snapshot load
+    /// builds it again. Waits for a refresh in progress; needs a state.
+    pub async fn build_index<T: crate::schema::record::RecordType>(
+        &self,
+        name: &str,
+        fields: &[&str],
+        unique: bool,
+    ) -> Result<IndexBuild, Error> {
+        let def = crate::schema::index::IndexDef::new(name, fields, unique);
+        let _inner = self.inner.lock().await;
+        let current = self.current.load_full().ok_or(ConsumerError::NoState)?;
+        let build = ReadState::with_index::<T>;
+        let (next, report) = {
+            let def = def.clone();
+            tokio::task::spawn_blocking(move || build(&current, def))
+                .await
+                .map_err(|e| {
+                    Error::from(StoreError::Io {
+                        op: "build an index",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })
+                })??
+        };
+        self.current.store(Some(Arc::new(next)));
+        let mut built = self.built_indexes.lock().unwrap_or_else(|e| e.into_inner());
+        built.retain(|(d, _)| d.name != def.name);
+        built.push((def, build));
+        Ok(report)
+    }
+
     /// Single flight: a call made while another refresh runs waits for it
     /// and shares its outcome instead of starting a second one.
     pub async fn refresh(&self) -> Result<Option<RefreshReport>, Error> {
@@ -955,9 +1043,18 @@ impl Consumer {
                 };
                 let step = *step;
                 let record_types = Arc::clone(&self.record_types);
+                let filter = self.filter.clone();
+                let built_indexes = self
+                    .built_indexes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 let next = tokio::task::spawn_blocking(move || {
                     let next = match (step, base) {
-                        (Step::Snapshot(v), _) => ReadState::from_snapshot(Arc::clone(&blob), v),
+                        (Step::Snapshot(v), _) => {
+                            ReadState::from_snapshot_filtered(Arc::clone(&blob), v, filter)
+                                .and_then(|s| rebuild_indexes(s, &built_indexes))
+                        }
                         (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => {
                             base.apply(Arc::clone(&blob), a, b)
                         }

@@ -31,11 +31,13 @@
 //! atomically, and a reader holding an `Arc<ReadState>` keeps a consistent
 //! view for as long as it holds it.
 
+use super::index::{IndexBuild, IndexState, IndexView};
 use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{BlobHeader, DeltaSection, OpenBlob, RecordLists, SnapshotSection};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
 use crate::schema::evolve::{self, SchemaError};
+use crate::schema::index::{IndexDef, NodeIndex};
 use crate::schema::key::{Key, KeyBuf, KeySpec, ResolvedKey};
 use crate::schema::key_index::KeyIndex;
 use crate::schema::record::{Element, RecordType, TypeInfo};
@@ -74,6 +76,9 @@ pub struct TypeData {
     parts: Vec<Arc<DeltaSection>>,
     /// Key hash → ordinals of records added by deltas since the snapshot.
     overlay: Arc<HashMap<u64, Vec<u32>>>,
+    /// Secondary indexes: the snapshot's, then those the consumer built
+    /// ([`super::index`]).
+    indexes: Vec<IndexState>,
     blob_name: Arc<str>,
     /// The blobs whose schema nodes describe this type's records (its
     /// snapshot's and each delta's), one per distinct schema hash: what
@@ -97,6 +102,7 @@ impl TypeData {
             chunks: Vec::new(),
             parts: Vec::new(),
             overlay: Arc::default(),
+            indexes: Vec::new(),
             blob_name: Arc::from("(empty)"),
             schemas: Vec::new(),
             verdicts: Arc::default(),
@@ -132,6 +138,17 @@ impl TypeData {
     /// The snapshot section the type was opened from, if any.
     pub fn base(&self) -> Option<&SnapshotSection> {
         self.base.as_deref()
+    }
+
+    /// The type's secondary indexes: those the producer shipped, then those
+    /// the consumer built ([`ReadState::with_index`]).
+    pub fn indexes(&self) -> &[IndexState] {
+        &self.indexes
+    }
+
+    /// The name of the last blob the type's records came from.
+    pub(super) fn blob_name(&self) -> &str {
+        &self.blob_name
     }
 
     /// The snapshot section, shared: states built from one snapshot
@@ -283,7 +300,7 @@ impl TypeData {
     /// Whether `ordinal`'s record is still the snapshot's (no delta touched
     /// its chunk).
     #[inline]
-    fn is_untouched(&self, ordinal: u32) -> bool {
+    pub(super) fn is_untouched(&self, ordinal: u32) -> bool {
         matches!(self.chunks.get(ordinal as usize / CHUNK), Some(None) | None)
     }
 
@@ -300,8 +317,14 @@ impl TypeData {
         Arc::make_mut(chunk)[ordinal as usize % CHUNK] = loc;
     }
 
-    fn from_snapshot(section: SnapshotSection, blob: &str, schema_hash: u64) -> Self {
+    fn from_snapshot(
+        section: SnapshotSection,
+        blob: &str,
+        schema_hash: u64,
+        indexes: Vec<IndexState>,
+    ) -> Self {
         TypeData {
+            indexes,
             schemas: vec![(schema_hash, Arc::clone(&section.blob))],
             verdicts: Arc::default(),
             type_id: section.type_id,
@@ -315,6 +338,38 @@ impl TypeData {
             overlay: Arc::default(),
             blob_name: Arc::from(blob),
         }
+    }
+
+    /// Resolves the snapshot section's shipped indexes against its blob's
+    /// schema node for the type.
+    fn shipped_indexes(section: &SnapshotSection) -> Result<Vec<IndexState>, FormatError> {
+        if section.indexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let corrupt = |reason: String| FormatError::Corrupt {
+            blob: section.blob.name().to_string(),
+            reason: format!("{}: {reason}", section.name),
+        };
+        section.blob.with_schema_nodes(|nodes| {
+            let node = nodes
+                .iter()
+                .find(|n| n.get_id() == section.type_id)
+                .ok_or_else(|| corrupt("no schema node for the type".into()))?;
+            section
+                .indexes
+                .iter()
+                .enumerate()
+                .map(|(i, shipped)| {
+                    let resolved = NodeIndex::resolve(node, &shipped.def).map_err(corrupt)?;
+                    Ok(IndexState {
+                        def: shipped.def.clone(),
+                        node: Arc::new(resolved),
+                        shipped: Some(i),
+                        overlay: Arc::default(),
+                    })
+                })
+                .collect()
+        })
     }
 
     /// This type with `delta` applied. `created`: the delta creates the
@@ -429,11 +484,28 @@ impl TypeData {
             next.chunks.truncate((limit_after as usize).div_ceil(CHUNK));
         }
         next.record_count = delta.record_count_after;
+        // Each ordinal the delta touched, once (removed and set are each
+        // sorted), for the secondary indexes once the delta is in place.
+        let mut touched: Vec<u32> = Vec::new();
+        if !next.indexes.is_empty() {
+            touched = removed.iter().chain(ordinals).copied().collect();
+            touched.sort_unstable();
+            touched.dedup();
+        }
         if !next.schemas.iter().any(|(h, _)| *h == schema_hash) {
             next.schemas.push((schema_hash, Arc::clone(&delta.blob)));
             next.verdicts = Arc::default();
         }
         next.parts.push(Arc::new(delta));
+        if !next.indexes.is_empty() {
+            let mut indexes = std::mem::take(&mut next.indexes);
+            for index in &mut indexes {
+                index
+                    .apply(self, &next, touched.iter().copied())
+                    .map_err(|e| corrupt(format!("index {}: {e}", index.def().name)))?;
+            }
+            next.indexes = indexes;
+        }
         Ok(next)
     }
 }
@@ -444,6 +516,10 @@ pub struct ReadState {
     version: u64,
     header: BlobHeader,
     types: Vec<TypeData>,
+    /// The types this state holds read state for, by node id, when the
+    /// consumer filters types ([`ReadState::from_snapshot_filtered`]);
+    /// `None` for every type.
+    filter: Option<Arc<[u64]>>,
 }
 
 impl std::fmt::Debug for ReadState {
@@ -465,6 +541,19 @@ impl std::fmt::Debug for ReadState {
 impl ReadState {
     /// A state from a snapshot blob, which must be of `version`.
     pub fn from_snapshot(blob: Arc<OpenBlob>, version: u64) -> Result<ReadState, Error> {
+        Self::from_snapshot_filtered(blob, version, None)
+    }
+
+    /// A state from a snapshot blob holding only the types whose node ids
+    /// `filter` lists (every type for `None`): no read state, index or
+    /// location table is built for the others, and every state made from
+    /// this one by deltas skips them too. [`ReadState::view`] of a type
+    /// left out is [`ConsumerError::FilteredOut`](crate::consumer::ConsumerError).
+    pub fn from_snapshot_filtered(
+        blob: Arc<OpenBlob>,
+        version: u64,
+        filter: Option<Arc<[u64]>>,
+    ) -> Result<ReadState, Error> {
         let env = blob.envelope();
         if env.kind != BlobKind::Snapshot || env.to_version != version {
             return Err(FormatError::Corrupt {
@@ -479,14 +568,25 @@ impl ReadState {
         }
         let (header, sections) = blob.snapshot()?;
         check_header(&header, &blob, 0, version)?;
+        let wanted = |id: u64| filter.as_ref().is_none_or(|f| f.contains(&id));
         let types = sections
             .into_iter()
-            .map(|s| TypeData::from_snapshot(s, blob.name(), header.schema_hash))
-            .collect();
+            .filter(|s| wanted(s.type_id))
+            .map(|s| {
+                let indexes = TypeData::shipped_indexes(&s)?;
+                Ok(TypeData::from_snapshot(
+                    s,
+                    blob.name(),
+                    header.schema_hash,
+                    indexes,
+                ))
+            })
+            .collect::<Result<_, FormatError>>()?;
         Ok(ReadState {
             version,
             header,
             types,
+            filter,
         })
     }
 
@@ -523,6 +623,9 @@ impl ReadState {
         check_same(blob.name(), self.header.dataset_id, header.dataset_id)?;
         let mut types = self.types.clone();
         for section in sections {
+            if !self.holds_type(section.type_id) {
+                continue;
+            }
             if section.dropped {
                 // The type leaves the state entirely, as it is absent from
                 // the snapshot of `to`.
@@ -560,7 +663,14 @@ impl ReadState {
             version: to,
             header,
             types,
+            filter: self.filter.clone(),
         })
+    }
+
+    /// Whether the state keeps records of type `type_id` (it passes the
+    /// consumer's type filter, if any).
+    pub fn holds_type(&self, type_id: u64) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(&type_id))
     }
 
     /// The version these records are.
@@ -590,6 +700,39 @@ impl ReadState {
         self.types.iter().find(|t| t.type_id == type_id)
     }
 
+    /// This state with index `def` built by the consumer over `T`'s
+    /// records (Hollow's consumer-side hash index), and what building it
+    /// cost. Every state made from this one by a delta keeps it current in
+    /// time proportional to the delta. An index of the same name on the
+    /// type (shipped or built) is replaced.
+    pub fn with_index<T: RecordType>(
+        &self,
+        def: IndexDef,
+    ) -> Result<(ReadState, IndexBuild), Error> {
+        let info = TypeInfo::of::<T>();
+        let at = self
+            .types
+            .iter()
+            .position(|t| t.type_id == info.type_id)
+            .ok_or_else(|| crate::consumer::ConsumerError::UnknownType {
+                type_name: info.name.clone(),
+                version: self.version,
+            })?;
+        self.types[at].check_schema(&info)?;
+        let node = super::index::resolve(&info, &def)?;
+        let (index, report) = IndexState::build(&self.types[at], def, node).map_err(|reason| {
+            FormatError::Corrupt {
+                blob: self.types[at].blob_name.to_string(),
+                reason: format!("{}: {reason}", info.name),
+            }
+        })?;
+        let mut next = self.clone();
+        let t = &mut next.types[at];
+        t.indexes.retain(|i| i.def().name != index.def().name);
+        t.indexes.push(index);
+        Ok((next, report))
+    }
+
     /// Most deltas stacked on a snapshot in any type.
     pub fn delta_depth(&self) -> usize {
         self.types.iter().map(|t| t.parts.len()).max().unwrap_or(0)
@@ -600,6 +743,12 @@ impl ReadState {
     /// read after is arithmetic.
     pub fn view<T: RecordType>(&self) -> Result<TypeView<'_, T>, Error> {
         let info = TypeInfo::of::<T>();
+        if !self.holds_type(info.type_id) {
+            return Err(crate::consumer::ConsumerError::FilteredOut {
+                type_name: info.name.clone(),
+            }
+            .into());
+        }
         let data = self.raw_type(info.type_id).ok_or_else(|| {
             crate::consumer::ConsumerError::UnknownType {
                 type_name: info.name.clone(),
@@ -793,6 +942,50 @@ impl<'s, T: RecordType> TypeView<'s, T> {
             }
         }
         Ok(None)
+    }
+
+    /// Element `ordinal` of the snapshot's lists, with no presence test:
+    /// for a type whose snapshot has no holes and to which no delta
+    /// applies (the index lookup's fast path).
+    #[inline]
+    pub(super) fn base_element_unchecked(&self, ordinal: u32) -> Option<Element<'s, T>> {
+        self.base.get(ordinal)
+    }
+
+    /// The record at `ordinal` in the snapshot, for an ordinal no delta
+    /// touched.
+    #[inline]
+    pub(super) fn base_element(&self, ordinal: u32) -> Option<Element<'s, T>> {
+        match &self.data.base {
+            Some(b) if ordinal < b.ordinal_limit && b.is_present(ordinal) => self.base.get(ordinal),
+            _ => None,
+        }
+    }
+
+    /// The secondary index `name` of the type: one the producer shipped
+    /// (`ProducerBuilder::index`) or the consumer built
+    /// ([`ReadState::with_index`]). An unknown name is an error listing
+    /// the type's indexes.
+    pub fn index(&self, name: &str) -> Result<IndexView<'_, 's, T>, Error> {
+        let data = self.data;
+        let index = data
+            .indexes
+            .iter()
+            .find(|i| i.def().name == name)
+            .ok_or_else(|| KeyError::NoIndex {
+                type_name: data.name.clone(),
+                index: name.to_string(),
+                known: data.indexes.iter().map(|i| i.def().name.clone()).collect(),
+            })?;
+        let info = TypeInfo::of::<T>();
+        let fields: Vec<&str> = index.def().fields.iter().map(String::as_str).collect();
+        let spec = KeySpec::resolve_index(&info, &fields)?;
+        Ok(IndexView {
+            view: self,
+            data,
+            index,
+            spec,
+        })
     }
 
     /// Every record, in ordinal order.

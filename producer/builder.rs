@@ -14,6 +14,7 @@ use crate::blobstore::{BlobStore, Compression};
 use crate::error::Error;
 use crate::gc::RetentionPolicy;
 use crate::schema::blob::DatasetSchema;
+use crate::schema::index::{IndexDef, NodeIndex};
 use crate::schema::record::{KeyBuf, KeySpec, RecordType, TypeInfo};
 use crate::schema::DatasetId;
 use std::any::TypeId;
@@ -27,6 +28,9 @@ pub(super) struct RegisteredType {
     pub(super) key_fields: Vec<String>,
     /// Encodes the key of a canonical record of this type.
     pub(super) key_of: fn(&KeySpec, &[u64], &mut KeyBuf) -> capnp::Result<()>,
+    /// Secondary indexes built into every snapshot
+    /// ([`ProducerBuilder::index`]), each resolved against the type's node.
+    pub(super) indexes: Vec<(IndexDef, NodeIndex)>,
 }
 
 /// Encodes the key of a canonical record of `T` (from its words when the
@@ -57,6 +61,9 @@ pub struct ProducerBuilder {
     format_version: u16,
     max_list_shift: u8,
     compression: Compression,
+    /// Secondary indexes declared, by type id: attached to their types at
+    /// [`ProducerBuilder::build`].
+    indexes: Vec<(u64, String, IndexDef)>,
 }
 
 impl ProducerBuilder {
@@ -81,6 +88,7 @@ impl ProducerBuilder {
             format_version: crate::schema::envelope::FORMAT_VERSION,
             max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
             compression: Compression::default(),
+            indexes: Vec::new(),
         }
     }
 
@@ -148,9 +156,34 @@ impl ProducerBuilder {
                 key: Some(spec),
                 info,
                 key_of: key_of::<T>,
+                indexes: Vec::new(),
             })
             .map_err(Error::from);
         self.types.push(registered);
+        self
+    }
+
+    /// Declares a secondary hash index `name` on `T` over `fields` (field
+    /// names in value order; at most one a list of scalars, whose every
+    /// element is a value): every snapshot carries it beside the primary
+    /// key index, and consumers keep it current through deltas
+    /// (`TypeView::index`). `T` must be registered too; an unknown field,
+    /// a field that cannot be indexed or a name used twice on the type is
+    /// an [`Error::Config`] at [`Self::build`].
+    pub fn index<T: RecordType>(self, name: &str, fields: &[&str]) -> Self {
+        self.declare_index::<T>(IndexDef::new(name, fields, false))
+    }
+
+    /// As [`Self::index`], for an index with at most one record per value:
+    /// a cycle whose records share a value fails, naming the index and
+    /// both records' ordinals.
+    pub fn unique_index<T: RecordType>(self, name: &str, fields: &[&str]) -> Self {
+        self.declare_index::<T>(IndexDef::new(name, fields, true))
+    }
+
+    fn declare_index<T: RecordType>(mut self, def: IndexDef) -> Self {
+        let info = TypeInfo::of::<T>();
+        self.indexes.push((info.type_id, info.name, def));
         self
     }
 
@@ -163,6 +196,7 @@ impl ProducerBuilder {
             key: None,
             key_fields: Vec::new(),
             key_of: key_of::<T>,
+            indexes: Vec::new(),
         }));
         self
     }
@@ -269,6 +303,29 @@ impl ProducerBuilder {
                 ));
             }
             types.push(t);
+        }
+        for (type_id, type_name, def) in self.indexes {
+            let t = types
+                .iter_mut()
+                .find(|t| t.info.type_id == type_id)
+                .ok_or_else(|| {
+                    config(
+                        "indexes",
+                        format!(
+                            "index {} is on {type_name}, which is not registered",
+                            def.name
+                        ),
+                    )
+                })?;
+            if t.indexes.iter().any(|(d, _)| d.name == def.name) {
+                return Err(config(
+                    "indexes",
+                    format!("{type_name} has two indexes named {}", def.name),
+                ));
+            }
+            let node = NodeIndex::resolve(t.info.schema().get_proto(), &def)
+                .map_err(|reason| config("indexes", format!("{type_name}: {reason}")))?;
+            t.indexes.push((def, node));
         }
         if types.is_empty() {
             return Err(config(

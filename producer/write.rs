@@ -233,6 +233,7 @@ pub(super) fn write_blobs(
                 record_count: d.next.count,
                 total_words: d.next.total_words,
                 records: &d.next,
+                indexes: &t.indexes,
             })
             .collect();
         let snapshot = write_snapshot(&head(0, version), &sources)?;

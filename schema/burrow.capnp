@@ -52,6 +52,17 @@ struct TypeSnapshot {
   # from slot ((keyHash & 0xffffffff) * slots) >> 32. A slot is 0 when free,
   # else (keyHash >> 32) << 32 | (ordinal + 1). Empty when the type has no key.
   keyIndex @8 :List(UInt64);
+  indexes @9 :List(SecondaryIndex);  # the producer's secondary indexes; empty = none
+}
+
+# A secondary hash index over one or more fields of a type (schema/index.rs).
+struct SecondaryIndex {
+  name @0 :Text;               # e.g. "by_year"; distinct within the type
+  fields @1 :List(Text);       # field names, in value order; at most one a list
+  unique @2 :Bool;             # at most one record per value
+  table @3 :List(UInt64);      # hash table of groups, laid out as a key index
+  starts @4 :List(UInt32);     # group g's ordinals are postings[starts[g]..starts[g + 1]]
+  postings @5 :List(UInt32);   # ordinals, ascending within each group
 }
 
 struct Snapshot {

@@ -157,6 +157,20 @@ impl KeySpec {
     /// Resolves `names` against `info`'s schema. Errors name the field and
     /// say why it cannot be a key.
     pub fn resolve(info: &TypeInfo, names: &[&str]) -> Result<KeySpec, KeyError> {
+        Self::resolve_with(info, names, false)
+    }
+
+    /// The spec of a secondary index's values over `names`
+    /// ([`crate::schema::index`]): as a key, but a field that is a list of
+    /// scalars stands for one element of it. What an index lookup encodes
+    /// its query with.
+    pub fn resolve_index(info: &TypeInfo, names: &[&str]) -> Result<KeySpec, KeyError> {
+        let mut spec = Self::resolve_with(info, names, true)?;
+        spec.direct = None;
+        Ok(spec)
+    }
+
+    fn resolve_with(info: &TypeInfo, names: &[&str], lists: bool) -> Result<KeySpec, KeyError> {
         if names.is_empty() {
             return Err(KeyError::Spec {
                 type_name: info.name.clone(),
@@ -183,7 +197,11 @@ impl KeySpec {
             if proto.get_discriminant_value() != capnp::schema_capnp::field::NO_DISCRIMINANT {
                 return Err(bad("is a union member, so it may be absent".into()));
             }
-            let kind = match field.get_type().which() {
+            let ty = match field.get_type().which() {
+                TypeVariant::List(elem) if lists => elem.which(),
+                ty => ty,
+            };
+            let kind = match ty {
                 TypeVariant::Bool => KeyKind::Bool,
                 TypeVariant::Int8 => KeyKind::Signed {
                     min: i8::MIN.into(),

@@ -20,6 +20,7 @@ pub mod dataset_id;
 pub mod dynamic;
 pub mod envelope;
 pub mod evolve;
+pub mod index;
 pub mod key;
 pub mod key_index;
 pub mod node_key;

@@ -226,7 +226,7 @@ impl NodeKey {
 
 /// The bytes of the byte list behind the pointer at word `at`; `None` for a
 /// null pointer. A text's terminating NUL is not part of it.
-fn read_bytes<'a>(
+pub(crate) fn read_bytes<'a>(
     words: &[u64],
     bytes: &'a [u8],
     at: usize,

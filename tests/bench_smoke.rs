@@ -22,6 +22,8 @@ const FIGURES: &[&str] = &[
     "delta_refresh",
     "delta_refresh_cached",
     "hashmap_lookup",
+    "hashmap_index_lookup",
+    "index_lookup",
     "lookup",
     "hashmap_lookup_threads",
     "lookup_threads",

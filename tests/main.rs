@@ -37,6 +37,7 @@ mod gc_retention;
 mod golden;
 mod hostile;
 mod hostile_v2;
+mod index;
 mod limits;
 mod load;
 #[cfg(feature = "cli")]
@@ -54,6 +55,7 @@ mod resilience;
 mod serve;
 #[cfg(feature = "cli")]
 mod soak;
+mod type_filter;
 #[cfg(feature = "cli")]
 mod verify;
 #[cfg(target_os = "linux")]

@@ -16,12 +16,15 @@
 //!    a walk that follows every pointer bounded by a constant factor of
 //!    the body;
 //! 3. in a snapshot, each keyed type's key index against its records: a
-//!    lookup of every record's key reaches the slot naming it.
+//!    lookup of every record's key reaches the slot naming it;
+//! 4. in a snapshot, each secondary index: its lists are exactly what
+//!    the records give ([`crate::schema::index::check`]).
 
-use super::read::{struct_size, text, texts, OpenBlob};
+use super::read::{struct_size, text, texts, OpenBlob, MAX_INDEXES};
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, snapshot};
 use crate::schema::envelope::BlobKind;
+use crate::schema::index::{self, IndexDef, IndexTable, NodeIndex};
 use crate::schema::key_index::KeyIndex;
 use crate::schema::node_key::NodeKey;
 use crate::schema::wire;
@@ -48,6 +51,7 @@ impl OpenBlob {
         let layout = self.check_layout()?;
         if kind == BlobKind::Snapshot {
             self.check_key_indexes()?;
+            self.check_indexes()?;
         }
         Ok(layout)
     }
@@ -87,6 +91,87 @@ impl OpenBlob {
         let bound = (seg.len() as u64).saturating_mul(8).saturating_add(1 << 16);
         wire::check_records(seg, at, bound)
             .map_err(|reason| self.corrupt(format!("records: {reason}")))
+    }
+
+    /// Checks each snapshot type's secondary indexes against its records
+    /// ([`crate::schema::index::check`]): each index's fields resolve
+    /// against the type's schema node in the header, and its lists are
+    /// exactly what [`crate::schema::index::build`] makes of the records
+    /// (a unique index's records hold distinct values). Reads every
+    /// record's indexed fields: O(records) per index.
+    pub fn check_indexes(&self) -> Result<(), FormatError> {
+        let mut slots = std::collections::HashSet::new();
+        self.sections::<snapshot::Owned, _>(|t, nodes| {
+            let list = t.get_indexes().map_err(self.cap("indexes"))?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            let name = text(t.get_name(), self.name(), "type name")?;
+            let bad = |reason: String| self.corrupt(format!("{name}: {reason}"));
+            if list.len() > MAX_INDEXES {
+                return Err(bad(format!(
+                    "{} indexes, more than {MAX_INDEXES}",
+                    list.len()
+                )));
+            }
+            let present = t.get_present().map_err(self.cap("presence bitmap"))?;
+            let present = words(self, &present, "presence bitmap")?;
+            let lists = self.snapshot_lists(&name, t, present, nodes, &mut slots)?;
+            let type_id = t.get_type_id();
+            let node = nodes
+                .get(&type_id)
+                .ok_or_else(|| bad(format!("no schema node for type {type_id:#018x}")))?;
+            let is_present = |o: u32| {
+                present.is_empty()
+                    || present
+                        .get(o as usize / 64)
+                        .is_some_and(|w| w >> (o % 64) & 1 == 1)
+            };
+            let seg = self.segment();
+            let (data, ptrs) = (lists.data as usize, lists.ptrs as usize);
+            let mut names = std::collections::HashSet::new();
+            for e in list.iter() {
+                let def = IndexDef {
+                    name: text(e.get_name(), self.name(), "index name")?,
+                    fields: texts(e.get_fields(), self.name())?,
+                    unique: e.get_unique(),
+                };
+                if !names.insert(def.name.clone()) {
+                    return Err(bad(format!("two indexes named {}", def.name)));
+                }
+                let resolved = NodeIndex::resolve(*node, &def).map_err(&bad)?;
+                let table = e.get_table().map_err(self.cap("index table"))?;
+                let starts = e.get_starts().map_err(self.cap("index starts"))?;
+                let postings = e.get_postings().map_err(self.cap("index postings"))?;
+                let u32s = |l: &capnp::primitive_list::Reader<'_, u32>, what: &str| {
+                    if l.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    l.as_slice().map(<[u32]>::to_vec).ok_or_else(|| {
+                        bad(format!(
+                            "index {}: {what} is not a list of UInt32",
+                            def.name
+                        ))
+                    })
+                };
+                let (starts, postings) = (u32s(&starts, "starts")?, u32s(&postings, "postings")?);
+                let stored = IndexTable {
+                    table: words(self, &table, "index table")?,
+                    starts: &starts,
+                    postings: &postings,
+                };
+                let present = (0..t.get_ordinal_limit().min(lists.len)).filter(|&o| is_present(o));
+                let rebuilt = index::build(&def, present, |o, out| {
+                    resolved
+                        .values(seg, lists.element(o), data, ptrs, out)
+                        .map_err(|e| format!("index {}: record {o}: {e}", def.name))
+                })
+                .map_err(&bad)?;
+                index::check(&def, stored, &rebuilt).map_err(&bad)?;
+            }
+            Ok(())
+        })
+        .map(drop)
     }
 
     /// Checks each keyed type's key index against its records: every
@@ -218,6 +303,7 @@ mod tests {
             total_words: 200,
             slot: 0,
             records: &records,
+            indexes: &[],
         };
         write_snapshot(&head, &[source]).unwrap()
     }

@@ -37,7 +37,8 @@ use crate::schema::envelope::BlobKind;
 use capnp::struct_list;
 
 pub use read::{
-    check_dataset, BlobHeader, DeltaSection, OpenBlob, RecordLists, Region, SnapshotSection,
+    check_dataset, BlobHeader, DeltaSection, OpenBlob, RecordLists, Region, ShippedIndex,
+    SnapshotSection, MAX_INDEXES,
 };
 pub use write::{
     index_slots, write_delta, write_snapshot, DatasetSchema, DeltaTypeSource, HeaderInfo,

@@ -7,6 +7,7 @@ use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_snapshot};
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::{BlobKind, Envelope, ENVELOPE_LEN};
+use crate::schema::index::{IndexDef, IndexTable};
 use crate::schema::node_key::NodeKey;
 use crate::schema::wire;
 use capnp::message::ReaderOptions;
@@ -657,7 +658,9 @@ impl OpenBlob {
             let present = self.list(t.get_present(), "presence bitmap")?;
             let lists = self.snapshot_lists(&name, t, present.get(), nodes, &mut slots)?;
             let key_index = self.list(t.get_key_index(), "key index")?;
+            let indexes = self.shipped_indexes(&name, t)?;
             Ok(SnapshotSection {
+                indexes,
                 type_id: t.get_type_id(),
                 key_fields: texts(t.get_key_fields(), &self.name)?,
                 name,
@@ -669,6 +672,46 @@ impl OpenBlob {
                 blob: self.clone(),
             })
         })
+    }
+
+    /// A snapshot type's secondary indexes, located (their contents are
+    /// proven by `check_indexes`, in `check.rs`).
+    /// Refuses more than [`MAX_INDEXES`] and two of one name.
+    pub(super) fn shipped_indexes(
+        self: &Arc<Self>,
+        type_name: &str,
+        t: type_snapshot::Reader<'_>,
+    ) -> Result<Vec<ShippedIndex>, FormatError> {
+        let list = t.get_indexes().map_err(self.cap("indexes"))?;
+        if list.len() > MAX_INDEXES {
+            return Err(self.corrupt(format!(
+                "{type_name}: {} indexes, more than {MAX_INDEXES}",
+                list.len()
+            )));
+        }
+        let mut out: Vec<ShippedIndex> = Vec::with_capacity(list.len() as usize);
+        for e in list.iter() {
+            let name = text(e.get_name(), &self.name, "index name")?;
+            let fields = e.get_fields().map_err(self.cap("index fields"))?;
+            let fields = fields
+                .iter()
+                .map(|x| text(x, &self.name, "index field"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if out.iter().any(|i| i.def.name == name) {
+                return Err(self.corrupt(format!("{type_name}: two indexes named {name}")));
+            }
+            out.push(ShippedIndex {
+                def: IndexDef {
+                    name,
+                    fields,
+                    unique: e.get_unique(),
+                },
+                table: self.list(e.get_table(), "index table")?,
+                starts: self.list(e.get_starts(), "index starts")?,
+                postings: self.list(e.get_postings(), "index postings")?,
+            });
+        }
+        Ok(out)
     }
 
     /// Reads a delta's (or reverse delta's) header and sections.
@@ -920,8 +963,37 @@ pub struct SnapshotSection {
     pub key_index: Region<u64>,
     /// Where the records lie: element `o` is ordinal `o`.
     pub lists: RecordLists,
+    /// The type's secondary indexes ([`crate::schema::index`]).
+    pub indexes: Vec<ShippedIndex>,
     /// The blob the section is read from.
     pub blob: Arc<OpenBlob>,
+}
+
+/// The most secondary indexes one type may carry in a snapshot.
+pub const MAX_INDEXES: u32 = 64;
+
+/// One secondary index of a snapshot type, located in its blob.
+pub struct ShippedIndex {
+    /// Its name, fields and uniqueness.
+    pub def: IndexDef,
+    /// The group table.
+    pub table: Region<u64>,
+    /// Where each group begins in `postings`.
+    pub starts: Region<u32>,
+    /// Each group's ordinals.
+    pub postings: Region<u32>,
+}
+
+impl ShippedIndex {
+    /// The index's lists, borrowed from the blob.
+    #[inline]
+    pub fn table(&self) -> IndexTable<'_> {
+        IndexTable {
+            table: self.table.get(),
+            starts: self.starts.get(),
+            postings: self.postings.get(),
+        }
+    }
 }
 
 impl SnapshotSection {

@@ -17,6 +17,7 @@ use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::dataset_id::DatasetId;
 use crate::schema::envelope::{BlobKind, ENVELOPE_LEN};
+use crate::schema::index::{self, BuiltIndex, IndexDef, NodeIndex};
 use crate::schema::key_index::KeyIndexBuilder;
 use crate::schema::record::TypeInfo;
 use crate::schema::wire;
@@ -231,6 +232,9 @@ pub struct SnapshotTypeSource<'a> {
     pub slot: u16,
     /// Where the writer reads each ordinal's record.
     pub records: &'a dyn SnapshotRecords,
+    /// The secondary indexes to build over the records
+    /// ([`crate::schema::index`]), each resolved against the type's node.
+    pub indexes: &'a [(IndexDef, NodeIndex)],
 }
 
 /// Where the snapshot writer reads a type's records.
@@ -341,6 +345,20 @@ pub fn write_snapshot(
         .iter()
         .map(|t| element_size(t, head.schema))
         .collect::<Result<Vec<_>, _>>()?;
+    let built = types
+        .iter()
+        .map(build_indexes)
+        .collect::<Result<Vec<_>, _>>()?;
+    let index_words: usize = built
+        .iter()
+        .flatten()
+        .map(|(def, b)| {
+            16 + b.table.len()
+                + (b.starts.len() + b.postings.len()).div_ceil(2)
+                + def.name.len() / 8
+                + def.fields.iter().map(|f| 2 + f.len() / 8).sum::<usize>()
+        })
+        .sum();
     let type_words = |t: &SnapshotTypeSource<'_>| {
         let mut words = 24 + (t.ordinal_limit as usize).div_ceil(64);
         if !t.key_fields.is_empty() {
@@ -348,7 +366,8 @@ pub fn write_snapshot(
         }
         words + t.key_fields.iter().map(|k| 2 + k.len() / 8).sum::<usize>() + t.info.name.len() / 8
     };
-    let skeleton_words = head.words() + 16 + types.iter().map(type_words).sum::<usize>();
+    let skeleton_words =
+        head.words() + 16 + types.iter().map(type_words).sum::<usize>() + index_words;
     let mut message = builder_for(skeleton_words)?;
     {
         let mut root = message.init_root::<snapshot::Builder<'_>>();
@@ -356,7 +375,9 @@ pub fn write_snapshot(
             .map_err(capnp_write)?;
         let mut list = root.init_types(list_len("types", types.len())?);
         for (i, (t, &(d, p))) in types.iter().zip(&sizes).enumerate() {
-            write_type_snapshot(list.reborrow().get(i as u32), t, d + p, head.max_list_shift)?;
+            let mut b = list.reborrow().get(i as u32);
+            write_type_snapshot(b.reborrow(), t, d + p, head.max_list_shift)?;
+            write_indexes(b, &built[i])?;
         }
     }
     let extra: usize = types
@@ -365,6 +386,61 @@ pub fn write_snapshot(
         .sum();
     let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
     Ok(frame_words(BlobKind::Snapshot, 0, head.to_version, body))
+}
+
+/// Builds the type's secondary indexes from its records.
+fn build_indexes(t: &SnapshotTypeSource<'_>) -> Result<Vec<(IndexDef, BuiltIndex)>, FormatError> {
+    t.indexes
+        .iter()
+        .map(|(def, node)| {
+            let present = (0..t.ordinal_limit).filter(|&o| t.records.record(o).is_some());
+            let built = index::build(def, present, |o, out| {
+                let (words, _) = t.records.record(o).ok_or("a record vanished")?;
+                node.record_values(words, out)
+                    .map_err(|e| format!("index {}: record {o}: {e}", def.name))
+            })
+            .map_err(|e| corrupt_write(format!("{}: {e}", t.info.name)))?;
+            Ok((def.clone(), built))
+        })
+        .collect()
+}
+
+/// Writes a type's secondary indexes (`TypeSnapshot.indexes`); none
+/// leaves the list null.
+fn write_indexes(
+    b: type_snapshot::Builder<'_>,
+    built: &[(IndexDef, BuiltIndex)],
+) -> Result<(), FormatError> {
+    if built.is_empty() {
+        return Ok(());
+    }
+    let mut list = b.init_indexes(list_len("indexes", built.len())?);
+    for (i, (def, index)) in built.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_name(def.name.as_str());
+        set_texts(
+            e.reborrow().init_fields(def.fields.len() as u32),
+            &def.fields,
+        );
+        e.set_unique(def.unique);
+        let mut table = e
+            .reborrow()
+            .init_table(list_len("index table", index.table.len())?);
+        for (j, &w) in index.table.iter().enumerate() {
+            table.set(j as u32, w);
+        }
+        let mut starts = e
+            .reborrow()
+            .init_starts(list_len("index starts", index.starts.len())?);
+        for (j, &w) in index.starts.iter().enumerate() {
+            starts.set(j as u32, w);
+        }
+        let mut postings = e.init_postings(list_len("index postings", index.postings.len())?);
+        for (j, &w) in index.postings.iter().enumerate() {
+            postings.set(j as u32, w);
+        }
+    }
+    Ok(())
 }
 
 fn snapshot_source<'a>(t: &'a SnapshotTypeSource<'a>) -> ListSource<'a> {
@@ -784,6 +860,7 @@ mod tests {
             total_words: 4,
             slot: 0,
             records: &record,
+            indexes: &[],
         };
         let err = write_snapshot(&head, &[source]).unwrap_err().to_string();
         assert!(

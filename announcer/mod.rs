@@ -30,7 +30,7 @@ mod entry;
 mod watcher;
 
 pub use chain::chain_to;
-pub use entry::{check_next, now_micros, AnnounceKind, Announcement};
+pub use entry::{check_next, now_micros, utc, AnnounceKind, Announcement};
 pub use watcher::{Watcher, REVALIDATE_EVERY};
 
 use crate::blobstore::{BlobBody, BlobName, BlobStore, StoreError};

@@ -14,6 +14,7 @@
 //!   both.
 
 mod announce;
+mod changes;
 mod child;
 mod index;
 mod latency;
@@ -695,6 +696,16 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
     ];
     figures.extend(announce_figures(&announced));
     figures.extend(index::figures(args.workload.records, args.workload.seed, runs, work).await?);
+    figures.extend(
+        changes::figures(
+            args.workload.records,
+            args.workload.change,
+            args.workload.seed,
+            runs,
+            work,
+        )
+        .await?,
+    );
     let config = json!({
         "records": args.workload.records,
         "change": args.workload.change,

@@ -15,12 +15,19 @@
 //!
 //! After the cycles, a key-lookup check reads a sample of ids through the
 //! consumer and compares them with the model the producer was given.
+//!
+//! The consumer reads movies only (a type filter, `ConsumerBuilder::types`)
+//! and has a refresh listener: after every refresh, the keys it was told
+//! were added, changed and removed must be the counts the producer
+//! reported for that cycle, or the demo fails.
 
 use crate::config::DemoConfig;
 use crate::output::{self, Out, Progress};
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobName, BlobStore};
-use burrow::consumer::{Consumer, ConsumerBuilder, RefreshReport, Step};
+use burrow::consumer::{
+    ChangeSource, Consumer, ConsumerBuilder, RefreshEvent, RefreshListener, RefreshReport, Step,
+};
 use burrow::notify::{Publisher, PublisherConfig};
 use burrow::producer::{CycleReport, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
@@ -28,7 +35,7 @@ use burrow::schema::record::TypeInfo;
 use burrow::testing::workload::{generation_of, Dataset, Rng};
 use serde_json::json;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The seed of the demo's edits (`Dataset::advance` mixes in the cycle).
 const SEED: u64 = 0x6275_7272_6f77_0001;
@@ -119,6 +126,32 @@ fn row(cells: &[String]) -> String {
     line
 }
 
+/// What the consumer's refresh listener was told of movies by the last
+/// refresh: (added, changed, removed) keys and how they were found.
+#[derive(Default)]
+struct Told(Mutex<Option<([usize; 3], ChangeSource)>>);
+
+impl RefreshListener for Told {
+    fn refreshed(&self, event: &RefreshEvent) {
+        let told = match event.typed::<movie::Owned>() {
+            Ok(Some(movies)) => {
+                let c = movies.ordinals();
+                Some(([c.added.len(), c.changed.len(), c.removed.len()], c.source))
+            }
+            Ok(None) => Some(([0; 3], ChangeSource::Deltas)),
+            // The demo then fails: told nothing where the producer changed something.
+            Err(_) => None,
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = told;
+    }
+}
+
+impl Told {
+    fn take(&self) -> Option<([usize; 3], ChangeSource)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()> {
     let where_ = store.description().to_string();
     let progress = Progress::new();
@@ -138,8 +171,11 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         builder = builder.listener(Arc::clone(publisher));
     }
     let producer = builder.build()?;
+    let told = Arc::new(Told::default());
     let consumer = ConsumerBuilder::new(store)
         .cache_dir(&cfg.cache)
+        .types(&[TypeInfo::of::<movie::Owned>()])
+        .refresh_listener(Arc::clone(&told))
         .build()
         .with_context(|| format!("cannot open cache {}", cfg.cache.display()))?;
 
@@ -170,6 +206,7 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         out.line(&row(&head))?;
     }
     let mut removed_ids = Vec::new();
+    let mut told_by = [0usize; 2]; // refreshes whose changes came from deltas, from comparing
     for i in 1..=cfg.cycles {
         let last = producer.version().await.unwrap_or(0);
         let cycle = last + 1;
@@ -204,6 +241,22 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
         let (added, changed, removed) = report.changes.iter().fold((0, 0, 0), |acc, c| {
             (acc.0 + c.added, acc.1 + c.changed, acc.2 + c.removed)
         });
+        let listened = told.take();
+        if refresh.is_some() {
+            match listened {
+                Some((counts, source))
+                    if counts == [added as usize, changed as usize, removed as usize] =>
+                {
+                    told_by[usize::from(source == ChangeSource::Compared)] += 1;
+                }
+                _ => bail!(
+                    "change notification check failed at version {}: the consumer's refresh \
+                     listener was told {listened:?} (added, changed, removed), the producer \
+                     reported [{added}, {changed}, {removed}]",
+                    report.version
+                ),
+            }
+        }
         let snapshot = blob_size(&report, |n| matches!(n, BlobName::Snapshot(_)));
         let delta = blob_size(&report, |n| matches!(n, BlobName::Delta(..)));
         let reverse = blob_size(&report, |n| matches!(n, BlobName::Reverse(..)));
@@ -226,6 +279,10 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
                 "consumer_ms": consumer_time.map(output::millis),
                 "consumer_fetched_bytes": refresh.as_ref().map(|r| r.fetched_bytes),
                 "consumer_plan": steps(refresh.as_ref()),
+                "consumer_told": listened.map(|(c, source)| json!({
+                    "added": c[0], "changed": c[1], "removed": c[2],
+                    "source": format!("{source:?}").to_lowercase(),
+                })),
                 // The last finished background retention run (`--no-gc`: null).
                 "gc_deleted_blobs": report.last_gc.as_ref().map(|g| match &g.result {
                     Ok(r) => json!(r.deleted.len()),
@@ -263,7 +320,16 @@ pub async fn run(cfg: &DemoConfig, store: BlobStore, out: &mut Out) -> Result<()
             ));
         }
     }
-    lookup_check(&consumer, &model, &removed_ids, out)
+    lookup_check(&consumer, &model, &removed_ids, out)?;
+    if !out.json {
+        out.line(&format!(
+            "change notifications: the consumer (reading Movie only) was told each refresh's \
+             added, changed and removed keys, equal to the producer's counts ({} found from the \
+             deltas applied, {} by comparing states)",
+            told_by[0], told_by[1]
+        ))?;
+    }
+    Ok(())
 }
 
 /// How long the demo waits, before it exits, for its last notifications.

@@ -409,7 +409,10 @@ impl Checker<'_> {
         if entry.has_snapshot {
             let name = BlobName::Snapshot(v);
             if let Some(blob) = self.blob(name).await? {
-                match ReadState::from_snapshot(blob, v) {
+                // The snapshot's records must sum to its state checksums.
+                match ReadState::from_snapshot(blob, v)
+                    .and_then(|s| s.check_checksums().map(|()| s))
+                {
                     Ok(s) => by_snapshot = Some(s),
                     Err(e) => {
                         self.report.problem(

@@ -168,6 +168,7 @@ pub struct ConsumerBuilder {
     breaker: Option<Arc<CircuitBreakerStore>>,
     retention: CacheRetention,
     warm_up: WarmUp,
+    check_snapshots: Option<bool>,
     record_types: Vec<TypeInfo>,
     filter: Option<Vec<u64>>,
     listeners: Vec<Arc<dyn RefreshListener>>,
@@ -186,6 +187,7 @@ impl ConsumerBuilder {
             breaker: None,
             retention: CacheRetention::default(),
             warm_up: WarmUp::default(),
+            check_snapshots: None,
             record_types: Vec::new(),
             filter: None,
             listeners: Vec::new(),
@@ -230,6 +232,20 @@ impl ConsumerBuilder {
     /// effect of each).
     pub fn warm_up(mut self, warm_up: WarmUp) -> Self {
         self.warm_up = warm_up;
+        self
+    }
+
+    /// Whether each snapshot a refresh loads has its records summed against
+    /// the state checksums its header claims before the state is swapped in
+    /// ([`crate::schema::checksum`]; a mismatch refuses the refresh, as a
+    /// bad blob). Deltas are always checked, in time proportional to the
+    /// delta. Default: where the warm-up reads the snapshot's pages before
+    /// the swap anyway ([`WarmUp::Populate`], and under the default
+    /// [`WarmUp::PopulateSwaps`] every snapshot that replaces a serving
+    /// state), so that the first open stays instant and memory what reads
+    /// touch; `true` checks every snapshot, `false` none.
+    pub fn check_snapshots(mut self, check: bool) -> Self {
+        self.check_snapshots = Some(check);
         self
     }
 
@@ -315,6 +331,7 @@ impl ConsumerBuilder {
             max_delta_depth: self.max_delta_depth,
             retention: self.retention,
             warm_up: self.warm_up,
+            check_snapshots: self.check_snapshots,
             record_types: Arc::from(self.record_types),
             built_indexes: Mutex::new(Vec::new()),
             filter: self.filter.map(Arc::from),
@@ -466,6 +483,7 @@ pub struct Consumer {
     max_delta_depth: usize,
     retention: CacheRetention,
     warm_up: WarmUp,
+    check_snapshots: Option<bool>,
     /// The record types declared with [`ConsumerBuilder::record_type`].
     record_types: Arc<[TypeInfo]>,
     /// The types read ([`ConsumerBuilder::types`]); `None` for all.
@@ -1042,6 +1060,13 @@ impl Consumer {
                     }),
                 };
                 let step = *step;
+                // A snapshot's state checksums are summed where its pages
+                // are read before the swap anyway (see `check_snapshots`).
+                let check_snapshot = self.check_snapshots.unwrap_or(match self.warm_up {
+                    WarmUp::Populate => true,
+                    WarmUp::PopulateSwaps => current.is_some(),
+                    WarmUp::Off | WarmUp::WillNeed => false,
+                });
                 let record_types = Arc::clone(&self.record_types);
                 let filter = self.filter.clone();
                 let built_indexes = self
@@ -1053,6 +1078,12 @@ impl Consumer {
                     let next = match (step, base) {
                         (Step::Snapshot(v), _) => {
                             ReadState::from_snapshot_filtered(Arc::clone(&blob), v, filter)
+                                .and_then(|s| {
+                                    if check_snapshot {
+                                        s.check_checksums()?;
+                                    }
+                                    Ok(s)
+                                })
                                 .and_then(|s| rebuild_indexes(s, &built_indexes))
                         }
                         (Step::Delta(a, b) | Step::Reverse(a, b), Some(base)) => {

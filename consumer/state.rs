@@ -34,6 +34,7 @@
 use super::index::{IndexBuild, IndexState, IndexView};
 use crate::error::{Error, FormatError, KeyError};
 use crate::schema::blob::{BlobHeader, DeltaSection, OpenBlob, RecordLists, SnapshotSection};
+use crate::schema::checksum;
 use crate::schema::dataset_id::{check_same, DatasetId};
 use crate::schema::envelope::BlobKind;
 use crate::schema::evolve::{self, SchemaError};
@@ -621,6 +622,7 @@ impl ReadState {
         // versions and counts happen to fit (a store recreated at the same
         // place reuses every name).
         check_same(blob.name(), self.header.dataset_id, header.dataset_id)?;
+        self.check_delta_checksums(&header, &sections, blob.name())?;
         let mut types = self.types.clone();
         for section in sections {
             if !self.holds_type(section.type_id) {
@@ -665,6 +667,116 @@ impl ReadState {
             types,
             filter: self.filter.clone(),
         })
+    }
+
+    /// Checks that this state plus the delta whose `header` and
+    /// `sections` are given sums to the state checksums the delta's header
+    /// claims, for every type this state keeps (in time proportional to
+    /// the delta: [`checksum::apply_delta`]); a type the delta does not
+    /// touch must keep its checksum. Nothing is checked where either
+    /// header makes no claims (blobs written before state checksums).
+    fn check_delta_checksums(
+        &self,
+        header: &BlobHeader,
+        sections: &[DeltaSection],
+        blob: &str,
+    ) -> Result<(), Error> {
+        if header.type_checksums.is_empty() || self.header.type_checksums.is_empty() {
+            return Ok(());
+        }
+        let before = |type_id: u64| {
+            self.header
+                .type_checksums
+                .iter()
+                .find(|c| c.type_id == type_id)
+                .map_or(0, |c| c.checksum)
+        };
+        let after = checksum::apply_delta(
+            sections,
+            |type_id| self.holds_type(type_id),
+            before,
+            &mut PriorState {
+                state: self,
+                words: Vec::new(),
+            },
+        )?;
+        for c in &after {
+            let claimed = header.type_checksum(c.type_id, blob)?.unwrap_or(0);
+            if claimed != c.checksum {
+                let name = sections
+                    .iter()
+                    .find(|s| s.type_id == c.type_id)
+                    .map_or("?", |s| s.name.as_str());
+                return Err(checksum::mismatch(
+                    blob,
+                    name,
+                    claimed,
+                    c.checksum,
+                    &format!("the state at {} plus this delta", self.version),
+                )
+                .into());
+            }
+        }
+        for t in &self.types {
+            let touched = sections.iter().any(|s| s.type_id == t.type_id);
+            if touched {
+                continue;
+            }
+            let claimed = header.type_checksum(t.type_id, blob)?.unwrap_or(0);
+            if claimed != before(t.type_id) {
+                return Err(checksum::mismatch(
+                    blob,
+                    &t.name,
+                    claimed,
+                    before(t.type_id),
+                    &format!(
+                        "the state at {} (the delta leaves the type as it is)",
+                        self.version
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every type this state keeps against the state checksum its
+    /// header claims, summing every record: O(records). A consumer runs it
+    /// after loading a snapshot; a state made by deltas was checked delta
+    /// by delta ([`ReadState::apply`]).
+    pub fn check_checksums(&self) -> Result<(), Error> {
+        let blob = self.types.first().map_or_else(
+            || format!("snapshot/{}", self.version),
+            |t| t.blob_name().to_string(),
+        );
+        let mut words = Vec::new();
+        for t in &self.types {
+            let Some(claimed) = self.header.type_checksum(t.type_id, &blob)? else {
+                return Ok(());
+            };
+            let mut sum = 0u64;
+            for o in 0..t.ordinal_limit() {
+                words.clear();
+                if t.canonical_record(o, &mut words)? {
+                    sum = sum.wrapping_add(checksum::entry(
+                        t.type_id,
+                        o,
+                        checksum::record_hash(&words),
+                    ));
+                }
+            }
+            if sum != claimed {
+                return Err(checksum::mismatch(
+                    &blob,
+                    &t.name,
+                    claimed,
+                    sum,
+                    "the sum of its records",
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Whether the state keeps records of type `type_id` (it passes the
@@ -798,6 +910,23 @@ fn check_header(header: &BlobHeader, blob: &OpenBlob, from: u64, to: u64) -> Res
         .into());
     }
     Ok(())
+}
+
+/// A state's records as [`checksum::apply_delta`] reads them.
+struct PriorState<'a> {
+    state: &'a ReadState,
+    words: Vec<u64>,
+}
+
+impl checksum::PriorRecords for PriorState<'_> {
+    fn record_hash(&mut self, type_id: u64, ordinal: u32) -> Result<Option<u64>, FormatError> {
+        let Some(t) = self.state.raw_type(type_id) else {
+            return Ok(None);
+        };
+        self.words.clear();
+        Ok(t.canonical_record(ordinal, &mut self.words)?
+            .then(|| checksum::record_hash(&self.words)))
+    }
 }
 
 /// One part's record lists, typed: element `i` is in list `i >> shift`.

@@ -296,15 +296,16 @@ fn identify(
 ) -> Result<Vec<TypeDiff>, Error> {
     let mut diffs = Vec::with_capacity(config.types.len());
     for ((t, batch), prev) in config.types.iter().zip(batches).zip(prev_types) {
-        let diff = state::identify(prev, batch, t.key.is_some()).map_err(|dup| {
-            cycle_err(CycleStep::Identify, version)(
-                ProducerError::DuplicateKey {
-                    type_name: t.info.name.clone(),
-                    key: state::render_key(t.key.as_ref(), &dup.key),
-                }
-                .into(),
-            )
-        })?;
+        let diff =
+            state::identify(t.info.type_id, prev, batch, t.key.is_some()).map_err(|dup| {
+                cycle_err(CycleStep::Identify, version)(
+                    ProducerError::DuplicateKey {
+                        type_name: t.info.name.clone(),
+                        key: state::render_key(t.key.as_ref(), &dup.key),
+                    }
+                    .into(),
+                )
+            })?;
         diffs.push(diff);
     }
     Ok(diffs)

@@ -31,6 +31,7 @@ use crate::blobstore::BlobName;
 use crate::consumer::{plan, Plan, ReadState, Step, TypeData};
 use crate::error::{Error, FormatError};
 use crate::schema::blob::{check_dataset, OpenBlob};
+use crate::schema::checksum;
 use crate::schema::dataset_id::check_same;
 use crate::schema::evolve;
 use crate::schema::record::KeyBuf;
@@ -81,6 +82,13 @@ impl Producer {
                 .filter(|d| !config.types.iter().any(|t| t.info.type_id == d.type_id()))
                 .map(|d| restore_unregistered(d, &restored.last_blob))
                 .collect::<Result<Vec<_>, Error>>()?;
+            check_restored(
+                config,
+                &read,
+                restored.last_blob.name(),
+                &types,
+                &unregistered,
+            )?;
             Ok::<_, Error>((types, unregistered))
         })?;
         let version = head.version;
@@ -269,6 +277,41 @@ fn check_schema(config: &Config, blob: &OpenBlob, state: &ReadState) -> Result<(
     evolve::check_blob(blob, &ours, &types, evolve::Rule::Continue)
 }
 
+/// Checks each restored type's records against the state checksum the
+/// last blob's header claims for it (blobs written before state checksums
+/// claim none).
+fn check_restored(
+    config: &Config,
+    read: &ReadState,
+    blob: &str,
+    types: &[TypeState],
+    unregistered: &[UnregisteredType],
+) -> Result<(), Error> {
+    let registered = types
+        .iter()
+        .zip(&config.types)
+        .filter(|(s, _)| s.present)
+        .map(|(s, t)| (t.info.type_id, t.info.name.as_str(), s.checksum));
+    let others = unregistered
+        .iter()
+        .map(|u| (u.type_id, u.name.as_str(), u.state.checksum));
+    for (type_id, name, sum) in registered.chain(others) {
+        if let Some(claimed) = read.header().type_checksum(type_id, blob)? {
+            if claimed != sum {
+                return Err(checksum::mismatch(
+                    blob,
+                    name,
+                    claimed,
+                    sum,
+                    "the restored records' sum",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The state of a type this producer does not register, so that its next
 /// cycle can drop it and write the reverse delta that re-creates it. Keys
 /// are read by the schema node `blob`'s header carries (there is no
@@ -354,6 +397,7 @@ fn read_back(
         ordinal_of.push(o);
     }
     Ok(TypeState::from_ordinals(
+        data.type_id(),
         batch,
         ordinal_of,
         data.ordinal_limit(),

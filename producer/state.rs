@@ -16,6 +16,7 @@
 //! does not register (an [`UnregisteredType`], found by restore) is
 //! *dropped* by the next cycle. Either is a change: it makes a version.
 
+use crate::schema::checksum;
 use crate::schema::record::KeySpec;
 use hashbrown::HashTable;
 use std::collections::BTreeSet;
@@ -123,6 +124,9 @@ pub(crate) struct TypeState {
     /// Whether the announced state holds the type (a type registered but
     /// never announced, or absent from the restored state, does not).
     pub present: bool,
+    /// The type's state checksum ([`crate::schema::checksum`]), kept
+    /// current by each cycle's diff.
+    pub checksum: u64,
 }
 
 impl TypeState {
@@ -137,6 +141,7 @@ impl TypeState {
             count: 0,
             total_words: 0,
             present: false,
+            checksum: 0,
         }
     }
 
@@ -158,15 +163,24 @@ impl TypeState {
             .copied()
     }
 
-    /// Rebuilds a state from restored records, given by ordinal.
-    pub fn from_ordinals(batch: Batch, ordinal_of: Vec<u32>, ordinal_limit: u32) -> Self {
+    /// Rebuilds a state of type `type_id` from restored records, given by
+    /// ordinal.
+    pub fn from_ordinals(
+        type_id: u64,
+        batch: Batch,
+        ordinal_of: Vec<u32>,
+        ordinal_limit: u32,
+    ) -> Self {
         let mut rec_at = vec![NONE; ordinal_limit as usize];
         let mut table = HashTable::with_capacity(batch.recs.len());
         let mut total_words = 0;
+        let mut sum = 0u64;
         for (r, &o) in ordinal_of.iter().enumerate() {
             rec_at[o as usize] = r as u32;
             table.insert_unique(batch.hash(r as u32), r as u32, |&q| batch.hash(q));
-            total_words += batch.record(r as u32).len();
+            let record = batch.record(r as u32);
+            total_words += record.len();
+            sum = sum.wrapping_add(checksum::entry(type_id, o, checksum::record_hash(record)));
         }
         let free = (0..ordinal_limit)
             .filter(|&o| rec_at[o as usize] == NONE)
@@ -180,6 +194,7 @@ impl TypeState {
             free,
             total_words,
             present: true,
+            checksum: sum,
         }
     }
 }
@@ -225,9 +240,15 @@ pub(crate) struct Duplicate {
     pub key: Vec<u8>,
 }
 
-/// Identifies `batch` against `prev`. Keyed types refuse duplicate keys;
-/// types without a key merge identical records (they are one record).
-pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<TypeDiff, Duplicate> {
+/// Identifies `batch` of type `type_id` against `prev`. Keyed types
+/// refuse duplicate keys; types without a key merge identical records
+/// (they are one record).
+pub(crate) fn identify(
+    type_id: u64,
+    prev: &TypeState,
+    batch: Batch,
+    keyed: bool,
+) -> Result<TypeDiff, Duplicate> {
     let n = batch.recs.len();
     let mut table: HashTable<u32> = HashTable::with_capacity(n);
     let mut ordinal_of = vec![NONE; n];
@@ -290,6 +311,20 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
             total_words += batch.record(r as u32).len();
         }
     }
+    // The checksum moves by the records that left, changed and arrived.
+    let term = |words: &[u64], o: u32| checksum::entry(type_id, o, checksum::record_hash(words));
+    let mut sum = prev.checksum;
+    for &(o, pr) in &removed {
+        sum = sum.wrapping_sub(term(prev.batch.record(pr), o));
+    }
+    for &(o, r, pr) in &changed {
+        sum = sum
+            .wrapping_sub(term(prev.batch.record(pr), o))
+            .wrapping_add(term(batch.record(r), o));
+    }
+    for &(o, r) in &added {
+        sum = sum.wrapping_add(term(batch.record(r), o));
+    }
     Ok(TypeDiff {
         added,
         changed,
@@ -304,6 +339,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
             count,
             total_words,
             present: true,
+            checksum: sum,
         },
     })
 }

@@ -18,12 +18,16 @@ use super::builder::Config;
 use super::state::{TypeDiff, TypeState, UnregisteredType};
 use crate::blobstore::BlobName;
 use crate::error::Error;
+use crate::error::FormatError;
+use crate::schema::blob::OpenBlob;
 use crate::schema::blob::{
     write_delta, write_snapshot, DeltaTypeSource, HeaderInfo, SnapshotTypeSource,
 };
+use crate::schema::checksum::{self, PriorRecords, TypeChecksum};
 use crate::schema::envelope::BlobKind;
 use crate::schema::DatasetId;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// Which way a delta goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +183,86 @@ fn delta_blob(
     Ok(write_delta(kind, head, &sources)?)
 }
 
+/// The records of the last announced state, by type id, as the checksum
+/// of a delta applied to it reads them.
+struct PrevRecords<'a> {
+    config: &'a Config,
+    req: &'a WriteRequest<'a>,
+}
+
+impl PrevRecords<'_> {
+    fn state(&self, type_id: u64) -> Option<&TypeState> {
+        match self
+            .config
+            .types
+            .iter()
+            .position(|t| t.info.type_id == type_id)
+        {
+            Some(i) => self.req.prev_types.get(i),
+            None => self
+                .req
+                .unregistered
+                .iter()
+                .find(|u| u.type_id == type_id)
+                .map(|u| &u.state),
+        }
+    }
+}
+
+impl PriorRecords for PrevRecords<'_> {
+    fn record_hash(&mut self, type_id: u64, ordinal: u32) -> Result<Option<u64>, FormatError> {
+        Ok(self
+            .state(type_id)
+            .and_then(|s| s.get(ordinal))
+            .map(|(words, _)| checksum::record_hash(words)))
+    }
+}
+
+/// Reads the forward delta back as a consumer would and checks that the
+/// last announced state plus it sums to the new state's checksums, before
+/// anything is published: a delta that does not lead to the state the
+/// cycle made is never announced.
+fn check_forward(
+    config: &Config,
+    req: &WriteRequest<'_>,
+    bytes: &[u8],
+    name: &BlobName,
+    next_sums: &[TypeChecksum],
+) -> Result<(), Error> {
+    let label = name.to_string();
+    let blob = Arc::new(OpenBlob::from_bytes(bytes, &label)?);
+    let (_, sections) = blob.delta()?;
+    let mut prior = PrevRecords { config, req };
+    let before = |type_id: u64| prior_sum(config, req, type_id);
+    let after = checksum::apply_delta(&sections, |_| true, before, &mut prior)?;
+    for c in after {
+        let claimed = next_sums.iter().find(|n| n.type_id == c.type_id);
+        if claimed.map(|n| n.checksum) != Some(c.checksum) {
+            let name = sections
+                .iter()
+                .find(|s| s.type_id == c.type_id)
+                .map_or("?", |s| s.name.as_str());
+            return Err(checksum::mismatch(
+                &label,
+                name,
+                claimed.map_or(0, |n| n.checksum),
+                c.checksum,
+                "the last announced state plus this delta",
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// A type's checksum in the last announced state (0 where it holds none).
+fn prior_sum(config: &Config, req: &WriteRequest<'_>, type_id: u64) -> u64 {
+    PrevRecords { config, req }
+        .state(type_id)
+        .filter(|s| s.present)
+        .map_or(0, |s| s.checksum)
+}
+
 /// What [`write_blobs`] needs to know about the cycle.
 pub(super) struct WriteRequest<'a> {
     /// The dataset every blob's header names.
@@ -202,7 +286,31 @@ pub(super) fn write_blobs(
     req: &WriteRequest<'_>,
 ) -> Result<Vec<(BlobName, Bytes)>, Error> {
     let version = req.version;
-    let head = |from, to| HeaderInfo {
+    // The checksums of the state each blob makes: the new state (every
+    // registered type holds it after the cycle) or, going back, the
+    // previous one.
+    let next_sums: Vec<TypeChecksum> = config
+        .types
+        .iter()
+        .zip(req.diffs)
+        .map(|(t, d)| TypeChecksum {
+            type_id: t.info.type_id,
+            checksum: d.next.checksum,
+        })
+        .collect();
+    let prev_sums: Vec<TypeChecksum> = config
+        .types
+        .iter()
+        .zip(req.prev_types)
+        .filter(|(_, s)| s.present)
+        .map(|(t, s)| (t.info.type_id, s))
+        .chain(req.unregistered.iter().map(|u| (u.type_id, &u.state)))
+        .map(|(type_id, s)| TypeChecksum {
+            type_id,
+            checksum: s.checksum,
+        })
+        .collect();
+    let head = |from, to, type_checksums| HeaderInfo {
         dataset_id: req.dataset_id,
         from_version: from,
         to_version: to,
@@ -210,13 +318,26 @@ pub(super) fn write_blobs(
         cycle_start_micros: req.cycle_start_micros,
         schema: &config.schema,
         tags: &config.tags,
+        type_checksums,
         max_list_shift: config.max_list_shift,
     };
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
-        let forward = delta_blob(config, Direction::Forward, &head(prev, version), req)?;
-        out.push((BlobName::Delta(prev, version), Bytes::from(forward)));
-        let reverse = delta_blob(config, Direction::Reverse, &head(version, prev), req)?;
+        let forward = delta_blob(
+            config,
+            Direction::Forward,
+            &head(prev, version, &next_sums),
+            req,
+        )?;
+        let name = BlobName::Delta(prev, version);
+        check_forward(config, req, &forward, &name, &next_sums)?;
+        out.push((name, Bytes::from(forward)));
+        let reverse = delta_blob(
+            config,
+            Direction::Reverse,
+            &head(version, prev, &prev_sums),
+            req,
+        )?;
         out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
     }
     if req.with_snapshot {
@@ -236,8 +357,100 @@ pub(super) fn write_blobs(
                 indexes: &t.indexes,
             })
             .collect();
-        let snapshot = write_snapshot(&head(0, version), &sources)?;
+        let snapshot = write_snapshot(&head(0, version, &next_sums), &sources)?;
         out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::BlobStore;
+    use crate::producer::state::{identify, Batch};
+    use crate::producer::ProducerBuilder;
+    use crate::schema::examples::movies_capnp::movie;
+
+    /// A batch of movies `(id, title)`, keyed by the id's bytes.
+    fn batch(movies: &[(u64, &str)]) -> Batch {
+        let mut b = Batch::new(true);
+        for &(id, title) in movies {
+            let mut message = capnp::message::Builder::new_default();
+            let mut m = message.init_root::<movie::Builder>();
+            m.set_id(id);
+            m.set_title(title);
+            let start = b.words.len();
+            crate::schema::record::append_canonical(
+                message.get_root_as_reader().unwrap(),
+                None,
+                &mut Vec::new(),
+                &mut b.words,
+            )
+            .unwrap();
+            b.push(start, &id.to_be_bytes());
+        }
+        b
+    }
+
+    /// Invariant: the producer reads its forward delta back before
+    /// anything is published, and a delta that does not lead to the state
+    /// the cycle made (here: a new state whose checksum is off by one, as
+    /// a writer or identify bug would leave it) fails the cycle, naming the
+    /// delta and the type.
+    #[test]
+    fn a_delta_that_does_not_lead_to_the_new_state_is_refused() {
+        let producer = ProducerBuilder::new(BlobStore::memory())
+            .primary_key::<movie::Owned>(&["id"])
+            .build()
+            .unwrap();
+        let config = &producer.config;
+        let type_id = config.types[0].info.type_id;
+        let empty = TypeState::empty(true);
+        let first = identify(
+            type_id,
+            &empty,
+            batch(&[(1, "a"), (2, "b"), (3, "c")]),
+            true,
+        )
+        .ok()
+        .unwrap();
+        let prev = vec![first.next];
+        let write = |diffs: &[TypeDiff]| {
+            write_blobs(
+                config,
+                &WriteRequest {
+                    dataset_id: DatasetId::mint(),
+                    version: 2,
+                    prev_version: Some(1),
+                    diffs,
+                    prev_types: &prev,
+                    unregistered: &[],
+                    with_snapshot: true,
+                    cycle_start_micros: 0,
+                },
+            )
+        };
+        let next = || {
+            identify(
+                type_id,
+                &prev[0],
+                batch(&[(1, "a"), (2, "B"), (4, "d")]),
+                true,
+            )
+            .ok()
+            .unwrap()
+        };
+        let blobs = write(&[next()]).unwrap();
+        assert_eq!(blobs.len(), 3, "delta, reverse delta and snapshot");
+
+        let mut wrong = next();
+        wrong.next.checksum = wrong.next.checksum.wrapping_add(1);
+        let err = write(&[wrong]).unwrap_err().to_string();
+        assert!(
+            err.contains("delta/")
+                && err.contains("Movie")
+                && err.contains("state checksum mismatch"),
+            "{err}"
+        );
+    }
 }

@@ -16,6 +16,7 @@
 
 pub mod blob;
 pub mod capnp_text;
+pub mod checksum;
 pub mod dataset_id;
 pub mod dynamic;
 pub mod envelope;

@@ -444,6 +444,7 @@ fn a_blob_without_types_is_refused_by_name() {
         cycle_start_micros: 0,
         schema: &schema,
         tags: &[],
+        type_checksums: &[],
         max_list_shift: MAX_LIST_SHIFT,
     };
     let raw = write_snapshot(&head, &[]).unwrap();

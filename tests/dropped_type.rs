@@ -300,6 +300,7 @@ fn hand_delta_holes(entries: &[(bool, bool)], holes: u32) -> Vec<u8> {
         cycle_start_micros: 0,
         schema: &schema,
         tags: &[],
+        type_checksums: &[],
         max_list_shift: burrow::schema::blob::MAX_LIST_SHIFT,
     };
     write_delta(burrow::schema::envelope::BlobKind::Delta, &head, &sources).unwrap()
@@ -339,6 +340,7 @@ fn hostile_type_drops_are_named_errors() {
         cycle_start_micros: 0,
         schema: &schema,
         tags: &[],
+        type_checksums: &[],
         max_list_shift: burrow::schema::blob::MAX_LIST_SHIFT,
     };
     let snapshot = write_snapshot(&head, &[]).unwrap();

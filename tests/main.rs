@@ -55,6 +55,7 @@ mod resilience;
 mod serve;
 #[cfg(feature = "cli")]
 mod soak;
+mod state_checksum;
 mod type_filter;
 #[cfg(feature = "cli")]
 mod verify;

@@ -896,6 +896,10 @@ pub struct BlobHeader {
     pub node_count: u32,
     /// The producer's header tags, as (key, value) pairs in written order.
     pub tags: Vec<(String, String)>,
+    /// The checksum of every type of the state the blob makes, sorted by
+    /// type id ([`crate::schema::checksum`]); empty in blobs written
+    /// before state checksums.
+    pub type_checksums: Vec<crate::schema::checksum::TypeChecksum>,
 }
 
 impl BlobHeader {
@@ -910,6 +914,16 @@ impl BlobHeader {
                 text(t.get_value(), blob, "tag value")?,
             ));
         }
+        let mut type_checksums = Vec::new();
+        for c in h
+            .get_type_checksums()
+            .map_err(|e| FormatError::capnp(blob, "type checksums", e))?
+        {
+            type_checksums.push(crate::schema::checksum::TypeChecksum {
+                type_id: c.get_type_id(),
+                checksum: c.get_checksum(),
+            });
+        }
         Ok(BlobHeader {
             dataset_id: DatasetId::read(h.get_dataset_id_hi(), h.get_dataset_id_lo(), blob)?,
             from_version: h.get_from_version(),
@@ -922,7 +936,24 @@ impl BlobHeader {
                 .map_err(|e| FormatError::capnp(blob, "nodes", e))?
                 .len(),
             tags,
+            type_checksums,
         })
+    }
+
+    /// The checksum the header claims for type `type_id`: `Ok(None)` when
+    /// the header makes no claims (written before state checksums), an
+    /// error naming the blob when it makes claims but none for this type.
+    pub fn type_checksum(&self, type_id: u64, blob: &str) -> Result<Option<u64>, FormatError> {
+        if self.type_checksums.is_empty() {
+            return Ok(None);
+        }
+        match self.type_checksums.iter().find(|c| c.type_id == type_id) {
+            Some(c) => Ok(Some(c.checksum)),
+            None => Err(FormatError::Corrupt {
+                blob: blob.to_string(),
+                reason: format!("the header has no state checksum for type {type_id:016x}"),
+            }),
+        }
     }
 }
 

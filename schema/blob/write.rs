@@ -153,6 +153,9 @@ pub struct HeaderInfo<'a> {
     pub schema: &'a DatasetSchema,
     /// The producer's header tags, as (key, value) pairs.
     pub tags: &'a [(String, String)],
+    /// The checksum of every type of the state the blob makes
+    /// ([`crate::schema::checksum`]); empty writes no claim.
+    pub type_checksums: &'a [crate::schema::checksum::TypeChecksum],
     /// The largest `listShift` the writer uses ([`MAX_LIST_SHIFT`]
     /// normally; tests lower it to split small types into several lists).
     pub max_list_shift: u8,
@@ -170,6 +173,7 @@ impl<'a> HeaderInfo<'a> {
             cycle_start_micros: 0,
             schema,
             tags: &[],
+            type_checksums: &[],
             max_list_shift: MAX_LIST_SHIFT,
         }
     }
@@ -192,11 +196,21 @@ impl HeaderInfo<'_> {
             );
             nodes.set_with_caveats(i as u32, reader.get_root()?)?;
         }
-        let mut tags = h.init_tags(self.tags.len() as u32);
+        let mut tags = h.reborrow().init_tags(self.tags.len() as u32);
         for (i, (k, v)) in self.tags.iter().enumerate() {
             let mut t = tags.reborrow().get(i as u32);
             t.set_key(k.as_str());
             t.set_value(v.as_str());
+        }
+        if !self.type_checksums.is_empty() {
+            let mut sorted = self.type_checksums.to_vec();
+            sorted.sort_unstable_by_key(|c| c.type_id);
+            let mut list = h.init_type_checksums(sorted.len() as u32);
+            for (i, c) in sorted.iter().enumerate() {
+                let mut e = list.reborrow().get(i as u32);
+                e.set_type_id(c.type_id);
+                e.set_checksum(c.checksum);
+            }
         }
         Ok(())
     }
@@ -208,6 +222,8 @@ impl HeaderInfo<'_> {
                 .iter()
                 .map(|(k, v)| 4 + (k.len() + v.len()) / 8)
                 .sum::<usize>()
+            + 1
+            + 2 * self.type_checksums.len()
     }
 }
 

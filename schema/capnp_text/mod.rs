@@ -233,6 +233,7 @@ fn burrow_nodes() -> Vec<node::Reader<'static>> {
         proto(burrow_capnp::delta::Owned::introspect()),
         proto(burrow_capnp::header::Owned::introspect()),
         proto(burrow_capnp::tag::Owned::introspect()),
+        proto(burrow_capnp::type_checksum::Owned::introspect()),
         proto(burrow_capnp::type_snapshot::Owned::introspect()),
         proto(burrow_capnp::secondary_index::Owned::introspect()),
         proto(burrow_capnp::type_delta::Owned::introspect()),

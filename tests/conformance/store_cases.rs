@@ -21,6 +21,7 @@ fn blob(version: u64, body_words: usize) -> Vec<u8> {
         cycle_start_micros: 0,
         schema: &schema,
         tags: &tags,
+        type_checksums: &[],
         max_list_shift: MAX_LIST_SHIFT,
     };
     write_snapshot(&head, &[]).unwrap()

@@ -133,7 +133,7 @@ class View:
         tuple in key order for a composite key), or ``None``."""
         if self._spec is None:
             raise KeyQueryError(f"{self.name} has no primary key")
-        return find_key(self._t, self._spec, self._spec.encode_query(key))
+        return find_key(self._t, self._spec, self._spec.encode_query(key), key)
 
     def find(self, key):
         """The record with primary key ``key``, or ``None``."""

@@ -78,6 +78,9 @@ class KeySpec:
             elif kind not in _INTS and kind not in ("bool", "text", "data"):
                 raise bad(f"is of type {kind}, which cannot be a key")
             self.fields.append((name, kind, enum))
+        # A one-integer key is confirmed by comparing the record's field
+        # with the query value, with no encoding (the Rust DirectKey).
+        self.direct = key_fields[0] if len(self.fields) == 1 and self.fields[0][1] in _INTS else None
 
     def _encode(self, out, kind, enum, value, name, query):
         def wrong(reason):
@@ -129,6 +132,13 @@ class KeySpec:
         for (name, kind, enum), value in zip(self.fields, values):
             self._encode(out, kind, enum, value, name, True)
         return bytes(out)
+
+    def matches(self, record, key_bytes, key):
+        """Whether ``record`` has the key whose bytes are ``key_bytes``
+        (``key``: the query value, for a one-integer key)."""
+        if self.direct is not None:
+            return getattr(record, self.direct) == key
+        return self.encode_record(record) == key_bytes
 
     def encode_record(self, record):
         """The canonical key bytes of a record (a pycapnp reader)."""

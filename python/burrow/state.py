@@ -227,11 +227,12 @@ class ReadState:
         return exact or [t for t in self.types if t.name.replace(".", ":").rsplit(":", 1)[-1] == name]
 
 
-def find_key(t, spec, key_bytes):
-    """The ordinal whose record's key bytes are ``key_bytes``, or ``None``."""
+def find_key(t, spec, key_bytes, key):
+    """The ordinal whose record's key bytes are ``key_bytes`` (the query
+    ``key`` encoded), or ``None``."""
     h = key_hash(key_bytes)
     for o in t.candidates(h):
         rec = t.get(o)
-        if rec is not None and spec.encode_record(rec) == key_bytes:
+        if rec is not None and spec.matches(rec, key_bytes, key):
             return o
     return None

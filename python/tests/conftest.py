@@ -63,7 +63,7 @@ def _f32_text(v):
     return v
 
 
-def to_json(value, ty=None):
+def to_json(value, ty=None):  # ty: the value's schema Type, where known
     """A pycapnp value in the JSON mapping `burrow dump` uses
     (schema/dynamic/mod.rs): big integers as strings, Data as base64,
     enums by name, unions as their active member."""
@@ -73,7 +73,7 @@ def to_json(value, ty=None):
         active = None
         if schema.union_fields:
             try:
-                active = value.which
+                active = str(value.which)
             except Exception:
                 active = None
         for name, field in schema.fields.items():
@@ -82,8 +82,15 @@ def to_json(value, ty=None):
             kind = field.proto.which()
             slot_ty = field.proto.slot.type.which() if kind == "slot" else None
             if slot_ty == "anyPointer":
-                continue  # not in the demo schema; the Rust side renders its kind only
-            out[name] = to_json(getattr(value, name), slot_ty)
+                continue  # pycapnp cannot tell a struct from a list behind it
+            if (
+                slot_ty == "struct"
+                and not value._has(name)
+                and not field.proto.slot.hadExplicitDefault
+            ):
+                out[name] = None  # dump's null struct (no default to read)
+                continue
+            out[name] = to_json(getattr(value, name), field.proto.slot.type if slot_ty else None)
         return out
     if isinstance(value, bool) or value is None:
         return value
@@ -94,14 +101,15 @@ def to_json(value, ty=None):
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
-        return _f32_text(value) if ty == "float32" else value
+        return _f32_text(value) if ty is not None and ty.which() == "float32" else value
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, str):
         return value
     if hasattr(value, "raw"):
         return str(value)
-    return [to_json(v) for v in value]
+    elem = ty.list.elementType if ty is not None and ty.which() == "list" else None
+    return [to_json(v, elem) for v in value]
 
 
 @pytest.fixture

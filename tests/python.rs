@@ -32,7 +32,7 @@ fn fill_probe(mut r: probe::Builder<'_>, i: u64, generation: u64) {
     r.set_blob(&[i as u8, generation as u8][..]);
     r.set_flag(i % 2 == 1);
     r.set_ratio(i as f64 / 7.0);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         r.set_some(i as u8);
     }
 }

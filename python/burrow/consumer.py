@@ -17,7 +17,14 @@ The cache holds raw blobs, one file each, under
 (FORMAT.md, "Object names"): the layout of the Rust consumer's cache. A
 cached file is written under a temporary name and renamed once checked,
 never rewritten; a file this process did not write is checked (checksum)
-when first opened, and fetched again if it fails.
+when first opened, and fetched again if it fails. A stored object is read
+whole into memory before it is checked and written (the Rust consumer
+streams it); the records are then read from the map.
+
+A :class:`Consumer` is for one thread at a time (``refresh`` replaces its
+state); a :class:`State` and its views are immutable and may be read from
+any thread, and keep reading their version after a refresh, their blobs
+mapped, for as long as they are held.
 """
 
 import os
@@ -131,14 +138,19 @@ class View:
     def find_ordinal(self, key):
         """The ordinal of the record with primary key ``key`` (a value, or a
         tuple in key order for a composite key), or ``None``."""
-        if self._spec is None:
+        found = self._find(key)
+        return None if found is None else found[0]
+
+    def _find(self, key):
+        spec = self._spec
+        if spec is None:
             raise KeyQueryError(f"{self.name} has no primary key")
-        return find_key(self._t, self._spec, self._spec.encode_query(key), key)
+        return find_key(self._t, spec, spec.encode_query(key), key)
 
     def find(self, key):
         """The record with primary key ``key``, or ``None``."""
-        o = self.find_ordinal(key)
-        return None if o is None else self._t.get(o)
+        found = self._find(key)
+        return None if found is None else found[1]
 
     def __contains__(self, key):
         return self.find_ordinal(key) is not None
@@ -182,8 +194,6 @@ def read_files(snapshot, *deltas):
         name = os.path.basename(os.fspath(p))
         with open(p, "rb") as f:
             raw = envelope.decode_stored(f.read(), name, DEFAULT_MAX_BLOB_BYTES)
-        if raw is not None and bytes(raw[:8]) == envelope.MAGIC and not isinstance(raw, bytes):
-            raw = bytes(raw)
         local = os.path.join(tmp, f"{len(blobs)}-{name}")
         with open(local, "wb") as f:
             f.write(raw)
@@ -322,6 +332,8 @@ class Consumer:
         return None if best is None else best[0]
 
     def _apply(self, steps, dataset_id):
+        if not steps:
+            return self._state
         state = self._state._rs if self._state is not None and steps and steps[0][0] != "snapshot" else None
         for step in steps:
             blob = self._open(step, dataset_id)

@@ -78,9 +78,15 @@ class KeySpec:
             elif kind not in _INTS and kind not in ("bool", "text", "data"):
                 raise bad(f"is of type {kind}, which cannot be a key")
             self.fields.append((name, kind, enum))
-        # A one-integer key is confirmed by comparing the record's field
-        # with the query value, with no encoding (the Rust DirectKey).
-        self.direct = key_fields[0] if len(self.fields) == 1 and self.fields[0][1] in _INTS else None
+        # A one-integer key is encoded by one pack and confirmed by
+        # comparing the record's field with the query value (the Rust
+        # DirectKey).
+        self.direct = None
+        if len(self.fields) == 1 and self.fields[0][1] in _INTS:
+            signed, bits = _INTS[self.fields[0][1]]
+            lo, hi = (-(1 << (bits - 1)), 1 << (bits - 1)) if signed else (0, 1 << bits)
+            self.direct = key_fields[0]
+            self._direct = ((_I64 if signed else _U64).pack, lo, hi)
 
     def _encode(self, out, kind, enum, value, name, query):
         def wrong(reason):
@@ -122,6 +128,10 @@ class KeySpec:
     def encode_query(self, key):
         """The canonical bytes of a query: a value for a one-field key, a
         tuple of values in key order for a composite key."""
+        if self.direct is not None and type(key) is int:
+            pack, lo, hi = self._direct
+            if lo <= key < hi:
+                return pack(key)
         values = key if isinstance(key, tuple) else (key,)
         if len(values) != len(self.fields):
             raise KeyQueryError(

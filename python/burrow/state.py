@@ -14,7 +14,7 @@ never to the records) and leaves the state it came from intact.
 """
 
 from .errors import CorruptBlob, DatasetMismatch
-from .key import key_hash, probe
+from .key import key_hash
 
 MAX_CREATED_HOLES = 1 << 26
 
@@ -92,12 +92,38 @@ class TypeState:
             elif o < base_limit and (not present or (present[o >> 6] >> (o & 63)) & 1):
                 yield o
 
-    def candidates(self, h):
-        """Ordinals that may hold the key hashing to ``h``: the overlay's,
-        then the shipped key index's."""
-        yield from self.overlay.get(h, ())
-        if self.base is not None:
-            yield from probe(self.base.key_index, h)
+    def find(self, h, matches):
+        """(ordinal, record) of the first record whose key hashes to ``h``
+        and for which ``matches(record)`` holds, or ``None``: the overlay's
+        ordinals first, then the shipped key index probed in place (see
+        ``key.probe``, inlined here: this is the lookup's hot path)."""
+        get = self.get
+        if self.overlay:
+            for o in self.overlay.get(h, ()):
+                rec = get(o)
+                if rec is not None and matches(rec):
+                    return o, rec
+        if self.base is None:
+            return None
+        index = self.base.key_index
+        slots = len(index)
+        if not slots:
+            return None
+        slot = ((h & 0xFFFFFFFF) * slots) >> 32
+        tag = h >> 32
+        for _ in range(slots):
+            e = index[slot]
+            if e == 0:
+                return None
+            if e >> 32 == tag:
+                o = (e & 0xFFFFFFFF) - 1
+                rec = get(o)
+                if rec is not None and matches(rec):
+                    return o, rec
+            slot += 1
+            if slot == slots:
+                slot = 0
+        return None
 
     def apply(self, d, created):
         """This type with delta section ``d`` applied (FORMAT.md,
@@ -228,11 +254,9 @@ class ReadState:
 
 
 def find_key(t, spec, key_bytes, key):
-    """The ordinal whose record's key bytes are ``key_bytes`` (the query
-    ``key`` encoded), or ``None``."""
-    h = key_hash(key_bytes)
-    for o in t.candidates(h):
-        rec = t.get(o)
-        if rec is not None and spec.matches(rec, key_bytes, key):
-            return o
-    return None
+    """(ordinal, record) of the record whose key bytes are ``key_bytes``
+    (the query ``key`` encoded), or ``None``."""
+    if spec.direct is not None:
+        name = spec.direct
+        return t.find(key_hash(key_bytes), lambda rec: getattr(rec, name) == key)
+    return t.find(key_hash(key_bytes), lambda rec: spec.encode_record(rec) == key_bytes)

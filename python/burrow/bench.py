@@ -6,16 +6,28 @@ Prints, for the store's newest version: open to first lookup (a consumer
 with an empty cache: fetch, check, map, first ``find``; then again with
 the cache warm), ``find`` and ``get`` in ns/op over random keys, a full
 scan reading each record's key field, and the same for a ``dict`` of the
-records (key -> ``to_dict()``), with the time to build that dict.
+records (key -> ``to_dict()``), with the time to build that dict and the
+resident memory it adds.
 """
 
 import argparse
+import os
 import random
 import shutil
 import tempfile
 import time
 
 from .consumer import Consumer
+
+
+def _rss_mb():
+    """This process's resident memory (Linux), in MB; 0 elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def _ns(seconds, n):
@@ -72,9 +84,11 @@ def run(store, type_name, lookups, cache):
     rows.append((f"scan {n} records (one field each)", scan * 1e3, "ms"))
     rows.append(("scan per record", _ns(scan, n), "ns/op"))
 
+    before = _rss_mb()
     t0 = time.perf_counter()
     table = {v.key_of(r): r.to_dict() for r in v}
     rows.append(("dict: build from the records", (time.perf_counter() - t0) * 1e3, "ms"))
+    rows.append(("dict: resident memory it adds", _rss_mb() - before, "MB"))
     t0 = time.perf_counter()
     for k in sample:
         table.get(k)

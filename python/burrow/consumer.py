@@ -16,8 +16,8 @@ The cache holds raw blobs, one file each, under
 ``<cache_dir>/<dataset id>/`` named like the object with ``/`` as ``-``
 (FORMAT.md, "Object names"): the layout of the Rust consumer's cache. A
 cached file is written under a temporary name and renamed once checked,
-never rewritten; a file this process did not write is checked (checksum)
-when first opened, and fetched again if it fails. A stored object is read
+never rewritten; a file this consumer did not write is checked (checksum)
+when it first opens it, and fetched again if it fails. A stored object is read
 whole into memory before it is checked and written (the Rust consumer
 streams it); the records are then read from the map.
 

@@ -127,3 +127,38 @@ def test_schema_copy_is_current():
         os.path.join(REPO, "python", "burrow", "burrow.capnp"), "rb"
     ) as b:
         assert a.read() == b.read(), "copy schema/burrow.capnp to python/burrow/burrow.capnp"
+
+
+def test_records_are_read_in_place(tmp_path):
+    """A record reader points into the mapped cache file: the map cannot be
+    closed while the reader (which holds the buffer pycapnp reads from)
+    lives, and the cache file is the raw blob."""
+    store = demo(tmp_path, records=100, cycles=1)
+    c = burrow.Consumer(store, cache_dir=tmp_path / "py-cache")
+    c.refresh()
+    rec = c.view("Movie").get(0)
+    (blob,) = c.state._rs.blobs
+    with pytest.raises(BufferError):
+        blob._map.close()
+    assert rec.id == 0
+    (cached,) = (tmp_path / "py-cache" / c.dataset_id).iterdir()
+    assert cached.name == f"snapshot-{1:020d}"
+    assert cached.read_bytes()[:8] == b"BURROW\r\n"
+
+
+def test_module_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    store = demo(tmp_path, records=100, cycles=2)
+    out = subprocess.run(
+        [sys.executable, "-m", "burrow", store, str(tmp_path / "py-cache")],
+        capture_output=True, text=True, cwd=os.path.join(REPO, "python"), timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "version 2 of dataset" in out.stdout and "examples/movies.capnp:Movie: 100 records" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "burrow", str(tmp_path / "nope")],
+        capture_output=True, text=True, cwd=os.path.join(REPO, "python"), timeout=60,
+    )
+    assert bad.returncode == 1 and "no such directory" in bad.stderr

@@ -7,8 +7,8 @@
 //! writes one more store, `BURROW_KINDS_STORE`, that no CLI command
 //! makes: every kind of Cap'n Proto field (`Every`), nested structs,
 //! unions and groups (`Shelf`), a composite key of text and a signed
-//! integer (`Probe`), in lists of 8 records, versions 2 and 3 only as
-//! deltas, `Shelf` emptied at version 3.
+//! integer (`Probe`), in lists of 8 records, versions 2 to 4 only as
+//! deltas, `Shelf` dropped at version 4.
 
 use super::explore::{fill_every, fill_shelf};
 use burrow::blobstore::BlobStore;
@@ -37,7 +37,7 @@ fn fill_probe(mut r: probe::Builder<'_>, i: u64, generation: u64) {
     }
 }
 
-/// Three versions of the kinds store at `path`.
+/// Four versions of the kinds store at `path`.
 async fn write_kinds(path: &Path) {
     let store = BlobStore::local(path).unwrap();
     let producer = ProducerBuilder::new(store)
@@ -61,7 +61,7 @@ async fn write_kinds(path: &Path) {
                         Ok(())
                     })?;
                 }
-                if cycle < 2 {
+                {
                     for i in cycle..12 + cycle {
                         p.add::<shelf::Owned>(|s| {
                             fill_shelf(s, i + cycle);
@@ -80,6 +80,33 @@ async fn write_kinds(path: &Path) {
             .await
             .unwrap();
     }
+    // Version 4: a producer that no longer registers Shelf drops it (the
+    // reverse delta 4 -> 3 re-creates it, records and all).
+    let producer = ProducerBuilder::new(BlobStore::local(path).unwrap())
+        .producer_id("python-kinds")
+        .retention(None)
+        .primary_key::<every::Owned>(&["id"])
+        .primary_key::<probe::Owned>(&["name", "small"])
+        .snapshot_every(100)
+        .max_list_shift(3)
+        .build()
+        .unwrap();
+    producer.restore().await.unwrap();
+    producer
+        .run_cycle(|p| {
+            for i in 0..30 {
+                p.add::<every::Owned>(|e| fill_every(e, i))?;
+            }
+            for i in 0..30 {
+                p.add::<probe::Owned>(|r| {
+                    fill_probe(r, i, 4);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

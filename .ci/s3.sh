@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local S3 server (moto) for burrow's S3 tests. Only ever on 127.0.0.1.
 #
-#   .ci/s3.sh venv              # only create .ci/.venv with moto[server]
+#   .ci/s3.sh venv              # only create .ci/.venv: moto[server], and the
+#                               # Python reader's packages (python/) and pytest
 #   eval "$(.ci/s3.sh start)"   # venv if missing, start moto, print exports
 #   .ci/s3.sh stop              # stop the server this script started
 #
@@ -34,12 +35,21 @@ pidfile="$here/.moto.pid"
 log="$here/.moto.log"
 auth_log="$here/.moto-auth.log"
 moto_spec="${BURROW_MOTO_SPEC:-moto[server]>=5.1,<6}"
+# What the Python reader (python/pyproject.toml, with its s3 extra) and its
+# tests (python/tests, run by tests/python.rs) import; keep in step with
+# pyproject.toml's dependencies.
+python_specs=("pycapnp>=2.0,<3" "xxhash>=3,<4" "zstandard>=0.22" "boto3>=1.28" "pytest>=7")
 
 ensure_venv() {
     if [[ ! -x "$venv/bin/moto_server" ]]; then
         echo "s3.sh: creating $venv with $moto_spec" >&2
         python3 -m venv "$venv" >&2
         "$venv/bin/pip" install --quiet "$moto_spec" >&2
+    fi
+    # One import is quick; pip runs only when a package is missing.
+    if ! "$venv/bin/python" -c 'import capnp, xxhash, zstandard, boto3, pytest' 2>/dev/null; then
+        echo "s3.sh: installing the Python reader's packages into $venv" >&2
+        "$venv/bin/pip" install --quiet "${python_specs[@]}" >&2
     fi
 }
 

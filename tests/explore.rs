@@ -123,7 +123,7 @@ fn field_oracle(s: capnp::dynamic_struct::Reader<'_>, f: capnp::schema::Field) -
 
 // ---- Records of every kind. ----
 
-fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
+pub(crate) fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
     e.set_id(i);
     if i.is_multiple_of(5) {
         return Ok(()); // every field at its default
@@ -231,7 +231,7 @@ fn fill_every(mut e: every::Builder<'_>, i: u64) -> capnp::Result<()> {
     Ok(())
 }
 
-fn fill_shelf(mut s: shelf::Builder<'_>, i: u64) {
+pub(crate) fn fill_shelf(mut s: shelf::Builder<'_>, i: u64) {
     s.set_id(i);
     if i.is_multiple_of(4) {
         return;

@@ -48,6 +48,8 @@ mod producer_blocking;
 mod producer_pin;
 mod producer_restore;
 mod property;
+#[cfg(feature = "cli")]
+mod python;
 mod readiness;
 mod refresh_listener;
 mod resilience;

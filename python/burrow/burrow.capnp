@@ -23,6 +23,15 @@ struct Header {
   # 64 bits first. Never zero (zero: written before dataset ids; refused).
   datasetIdHi @7 :UInt64;
   datasetIdLo @8 :UInt64;
+  # The checksum of every type of the state the blob makes (a reverse
+  # delta: the older state), sorted by type id (schema/checksum.rs). Empty
+  # in blobs written before state checksums: nothing is checked then.
+  typeChecksums @9 :List(TypeChecksum);
+}
+
+struct TypeChecksum {
+  typeId @0 :UInt64;
+  checksum @1 :UInt64;         # wrapping sum over the type's records of entry(typeId, ordinal, xxh3-64 of the canonical record)
 }
 
 struct Tag {

@@ -348,50 +348,94 @@ fn type_changes(old: Option<&TypeData>, new: Option<&TypeData>) -> Result<TypeCh
     }
     let old = old.map(Side::new).transpose()?;
     let new = new.map(Side::new).transpose()?;
-    let candidates = |side: &Side<'_>| -> Vec<u32> {
-        match &touched {
-            Some(t) => t.clone(),
-            None => side.all().collect(),
-        }
-    };
-    let mut key = Vec::new();
-    let mut old_keys: HashMap<Vec<u8>, u32> = HashMap::new();
-    if let Some(old) = &old {
-        for o in candidates(old) {
-            if old.key(o, &mut key)? {
-                out.examined += 1;
-                if comparable {
-                    old_keys.insert(key.clone(), o);
-                } else {
+    if !comparable {
+        // Nothing of one side matches the other: all removed, all added.
+        let mut key = Vec::new();
+        if let Some(old) = &old {
+            for o in old.all() {
+                if old.key(o, &mut key)? {
+                    out.examined += 1;
                     out.removed.push(o);
                 }
             }
         }
-    }
-    let mut words_old = Vec::new();
-    let mut words_new = Vec::new();
-    if let Some(new) = &new {
-        for o in candidates(new) {
-            if !new.key(o, &mut key)? {
-                continue;
-            }
-            out.examined += 1;
-            match old_keys.remove(&key) {
-                Some(before) => {
-                    let old = old.as_ref().expect("keys come from the old side");
-                    words_old.clear();
-                    words_new.clear();
-                    old.data.canonical_record(before, &mut words_old)?;
-                    new.data.canonical_record(o, &mut words_new)?;
-                    if words_old != words_new {
-                        out.changed.push((before, o));
-                    }
+        if let Some(new) = &new {
+            for o in new.all() {
+                if new.key(o, &mut key)? {
+                    out.examined += 1;
+                    out.added.push(o);
                 }
-                None => out.added.push(o),
             }
         }
+        return Ok(out);
     }
-    out.removed.extend(old_keys.into_values());
+    // A key keeps its ordinal for as long as it lives, so most records
+    // are settled ordinal by ordinal: the same canonical record at the
+    // same ordinal is the same key, unchanged, with no key read; the same
+    // key with another record is a change. Only the rest (a key that left,
+    // arrived, or came back at another ordinal) is matched by key.
+    let limit = |side: &Option<Side<'_>>| side.as_ref().map_or(0, |s| s.data.ordinal_limit());
+    let ordinals: Vec<u32> = match &touched {
+        Some(t) => t.clone(),
+        None => (0..limit(&old).max(limit(&new))).collect(),
+    };
+    let (mut words_old, mut words_new) = (Vec::new(), Vec::new());
+    let (mut key_old, mut key_new) = (Vec::new(), Vec::new());
+    let mut old_rest: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut new_rest: Vec<(u32, Vec<u8>)> = Vec::new();
+    for o in ordinals {
+        words_old.clear();
+        words_new.clear();
+        let in_old = match &old {
+            Some(side) => side.data.canonical_record(o, &mut words_old)?,
+            None => false,
+        };
+        let in_new = match &new {
+            Some(side) => side.data.canonical_record(o, &mut words_new)?,
+            None => false,
+        };
+        out.examined += u64::from(in_old) + u64::from(in_new);
+        if in_old && in_new && words_old == words_new {
+            continue;
+        }
+        if in_old {
+            old.as_ref().expect("in_old").key(o, &mut key_old)?;
+        }
+        if in_new {
+            new.as_ref().expect("in_new").key(o, &mut key_new)?;
+        }
+        if in_old && in_new && key_old == key_new {
+            out.changed.push((o, o));
+            continue;
+        }
+        if in_old {
+            old_rest.insert(key_old.clone(), o);
+        }
+        if in_new {
+            new_rest.push((o, key_new.clone()));
+        }
+    }
+    for (o, key) in new_rest {
+        match old_rest.remove(&key) {
+            Some(before) => {
+                let (old, new) = (
+                    old.as_ref().expect("old key"),
+                    new.as_ref().expect("new key"),
+                );
+                words_old.clear();
+                words_new.clear();
+                old.data.canonical_record(before, &mut words_old)?;
+                new.data.canonical_record(o, &mut words_new)?;
+                if words_old != words_new {
+                    out.changed.push((before, o));
+                }
+            }
+            None => out.added.push(o),
+        }
+    }
+    out.changed.sort_unstable_by_key(|&(_, o)| o);
+    out.added.sort_unstable();
+    out.removed.extend(old_rest.into_values());
     out.removed.sort_unstable();
     Ok(out)
 }

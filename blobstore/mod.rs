@@ -320,6 +320,11 @@ impl BlobStore {
         }
     }
 
+    /// How large blobs are uploaded (see [`BlobStore::writer`]).
+    pub fn upload_options(&self) -> &UploadOptions {
+        &self.upload
+    }
+
     /// How this store's [`BlobWriter`]s upload large blobs.
     pub fn with_upload_options(mut self, upload: UploadOptions) -> Self {
         self.upload = upload;

@@ -13,7 +13,7 @@ use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
 use super::write::{write_blobs, WriteRequest};
 use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
-use crate::blobstore::{BlobName, StoreError};
+use crate::blobstore::{BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::DatasetId;
 use bytes::Bytes;
@@ -411,19 +411,43 @@ async fn write_and_publish(
     }
 }
 
-/// Puts each blob with a create-only put, deltas first. (On a local
-/// store, the file writes and fsyncs run on tokio's blocking pool: see
-/// `blocking`.)
+/// Puts each blob create-only, deltas first. (On a local store, the file
+/// writes and fsyncs run on tokio's blocking pool: see `blocking`.)
 async fn publish(config: &Config, blobs: &[Stored]) -> Result<(), Error> {
     crate::failpoint::hit("before-publish");
     for Stored { name, bytes, .. } in blobs {
-        config.store.create(name, vec![bytes.clone()]).await?;
+        put(&config.store, name, bytes).await?;
         crate::failpoint::hit(match name {
             BlobName::Delta(..) => "after-delta-put",
             BlobName::Reverse(..) => "after-reverse-put",
             _ => "after-snapshot-put",
         });
     }
+    Ok(())
+}
+
+/// Puts one blob create-only: up to the store's part size as one put,
+/// above it as a multipart upload in parts of that size, moved into place
+/// create-only (`blobstore/upload.rs`), so that a blob of any size the
+/// store takes goes up and a racing writer can never replace it.
+async fn put(store: &BlobStore, name: &BlobName, bytes: &Bytes) -> Result<(), Error> {
+    let part = store.upload_options().part_size.max(1);
+    if bytes.len() <= part {
+        return Ok(store.create(name, vec![bytes.clone()]).await?);
+    }
+    let mut writer = store.writer(name);
+    for start in (0..bytes.len()).step_by(part) {
+        if let Err(e) = writer
+            .write(bytes.slice(start..(start + part).min(bytes.len())))
+            .await
+        {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(blob = %name, error = %abort, "cannot abort the upload; gc sweeps it");
+            }
+            return Err(e.into());
+        }
+    }
+    writer.finish().await?;
     Ok(())
 }
 

@@ -288,3 +288,56 @@ pub async fn sweep_removes_only_leftover_uploads(b: &Backend) {
 pub async fn check_accepts_a_working_store(b: &Backend) {
     b.store.check().await.unwrap();
 }
+
+/// A producer's blob larger than the store's part size goes up as a
+/// multipart upload moved into place create-only, and reads back: a
+/// snapshot of 150,000 movies stored raw is about 10 MiB, two 5 MiB parts
+/// and a rest.
+pub async fn producer_uploads_a_large_snapshot_in_parts(b: &Backend) {
+    use burrow::consumer::ConsumerBuilder;
+    use burrow::producer::ProducerBuilder;
+    use burrow::schema::examples::movies_capnp::movie;
+    use burrow::testing::workload::Dataset;
+    let producer = ProducerBuilder::new(b.store.clone())
+        .producer_id("large")
+        .retention(None)
+        .compression(burrow::blobstore::Compression::None)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let data = Dataset::new(150_000, 7);
+    let before = b.counts.seen();
+    let report = producer.run_cycle(|p| data.populate(p)).await.unwrap();
+    let seen = b.counts.seen().since(before);
+    let (_, size) = report.stored_blobs[0];
+    assert!(
+        size > b.store.upload_options().part_size as u64,
+        "{}: a snapshot of {size} bytes spans parts",
+        b.name
+    );
+    assert_eq!(seen.multipart_uploads, 1, "{}: {seen:?}", b.name);
+
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = ConsumerBuilder::new(b.store.clone())
+        .cache_dir(dir.path())
+        .check_snapshots(true)
+        .build()
+        .unwrap();
+    consumer.refresh().await.unwrap();
+    let state = consumer.state().unwrap();
+    let view = state.view::<movie::Owned>().unwrap();
+    assert_eq!(view.len(), 150_000);
+    let (_, m) = view.find(&149_999u64).unwrap().unwrap();
+    assert_eq!(
+        m.get_title().unwrap().to_str().unwrap(),
+        "Title number 149999"
+    );
+    assert_eq!(
+        burrow::gc::sweep_leftovers(&b.store, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        vec![],
+        "{}: no temporary object is left",
+        b.name
+    );
+}

@@ -550,7 +550,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         .target_per("<= 80 B/record", 80.0),
         Figure::new(
             "snapshot_bytes_stored",
-            "blob bytes: snapshot as stored (zstd:3)",
+            "blob bytes: snapshot as stored (zstd:1)",
             Unit::Bytes,
             collect(&deltas, 0..1, "snapshot_bytes_stored"),
         )
@@ -559,7 +559,7 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
         .target_per("<= 20 B/record", 20.0),
         Figure::new(
             "delta_bytes_stored",
-            "blob bytes: delta as stored (zstd:3)",
+            "blob bytes: delta as stored (zstd:1)",
             Unit::Bytes,
             collect(&deltas, 1..4, "delta_bytes_stored"),
         )

@@ -112,7 +112,7 @@ impl ProducerBuilder {
         self
     }
 
-    /// How blobs are stored (default zstd level 3; see
+    /// How blobs are stored (default zstd level 1; see
     /// [`crate::blobstore::compress`]). Consumers read any setting, and a
     /// chain may change it from one cycle to the next.
     pub fn compression(mut self, compression: Compression) -> Self {

@@ -28,6 +28,7 @@ const FIGURES: &[&str] = &[
     "refresh_listening",
     "changes_told",
     "changes_compared",
+    "snapshot_checksum_check",
     "open_unfiltered",
     "open_filtered",
     "lookup",

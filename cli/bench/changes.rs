@@ -13,6 +13,10 @@
 //!   listener instead: the changes between the two versions' states, each
 //!   loaded from its own snapshot, found by comparing them record by
 //!   record.
+//! - `snapshot_checksum_check` is what checking a snapshot's state
+//!   checksums costs (`ReadState::check_checksums`: every record
+//!   canonicalized and hashed), paid before a snapshot is swapped in where
+//!   warm-up reads its pages anyway.
 //! - `open_filtered` is a consumer that reads movies only opening over a
 //!   warm cache (to its first lookup), beside `open_unfiltered`, which
 //!   builds read state for both types.
@@ -157,6 +161,14 @@ pub(super) async fn figures(
         }
     };
     let (old, new) = (at(v1, "cache-old").await?, at(v2, "cache-new").await?);
+    // What a consumer pays to check a snapshot's state checksums before it
+    // swaps the snapshot in (every record canonicalized and hashed).
+    let mut checked = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        new.check_checksums()?;
+        checked.push(t.elapsed().as_secs_f64());
+    }
     let mut compared = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
@@ -228,6 +240,12 @@ pub(super) async fn figures(
             "changes between two snapshot-loaded states, compared",
             Unit::Seconds,
             compared,
+        ),
+        Figure::new(
+            "snapshot_checksum_check",
+            "state checksums of a snapshot summed over every record",
+            Unit::Seconds,
+            checked,
         ),
         Figure::new(
             "open_unfiltered",

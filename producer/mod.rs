@@ -61,6 +61,7 @@
 mod blocking;
 mod builder;
 mod cycle;
+mod dynamic;
 mod populate;
 mod restore;
 mod retention;

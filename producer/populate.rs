@@ -11,9 +11,7 @@ use super::builder::Config;
 use super::state::{Batch, TypeState};
 use super::ProducerError;
 use crate::error::Error;
-use crate::schema::record::{
-    append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo,
-};
+use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
 use std::any::TypeId;
 
 /// Buffers reused for every record of a populate.

@@ -180,7 +180,10 @@ impl KeySpec {
             reason,
         };
         if names.is_empty() {
-            return Err(spec_error("", "a primary key needs at least one field".into()));
+            return Err(spec_error(
+                "",
+                "a primary key needs at least one field".into(),
+            ));
         }
         let (fields, direct) = info
             .with_node(|node| Self::resolve_in_node(info, node, names, lists))

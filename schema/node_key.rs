@@ -334,9 +334,11 @@ mod tests {
             .encode_struct(&records[1], 1, 4, 9, &mut Vec::new())
             .unwrap_err();
         assert!(err.contains("outside the words given"), "{err}");
-        let err = NodeKey::resolve(info.schema().unwrap().get_proto(), &["ratio".into()]).unwrap_err();
+        let err =
+            NodeKey::resolve(info.schema().unwrap().get_proto(), &["ratio".into()]).unwrap_err();
         assert!(err.contains("ratio"), "{err}");
-        let err = NodeKey::resolve(info.schema().unwrap().get_proto(), &["some".into()]).unwrap_err();
+        let err =
+            NodeKey::resolve(info.schema().unwrap().get_proto(), &["some".into()]).unwrap_err();
         assert!(err.contains("union"), "{err}");
     }
 }

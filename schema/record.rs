@@ -17,8 +17,8 @@ use capnp::introspect::TypeVariant;
 use capnp::message::{ReaderOptions, ReaderSegments};
 use capnp::schema::StructSchema;
 use capnp::schema_capnp::{field, node, type_};
-use std::sync::Arc;
 use capnp::traits::{Owned, OwnedStruct};
+use std::sync::Arc;
 
 pub use crate::schema::key::{
     key_hash, Key, KeyBuf, KeyKind, KeyPart, KeySpec, QueryEncoder, ResolvedKey,
@@ -297,6 +297,13 @@ pub fn words_as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: u8 has no alignment or validity requirements; the length is
     // the same memory measured in bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+/// Views words as their little-endian bytes, to write them.
+pub fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `words_as_bytes`; every byte pattern is a valid u64,
+    // so any write through the bytes leaves valid words.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 #[cfg(not(target_endian = "little"))]

@@ -19,6 +19,7 @@ mod history;
 mod inspect;
 mod output;
 mod pin;
+mod publish;
 mod schema;
 mod serve;
 mod verify;
@@ -55,6 +56,7 @@ fn run(global: &Global, task: Task) -> Result<()> {
     runtime.block_on(async {
         match task {
             Task::Demo(cfg) => demo::run(&cfg, global.store.open().await?, &mut out).await,
+            Task::Publish(cfg) => publish::run(&cfg, global.store.open().await?, &mut out).await,
             Task::Versions(last) => {
                 versions::run(last, global.store.open_existing().await?, &mut out).await
             }

@@ -62,7 +62,9 @@ impl Populate<'_> {
             .ok_or_else(|| ProducerError::UnknownType {
                 type_name: format!("{type_id:#018x}"),
             })?;
-        let message = record_message(words, words.len() as u64 + 1);
+        // Canonicalizing reads the message twice (its size, then its
+        // objects); the bound keeps shared pointers from multiplying that.
+        let message = record_message(words, 4 * words.len() as u64 + 64);
         let root = message
             .get_root::<capnp::any_pointer::Reader<'_>>()
             .map_err(|source| ProducerError::BadRecord {

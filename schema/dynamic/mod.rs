@@ -275,8 +275,41 @@ impl DynamicSchema {
     pub fn from_nodes(
         nodes: capnp::struct_list::Reader<'_, node::Owned>,
     ) -> Result<Self, DynamicError> {
+        Self::from_node_iter(nodes.iter())
+    }
+
+    /// The schema of record types `types` (generated, or given by their
+    /// nodes at run time): their nodes and every node their fields reach,
+    /// as a producer of them writes into its headers.
+    pub fn of_types(types: &[crate::schema::record::TypeInfo]) -> Result<Self, DynamicError> {
+        let dataset =
+            crate::schema::blob::DatasetSchema::of(types).map_err(|e| DynamicError::Schema {
+                node: types
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: e.to_string(),
+            })?;
+        let messages = dataset.node_messages();
+        let mut nodes = Vec::with_capacity(messages.len());
+        for m in &messages {
+            nodes.push(
+                m.get_root::<node::Reader<'_>>()
+                    .map_err(|e| DynamicError::Schema {
+                        node: "(a node of the dataset's schema)".into(),
+                        reason: e.to_string(),
+                    })?,
+            );
+        }
+        Self::from_node_iter(nodes)
+    }
+
+    fn from_node_iter<'n>(
+        nodes: impl IntoIterator<Item = node::Reader<'n>>,
+    ) -> Result<Self, DynamicError> {
         let mut schema = DynamicSchema::default();
-        for n in nodes.iter() {
+        for n in nodes {
             let bad = |reason: String| DynamicError::Schema {
                 node: label(n),
                 reason,

@@ -81,7 +81,9 @@ fn read_jsonl(
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: Value = serde_json::from_slice(&buf).map_err(|e| {
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let value: Value = serde_json::from_slice(text).map_err(|e| {
             anyhow::anyhow!("{name}:{number}: column {}: broken JSON: {}", e.column(), {
                 // serde_json appends " at line L column C"; the line is ours.
                 let text = e.to_string();

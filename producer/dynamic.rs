@@ -74,3 +74,103 @@ impl Populate<'_> {
         self.add_root(t, root)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::announcer::AnnouncementLog;
+    use crate::blobstore::BlobStore;
+    use crate::producer::{ProducerBuilder, ProducerError};
+    use crate::schema::blob::DatasetSchema;
+    use crate::schema::dynamic::{BuildOptions, DynamicSchema, RecordBuilder};
+    use crate::schema::examples::movies_capnp::movie;
+    use crate::schema::record::TypeInfo;
+    use crate::Error;
+
+    /// The error inside a failed cycle's.
+    fn inner(e: &Error) -> &Error {
+        match e {
+            Error::Producer(ProducerError::Cycle { source, .. }) => source,
+            other => other,
+        }
+    }
+
+    /// The Movie type as a runtime producer sees it: only its nodes.
+    fn movie_by_nodes() -> TypeInfo {
+        let generated = TypeInfo::of::<movie::Owned>();
+        let schema = DatasetSchema::of(std::slice::from_ref(&generated)).unwrap();
+        let messages = schema.node_messages();
+        let nodes = messages.iter().map(|m| m.get_root().unwrap());
+        TypeInfo::from_nodes(generated.type_id, nodes).unwrap()
+    }
+
+    /// Invariant: a type given by its nodes is published like generated
+    /// code (a text key read by node, records canonicalized); a duplicate
+    /// key or a record that does not read back fails the cycle inside
+    /// populate, and a failed cycle announces nothing.
+    #[tokio::test]
+    async fn node_types_publish_and_bad_records_announce_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let info = movie_by_nodes();
+        assert!(info.schema().is_none());
+        let dynamic = DynamicSchema::of_types(std::slice::from_ref(&info)).unwrap();
+        let builder = RecordBuilder::new(&dynamic, info.type_id, BuildOptions::default()).unwrap();
+        let type_id = info.type_id;
+        let producer = ProducerBuilder::new(store.clone())
+            .retention(None)
+            .node_type(info, &["title"])
+            .build()
+            .unwrap();
+        let record = |id: u64, title: &str| {
+            builder
+                .build(&serde_json::json!({"id": id, "title": title}))
+                .unwrap()
+        };
+        let log = AnnouncementLog::new(store.clone());
+
+        let dup = producer
+            .run_cycle(|p| {
+                p.add_canonical(type_id, &record(1, "Alien"))?;
+                p.add_canonical(type_id, &record(2, "Alien"))
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(inner(&dup), Error::Producer(ProducerError::DuplicateKey { key, .. }) if key == "title=\"Alien\""),
+            "{dup}"
+        );
+        let garbage = producer
+            .run_cycle(|p| p.add_canonical(type_id, &[u64::MAX, 1]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                inner(&garbage),
+                Error::Producer(ProducerError::BadRecord { .. })
+            ),
+            "{garbage}"
+        );
+        let unknown = producer
+            .run_cycle(|p| p.add_canonical(type_id ^ 1, &record(1, "Alien")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                inner(&unknown),
+                Error::Producer(ProducerError::UnknownType { .. })
+            ),
+            "{unknown}"
+        );
+        assert!(log.latest().await.unwrap().is_none(), "nothing announced");
+
+        let report = producer
+            .run_cycle(|p| {
+                p.add_canonical(type_id, &record(1, "Alien"))?;
+                p.add_canonical(type_id, &record(2, "Heat"))
+            })
+            .await
+            .unwrap();
+        assert!(report.published);
+        assert_eq!(log.latest().await.unwrap().unwrap().version, 1);
+    }
+}

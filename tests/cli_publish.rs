@@ -489,3 +489,81 @@ fn enums_compound_keys_unions_and_nested_structs() {
     std::fs::write(&bad, "{\"shop\": \"a\"}\n").unwrap();
     assert_refused(&run(&bad), "bad.jsonl:1: missing key field kind");
 }
+
+/// Invariant: a compiled schema (the compiler's CodeGeneratorRequest)
+/// publishes as its source does, and a later file under an incompatible
+/// change of the schema is refused at restore, naming the field, with
+/// nothing announced.
+#[test]
+fn a_compiled_schema_and_an_incompatible_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = capnpc_embedded::CompileCommand::new()
+        .file(movies_capnp())
+        .src_prefix(schema_dir())
+        .compile()
+        .unwrap();
+    let compiled = dir.path().join("movies.request");
+    std::fs::write(&compiled, request).unwrap();
+    let input = dir.path().join("movies.jsonl");
+    std::fs::write(&input, jsonl(&model(0..5, 0))).unwrap();
+    let (by_source, by_request) = (dir.path().join("a"), dir.path().join("b"));
+    let out = publish(&by_source, &input, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = burrow(
+        &by_request,
+        &[
+            "publish",
+            "--schema",
+            compiled.to_str().unwrap(),
+            "--type",
+            "examples/movies.capnp:Movie",
+            "--key",
+            "id",
+            "--input",
+            input.to_str().unwrap(),
+            "--compression",
+            "none",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        dump(&by_source, &dir.path().join("cache-a")),
+        dump(&by_request, &dir.path().join("cache-b"))
+    );
+
+    // `year` becomes Text: the chain's records cannot be continued.
+    let changed_dir = dir.path().join("changed/examples");
+    std::fs::create_dir_all(&changed_dir).unwrap();
+    let source = std::fs::read_to_string(movies_capnp()).unwrap();
+    assert!(source.contains("year @2 :UInt32;"));
+    let changed = changed_dir.join("movies.capnp");
+    std::fs::write(
+        &changed,
+        source.replace("year @2 :UInt32;", "year @2 :Text;"),
+    )
+    .unwrap();
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{\"id\": 1, \"year\": \"1990\"}\n").unwrap();
+    let out = burrow(
+        &by_source,
+        &[
+            "publish",
+            "--schema",
+            changed.to_str().unwrap(),
+            "--src-prefix",
+            dir.path().join("changed").to_str().unwrap(),
+            "--type",
+            "Movie",
+            "--key",
+            "id",
+            "--input",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_refused(
+        &out,
+        "field `year`: type changed: UInt32 in the blob, Text in this build",
+    );
+    let out = burrow(&by_source, &["--json", "versions"]);
+    assert_eq!(json_lines(&out).len(), 1, "nothing announced");
+}

@@ -136,13 +136,9 @@ pub async fn run(cfg: &PublishConfig, store: BlobStore, out: &mut Out) -> Result
     let (added, changed, removed) = report.changes.iter().fold((0, 0, 0), |acc, c| {
         (acc.0 + c.added, acc.1 + c.changed, acc.2 + c.removed)
     });
-    let size = |pick: fn(&BlobName) -> bool| {
-        report
-            .stored_blobs
-            .iter()
-            .find(|(n, _)| pick(n))
-            .map(|&(_, s)| s)
-    };
+    // Sizes as mapped (decompressed), as `demo` reports them.
+    let size =
+        |pick: fn(&BlobName) -> bool| report.blobs.iter().find(|(n, _)| pick(n)).map(|&(_, s)| s);
     let snapshot = size(|n| matches!(n, BlobName::Snapshot(_)));
     let delta = size(|n| matches!(n, BlobName::Delta(..)));
     if out.json {

@@ -32,6 +32,10 @@ pub struct Args {
 pub enum Command {
     /// Publish the Movie workload into the store and follow it with a consumer.
     Demo(DemoArgs),
+    /// Publish the records of a JSON Lines or CSV file (gzip or zstd too)
+    /// as the dataset's next version, with no code: the record type's
+    /// schema is compiled at run time.
+    Publish(PublishArgs),
     /// List the announcement log.
     Versions(VersionsArgs),
     /// Show one blob of a version: envelope, header and per-type counts.
@@ -317,6 +321,74 @@ pub struct DemoArgs {
     /// (consumers following with the same --notify learn of it at once).
     #[arg(long, value_name = "URL")]
     pub notify: Option<String>,
+}
+
+/// Arguments of `burrow publish`.
+#[derive(Debug, ClapArgs)]
+#[command(
+    after_help = "Each run publishes the file as the whole dataset: a record left out of \
+it is removed, and a second run with a changed file publishes a delta on the same chain. \
+Nothing is announced for a file with any error."
+)]
+pub struct PublishArgs {
+    /// The record type's schema: a .capnp file, compiled here by the Cap'n
+    /// Proto compiler the build uses, or a compiled schema (the
+    /// CodeGeneratorRequest of `capnp compile -o-`).
+    #[arg(long, value_name = "FILE")]
+    pub schema: PathBuf,
+
+    /// The record type: its name in the schema (`Movie`, `Outer.Inner`)
+    /// or its full name (`movies.capnp:Movie`).
+    #[arg(long = "type", value_name = "T")]
+    pub type_name: String,
+
+    /// The primary key: a field, or several comma-separated (`id`,
+    /// `shelf,slot`); integers, bools, enums, text or data, outside
+    /// unions.
+    #[arg(long, value_name = "FIELDS")]
+    pub key: String,
+
+    /// The records: JSON Lines (an object per line) or CSV (a header row
+    /// naming the fields), each optionally gzip- or zstd-compressed.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// The input's format [default: by its extension: .jsonl, .ndjson or
+    /// .json, or .csv, before any .gz or .zst].
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormatArg>,
+
+    /// Skip fields the record type does not have (by default a file with
+    /// one is refused).
+    #[arg(long)]
+    pub ignore_unknown_fields: bool,
+
+    /// Name the schema's nodes relative to this directory (as a build's
+    /// `src_prefix`) [default: the schema file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub src_prefix: Option<PathBuf>,
+
+    /// A directory searched for absolute imports (`import "/x.capnp"`);
+    /// may be given more than once.
+    #[arg(long, value_name = "DIR")]
+    pub import_path: Vec<PathBuf>,
+
+    /// How the producer stores blobs: zstd (level 3), zstd:LEVEL (1 to 19)
+    /// or none. Consumers read every setting.
+    #[arg(long, value_name = "zstd[:LEVEL]|none", default_value = "zstd:3")]
+    pub compression: String,
+
+    /// Leave retention to `burrow gc`: delete nothing after the
+    /// announcement.
+    #[arg(long)]
+    pub no_gc: bool,
+}
+
+/// The formats `burrow publish` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormatArg {
+    Jsonl,
+    Csv,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -4,8 +4,8 @@
 
 use crate::args::{
     Args, BenchArgs, BlobArg, ChildMode, Command, DemoArgs, DiffArgs, DumpArgs, ExploreCacheArgs,
-    FollowArgs, GcArgs, HistoryArgs, InspectArgs, PinArgs, SchemaArgs, ServeArgs, SuiteArg,
-    VersionsArgs,
+    FollowArgs, GcArgs, HistoryArgs, InputFormatArg, InspectArgs, PinArgs, PublishArgs, SchemaArgs,
+    ServeArgs, SuiteArg, VersionsArgs,
 };
 use anyhow::{bail, Context, Result};
 use burrow::blobstore::{BlobStore, CacheRetention, Compression, StoreOptions, StoreUrl};
@@ -125,6 +125,7 @@ pub struct Global {
 #[derive(Debug, Clone)]
 pub enum Task {
     Demo(DemoConfig),
+    Publish(PublishConfig),
     /// `burrow versions`: how many of the newest entries (`None`: all).
     Versions(Option<u64>),
     Inspect(InspectConfig),
@@ -140,6 +141,30 @@ pub enum Task {
     Diff(DiffConfig),
     History(HistoryConfig),
     Serve(burrow::explore::web::WebConfig),
+}
+
+/// The formats `burrow publish` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jsonl,
+    Csv,
+}
+
+/// `burrow publish`.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    pub schema: PathBuf,
+    pub type_name: String,
+    /// The key's field names, in key order.
+    pub key: Vec<String>,
+    pub input: PathBuf,
+    pub format: InputFormat,
+    pub ignore_unknown_fields: bool,
+    pub src_prefix: Option<PathBuf>,
+    pub import_paths: Vec<PathBuf>,
+    pub compression: Compression,
+    /// Whether the producer runs retention after its announcement.
+    pub gc: bool,
 }
 
 /// `burrow schema [--capnp]`: which file, and where the types are read
@@ -322,6 +347,7 @@ pub fn from_args(args: Args) -> Result<(Global, Task)> {
     };
     let task = match args.command {
         Command::Demo(a) => Task::Demo(demo(a, &global.store)?),
+        Command::Publish(a) => Task::Publish(publish(a)?),
         Command::Versions(a) => Task::Versions(versions(a)?),
         Command::Verify(_) => Task::Verify,
         Command::Inspect(a) => Task::Inspect(inspect(a)?),
@@ -589,6 +615,75 @@ fn parse_size(raw: &str) -> std::result::Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| "too large: must fit in 64 bits of bytes".into())
+}
+
+fn publish(a: PublishArgs) -> Result<PublishConfig> {
+    if !a.schema.is_file() {
+        bail!(
+            "invalid --schema {}: not a file (give a .capnp file or a compiled schema)",
+            a.schema.display()
+        );
+    }
+    if !a.input.is_file() {
+        bail!("invalid --input {}: not a file", a.input.display());
+    }
+    let key: Vec<String> = a.key.split(',').map(|f| f.trim().to_string()).collect();
+    if key.iter().any(String::is_empty) {
+        bail!(
+            "invalid --key {:?}: give field names separated by commas, such as id or shelf,slot",
+            a.key
+        );
+    }
+    if a.type_name.trim().is_empty() {
+        bail!("invalid --type \"\": give the record type's name, such as Movie");
+    }
+    let format = match a.format {
+        Some(InputFormatArg::Jsonl) => InputFormat::Jsonl,
+        Some(InputFormatArg::Csv) => InputFormat::Csv,
+        None => input_format(&a.input)?,
+    };
+    let compression: Compression = a
+        .compression
+        .parse()
+        .map_err(|reason| anyhow::anyhow!("invalid --compression {:?}: {reason}", a.compression))?;
+    Ok(PublishConfig {
+        schema: a.schema,
+        type_name: a.type_name.trim().to_string(),
+        key,
+        input: a.input,
+        format,
+        ignore_unknown_fields: a.ignore_unknown_fields,
+        src_prefix: a.src_prefix,
+        import_paths: a.import_path,
+        compression,
+        gc: !a.no_gc,
+    })
+}
+
+/// The format of an input file by its extension, under any compression's.
+fn input_format(path: &Path) -> Result<InputFormat> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let base = [".gz", ".gzip", ".zst", ".zstd"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(&name);
+    if [".jsonl", ".ndjson", ".json"]
+        .iter()
+        .any(|ext| base.ends_with(ext))
+    {
+        Ok(InputFormat::Jsonl)
+    } else if base.ends_with(".csv") {
+        Ok(InputFormat::Csv)
+    } else {
+        bail!(
+            "cannot tell the format of --input {} by its extension: give --format jsonl or \
+             --format csv",
+            path.display()
+        )
+    }
 }
 
 fn demo(a: DemoArgs, store: &StoreLocation) -> Result<DemoConfig> {

@@ -3,6 +3,10 @@
 //! library. Every failure is one line on stderr and a non-zero exit code; a
 //! closed stdout (`burrow versions | head`) is a quiet, successful exit.
 //!
+//! `publish` ([`publish`]) is the one command that writes records: a
+//! producer cycle from a JSON Lines or CSV file, through a schema compiled
+//! at run time.
+//!
 //! Adding a subcommand: a variant and an argument struct in [`args`], a
 //! `Task` variant and its checks in [`config`], a module that runs it, and
 //! one arm in [`run`].
@@ -19,6 +23,7 @@ mod history;
 mod inspect;
 mod output;
 mod pin;
+mod publish;
 mod schema;
 mod serve;
 mod verify;
@@ -55,6 +60,7 @@ fn run(global: &Global, task: Task) -> Result<()> {
     runtime.block_on(async {
         match task {
             Task::Demo(cfg) => demo::run(&cfg, global.store.open().await?, &mut out).await,
+            Task::Publish(cfg) => publish::run(&cfg, global.store.open().await?, &mut out).await,
             Task::Versions(last) => {
                 versions::run(last, global.store.open_existing().await?, &mut out).await
             }

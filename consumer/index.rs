@@ -214,14 +214,17 @@ pub struct IndexBuild {
 /// The index `def` on `info`'s type, resolved against the generated code's
 /// schema node (what a consumer-built index reads fields by).
 pub(super) fn resolve(info: &TypeInfo, def: &IndexDef) -> Result<NodeIndex, Error> {
-    NodeIndex::resolve(info.schema().get_proto(), def).map_err(|reason| {
+    let bad = |reason: String| -> Error {
         KeyError::Index {
             type_name: info.name.clone(),
             index: def.name.clone(),
             reason,
         }
         .into()
-    })
+    };
+    info.with_node(|node| NodeIndex::resolve(node, def))
+        .map_err(|e| bad(e.to_string()))?
+        .map_err(bad)
 }
 
 /// A typed view of one index of a type ([`TypeView::index`]).

@@ -23,7 +23,9 @@ use std::sync::Arc;
 /// A registered record type.
 pub(super) struct RegisteredType {
     pub(super) info: TypeInfo,
-    pub(super) rust_type: TypeId,
+    /// The generated type; `None` for a type given by its schema nodes
+    /// ([`ProducerBuilder::node_type`]).
+    pub(super) rust_type: Option<TypeId>,
     pub(super) key: Option<KeySpec>,
     pub(super) key_fields: Vec<String>,
     /// Encodes the key of a canonical record of this type.
@@ -151,7 +153,7 @@ impl ProducerBuilder {
         let info = TypeInfo::of::<T>();
         let registered = KeySpec::resolve(&info, fields)
             .map(|spec| RegisteredType {
-                rust_type: TypeId::of::<T>(),
+                rust_type: Some(TypeId::of::<T>()),
                 key_fields: spec.names().map(str::to_string).collect(),
                 key: Some(spec),
                 info,
@@ -192,7 +194,7 @@ impl ProducerBuilder {
     pub fn record_type<T: RecordType>(mut self) -> Self {
         self.types.push(Ok(RegisteredType {
             info: TypeInfo::of::<T>(),
-            rust_type: TypeId::of::<T>(),
+            rust_type: Some(TypeId::of::<T>()),
             key: None,
             key_fields: Vec::new(),
             key_of: key_of::<T>,
@@ -240,6 +242,13 @@ impl ProducerBuilder {
     /// of [`crate::gc::DEFAULT_RETENTION_GRACE`], no snapshot archive.
     pub fn retention(mut self, policy: Option<RetentionPolicy>) -> Self {
         self.retention = policy;
+        self
+    }
+
+    /// Adds a type registered by other means than generated code (see
+    /// [`ProducerBuilder::node_type`]).
+    pub(super) fn push_type(mut self, registered: Result<RegisteredType, Error>) -> Self {
+        self.types.push(registered);
         self
     }
 
@@ -323,7 +332,10 @@ impl ProducerBuilder {
                     format!("{type_name} has two indexes named {}", def.name),
                 ));
             }
-            let node = NodeIndex::resolve(t.info.schema().get_proto(), &def)
+            let node = t
+                .info
+                .with_node(|node| NodeIndex::resolve(node, &def))
+                .map_err(|e| config("indexes", format!("{type_name}: {e}")))?
                 .map_err(|reason| config("indexes", format!("{type_name}: {reason}")))?;
             t.indexes.push((def, node));
         }

@@ -46,6 +46,9 @@
 //!   checks once and shares with every cycle.
 //! - `populate`: [`Populate`], which canonicalizes each added record and
 //!   its key into the type's batch.
+//! - `dynamic`: types given by their schema nodes at run time, not generated
+//!   code ([`ProducerBuilder::node_type`], [`Populate::add_canonical`]; what
+//!   `burrow publish` registers).
 //! - `state`: the last announced state of each type and the per-cycle diff
 //!   (identify).
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
@@ -61,6 +64,7 @@
 mod blocking;
 mod builder;
 mod cycle;
+mod dynamic;
 mod populate;
 mod restore;
 mod retention;

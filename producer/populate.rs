@@ -11,7 +11,7 @@ use super::builder::Config;
 use super::state::{Batch, TypeState};
 use super::ProducerError;
 use crate::error::Error;
-use crate::schema::record::{append_canonical, KeyBuf, RecordType, ResolvedKey, TypeInfo};
+use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
 use std::any::TypeId;
 
 /// Buffers reused for every record of a populate.
@@ -74,7 +74,7 @@ impl<'a> Populate<'a> {
         self.config
             .types
             .iter()
-            .position(|t| t.rust_type == id)
+            .position(|t| t.rust_type == Some(id))
             .ok_or_else(|| {
                 ProducerError::UnknownType {
                     type_name: TypeInfo::of::<T>().name,
@@ -120,14 +120,14 @@ impl<'a> Populate<'a> {
         if used * 2 > self.scratch_words && self.scratch_words < MAX_SCRATCH_WORDS {
             self.scratch_words = (used * 2).next_power_of_two().min(MAX_SCRATCH_WORDS);
         }
-        push_record::<T>(
+        push_record(
             self.config,
             t,
             root,
             Some(used),
             &mut self.batches[t],
             &mut self.work,
-            &mut self.resolved[t],
+            reflect_key::<T>(root, &mut self.resolved[t]),
         )
     }
 
@@ -150,26 +150,70 @@ impl<'a> Populate<'a> {
                 type_name: self.config.types[t].info.name.clone(),
                 source,
             })?;
-        push_record::<T>(
+        push_record(
             self.config,
             t,
             root,
             None,
             &mut self.batches[t],
             &mut self.work,
-            &mut self.resolved[t],
+            reflect_key::<T>(root, &mut self.resolved[t]),
         )
+    }
+
+    /// Adds a record of the `t`-th registered type from the root of any
+    /// message (canonicalized here); its key is read from the canonical
+    /// words by the type's `key_of`, with no generated code.
+    pub(super) fn add_root(
+        &mut self,
+        t: usize,
+        root: capnp::any_pointer::Reader<'_>,
+    ) -> Result<(), Error> {
+        let key_of = self.config.types[t].key_of;
+        push_record(
+            self.config,
+            t,
+            root,
+            None,
+            &mut self.batches[t],
+            &mut self.work,
+            |spec: &KeySpec, words: &[u64], key: &mut KeyBuf| key_of(spec, words, key),
+        )
+    }
+
+    /// The position of the registered type of node id `type_id`.
+    pub(super) fn type_position(&self, type_id: u64) -> Option<usize> {
+        self.config
+            .types
+            .iter()
+            .position(|t| t.info.type_id == type_id)
     }
 }
 
-fn push_record<T: RecordType>(
+/// Reads a key of generated type `T` from the record at `root` by
+/// reflection, its fields resolved once per cycle into `resolved`.
+fn reflect_key<'r, T: RecordType>(
+    root: capnp::any_pointer::Reader<'r>,
+    resolved: &'r mut Option<ResolvedKey>,
+) -> impl FnOnce(&KeySpec, &[u64], &mut KeyBuf) -> capnp::Result<()> + 'r {
+    move |spec, _words, key| {
+        let record: <T as capnp::traits::Owned>::Reader<'_> = root.get_as()?;
+        if resolved.is_none() {
+            *resolved = Some(spec.resolved()?);
+        }
+        let resolved = resolved.as_ref().expect("just set");
+        resolved.encode_record(T::dynamic(record), key)
+    }
+}
+
+fn push_record(
     config: &Config,
     t: usize,
     root: capnp::any_pointer::Reader<'_>,
     size_bound_words: Option<usize>,
     batch: &mut Batch,
     work: &mut RecordWork,
-    resolved: &mut Option<ResolvedKey>,
+    key_by_schema: impl FnOnce(&KeySpec, &[u64], &mut KeyBuf) -> capnp::Result<()>,
 ) -> Result<(), Error> {
     let RecordWork {
         canon: scratch,
@@ -195,14 +239,10 @@ fn push_record<T: RecordType>(
     key.clear();
     if let Some(spec) = &registered.key {
         if !spec.encode_words(&batch.words[start..], key) {
-            let record: <T as capnp::traits::Owned>::Reader<'_> = root.get_as().map_err(bad)?;
-            if resolved.is_none() {
-                *resolved = Some(spec.resolved().map_err(bad)?);
+            if let Err(e) = key_by_schema(spec, &batch.words[start..], key) {
+                batch.words.truncate(start);
+                return Err(bad(e).into());
             }
-            let resolved = resolved.as_ref().expect("just set");
-            resolved
-                .encode_record(T::dynamic(record), key)
-                .map_err(bad)?;
         }
     }
     batch.push(start, key.as_bytes());

@@ -258,14 +258,17 @@ async fn apply_plan(
     })
 }
 
-/// Checks that this producer's generated code continues the schema of
+/// Checks that this producer's schema (generated code, or nodes given at
+/// run time) continues the schema of
 /// each registered type `blob` carries ([`evolve::Rule::Continue`]: the
 /// same schema or a compatible evolution of it), with the key the chain
 /// names. An incompatible change fails the restore with
 /// [`crate::Error::Schema`], naming the type, the field and the change.
 fn check_schema(config: &Config, blob: &OpenBlob, state: &ReadState) -> Result<(), Error> {
-    let infos: Vec<_> = config.types.iter().map(|t| t.info.clone()).collect();
-    let ours = evolve::generated_nodes(&infos);
+    // The nodes every blob of this producer carries: its types' generated
+    // nodes, or the nodes a type registered at run time was given.
+    let messages = config.schema.node_messages();
+    let ours = evolve::node_map(&messages);
     let types: Vec<(u64, Vec<String>)> = config
         .types
         .iter()

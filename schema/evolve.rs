@@ -75,13 +75,15 @@ fn field_part(field: &Option<String>) -> String {
 }
 
 /// The generated nodes of `roots` and of every struct and enum their
-/// fields reach (groups included), by id.
+/// fields reach (groups included), by id. Types given by their nodes at
+/// run time are left out (see [`node_map`]).
 pub fn generated_nodes(roots: &[crate::schema::record::TypeInfo]) -> NodeMap<'static> {
     use capnp::introspect::TypeVariant;
     let mut nodes = NodeMap::new();
     let mut stack: Vec<TypeVariant> = roots
         .iter()
-        .map(|t| TypeVariant::Struct(t.schema().into()))
+        .filter_map(|t| t.schema())
+        .map(|s| TypeVariant::Struct(s.into()))
         .collect();
     while let Some(ty) = stack.pop() {
         match ty {
@@ -106,6 +108,18 @@ pub fn generated_nodes(roots: &[crate::schema::record::TypeInfo]) -> NodeMap<'st
         }
     }
     nodes
+}
+
+/// The nodes of `messages` (one canonical node each, as
+/// [`crate::schema::blob::DatasetSchema::node_messages`] gives them), by id.
+pub fn node_map<'a>(
+    messages: &'a [capnp::message::Reader<crate::schema::record::OneSegment<'_>>],
+) -> NodeMap<'a> {
+    messages
+        .iter()
+        .filter_map(|m| m.get_root::<node::Reader<'_>>().ok())
+        .map(|n| (n.get_id(), n))
+        .collect()
 }
 
 /// Checks record type `type_id` (primary key `key_fields`, by name) in a
@@ -628,8 +642,16 @@ pub fn check_blob(
 /// generated types of one node id (two versions of a schema linked into
 /// one binary) have distinct ones.
 pub fn generated_identity(info: &crate::schema::record::TypeInfo) -> usize {
-    let raw: capnp::introspect::RawBrandedStructSchema = info.schema().into();
-    std::ptr::from_ref(raw.generic) as usize
+    match info.schema() {
+        Some(schema) => {
+            let raw: capnp::introspect::RawBrandedStructSchema = schema.into();
+            std::ptr::from_ref(raw.generic) as usize
+        }
+        // A type given by its nodes: the identity of those nodes.
+        None => info
+            .runtime_nodes()
+            .map_or(0, |n| std::ptr::from_ref(n) as *const u8 as usize),
+    }
 }
 
 #[cfg(test)]

@@ -556,7 +556,7 @@ mod tests {
 
     fn resolve(def: &IndexDef) -> Result<NodeIndex, String> {
         let info = TypeInfo::of::<movie::Owned>();
-        NodeIndex::resolve(info.schema().get_proto(), def)
+        NodeIndex::resolve(info.schema().unwrap().get_proto(), def)
     }
 
     /// Invariant: a list field gives one value per distinct element, and

@@ -12,9 +12,9 @@
 //! [`Key`] through [`QueryEncoder`]), so the two can never disagree.
 
 use crate::error::KeyError;
-use crate::schema::record::{words_as_bytes, TypeInfo};
+use crate::schema::node_key::NodeKey;
+use crate::schema::record::{words_as_bytes, TypeInfo, TypeSource};
 use capnp::dynamic_value;
-use capnp::introspect::TypeVariant;
 use capnp::schema::{Field, StructSchema};
 
 /// How one key field is encoded.
@@ -57,7 +57,10 @@ impl KeyKind {
 #[derive(Clone)]
 pub struct KeySpec {
     fields: Vec<(u16, KeyKind, String)>,
-    schema_fn: fn() -> StructSchema,
+    /// The generated schema, for reading keys by reflection; `None` for a
+    /// type given by its nodes at run time, whose keys `node_key` reads.
+    schema_fn: Option<fn() -> StructSchema>,
+    node_key: Option<NodeKey>,
     direct: Option<DirectKey>,
 }
 
@@ -80,17 +83,17 @@ struct DirectKey {
 }
 
 impl DirectKey {
-    fn of(field: &Field, kind: KeyKind) -> Option<DirectKey> {
-        use capnp::schema_capnp::{field, value};
-        let width = match field.get_type().which() {
-            TypeVariant::Int8 | TypeVariant::UInt8 => 1,
-            TypeVariant::Int16 | TypeVariant::UInt16 | TypeVariant::Enum(_) => 2,
-            TypeVariant::Int32 | TypeVariant::UInt32 => 4,
-            TypeVariant::Int64 | TypeVariant::UInt64 => 8,
-            _ => return None,
-        };
-        let field::Slot(slot) = field.get_proto().which().ok()? else {
+    fn of(field: capnp::schema_capnp::field::Reader<'_>, kind: KeyKind) -> Option<DirectKey> {
+        use capnp::schema_capnp::{field, type_, value};
+        let field::Slot(slot) = field.which().ok()? else {
             return None;
+        };
+        let width = match slot.get_type().ok()?.which().ok()? {
+            type_::Int8(()) | type_::Uint8(()) => 1,
+            type_::Int16(()) | type_::Uint16(()) | type_::Enum(_) => 2,
+            type_::Int32(()) | type_::Uint32(()) => 4,
+            type_::Int64(()) | type_::Uint64(()) => 8,
+            _ => return None,
         };
         let default_bits = match slot.get_default_value().ok()?.which().ok()? {
             value::Int8(v) => v as u8 as u64,
@@ -171,13 +174,62 @@ impl KeySpec {
     }
 
     fn resolve_with(info: &TypeInfo, names: &[&str], lists: bool) -> Result<KeySpec, KeyError> {
+        let spec_error = |field: &str, reason: String| KeyError::Spec {
+            type_name: info.name.clone(),
+            field: field.to_string(),
+            reason,
+        };
         if names.is_empty() {
+            return Err(spec_error(
+                "",
+                "a primary key needs at least one field".into(),
+            ));
+        }
+        let (fields, direct) = info
+            .with_node(|node| Self::resolve_in_node(info, node, names, lists))
+            .map_err(|e| spec_error(names[0], format!("cannot read the schema: {e}")))??;
+        let (schema_fn, node_key) = match &info.source {
+            TypeSource::Generated(f) => (Some(*f), None),
+            TypeSource::Nodes(_) => {
+                let owned: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                let key = info
+                    .with_node(|node| NodeKey::resolve(node, &owned))
+                    .map_err(|e| spec_error(names[0], format!("cannot read the schema: {e}")))?
+                    .map_err(|reason| spec_error(names[0], reason))?;
+                (None, (!lists).then_some(key))
+            }
+        };
+        Ok(KeySpec {
+            fields,
+            schema_fn,
+            node_key,
+            direct,
+        })
+    }
+
+    /// The key fields of `names` in the struct `node`, and the direct
+    /// reading of a key of one integer or enum field.
+    #[allow(clippy::type_complexity)]
+    fn resolve_in_node(
+        info: &TypeInfo,
+        node: capnp::schema_capnp::node::Reader<'_>,
+        names: &[&str],
+        lists: bool,
+    ) -> Result<(Vec<(u16, KeyKind, String)>, Option<DirectKey>), KeyError> {
+        use capnp::schema_capnp::{field, node, type_};
+        let schema_error = |name: &str, e: capnp::Error| KeyError::Spec {
+            type_name: info.name.clone(),
+            field: name.to_string(),
+            reason: format!("cannot read the schema: {e}"),
+        };
+        let node::Struct(st) = node.which().map_err(|e| schema_error(names[0], e.into()))? else {
             return Err(KeyError::Spec {
                 type_name: info.name.clone(),
-                field: String::new(),
-                reason: "a primary key needs at least one field".into(),
+                field: names[0].to_string(),
+                reason: "the type's node is not a struct".into(),
             });
-        }
+        };
+        let all = st.get_fields().map_err(|e| schema_error(names[0], e))?;
         let mut fields = Vec::with_capacity(names.len());
         for (i, &name) in names.iter().enumerate() {
             let bad = |reason: String| KeyError::Spec {
@@ -188,75 +240,78 @@ impl KeySpec {
             if names[..i].contains(&name) {
                 return Err(bad("named twice in the key".into()));
             }
-            let field = info
-                .schema()
-                .find_field_by_name(name)
-                .map_err(|e| bad(format!("cannot read the schema: {e}")))?
+            let (index, field) = all
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.get_name().ok().and_then(|n| n.to_str().ok()) == Some(name))
                 .ok_or_else(|| bad("no such field".into()))?;
-            let proto = field.get_proto();
-            if proto.get_discriminant_value() != capnp::schema_capnp::field::NO_DISCRIMINANT {
+            if field.get_discriminant_value() != field::NO_DISCRIMINANT {
                 return Err(bad("is a union member, so it may be absent".into()));
             }
-            let ty = match field.get_type().which() {
-                TypeVariant::List(elem) if lists => elem.which(),
-                ty => ty,
+            let not_scalar = || bad("is not an integer, bool, enum, text or data field".into());
+            let field::Slot(slot) = field.which().map_err(|e| schema_error(name, e.into()))? else {
+                return Err(not_scalar());
             };
-            let kind = match ty {
-                TypeVariant::Bool => KeyKind::Bool,
-                TypeVariant::Int8 => KeyKind::Signed {
+            let mut ty = slot.get_type().map_err(|e| schema_error(name, e))?;
+            if lists {
+                if let type_::List(l) = ty.which().map_err(|e| schema_error(name, e.into()))? {
+                    ty = l.get_element_type().map_err(|e| schema_error(name, e))?;
+                }
+            }
+            let kind = match ty.which().map_err(|e| schema_error(name, e.into()))? {
+                type_::Bool(()) => KeyKind::Bool,
+                type_::Int8(()) => KeyKind::Signed {
                     min: i8::MIN.into(),
                     max: i8::MAX.into(),
                 },
-                TypeVariant::Int16 => KeyKind::Signed {
+                type_::Int16(()) => KeyKind::Signed {
                     min: i16::MIN.into(),
                     max: i16::MAX.into(),
                 },
-                TypeVariant::Int32 => KeyKind::Signed {
+                type_::Int32(()) => KeyKind::Signed {
                     min: i32::MIN.into(),
                     max: i32::MAX.into(),
                 },
-                TypeVariant::Int64 => KeyKind::Signed {
+                type_::Int64(()) => KeyKind::Signed {
                     min: i64::MIN,
                     max: i64::MAX,
                 },
-                TypeVariant::UInt8 => KeyKind::Unsigned {
+                type_::Uint8(()) => KeyKind::Unsigned {
                     max: u8::MAX.into(),
                 },
-                TypeVariant::UInt16 | TypeVariant::Enum(_) => KeyKind::Unsigned {
+                type_::Uint16(()) | type_::Enum(_) => KeyKind::Unsigned {
                     max: u16::MAX.into(),
                 },
-                TypeVariant::UInt32 => KeyKind::Unsigned {
+                type_::Uint32(()) => KeyKind::Unsigned {
                     max: u32::MAX.into(),
                 },
-                TypeVariant::UInt64 => KeyKind::Unsigned { max: u64::MAX },
-                TypeVariant::Text => KeyKind::Text,
-                TypeVariant::Data => KeyKind::Data,
-                TypeVariant::Float32 | TypeVariant::Float64 => {
+                type_::Uint64(()) => KeyKind::Unsigned { max: u64::MAX },
+                type_::Text(()) => KeyKind::Text,
+                type_::Data(()) => KeyKind::Data,
+                type_::Float32(()) | type_::Float64(()) => {
                     return Err(bad(
                         "is a floating-point field; floats cannot be primary keys".into(),
                     ))
                 }
-                _ => {
-                    return Err(bad(
-                        "is not an integer, bool, enum, text or data field".into()
-                    ))
-                }
+                _ => return Err(not_scalar()),
             };
-            fields.push((field.get_index(), kind, name.to_string()));
+            fields.push((index as u16, kind, name.to_string()));
         }
         let direct = match fields.as_slice() {
-            [(index, kind, _)] => info
-                .schema()
-                .get_fields()
-                .ok()
-                .and_then(|list| DirectKey::of(&list.get(*index), *kind)),
+            [(index, kind, _)] => DirectKey::of(all.get(u32::from(*index)), *kind),
             _ => None,
         };
-        Ok(KeySpec {
-            fields,
-            schema_fn: info.schema_fn,
-            direct,
-        })
+        Ok((fields, direct))
+    }
+
+    /// Appends the key bytes of the canonical record `words` to `out` by
+    /// the type's schema node, for a type given by its nodes at run time
+    /// (it has no generated code to reflect on). `None` for a generated
+    /// type. Errors say why the record's key cannot be read.
+    pub fn encode_by_node(&self, words: &[u64], out: &mut KeyBuf) -> Option<Result<(), String>> {
+        let key = self.node_key.as_ref()?;
+        let mut bytes = Vec::new();
+        Some(key.encode(words, &mut bytes).map(|()| out.push(&bytes)))
     }
 
     /// Appends the key bytes of the canonical record `words` to `out`
@@ -306,8 +361,15 @@ impl KeySpec {
     }
 
     /// The key's fields as schema handles, for reading them from records.
+    /// A type given by its nodes at run time has none (its keys are read
+    /// by [`Self::encode_by_node`]).
     pub fn resolved(&self) -> capnp::Result<ResolvedKey> {
-        let list = (self.schema_fn)().get_fields()?;
+        let schema_fn = self.schema_fn.ok_or_else(|| {
+            capnp::Error::failed(
+                "a type given by its schema nodes has no generated code to read keys with".into(),
+            )
+        })?;
+        let list = schema_fn().get_fields()?;
         Ok(ResolvedKey {
             fields: self.fields.iter().map(|(i, _, _)| list.get(*i)).collect(),
         })

@@ -307,7 +307,7 @@ mod tests {
             let spec = KeySpec::resolve(&info, names).unwrap();
             let resolved = spec.resolved().unwrap();
             let key_fields: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            let node = NodeKey::resolve(info.schema().get_proto(), &key_fields).unwrap();
+            let node = NodeKey::resolve(info.schema().unwrap().get_proto(), &key_fields).unwrap();
             for words in &records {
                 let mut expected = KeyBuf::new();
                 if !spec.encode_words(words, &mut expected) {
@@ -329,14 +329,16 @@ mod tests {
                 assert_eq!(in_place, got, "key {names:?} read in place");
             }
         }
-        let node = NodeKey::resolve(info.schema().get_proto(), &["name".into()]).unwrap();
+        let node = NodeKey::resolve(info.schema().unwrap().get_proto(), &["name".into()]).unwrap();
         let err = node
             .encode_struct(&records[1], 1, 4, 9, &mut Vec::new())
             .unwrap_err();
         assert!(err.contains("outside the words given"), "{err}");
-        let err = NodeKey::resolve(info.schema().get_proto(), &["ratio".into()]).unwrap_err();
+        let err =
+            NodeKey::resolve(info.schema().unwrap().get_proto(), &["ratio".into()]).unwrap_err();
         assert!(err.contains("ratio"), "{err}");
-        let err = NodeKey::resolve(info.schema().get_proto(), &["some".into()]).unwrap_err();
+        let err =
+            NodeKey::resolve(info.schema().unwrap().get_proto(), &["some".into()]).unwrap_err();
         assert!(err.contains("union"), "{err}");
     }
 }

@@ -16,7 +16,9 @@ use capnp::dynamic_value;
 use capnp::introspect::TypeVariant;
 use capnp::message::{ReaderOptions, ReaderSegments};
 use capnp::schema::StructSchema;
+use capnp::schema_capnp::{field, node, type_};
 use capnp::traits::{Owned, OwnedStruct};
+use std::sync::Arc;
 
 pub use crate::schema::key::{
     key_hash, Key, KeyBuf, KeyKind, KeyPart, KeySpec, QueryEncoder, ResolvedKey,
@@ -65,7 +67,30 @@ pub struct TypeInfo {
     pub type_id: u64,
     /// The node's display name, e.g. `examples/movies.capnp:Movie`.
     pub name: String,
-    pub(super) schema_fn: fn() -> StructSchema,
+    pub(super) source: TypeSource,
+}
+
+/// Where a type's schema comes from.
+#[derive(Clone)]
+pub(super) enum TypeSource {
+    /// Generated code: a function that produces its (static) schema.
+    Generated(fn() -> StructSchema),
+    /// Schema nodes given at run time ([`TypeInfo::from_nodes`]).
+    Nodes(Arc<RuntimeNodes>),
+}
+
+/// The nodes of a type given at run time: the struct's node and every
+/// struct and enum node its fields reach, each as a canonical message with
+/// a portable display name, sorted by id.
+pub(super) struct RuntimeNodes {
+    pub(super) nodes: Vec<(u64, Vec<capnp::Word>)>,
+}
+
+impl RuntimeNodes {
+    fn get(&self, id: u64) -> Option<&[capnp::Word]> {
+        let at = self.nodes.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+        Some(&self.nodes[at].1)
+    }
 }
 
 fn schema_of<T: RecordType>() -> StructSchema {
@@ -97,14 +122,124 @@ impl TypeInfo {
         TypeInfo {
             type_id: proto.get_id(),
             name,
-            schema_fn: schema_of::<T>,
+            source: TypeSource::Generated(schema_of::<T>),
         }
     }
 
-    /// The struct's schema.
-    pub fn schema(&self) -> StructSchema {
-        (self.schema_fn)()
+    /// The info of struct `type_id` described only by schema `nodes` (a
+    /// compiler's `CodeGeneratorRequest.nodes`, or a blob header's): no
+    /// generated code. The nodes of the struct and of every struct, group
+    /// and enum its fields reach are kept; a missing one, a generic struct
+    /// or a node that is not a struct is an error saying which.
+    pub fn from_nodes<'a>(
+        type_id: u64,
+        nodes: impl IntoIterator<Item = node::Reader<'a>>,
+    ) -> Result<TypeInfo, String> {
+        let all: std::collections::HashMap<u64, node::Reader<'a>> =
+            nodes.into_iter().map(|n| (n.get_id(), n)).collect();
+        let mut kept = std::collections::BTreeMap::new();
+        let mut stack = vec![type_id];
+        while let Some(id) = stack.pop() {
+            if kept.contains_key(&id) {
+                continue;
+            }
+            let n = all
+                .get(&id)
+                .ok_or_else(|| format!("node {id:#018x} is not among the schema's nodes"))?;
+            let e = |err: capnp::Error| format!("node {id:#018x}: {err}");
+            let ne = |err: capnp::NotInSchema| format!("node {id:#018x}: {err}");
+            match n.which().map_err(ne)? {
+                node::Struct(st) => {
+                    if n.get_is_generic() {
+                        return Err(format!(
+                            "{}: generic structs cannot be record types or fields",
+                            n.get_display_name()
+                                .map_err(e)?
+                                .to_str()
+                                .unwrap_or("(unnamed)")
+                        ));
+                    }
+                    for f in st.get_fields().map_err(e)? {
+                        match f.which().map_err(ne)? {
+                            field::Group(g) => stack.push(g.get_type_id()),
+                            field::Slot(slot) => {
+                                let mut ty = slot.get_type().map_err(e)?;
+                                loop {
+                                    match ty.which().map_err(ne)? {
+                                        type_::List(l) => ty = l.get_element_type().map_err(e)?,
+                                        type_::Struct(s) => break stack.push(s.get_type_id()),
+                                        type_::Enum(en) => break stack.push(en.get_type_id()),
+                                        _ => break,
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                node::Enum(_) => {}
+                _ if id == type_id => return Err(format!("node {id:#018x} is not a struct")),
+                _ => continue,
+            }
+            let words = crate::schema::blob::write::portable_canonical_node(*n).map_err(e)?;
+            kept.insert(id, words);
+        }
+        let runtime = RuntimeNodes {
+            nodes: kept.into_iter().collect(),
+        };
+        let name = runtime
+            .get(type_id)
+            .and_then(|words| {
+                let message = node_message(words);
+                let n: node::Reader<'_> = message.get_root().ok()?;
+                Some(n.get_display_name().ok()?.to_str().ok()?.to_string())
+            })
+            .unwrap_or_else(|| "<unnamed>".to_string());
+        Ok(TypeInfo {
+            type_id,
+            name,
+            source: TypeSource::Nodes(Arc::new(runtime)),
+        })
     }
+
+    /// The struct's generated schema; `None` for a type given by its
+    /// nodes ([`Self::from_nodes`]).
+    pub fn schema(&self) -> Option<StructSchema> {
+        match &self.source {
+            TypeSource::Generated(f) => Some(f()),
+            TypeSource::Nodes(_) => None,
+        }
+    }
+
+    /// Calls `f` with the struct's node (generated or given at run time).
+    pub fn with_node<R>(&self, f: impl FnOnce(node::Reader<'_>) -> R) -> capnp::Result<R> {
+        match &self.source {
+            TypeSource::Generated(schema) => Ok(f(schema().get_proto())),
+            TypeSource::Nodes(nodes) => {
+                let words = nodes.get(self.type_id).ok_or_else(|| {
+                    capnp::Error::failed(format!("{}: its node is missing", self.name))
+                })?;
+                let message = node_message(words);
+                Ok(f(message.get_root()?))
+            }
+        }
+    }
+
+    /// The nodes of a type given at run time (canonical, portable, by id);
+    /// `None` for generated code.
+    pub(crate) fn runtime_nodes(&self) -> Option<&[(u64, Vec<capnp::Word>)]> {
+        match &self.source {
+            TypeSource::Generated(_) => None,
+            TypeSource::Nodes(n) => Some(&n.nodes),
+        }
+    }
+}
+
+/// A reader over one canonical node message.
+pub(crate) fn node_message(words: &[capnp::Word]) -> capnp::message::Reader<OneSegment<'_>> {
+    capnp::message::Reader::new(
+        OneSegment(capnp::Word::words_to_bytes(words)),
+        ReaderOptions::new(),
+    )
 }
 /// A node's display name without the build machine's directories: the
 /// schema compiler names a node `<file as given>:<Outer.Inner>`, and a file
@@ -162,6 +297,13 @@ pub fn words_as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: u8 has no alignment or validity requirements; the length is
     // the same memory measured in bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+/// Views words as their little-endian bytes, to write them.
+pub fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `words_as_bytes`; every byte pattern is a valid u64,
+    // so any write through the bytes leaves valid words.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 #[cfg(not(target_endian = "little"))]

@@ -14,6 +14,8 @@ mod cli_explore;
 mod cli_notify;
 #[cfg(feature = "cli")]
 mod cli_pin;
+#[cfg(feature = "cli")]
+mod cli_publish;
 mod common;
 mod compression;
 mod conformance;

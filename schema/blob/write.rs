@@ -35,7 +35,7 @@ pub struct DatasetSchema {
 /// ([`crate::schema::record::portable_display_name`]): a build without
 /// `src_prefix` names nodes by the absolute path of their file, which must
 /// not reach blobs or the schema hash.
-fn portable_canonical_node(
+pub(crate) fn portable_canonical_node(
     node: capnp::schema_capnp::node::Reader<'_>,
 ) -> capnp::Result<Vec<capnp::Word>> {
     let mut message = capnp::message::Builder::new_default();
@@ -66,9 +66,16 @@ impl DatasetSchema {
     pub fn of(types: &[TypeInfo]) -> capnp::Result<Self> {
         use capnp::introspect::TypeVariant;
         let mut seen = std::collections::BTreeMap::new();
+        // A type given by its nodes brings them all.
+        for t in types {
+            for (id, words) in t.runtime_nodes().unwrap_or_default() {
+                seen.insert(*id, words.clone());
+            }
+        }
         let mut stack: Vec<TypeVariant> = types
             .iter()
-            .map(|t| TypeVariant::Struct(t.schema().into()))
+            .filter_map(|t| t.schema())
+            .map(|s| TypeVariant::Struct(s.into()))
             .collect();
         while let Some(ty) = stack.pop() {
             let node = match ty {
@@ -115,6 +122,17 @@ impl DatasetSchema {
 
     fn words(&self) -> usize {
         self.nodes.iter().map(|(_, w)| w.len()).sum()
+    }
+
+    /// A reader over each node (to read them as `node::Reader`s, for
+    /// [`crate::schema::evolve`]).
+    pub fn node_messages(
+        &self,
+    ) -> Vec<capnp::message::Reader<crate::schema::record::OneSegment<'_>>> {
+        self.nodes
+            .iter()
+            .map(|(_, words)| crate::schema::record::node_message(words))
+            .collect()
     }
 
     /// The struct size (data words, pointers) of node `id`, if it is one

@@ -7,7 +7,9 @@
 //! place, from a blob's segment, and renders it as JSON;
 //! [`DynamicSchema::render_path`] reads only the field a path names;
 //! [`DynamicSchema::key_from_text`] turns a key typed by a person into the
-//! canonical key bytes a lookup hashes (see [`key_text`]).
+//! canonical key bytes a lookup hashes (see [`key_text`]);
+//! [`RecordBuilder`] goes the other way, from JSON (the mapping below) to
+//! a record's message, for publishing records with no generated code.
 //!
 //! # The JSON mapping
 //!
@@ -48,6 +50,7 @@
 //! another element size than its type needs, are [`DynamicError`]s naming
 //! the field path where they were found; nothing panics.
 
+mod build;
 mod json;
 pub mod key_text;
 mod walk;
@@ -56,6 +59,7 @@ use capnp::schema_capnp::{field, node, type_, value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use build::{BuildError, BuildOptions, RecordBuilder};
 pub use json::{diff_values, RecordRef};
 pub use walk::Limits;
 
@@ -224,6 +228,10 @@ struct StructDecl {
     /// section; meaningful when `has_union`.
     discriminant_offset: u32,
     has_union: bool,
+    /// The struct's data section, in words (a group's: its struct's).
+    data_words: u16,
+    /// The struct's pointer section, in pointers (a group's: its struct's).
+    ptr_count: u16,
     /// Fields in code order.
     fields: Vec<Field>,
 }
@@ -231,6 +239,8 @@ struct StructDecl {
 /// An enum's enumerant names, by value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EnumDecl {
+    /// The enum's display name.
+    name: String,
     names: Vec<String>,
 }
 
@@ -265,8 +275,41 @@ impl DynamicSchema {
     pub fn from_nodes(
         nodes: capnp::struct_list::Reader<'_, node::Owned>,
     ) -> Result<Self, DynamicError> {
+        Self::from_node_iter(nodes.iter())
+    }
+
+    /// The schema of record types `types` (generated, or given by their
+    /// nodes at run time): their nodes and every node their fields reach,
+    /// as a producer of them writes into its headers.
+    pub fn of_types(types: &[crate::schema::record::TypeInfo]) -> Result<Self, DynamicError> {
+        let dataset =
+            crate::schema::blob::DatasetSchema::of(types).map_err(|e| DynamicError::Schema {
+                node: types
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: e.to_string(),
+            })?;
+        let messages = dataset.node_messages();
+        let mut nodes = Vec::with_capacity(messages.len());
+        for m in &messages {
+            nodes.push(
+                m.get_root::<node::Reader<'_>>()
+                    .map_err(|e| DynamicError::Schema {
+                        node: "(a node of the dataset's schema)".into(),
+                        reason: e.to_string(),
+                    })?,
+            );
+        }
+        Self::from_node_iter(nodes)
+    }
+
+    fn from_node_iter<'n>(
+        nodes: impl IntoIterator<Item = node::Reader<'n>>,
+    ) -> Result<Self, DynamicError> {
         let mut schema = DynamicSchema::default();
-        for n in nodes.iter() {
+        for n in nodes {
             let bad = |reason: String| DynamicError::Schema {
                 node: label(n),
                 reason,
@@ -287,6 +330,8 @@ impl DynamicSchema {
                         name: text(n.get_display_name()).map_err(&bad)?,
                         discriminant_offset: st.get_discriminant_offset(),
                         has_union: st.get_discriminant_count() > 0,
+                        data_words: st.get_data_word_count(),
+                        ptr_count: st.get_pointer_count(),
                         fields,
                     };
                     schema.structs.insert(n.get_id(), decl);
@@ -298,7 +343,8 @@ impl DynamicSchema {
                         .map(|e| text(e.get_name()))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(&bad)?;
-                    schema.enums.insert(n.get_id(), EnumDecl { names });
+                    let name = text(n.get_display_name()).map_err(&bad)?;
+                    schema.enums.insert(n.get_id(), EnumDecl { name, names });
                 }
                 _ => {}
             }

@@ -61,6 +61,7 @@
 mod blocking;
 mod builder;
 mod cycle;
+mod incremental;
 mod populate;
 mod restore;
 mod retention;
@@ -69,6 +70,7 @@ pub mod validate;
 mod write;
 
 pub use builder::ProducerBuilder;
+pub use incremental::Incremental;
 pub use populate::Populate;
 pub use retention::GcOutcome;
 pub use validate::{FnValidator, RecordCountChangeLimit, TypeChange, Validator};
@@ -246,6 +248,21 @@ pub enum ProducerError {
         /// The newest version the log announces.
         version: u64,
     },
+    /// An incremental cycle upserted or deleted a record of a type without
+    /// a primary key: such a record has no identity but its content.
+    #[error(
+        "{type_name} has no primary key: incremental cycles cannot upsert or delete its records"
+    )]
+    NotKeyed {
+        /// The type's display name.
+        type_name: String,
+    },
+    /// An incremental cycle ran on a producer with no announced state (a
+    /// new dataset): its first cycle must be a full one.
+    #[error(
+        "an incremental cycle needs an announced state: run a full cycle first (or restore one)"
+    )]
+    NoState,
     /// The producer cannot rebuild (or no longer matches) the log's state:
     /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]

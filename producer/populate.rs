@@ -69,7 +69,12 @@ impl<'a> Populate<'a> {
         self.batches
     }
 
-    fn type_index<T: RecordType>(&self) -> Result<usize, Error> {
+    /// How many records type `t`'s batch holds so far.
+    pub(super) fn records_in(&self, t: usize) -> u32 {
+        self.batches[t].len()
+    }
+
+    pub(super) fn type_index<T: RecordType>(&self) -> Result<usize, Error> {
         let id = TypeId::of::<T>();
         self.config
             .types

@@ -26,10 +26,29 @@ pub(crate) const NONE: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rec {
     start: u64,
-    len: u32,
     key_start: u64,
-    key_len: u32,
+    /// The key hash of the format (unseeded xxh3): what blobs carry.
     pub hash: u64,
+    /// The key hash of the producer's in-memory tables ([`seeded_hash`]).
+    seeded: u64,
+    len: u32,
+    key_len: u32,
+}
+
+/// The hash builder of the producer's in-memory tables: seeded at random
+/// once per process (foldhash, through hashbrown's default hasher), so
+/// that keys chosen to collide under the format's fixed xxh3 cannot make
+/// a cycle's probes quadratic. The blob's key index keeps xxh3: it is part
+/// of the format and every consumer must compute it.
+fn seeds() -> &'static hashbrown::DefaultHashBuilder {
+    static SEEDS: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(Default::default)
+}
+
+/// The seeded hash of key bytes (see [`seeds`]).
+pub(crate) fn seeded_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    seeds().hash_one(key)
 }
 
 /// One cycle's records of one type.
@@ -64,17 +83,23 @@ impl Batch {
     /// Records the last `len` words of `words` as a record with `key`.
     pub fn push(&mut self, start: usize, key: &[u8]) {
         let len = self.words.len() - start;
-        let (key_start, key_len, hash) = if self.keyed {
+        let (key_start, key_len, hash, seeded) = if self.keyed {
             let at = self.keys.len();
             self.keys.extend_from_slice(key);
             (
                 at as u64,
                 key.len() as u32,
                 crate::schema::record::key_hash(key),
+                seeded_hash(key),
             )
         } else {
             let bytes = crate::schema::record::words_as_bytes(&self.words[start..]);
-            (0, 0, crate::schema::record::key_hash(bytes))
+            (
+                0,
+                0,
+                crate::schema::record::key_hash(bytes),
+                seeded_hash(bytes),
+            )
         };
         self.recs.push(Rec {
             start: start as u64,
@@ -82,7 +107,26 @@ impl Batch {
             key_start,
             key_len,
             hash,
+            seeded,
         });
+    }
+
+    /// Appends a copy of record `r` of `other` (a batch of the same
+    /// type); returns its index here.
+    fn push_from(&mut self, other: &Batch, r: u32) -> u32 {
+        let rec = other.recs[r as usize];
+        let start = self.words.len();
+        self.words.extend_from_slice(other.record(r));
+        let key_start = self.keys.len();
+        if self.keyed {
+            self.keys.extend_from_slice(other.key(r));
+        }
+        self.recs.push(Rec {
+            start: start as u64,
+            key_start: key_start as u64,
+            ..rec
+        });
+        (self.recs.len() - 1) as u32
     }
 
     #[inline]
@@ -105,6 +149,17 @@ impl Batch {
     pub fn hash(&self, r: u32) -> u64 {
         self.recs[r as usize].hash
     }
+
+    /// Record `r`'s key hash for in-memory tables ([`seeded_hash`]).
+    #[inline]
+    pub fn seeded(&self, r: u32) -> u64 {
+        self.recs[r as usize].seeded
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> u32 {
+        self.recs.len() as u32
+    }
 }
 
 /// The last announced state of one type.
@@ -120,6 +175,9 @@ pub(crate) struct TypeState {
     free: BTreeSet<u32>,
     pub count: u32,
     pub total_words: usize,
+    /// Words of `batch` no live record uses (records an incremental cycle
+    /// replaced or removed): see [`TypeState::apply_patch`].
+    garbage_words: usize,
     /// Whether the announced state holds the type (a type registered but
     /// never announced, or absent from the restored state, does not).
     pub present: bool,
@@ -136,6 +194,7 @@ impl TypeState {
             free: BTreeSet::new(),
             count: 0,
             total_words: 0,
+            garbage_words: 0,
             present: false,
         }
     }
@@ -152,10 +211,22 @@ impl TypeState {
         }
     }
 
-    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+    /// The record index of `key`, given its [`seeded_hash`].
+    pub fn find(&self, seeded: u64, key: &[u8]) -> Option<u32> {
         self.table
-            .find(hash, |&q| self.batch.key(q) == key)
+            .find(seeded, |&q| self.batch.key(q) == key)
             .copied()
+    }
+
+    /// The ordinal of live record `r` of the batch.
+    pub fn ordinal_of(&self, r: u32) -> u32 {
+        self.ordinal_of[r as usize]
+    }
+
+    /// The free ordinals below the ordinal limit, lowest first: where new
+    /// keys go.
+    pub fn free_ordinals(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
     }
 
     /// Rebuilds a state from restored records, given by ordinal.
@@ -165,7 +236,7 @@ impl TypeState {
         let mut total_words = 0;
         for (r, &o) in ordinal_of.iter().enumerate() {
             rec_at[o as usize] = r as u32;
-            table.insert_unique(batch.hash(r as u32), r as u32, |&q| batch.hash(q));
+            table.insert_unique(batch.seeded(r as u32), r as u32, |&q| batch.seeded(q));
             total_words += batch.record(r as u32).len();
         }
         let free = (0..ordinal_limit)
@@ -179,8 +250,159 @@ impl TypeState {
             table,
             free,
             total_words,
+            garbage_words: 0,
             present: true,
         }
+    }
+}
+
+/// What an incremental cycle changes in one type: the records of its
+/// upserts batch (`new`) against the last announced state (`old`).
+/// Computed without touching the state ([`crate::producer`]'s incremental
+/// cycle), applied to it only once the version is announced
+/// ([`TypeState::apply_patch`]).
+#[derive(Default)]
+pub(crate) struct PatchDiff {
+    /// (ordinal, record in the upserts), sorted by ordinal.
+    pub added: Vec<(u32, u32)>,
+    /// (ordinal, record in the upserts, record in the state), sorted.
+    pub changed: Vec<(u32, u32, u32)>,
+    /// (ordinal, record in the state), sorted.
+    pub removed: Vec<(u32, u32)>,
+    /// The type was not in the last announced state: this cycle creates it.
+    pub created: bool,
+    pub count_after: u32,
+    pub limit_after: u32,
+}
+
+impl PatchDiff {
+    /// No record changed and the type was already there.
+    pub fn is_empty(&self) -> bool {
+        !self.created && self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Garbage (words of replaced or removed records) past this fraction of
+/// the live words makes [`TypeState::apply_patch`] compact the arena.
+const COMPACT_AT: (usize, usize) = (1, 4);
+
+impl TypeState {
+    /// Applies an announced incremental cycle's `diff` in place: the new
+    /// records are copied from `upserts` to the end of the arena, the old
+    /// ones become garbage, and `rec_at`, `ordinal_of`, the key table and
+    /// the free ordinals follow. Work in proportion to the diff, except
+    /// when garbage passes a quarter of the live words: the arena is then
+    /// compacted in place (see [`Self::compact`]), in proportion to the
+    /// type once every so many cycles.
+    pub fn apply_patch(&mut self, upserts: &Batch, diff: &PatchDiff) {
+        let new_words: usize = diff
+            .added
+            .iter()
+            .map(|&(_, r)| upserts.record(r).len())
+            .chain(
+                diff.changed
+                    .iter()
+                    .map(|&(_, r, _)| upserts.record(r).len()),
+            )
+            .sum();
+        let spare = self.batch.words.capacity() - self.batch.words.len();
+        if spare < new_words {
+            // Room for this diff and an eighth of the type more: growing
+            // by doubling would reserve as much again as the type holds.
+            self.batch
+                .words
+                .reserve_exact(new_words + self.total_words / 8);
+        }
+        let limit = diff.limit_after as usize;
+        if self.rec_at.len() < limit {
+            self.rec_at.resize(limit, NONE);
+        }
+        for &(o, r) in &diff.added {
+            let nr = self.batch.push_from(upserts, r);
+            self.ordinal_of.push(o);
+            self.rec_at[o as usize] = nr;
+            self.free.remove(&o);
+            let batch = &self.batch;
+            self.table
+                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.count += 1;
+            self.total_words += upserts.record(r).len();
+        }
+        for &(o, r, old) in &diff.changed {
+            let nr = self.batch.push_from(upserts, r);
+            self.ordinal_of.push(o);
+            self.rec_at[o as usize] = nr;
+            self.forget(old);
+            let batch = &self.batch;
+            self.table
+                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.total_words += upserts.record(r).len();
+        }
+        for &(o, old) in &diff.removed {
+            self.rec_at[o as usize] = NONE;
+            self.forget(old);
+            self.free.insert(o);
+            self.count -= 1;
+        }
+        self.present = true;
+        if self.garbage_words * COMPACT_AT.1 > self.total_words * COMPACT_AT.0 {
+            self.compact();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn garbage_words_for_test(&self) -> usize {
+        self.garbage_words
+    }
+
+    /// Takes record `r` out of the key table and the live words.
+    fn forget(&mut self, r: u32) {
+        if let Ok(entry) = self.table.find_entry(self.batch.seeded(r), |&q| q == r) {
+            entry.remove();
+        }
+        self.ordinal_of[r as usize] = NONE;
+        let len = self.batch.record(r).len();
+        self.total_words -= len;
+        self.garbage_words += len;
+    }
+
+    /// Moves the live records to the front of the arena, in arena order,
+    /// and renumbers them: no second arena is allocated, so compaction
+    /// needs no memory beyond what the type already holds.
+    fn compact(&mut self) {
+        let batch = &mut self.batch;
+        let (mut words, mut keys, mut n) = (0usize, 0usize, 0usize);
+        for r in 0..batch.recs.len() {
+            let o = self.ordinal_of[r];
+            if o == NONE {
+                continue;
+            }
+            let rec = batch.recs[r];
+            let (start, len) = (rec.start as usize, rec.len as usize);
+            batch.words.copy_within(start..start + len, words);
+            let (key_start, key_len) = (rec.key_start as usize, rec.key_len as usize);
+            batch.keys.copy_within(key_start..key_start + key_len, keys);
+            batch.recs[n] = Rec {
+                start: words as u64,
+                key_start: keys as u64,
+                ..rec
+            };
+            self.ordinal_of[n] = o;
+            self.rec_at[o as usize] = n as u32;
+            words += len;
+            keys += key_len;
+            n += 1;
+        }
+        batch.words.truncate(words);
+        batch.keys.truncate(keys);
+        batch.recs.truncate(n);
+        self.ordinal_of.truncate(n);
+        self.table.clear();
+        for r in 0..n as u32 {
+            self.table
+                .insert_unique(batch.seeded(r), r, |&q| batch.seeded(q));
+        }
+        self.garbage_words = 0;
     }
 }
 
@@ -235,7 +457,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
     for r in 0..n as u32 {
-        let hash = batch.hash(r);
+        let hash = batch.seeded(r);
         let key = batch.key(r);
         if table.find(hash, |&q| batch.key(q) == key).is_some() {
             if keyed {
@@ -243,7 +465,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
             }
             continue; // identical record of a type without a key: one record
         }
-        table.insert_unique(hash, r, |&q| batch.hash(q));
+        table.insert_unique(hash, r, |&q| batch.seeded(q));
         match prev.find(hash, key) {
             Some(pr) => {
                 let o = prev.ordinal_of[pr as usize];
@@ -303,6 +525,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
             free,
             count,
             total_words,
+            garbage_words: 0,
             present: true,
         },
     })

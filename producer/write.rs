@@ -5,8 +5,9 @@
 //! The forward delta (previous → new) and the reverse delta (new →
 //! previous) are mirror images: what one removes the other sets, and a
 //! changed record is set to its new bytes going forward and to its old
-//! bytes going back. Both are built by [`delta_blob`], called once per
-//! [`Direction`], so the two cannot disagree on what a cycle changed.
+//! bytes going back. Both are built from one [`Changed`] (the records a
+//! full or an incremental cycle changed), one [`Direction`] each, so the
+//! two cannot disagree on what a cycle changed.
 //!
 //! The same mirror holds for whole types: a type the cycle creates (newly
 //! registered) is set from nothing going forward and dropped going back; a
@@ -15,7 +16,7 @@
 //! an empty type, with its name and key fields.
 
 use super::builder::Config;
-use super::state::{TypeDiff, TypeState, UnregisteredType};
+use super::state::{Batch, TypeDiff, TypeState, UnregisteredType};
 use crate::blobstore::BlobName;
 use crate::error::Error;
 use crate::schema::blob::{
@@ -37,44 +38,98 @@ enum Direction {
 /// One type's part of a delta in one direction: the ordinals it removes
 /// (with the key hash of the record that leaves) and the ordinals it sets
 /// (with their record and key hash), each sorted by ordinal.
-struct TypeDelta<'a> {
+pub(super) struct TypeDelta<'a> {
     removed: Vec<(u32, u64)>,
     set: Vec<(u32, &'a [u64], u64)>,
-    /// The state the delta leads to.
-    after: &'a TypeState,
+    /// The type's record count and ordinal limit once applied.
+    count_after: u32,
+    limit_after: u32,
 }
 
-/// One type's delta in `direction`, given its diff against `prev`.
-fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction) -> TypeDelta<'a> {
-    let next = &diff.next;
-    // `from` is the state the delta is applied to, `to` the one it makes;
-    // `leaving` are ordinals in `from` only, `arriving` ordinals in `to` only.
-    let (from, to, leaving, arriving) = match direction {
-        Direction::Forward => (prev, next, &diff.removed, &diff.added),
-        Direction::Reverse => (next, prev, &diff.added, &diff.removed),
-    };
-    let removed = leaving
-        .iter()
-        .map(|&(o, r)| (o, from.batch.hash(r)))
-        .collect();
-    let mut set: Vec<(u32, &[u64], u64)> = arriving
-        .iter()
-        .map(|&(o, r)| (o, to.batch.record(r), to.batch.hash(r)))
-        .chain(diff.changed.iter().map(|&(o, in_next, in_prev)| {
-            let r = match direction {
-                Direction::Forward => in_next,
-                Direction::Reverse => in_prev,
-            };
-            // A changed record keeps its key: no hash (see
-            // `TypeDelta.keyHashes`).
-            (o, to.batch.record(r), 0)
-        }))
-        .collect();
-    set.sort_unstable_by_key(|x| x.0);
-    TypeDelta {
-        removed,
-        set,
-        after: to,
+/// What a cycle changes in one type, in both directions.
+pub(super) struct TypeDeltas<'a> {
+    /// The type was not in the last announced state: the forward delta
+    /// creates it, the reverse delta drops it.
+    created: bool,
+    forward: TypeDelta<'a>,
+    reverse: TypeDelta<'a>,
+}
+
+/// The records a cycle changed in one type, as ordinals and record
+/// indices: `added` (ordinal, record in `new`), `changed` (ordinal, record
+/// in `new`, record in `old`), `removed` (ordinal, record in `old`). A full
+/// cycle's `new` is its whole next state; an incremental cycle's is its
+/// upserts.
+pub(super) struct Changed<'a> {
+    pub added: &'a [(u32, u32)],
+    pub changed: &'a [(u32, u32, u32)],
+    pub removed: &'a [(u32, u32)],
+    pub created: bool,
+    pub old: &'a Batch,
+    pub new: &'a Batch,
+    /// (record count, ordinal limit) before and after.
+    pub before: (u32, u32),
+    pub after: (u32, u32),
+}
+
+impl<'a> Changed<'a> {
+    /// The forward and reverse parts; `None` if nothing changed.
+    pub(super) fn deltas(&self) -> Option<TypeDeltas<'a>> {
+        if !self.created
+            && self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+        {
+            return None;
+        }
+        Some(TypeDeltas {
+            created: self.created,
+            forward: self.part(Direction::Forward),
+            reverse: self.part(Direction::Reverse),
+        })
+    }
+
+    fn part(&self, direction: Direction) -> TypeDelta<'a> {
+        // `from` holds the records that leave, `to` those that arrive.
+        let (from, to, leaving, arriving, after) = match direction {
+            Direction::Forward => (self.old, self.new, self.removed, self.added, self.after),
+            Direction::Reverse => (self.new, self.old, self.added, self.removed, self.before),
+        };
+        let removed = leaving.iter().map(|&(o, r)| (o, from.hash(r))).collect();
+        let mut set: Vec<(u32, &[u64], u64)> = arriving
+            .iter()
+            .map(|&(o, r)| (o, to.record(r), to.hash(r)))
+            .chain(self.changed.iter().map(|&(o, in_new, in_old)| {
+                let r = match direction {
+                    Direction::Forward => in_new,
+                    Direction::Reverse => in_old,
+                };
+                // A changed record keeps its key: no hash (see
+                // `TypeDelta.keyHashes`).
+                (o, to.record(r), 0)
+            }))
+            .collect();
+        set.sort_unstable_by_key(|x| x.0);
+        TypeDelta {
+            removed,
+            set,
+            count_after: after.0,
+            limit_after: after.1,
+        }
+    }
+}
+
+/// A full cycle's [`Changed`]: its diff against `prev`.
+pub(super) fn full_changes<'a>(diff: &'a TypeDiff, prev: &'a TypeState) -> Changed<'a> {
+    Changed {
+        added: &diff.added,
+        changed: &diff.changed,
+        removed: &diff.removed,
+        created: diff.created,
+        old: &prev.batch,
+        new: &diff.next.batch,
+        before: (prev.count, prev.ordinal_limit()),
+        after: (diff.next.count, diff.next.ordinal_limit()),
     }
 }
 
@@ -86,7 +141,7 @@ struct Entry<'a> {
     name: &'a str,
     key_fields: &'a [String],
     /// `None`: the entry drops the type.
-    part: Option<TypeDelta<'a>>,
+    part: Option<&'a TypeDelta<'a>>,
 }
 
 /// The entry that re-creates `state` on a state without the type: every
@@ -97,7 +152,8 @@ fn recreate(state: &TypeState) -> TypeDelta<'_> {
         set: (0..state.ordinal_limit())
             .filter_map(|o| state.get(o).map(|(words, hash)| (o, words, hash)))
             .collect(),
-        after: state,
+        count_after: state.count,
+        limit_after: state.ordinal_limit(),
     }
 }
 
@@ -108,21 +164,22 @@ fn delta_blob(
     head: &HeaderInfo<'_>,
     req: &WriteRequest<'_>,
 ) -> Result<Vec<u8>, Error> {
+    let recreated: Vec<TypeDelta<'_>> = match direction {
+        Direction::Forward => Vec::new(),
+        Direction::Reverse => req
+            .unregistered
+            .iter()
+            .map(|u| recreate(&u.state))
+            .collect(),
+    };
     let mut entries: Vec<Entry<'_>> = Vec::new();
-    for (slot, ((t, d), prev)) in config
-        .types
-        .iter()
-        .zip(req.diffs)
-        .zip(req.prev_types)
-        .enumerate()
-    {
-        if d.is_empty() {
-            continue;
-        }
+    for (slot, (t, d)) in config.types.iter().zip(req.types).enumerate() {
+        let Some(d) = d else { continue };
         // A type this cycle creates is dropped going back.
         let part = match (d.created, direction) {
             (true, Direction::Reverse) => None,
-            _ => Some(type_delta(d, prev, direction)),
+            (_, Direction::Reverse) => Some(&d.reverse),
+            (_, Direction::Forward) => Some(&d.forward),
         };
         entries.push(Entry {
             slot: slot as u16,
@@ -139,10 +196,7 @@ fn delta_blob(
             type_id: u.type_id,
             name: &u.name,
             key_fields: &u.key_fields,
-            part: match direction {
-                Direction::Forward => None,
-                Direction::Reverse => Some(recreate(&u.state)),
-            },
+            part: recreated.get(j),
         });
     }
     let sources: Vec<DeltaTypeSource<'_>> = entries
@@ -154,8 +208,8 @@ fn delta_blob(
                 key_fields: e.key_fields,
                 removed: &part.removed,
                 set: &part.set,
-                record_count_after: part.after.count,
-                ordinal_limit_after: part.after.ordinal_limit(),
+                record_count_after: part.count_after,
+                ordinal_limit_after: part.limit_after,
                 dropped: false,
                 slot: e.slot,
             },
@@ -186,12 +240,14 @@ pub(super) struct WriteRequest<'a> {
     pub version: u64,
     /// The last announced version; `None` on the first cycle (no deltas).
     pub prev_version: Option<u64>,
-    pub diffs: &'a [TypeDiff],
-    pub prev_types: &'a [TypeState],
+    /// Each registered type's change, `None` where nothing changed.
+    pub types: &'a [Option<TypeDeltas<'a>>],
     /// Types the last announced state holds that this producer does not
     /// register: this cycle drops them.
     pub unregistered: &'a [UnregisteredType],
-    pub with_snapshot: bool,
+    /// The new state of each registered type, when the cycle writes a
+    /// snapshot (full cycles only: an incremental cycle never does).
+    pub snapshot: Option<&'a [&'a TypeState]>,
     pub cycle_start_micros: i64,
 }
 
@@ -219,20 +275,20 @@ pub(super) fn write_blobs(
         let reverse = delta_blob(config, Direction::Reverse, &head(version, prev), req)?;
         out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
     }
-    if req.with_snapshot {
+    if let Some(states) = req.snapshot {
         let sources: Vec<SnapshotTypeSource<'_>> = config
             .types
             .iter()
-            .zip(req.diffs)
+            .zip(states)
             .enumerate()
-            .map(|(slot, (t, d))| SnapshotTypeSource {
+            .map(|(slot, (t, &next))| SnapshotTypeSource {
                 slot: slot as u16,
                 info: &t.info,
                 key_fields: &t.key_fields,
-                ordinal_limit: d.next.ordinal_limit(),
-                record_count: d.next.count,
-                total_words: d.next.total_words,
-                records: &d.next,
+                ordinal_limit: next.ordinal_limit(),
+                record_count: next.count,
+                total_words: next.total_words,
+                records: next,
                 indexes: &t.indexes,
             })
             .collect();

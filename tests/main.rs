@@ -37,6 +37,7 @@ mod gc_retention;
 mod golden;
 mod hostile;
 mod hostile_v2;
+mod incremental;
 mod index;
 mod limits;
 mod load;

@@ -1,0 +1,329 @@
+//! Invariant: incremental cycles (upserts and deletes by key) and full
+//! cycles alternate on one chain, across restarts and pins, and a consumer
+//! that follows the deltas, a consumer that starts from the newest
+//! snapshot and one that walks back by reverse deltas all hold the model;
+//! a failed incremental cycle leaves the producer at its last announced
+//! state and the next one chains on.
+
+use crate::common::*;
+use burrow::announcer::AnnouncementLog;
+use burrow::blobstore::{BlobName, BlobStore};
+use burrow::producer::{FnValidator, Producer, ProducerBuilder, ProducerError};
+use burrow::schema::examples::movies_capnp::movie;
+use burrow::schema::examples::probe_capnp::probe;
+use burrow::testing::faults::FaultyStore;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn build(store: &BlobStore, snapshot_every: u32) -> Producer {
+    ProducerBuilder::new(store.clone())
+        .producer_id("incr")
+        .retention(None)
+        .snapshot_every(snapshot_every)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap()
+}
+
+/// The model after generation `g`'s changes: a few records changed, one
+/// removed, two added.
+fn step(model: &Model, g: u64, next_id: &mut u64) -> Model {
+    let mut next = model.clone();
+    let ids: Vec<u64> = model.keys().copied().collect();
+    for k in 0..3 {
+        let id = ids[(g as usize * 7 + k * 11) % ids.len()];
+        next.insert(id, movie_value(id, g));
+    }
+    next.remove(&ids[(g as usize * 5) % ids.len()]);
+    for _ in 0..2 {
+        next.insert(*next_id, movie_value(*next_id, g));
+        *next_id += 1;
+    }
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_and_incremental_cycles_alternate_with_restarts_and_a_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let mut producer = build(&store, 3);
+    let follower = consumer(&store, &dir.path().join("follower"));
+    let mut model: Model = (0..40).map(|i| (i, movie_value(i, 0))).collect();
+    let mut next_id = 40;
+    let mut history: BTreeMap<u64, Model> = BTreeMap::new();
+    let first = publish(&producer, &model).await.unwrap();
+    history.insert(first.version, model.clone());
+
+    for g in 1..=14u64 {
+        if g == 6 || g == 11 {
+            // A restart: the restored producer's next cycle (incremental
+            // here) chains on.
+            producer = build(&store, 3);
+            assert_eq!(
+                producer.restore().await.unwrap(),
+                history.keys().last().copied()
+            );
+        }
+        let next = step(&model, g, &mut next_id);
+        let full = g % 4 == 0;
+        let report = if full {
+            publish(&producer, &next).await.unwrap()
+        } else {
+            publish_incremental(&producer, &model, &next).await.unwrap()
+        };
+        assert!(report.published, "generation {g}");
+        if !full {
+            assert!(
+                report
+                    .blobs
+                    .iter()
+                    .all(|(n, _)| !matches!(n, BlobName::Snapshot(_))),
+                "an incremental cycle writes no snapshot: {:?}",
+                report.blobs
+            );
+            let c = &report.changes[0];
+            assert_eq!((c.added, c.removed), (2, 1), "generation {g}");
+        }
+        model = next;
+        history.insert(report.version, model.clone());
+
+        follower.refresh().await.unwrap();
+        assert_eq!(follower.version(), Some(report.version));
+        assert_eq!(snapshot_of(&follower), model, "delta follower at {g}");
+        let fresh = consumer(&store, &dir.path().join(format!("fresh-{g}")));
+        fresh.refresh().await.unwrap();
+        assert_eq!(snapshot_of(&fresh), model, "fresh consumer at {g}");
+    }
+
+    // A pin moves consumers back; incremental cycles go on under it, and
+    // the unpin brings consumers to the newest.
+    let log = AnnouncementLog::new(store.clone());
+    let (&pinned, pinned_model) = history.iter().nth(5).unwrap();
+    log.pin(pinned, "operator").await.unwrap();
+    follower.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&follower), *pinned_model);
+    let next = step(&model, 99, &mut next_id);
+    let report = publish_incremental(&producer, &model, &next).await.unwrap();
+    model = next;
+    history.insert(report.version, model.clone());
+    assert!(follower.refresh().await.unwrap().is_none(), "still pinned");
+    log.unpin("operator").await.unwrap();
+    follower.refresh().await.unwrap();
+    assert_eq!(follower.version(), Some(report.version));
+    assert_eq!(snapshot_of(&follower), model);
+
+    // Back through every version.
+    let back = consumer(&store, &dir.path().join("back"));
+    back.refresh().await.unwrap();
+    for (version, expected) in history.iter().rev() {
+        back.refresh_to(*version).await.unwrap();
+        assert_eq!(&snapshot_of(&back), expected, "moved back to {version}");
+    }
+}
+
+#[tokio::test]
+async fn what_an_incremental_cycle_counts_as_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = build(&store, 1);
+    let reader = consumer(&store, &dir.path().join("c"));
+    let mut model: Model = (0..5).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+
+    // Nothing, an unchanged upsert, a delete of an absent key: no version.
+    for (what, report) in [
+        (
+            "no operation",
+            producer.run_incremental_cycle(|_| Ok(())).await,
+        ),
+        (
+            "an unchanged upsert",
+            producer
+                .run_incremental_cycle(|inc| upsert_movie(inc, 1, &model[&1]))
+                .await,
+        ),
+        (
+            "a delete of an absent key",
+            producer
+                .run_incremental_cycle(|inc| inc.delete::<movie::Owned, _>(&77u64))
+                .await,
+        ),
+        (
+            "an upsert of a new key then its delete",
+            producer
+                .run_incremental_cycle(|inc| {
+                    upsert_movie(inc, 50, &movie_value(50, 0))?;
+                    inc.delete::<movie::Owned, _>(&50u64)
+                })
+                .await,
+        ),
+    ] {
+        let report = report.unwrap();
+        assert!(!report.published, "{what} makes no version");
+        assert_eq!(report.version, v1, "{what}");
+    }
+
+    // The last operation on a key wins: 2 is written twice (the second
+    // stays), 3 deleted then upserted (stays, changed), 4 upserted then
+    // deleted (gone).
+    let report = producer
+        .run_incremental_cycle(|inc| {
+            upsert_movie(inc, 2, &movie_value(2, 8))?;
+            upsert_movie(inc, 2, &movie_value(2, 9))?;
+            inc.delete::<movie::Owned, _>(&3u64)?;
+            upsert_movie(inc, 3, &movie_value(3, 9))?;
+            upsert_movie(inc, 4, &movie_value(4, 9))?;
+            inc.delete::<movie::Owned, _>(&4u64)
+        })
+        .await
+        .unwrap();
+    assert!(report.published);
+    let c = &report.changes[0];
+    assert_eq!((c.added, c.changed, c.removed), (0, 2, 1));
+    model.insert(2, movie_value(2, 9));
+    model.insert(3, movie_value(3, 9));
+    model.remove(&4);
+    reader.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&reader), model);
+
+    // A key of the wrong shape is refused, naming the type.
+    let err = producer
+        .run_incremental_cycle(|inc| inc.delete::<movie::Owned, _>("not an id"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Movie"), "{err}");
+    assert_eq!(producer.version().await, Some(report.version));
+}
+
+#[tokio::test]
+async fn types_without_a_key_and_producers_without_a_state_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = ProducerBuilder::new(store.clone())
+        .retention(None)
+        .primary_key::<movie::Owned>(&["id"])
+        .record_type::<probe::Owned>()
+        .build()
+        .unwrap();
+    // No state yet: the first cycle must be a full one.
+    let err = producer
+        .run_incremental_cycle(|inc| upsert_movie(inc, 1, &movie_value(1, 0)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            burrow::Error::Producer(ProducerError::Cycle { source, .. })
+                if matches!(**source, burrow::Error::Producer(ProducerError::NoState))
+        ),
+        "{err}"
+    );
+    let model: Model = (0..3).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let err = producer
+        .run_incremental_cycle(|inc| {
+            inc.upsert::<probe::Owned>(|mut p| {
+                p.set_name("x");
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Probe has no primary key"),
+        "{err}"
+    );
+    let err = producer
+        .run_incremental_cycle(|inc| inc.delete::<probe::Owned, _>("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Probe has no primary key"),
+        "{err}"
+    );
+    assert_eq!(producer.version().await, Some(v1));
+
+    // A second producer with no state on a store with announcements must
+    // restore first.
+    let other = build(&store, 1);
+    let err = other
+        .run_incremental_cycle(|inc| upsert_movie(inc, 1, &movie_value(1, 0)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("restore()"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_or_failed_incremental_cycle_leaves_the_announced_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix({
+            std::fs::create_dir_all(dir.path().join("store")).unwrap();
+            dir.path().join("store")
+        })
+        .unwrap(),
+    );
+    let faulty = Arc::new(FaultyStore::new(local.clone()));
+    let producer_store = BlobStore::new(faulty.clone(), "");
+    let clean_store = BlobStore::new(local, "");
+    let refuse = Arc::new(AtomicBool::new(false));
+    let refusing = refuse.clone();
+    let producer = ProducerBuilder::new(producer_store)
+        .retention(None)
+        .primary_key::<movie::Owned>(&["id"])
+        .validator(FnValidator::new("switch", move |_, _| {
+            if refusing.load(Ordering::SeqCst) {
+                Err("switched off".into())
+            } else {
+                Ok(())
+            }
+        }))
+        .build()
+        .unwrap();
+    let reader = consumer(&clean_store, &dir.path().join("cache"));
+    let mut model: Model = (0..30).map(|i| (i, movie_value(i, 0))).collect();
+    let mut version = publish(&producer, &model).await.unwrap().version;
+    let mut next_id = 30;
+
+    // A validator refusal.
+    let next = step(&model, 1, &mut next_id);
+    refuse.store(true, Ordering::SeqCst);
+    let err = publish_incremental(&producer, &model, &next)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("switched off"), "{err}");
+    assert_eq!(producer.version().await, Some(version));
+    refuse.store(false, Ordering::SeqCst);
+
+    // The store failing each call of the cycle in turn.
+    let mut failures = 0;
+    for k in 0..12u64 {
+        let next = step(&model, k + 2, &mut next_id);
+        faulty.fail_after(k);
+        let result = publish_incremental(&producer, &model, &next).await;
+        faulty.heal();
+        match result {
+            Ok(report) => version = report.version,
+            Err(e) => {
+                failures += 1;
+                assert!(e.to_string().contains("failed at step"), "k={k}: {e}");
+                assert_eq!(producer.version().await, Some(version), "k={k}");
+                let _ = reader.refresh().await;
+                assert_eq!(snapshot_of(&reader), model, "k={k}: nothing followed");
+                // The same changes again chain on from the announced state.
+                let report = publish_incremental(&producer, &model, &next).await.unwrap();
+                assert!(report.published && report.version > version, "k={k}");
+                version = report.version;
+            }
+        }
+        model = next;
+        reader.refresh().await.unwrap();
+        assert_eq!(reader.version(), Some(version), "k={k}");
+        assert_eq!(snapshot_of(&reader), model, "k={k}: after recovery");
+    }
+    assert!(failures >= 4, "only {failures} cycles met a failure");
+    let fresh = consumer(&clean_store, &dir.path().join("fresh"));
+    fresh.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&fresh), model);
+}

@@ -9,7 +9,9 @@
 use super::blocking::blocking;
 use super::builder::Config;
 use super::populate::Populate;
+use super::state::Changed;
 use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
+use super::validate::CycleDiff;
 use super::write::{full_changes, write_blobs, WriteRequest};
 use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
@@ -167,18 +169,19 @@ impl Producer {
         }
 
         // 5. Validate.
-        validate(config, version, &changes)?;
+        let changed: Vec<_> = diffs
+            .iter()
+            .zip(prev_types)
+            .map(|(d, prev)| full_changes(d, prev))
+            .collect();
+        validate(config, version, &changes, &changed)?;
         timer.done(CycleStep::Validate);
 
         // 6. Write and publish; bump past names taken by orphans.
         let prev_entry = last.map(|a| &a.entry);
         let cycles_since = last.map_or(0, |a| a.cycles_since_snapshot + 1);
         let with_snapshot = prev_entry.is_none() || cycles_since >= config.snapshot_every;
-        let deltas: Vec<_> = diffs
-            .iter()
-            .zip(prev_types)
-            .map(|(d, prev)| full_changes(d, prev).deltas())
-            .collect();
+        let deltas: Vec<_> = changed.iter().map(|c| c.deltas()).collect();
         let next: Vec<&TypeState> = diffs.iter().map(|d| &d.next).collect();
         let (version, blobs) = write_and_publish(
             config,
@@ -193,7 +196,7 @@ impl Producer {
             },
         )
         .await?;
-        drop(deltas);
+        drop((deltas, changed));
         timer.done(CycleStep::Publish);
 
         // 7. Announce.
@@ -396,21 +399,44 @@ fn changes(
         .collect()
 }
 
-/// Step 5: runs the validators in order; the first refusal stops the cycle.
-pub(super) fn validate(config: &Config, version: u64, changes: &[TypeChange]) -> Result<(), Error> {
+/// Step 5: runs the count validators, then the record validators, each in
+/// order; the first refusal stops the cycle.
+pub(super) fn validate(
+    config: &Config,
+    version: u64,
+    changes: &[TypeChange],
+    diffs: &[Changed<'_>],
+) -> Result<(), Error> {
+    let refused = |validator: &str, reason| {
+        cycle_err(CycleStep::Validate, version)(
+            ProducerError::Validation {
+                validator: validator.to_string(),
+                version,
+                reason,
+            }
+            .into(),
+        )
+    };
     for v in &config.validators {
-        v.validate(version, changes).map_err(|reason| {
-            cycle_err(CycleStep::Validate, version)(
-                ProducerError::Validation {
-                    validator: v.name().to_string(),
-                    version,
-                    reason,
-                }
-                .into(),
-            )
-        })?;
+        v.validate(version, changes)
+            .map_err(|reason| refused(v.name(), reason))?;
     }
-    Ok(())
+    if config.record_validators.is_empty() {
+        return Ok(());
+    }
+    let cycle = CycleDiff {
+        version,
+        changes,
+        types: &config.types,
+        diffs,
+    };
+    blocking(|| {
+        for v in &config.record_validators {
+            v.validate(&cycle)
+                .map_err(|reason| refused(v.name(), reason))?;
+        }
+        Ok(())
+    })
 }
 
 /// A blob of the cycle as stored (compressed or not).

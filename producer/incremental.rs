@@ -39,8 +39,9 @@ use super::cycle::{
     StepTimer,
 };
 use super::populate::Populate;
+use super::state::Changed;
 use super::state::{seeded_hash, Batch, PatchDiff, TypeState};
-use super::write::{Changed, WriteRequest};
+use super::write::WriteRequest;
 use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
 use crate::error::Error;
 use crate::schema::key::Key;
@@ -334,28 +335,27 @@ impl Producer {
         }
 
         // 5. Validate.
-        validate(config, version, &changes)?;
-        timer.done(CycleStep::Validate);
-
-        // 6. Write the delta and reverse delta, and publish them.
-        let deltas: Vec<_> = diffs
+        let changed: Vec<Changed<'_>> = diffs
             .iter()
             .zip(&ops)
             .zip(&last.types)
-            .map(|((d, ops), prev)| {
-                Changed {
-                    added: &d.added,
-                    changed: &d.changed,
-                    removed: &d.removed,
-                    created: d.created,
-                    old: &prev.batch,
-                    new: &ops.upserts,
-                    before: (prev.count, prev.ordinal_limit()),
-                    after: (d.count_after, d.limit_after),
-                }
-                .deltas()
+            .map(|((d, ops), prev)| Changed {
+                added: &d.added,
+                changed: &d.changed,
+                removed: &d.removed,
+                created: d.created,
+                prev,
+                next: None,
+                new: &ops.upserts,
+                before: (prev.count, prev.ordinal_limit()),
+                after: (d.count_after, d.limit_after),
             })
             .collect();
+        validate(config, version, &changes, &changed)?;
+        timer.done(CycleStep::Validate);
+
+        // 6. Write the delta and reverse delta, and publish them.
+        let deltas: Vec<_> = changed.iter().map(Changed::deltas).collect();
         let (version, blobs) = write_and_publish(
             config,
             WriteRequest {
@@ -369,7 +369,7 @@ impl Producer {
             },
         )
         .await?;
-        drop(deltas);
+        drop((deltas, changed));
         timer.done(CycleStep::Publish);
 
         // 7. Announce; only then does the state change, in place.

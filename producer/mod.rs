@@ -73,7 +73,10 @@ pub use builder::ProducerBuilder;
 pub use incremental::Incremental;
 pub use populate::Populate;
 pub use retention::GcOutcome;
-pub use validate::{FnValidator, RecordCountChangeLimit, TypeChange, Validator};
+pub use validate::{
+    CycleDiff, FnRecordValidator, FnValidator, Record, RecordChanges, RecordCountChangeLimit,
+    RecordValidator, TypeChange, Validator,
+};
 
 use crate::announcer::Announcement;
 use crate::blobstore::BlobName;

@@ -442,6 +442,46 @@ impl TypeDiff {
     }
 }
 
+/// The records a cycle changed in one type, as ordinals and record
+/// indices: `added` (ordinal, record in `new`), `changed` (ordinal, record
+/// in `new`, record in `prev`), `removed` (ordinal, record in `prev`). A
+/// full cycle's `new` is its whole next state; an incremental cycle's is
+/// its upserts. What the blob writer writes and validators read.
+pub(crate) struct Changed<'a> {
+    pub added: &'a [(u32, u32)],
+    pub changed: &'a [(u32, u32, u32)],
+    pub removed: &'a [(u32, u32)],
+    pub created: bool,
+    /// The last announced state.
+    pub prev: &'a TypeState,
+    /// The new state, when the cycle built it whole (a full cycle); an
+    /// incremental cycle's new state is `prev` with the changes over it.
+    pub next: Option<&'a TypeState>,
+    pub new: &'a Batch,
+    /// (record count, ordinal limit) before and after.
+    pub before: (u32, u32),
+    pub after: (u32, u32),
+}
+
+impl Changed<'_> {
+    /// The record at `ordinal` in the new state.
+    pub fn record_after(&self, ordinal: u32) -> Option<&[u64]> {
+        if let Some(next) = self.next {
+            return next.get(ordinal).map(|(words, _)| words);
+        }
+        if let Ok(i) = self.added.binary_search_by_key(&ordinal, |x| x.0) {
+            return Some(self.new.record(self.added[i].1));
+        }
+        if let Ok(i) = self.changed.binary_search_by_key(&ordinal, |x| x.0) {
+            return Some(self.new.record(self.changed[i].1));
+        }
+        if self.removed.binary_search_by_key(&ordinal, |x| x.0).is_ok() {
+            return None;
+        }
+        self.prev.get(ordinal).map(|(words, _)| words)
+    }
+}
+
 /// A key seen twice in one cycle.
 pub(crate) struct Duplicate {
     pub key: Vec<u8>,

@@ -16,7 +16,7 @@
 //! an empty type, with its name and key fields.
 
 use super::builder::Config;
-use super::state::{Batch, TypeDiff, TypeState, UnregisteredType};
+use super::state::{Changed, TypeDiff, TypeState, UnregisteredType};
 use crate::blobstore::BlobName;
 use crate::error::Error;
 use crate::schema::blob::{
@@ -55,23 +55,6 @@ pub(super) struct TypeDeltas<'a> {
     reverse: TypeDelta<'a>,
 }
 
-/// The records a cycle changed in one type, as ordinals and record
-/// indices: `added` (ordinal, record in `new`), `changed` (ordinal, record
-/// in `new`, record in `old`), `removed` (ordinal, record in `old`). A full
-/// cycle's `new` is its whole next state; an incremental cycle's is its
-/// upserts.
-pub(super) struct Changed<'a> {
-    pub added: &'a [(u32, u32)],
-    pub changed: &'a [(u32, u32, u32)],
-    pub removed: &'a [(u32, u32)],
-    pub created: bool,
-    pub old: &'a Batch,
-    pub new: &'a Batch,
-    /// (record count, ordinal limit) before and after.
-    pub before: (u32, u32),
-    pub after: (u32, u32),
-}
-
 impl<'a> Changed<'a> {
     /// The forward and reverse parts; `None` if nothing changed.
     pub(super) fn deltas(&self) -> Option<TypeDeltas<'a>> {
@@ -90,10 +73,11 @@ impl<'a> Changed<'a> {
     }
 
     fn part(&self, direction: Direction) -> TypeDelta<'a> {
+        let old = &self.prev.batch;
         // `from` holds the records that leave, `to` those that arrive.
         let (from, to, leaving, arriving, after) = match direction {
-            Direction::Forward => (self.old, self.new, self.removed, self.added, self.after),
-            Direction::Reverse => (self.new, self.old, self.added, self.removed, self.before),
+            Direction::Forward => (old, self.new, self.removed, self.added, self.after),
+            Direction::Reverse => (self.new, old, self.added, self.removed, self.before),
         };
         let removed = leaving.iter().map(|&(o, r)| (o, from.hash(r))).collect();
         let mut set: Vec<(u32, &[u64], u64)> = arriving
@@ -126,7 +110,8 @@ pub(super) fn full_changes<'a>(diff: &'a TypeDiff, prev: &'a TypeState) -> Chang
         changed: &diff.changed,
         removed: &diff.removed,
         created: diff.created,
-        old: &prev.batch,
+        prev,
+        next: Some(&diff.next),
         new: &diff.next.batch,
         before: (prev.count, prev.ordinal_limit()),
         after: (diff.next.count, diff.next.ordinal_limit()),

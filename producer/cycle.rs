@@ -13,7 +13,9 @@ use super::state::Changed;
 use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
 use super::validate::CycleDiff;
 use super::write::{full_changes, write_blobs, WriteRequest};
-use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
+use super::{
+    Announced, CycleEvent, CycleReport, CycleStamp, CycleStep, Producer, ProducerError, TypeChange,
+};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
 use crate::blobstore::{BlobName, StoreError};
 use crate::error::{Error, FormatError};
@@ -135,8 +137,9 @@ impl Producer {
         timer.done(CycleStep::Mint);
 
         // 2. Populate.
-        let batches =
+        let (batches, tags) =
             blocking(|| run_populate(config, last.map(|a| a.types.as_slice()), version, populate))?;
+        let stamp = CycleStamp::new(cycle_start_micros, &config.tags, tags);
         let populate_time = started.elapsed();
         timer.done(CycleStep::Populate);
 
@@ -192,7 +195,8 @@ impl Producer {
                 types: &deltas,
                 unregistered,
                 snapshot: with_snapshot.then_some(next.as_slice()),
-                cycle_start_micros,
+                cycle: &stamp,
+                prev_cycle: last.map(|a| &a.cycle),
             },
         )
         .await?;
@@ -217,6 +221,7 @@ impl Producer {
             types: diffs.into_iter().map(|d| d.next).collect(),
             // Dropped by this cycle.
             unregistered: Vec::new(),
+            cycle: stamp,
         });
         Ok(published_report(
             entry,
@@ -334,13 +339,14 @@ fn run_populate<F>(
     prev: Option<&[TypeState]>,
     version: u64,
     populate: F,
-) -> Result<Vec<Batch>, Error>
+) -> Result<(Vec<Batch>, Vec<(String, String)>), Error>
 where
     F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
 {
     let mut pop = Populate::new(config, prev);
     populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
-    Ok(pop.into_batches())
+    let tags = pop.take_tags();
+    Ok((pop.into_batches(), tags))
 }
 
 /// Step 3: identifies each type's records against its last announced

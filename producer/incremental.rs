@@ -42,7 +42,9 @@ use super::populate::Populate;
 use super::state::Changed;
 use super::state::{seeded_hash, Batch, PatchDiff, TypeState};
 use super::write::WriteRequest;
-use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
+use super::{
+    Announced, CycleEvent, CycleReport, CycleStamp, CycleStep, Producer, ProducerError, TypeChange,
+};
 use crate::error::Error;
 use crate::schema::key::Key;
 use crate::schema::record::{KeyBuf, RecordType};
@@ -128,6 +130,12 @@ impl<'a> Incremental<'a> {
         self.upserts.add_reader::<T>(record)?;
         self.ops[t].push(Op::Upsert(self.upserts.records_in(t) - 1));
         Ok(())
+    }
+
+    /// Sets a header tag for this cycle's blobs only, as
+    /// [`Populate::tag`] does for a full cycle.
+    pub fn tag(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.upserts.tag(key, value);
     }
 
     /// Deletes the record of `key` (its key fields' values, as
@@ -267,29 +275,30 @@ impl Producer {
         timer.done(CycleStep::Mint);
 
         // 2. The caller's changes.
-        let ops = blocking(|| {
+        let (ops, tags) = blocking(|| {
             let mut inc = Incremental::new(config);
             changes(&mut inc).map_err(cycle_err(CycleStep::Populate, version))?;
             let Incremental {
-                upserts,
+                mut upserts,
                 ops,
                 deletes,
                 ..
             } = inc;
-            Ok::<_, Error>(
-                upserts
-                    .into_batches()
-                    .into_iter()
-                    .zip(deletes)
-                    .zip(ops)
-                    .map(|((upserts, deletes), ops)| TypeOps {
-                        upserts,
-                        deletes,
-                        ops,
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            let tags = upserts.take_tags();
+            let ops = upserts
+                .into_batches()
+                .into_iter()
+                .zip(deletes)
+                .zip(ops)
+                .map(|((upserts, deletes), ops)| TypeOps {
+                    upserts,
+                    deletes,
+                    ops,
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, Error>((ops, tags))
         })?;
+        let stamp = CycleStamp::new(cycle_start_micros, &config.tags, tags);
         let populate_time = started.elapsed();
         timer.done(CycleStep::Populate);
 
@@ -365,7 +374,8 @@ impl Producer {
                 types: &deltas,
                 unregistered: &last.unregistered,
                 snapshot: None,
-                cycle_start_micros,
+                cycle: &stamp,
+                prev_cycle: Some(&last.cycle),
             },
         )
         .await?;
@@ -394,6 +404,7 @@ impl Producer {
         });
         last.entry = entry.clone();
         last.cycles_since_snapshot += 1;
+        last.cycle = stamp;
         // Dropped by this cycle.
         last.unregistered.clear();
         Ok(published_report(

@@ -285,6 +285,36 @@ struct Announced {
     /// Types the announced state holds that this producer does not
     /// register (found by restore): the next cycle drops them.
     unregistered: Vec<state::UnregisteredType>,
+    /// The cycle that made the state: the next cycle's reverse delta,
+    /// which leads back to it, carries its start time and tags.
+    cycle: CycleStamp,
+}
+
+/// When a cycle began and the header tags it wrote.
+#[derive(Debug, Clone, Default)]
+struct CycleStamp {
+    start_micros: i64,
+    tags: Vec<(String, String)>,
+}
+
+impl CycleStamp {
+    /// The tags of a cycle: the producer's own ([`ProducerBuilder::header_tag`])
+    /// with the cycle's over them (a cycle's tag replaces a producer's tag
+    /// of the same key; of a key set twice in a cycle, the last value).
+    fn new(start_micros: i64, defaults: &[(String, String)], cycle: Vec<(String, String)>) -> Self {
+        let mut tags: Vec<(String, String)> = defaults
+            .iter()
+            .filter(|(k, _)| !cycle.iter().any(|(c, _)| c == k))
+            .cloned()
+            .collect();
+        for (k, v) in cycle {
+            match tags.iter_mut().find(|(t, _)| *t == k) {
+                Some(slot) => slot.1 = v,
+                None => tags.push((k, v)),
+            }
+        }
+        CycleStamp { start_micros, tags }
+    }
 }
 
 /// Publishes a dataset. `Send + Sync`; cycles run one at a time.

@@ -17,6 +17,7 @@
 
 use super::builder::Config;
 use super::state::{Changed, TypeDiff, TypeState, UnregisteredType};
+use super::CycleStamp;
 use crate::blobstore::BlobName;
 use crate::error::Error;
 use crate::schema::blob::{
@@ -233,7 +234,34 @@ pub(super) struct WriteRequest<'a> {
     /// The new state of each registered type, when the cycle writes a
     /// snapshot (full cycles only: an incremental cycle never does).
     pub snapshot: Option<&'a [&'a TypeState]>,
-    pub cycle_start_micros: i64,
+    /// This cycle's start and tags, in the header of its snapshot and
+    /// delta.
+    pub cycle: &'a CycleStamp,
+    /// The start and tags of the cycle that made the last announced state,
+    /// in the header of the reverse delta, which leads back to it.
+    pub prev_cycle: Option<&'a CycleStamp>,
+}
+
+/// The header of a blob from `from` to `to`, stamped with `cycle`: the
+/// cycle that made the state at `to` (for a reverse delta, the previous
+/// cycle), so that a consumer's state tells its data's age on any path.
+fn header<'a>(
+    config: &'a Config,
+    dataset_id: DatasetId,
+    from: u64,
+    to: u64,
+    cycle: &'a CycleStamp,
+) -> HeaderInfo<'a> {
+    HeaderInfo {
+        dataset_id,
+        from_version: from,
+        to_version: to,
+        producer_id: &config.producer_id,
+        cycle_start_micros: cycle.start_micros,
+        schema: &config.schema,
+        tags: &cycle.tags,
+        max_list_shift: config.max_list_shift,
+    }
 }
 
 /// Builds the blobs of one cycle: the delta and reverse delta (unless this
@@ -243,21 +271,23 @@ pub(super) fn write_blobs(
     req: &WriteRequest<'_>,
 ) -> Result<Vec<(BlobName, Bytes)>, Error> {
     let version = req.version;
-    let head = |from, to| HeaderInfo {
-        dataset_id: req.dataset_id,
-        from_version: from,
-        to_version: to,
-        producer_id: &config.producer_id,
-        cycle_start_micros: req.cycle_start_micros,
-        schema: &config.schema,
-        tags: &config.tags,
-        max_list_shift: config.max_list_shift,
-    };
+    let head = |from, to, cycle| header(config, req.dataset_id, from, to, cycle);
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
-        let forward = delta_blob(config, Direction::Forward, &head(prev, version), req)?;
+        let forward = delta_blob(
+            config,
+            Direction::Forward,
+            &head(prev, version, req.cycle),
+            req,
+        )?;
         out.push((BlobName::Delta(prev, version), Bytes::from(forward)));
-        let reverse = delta_blob(config, Direction::Reverse, &head(version, prev), req)?;
+        let back_to = req.prev_cycle.unwrap_or(req.cycle);
+        let reverse = delta_blob(
+            config,
+            Direction::Reverse,
+            &head(version, prev, back_to),
+            req,
+        )?;
         out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
     }
     if let Some(states) = req.snapshot {
@@ -277,7 +307,7 @@ pub(super) fn write_blobs(
                 indexes: &t.indexes,
             })
             .collect();
-        let snapshot = write_snapshot(&head(0, version), &sources)?;
+        let snapshot = write_snapshot(&head(0, version, req.cycle), &sources)?;
         out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
     }
     Ok(out)

@@ -453,3 +453,130 @@ async fn record_validators_see_the_records_of_full_and_incremental_cycles() {
     assert_eq!(changed, (20..23).map(|i| (i, i)).collect::<Vec<_>>());
     assert_eq!(after, next.keys().copied().collect::<Vec<_>>());
 }
+
+/// Invariant: a consumer's state tells the tags and start time of the
+/// cycle that made it, whichever way it got there (snapshot, delta, or a
+/// reverse delta back to a pinned version).
+#[tokio::test]
+async fn per_cycle_tags_and_start_time_reach_consumers() {
+    use burrow::testing::ManualClock;
+    use std::time::{Duration, UNIX_EPOCH};
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let producer = ProducerBuilder::new(store.clone())
+        .retention(None)
+        .clock(clock.clone())
+        .snapshot_every(100)
+        .header_tag("team", "catalog")
+        .header_tag("source", "default")
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let follower = consumer(&store, &dir.path().join("c"));
+    let start = |s: u64| {
+        UNIX_EPOCH
+            + Duration::from_micros(ManualClock::UNIX_START_MICROS as u64)
+            + Duration::from_secs(s)
+    };
+    let tags = |source: &str| {
+        vec![
+            ("team".to_string(), "catalog".to_string()),
+            ("source".to_string(), source.to_string()),
+        ]
+    };
+
+    // Large enough that reverse deltas are cheaper than the snapshot.
+    let mut model: Model = (0..500).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = producer
+        .run_cycle(|p| {
+            p.tag("source", "batch-41");
+            add_model(p, &model)
+        })
+        .await
+        .unwrap()
+        .version;
+    follower.refresh().await.unwrap();
+    let state = follower.state().unwrap();
+    assert_eq!(state.tags(), tags("batch-41").as_slice());
+    assert_eq!(state.cycle_started_at(), start(0));
+
+    // An incremental cycle 60 s later, with its own tag; a full cycle
+    // after it with none (the producer's default again).
+    clock.advance(Duration::from_secs(60));
+    let next: Model = {
+        let mut m = model.clone();
+        m.insert(1, movie_value(1, 1));
+        m
+    };
+    let v2 = producer
+        .run_incremental_cycle(|inc| {
+            inc.tag("source", "ignored");
+            inc.tag("source", "batch-42");
+            add_changes(inc, &model, &next)
+        })
+        .await
+        .unwrap()
+        .version;
+    model = next;
+    follower.refresh().await.unwrap();
+    let state = follower.state().unwrap();
+    assert_eq!(state.version(), v2);
+    assert_eq!(state.tag("source"), Some("batch-42"));
+    assert_eq!(state.cycle_started_at(), start(60));
+    clock.advance(Duration::from_secs(60));
+    model.insert(2, movie_value(2, 2));
+    publish(&producer, &model).await.unwrap();
+    follower.refresh().await.unwrap();
+    let state = follower.state().unwrap();
+    assert_eq!(state.tags(), tags("default").as_slice());
+    assert_eq!(state.cycle_started_at(), start(120));
+
+    // Pinned back to v1 through reverse deltas: v1's cycle again.
+    let log = AnnouncementLog::new(store.clone());
+    log.pin(v1, "operator").await.unwrap();
+    let report = follower.refresh().await.unwrap().unwrap();
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| matches!(s, burrow::consumer::Step::Reverse(..))),
+        "{:?}",
+        report.steps
+    );
+    let state = follower.state().unwrap();
+    assert_eq!(state.tag("source"), Some("batch-41"));
+    assert_eq!(state.cycle_started_at(), start(0));
+
+    // A restored producer's reverse delta leads back to its state's cycle.
+    log.unpin("operator").await.unwrap();
+    let restored = ProducerBuilder::new(store.clone())
+        .retention(None)
+        .clock(clock.clone())
+        .snapshot_every(100)
+        .primary_key::<movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let v3 = restored.restore().await.unwrap().unwrap();
+    clock.advance(Duration::from_secs(60));
+    let v4 = restored
+        .run_incremental_cycle(|inc| upsert_movie(inc, 3, &movie_value(3, 3)))
+        .await
+        .unwrap()
+        .version;
+    follower.refresh().await.unwrap();
+    assert_eq!(follower.state().unwrap().version(), v4);
+    assert!(follower.state().unwrap().tags().is_empty());
+    let report = follower.refresh_to(v3).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            report.steps.as_slice(),
+            [burrow::consumer::Step::Reverse(..)]
+        ),
+        "{:?}",
+        report.steps
+    );
+    let state = follower.state().unwrap();
+    assert_eq!(state.tags(), tags("default").as_slice());
+    assert_eq!(state.cycle_started_at(), start(120));
+}

@@ -32,6 +32,32 @@
 //! [`Producer::restore`] rebuilds the last announced state from the store,
 //! so a restarted producer's next cycle is a delta on the chain.
 //!
+//! **Incremental cycles** ([`Producer::run_incremental_cycle`], module
+//! `incremental`) replace steps 2 and 3: the caller upserts and deletes
+//! records by primary key ([`Incremental`]), the changes are diffed against
+//! the last announced state without touching it, the delta and reverse
+//! delta (never a snapshot) are validated, published and announced as in a
+//! full cycle, and only then are the changes applied to the state in place
+//! (appended to the type's arena, its tables updated; the arena is
+//! compacted in place once garbage passes a quarter of the live words).
+//! Time and memory follow the changes, not the dataset. Full and
+//! incremental cycles alternate on one chain; snapshots come from full
+//! cycles (an incremental cycle counts towards `snapshot_every`).
+//!
+//! **Validators** ([`Validator`], [`RecordValidator`]) run on both kinds
+//! of cycle, the record validators seeing the changed records and the new
+//! state ([`CycleDiff`]).
+//!
+//! **Header tags** are the producer's ([`ProducerBuilder::header_tag`])
+//! with the cycle's over them ([`Populate::tag`], [`Incremental::tag`]).
+//! Every blob's header carries the start time and tags of the cycle that
+//! made the state at its `toVersion`: a reverse delta carries the previous
+//! cycle's, so a consumer's state tells its data's age on any path.
+//!
+//! The producer's in-memory key tables hash keys with a per-process random
+//! seed (`state::seeded_hash`), so that keys chosen to collide cannot make
+//! a cycle quadratic; the blob's key index keeps the format's xxh3.
+//!
 //! The dataset's identity ([`crate::schema::dataset_id`]) is minted by the
 //! first cycle of a new dataset (no state, empty log), written into every
 //! blob header and announcement from then on, taken back from the log by
@@ -49,6 +75,7 @@
 //! - `state`: the last announced state of each type and the per-cycle diff
 //!   (identify).
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
+//! - `incremental`: [`Producer::run_incremental_cycle`] and [`Incremental`].
 //! - `write`: the bytes of the delta, reverse delta (one function, two
 //!   directions) and snapshot.
 //! - `restore`: [`Producer::restore`].

@@ -14,7 +14,8 @@ use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
 use super::validate::CycleDiff;
 use super::write::{full_changes, write_blobs, WriteRequest};
 use super::{
-    Announced, CycleEvent, CycleReport, CycleStamp, CycleStep, Producer, ProducerError, TypeChange,
+    Announced, CycleEvent, CycleReport, CycleStamp, CycleStep, Producer, ProducerError, Tags,
+    TypeChange,
 };
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
 use crate::blobstore::{BlobName, StoreError};
@@ -339,7 +340,7 @@ fn run_populate<F>(
     prev: Option<&[TypeState]>,
     version: u64,
     populate: F,
-) -> Result<(Vec<Batch>, Vec<(String, String)>), Error>
+) -> Result<(Vec<Batch>, Tags), Error>
 where
     F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
 {

@@ -317,19 +317,22 @@ struct Announced {
     cycle: CycleStamp,
 }
 
+/// Header tags, as (key, value) pairs in written order.
+type Tags = Vec<(String, String)>;
+
 /// When a cycle began and the header tags it wrote.
 #[derive(Debug, Clone, Default)]
 struct CycleStamp {
     start_micros: i64,
-    tags: Vec<(String, String)>,
+    tags: Tags,
 }
 
 impl CycleStamp {
     /// The tags of a cycle: the producer's own ([`ProducerBuilder::header_tag`])
     /// with the cycle's over them (a cycle's tag replaces a producer's tag
     /// of the same key; of a key set twice in a cycle, the last value).
-    fn new(start_micros: i64, defaults: &[(String, String)], cycle: Vec<(String, String)>) -> Self {
-        let mut tags: Vec<(String, String)> = defaults
+    fn new(start_micros: i64, defaults: &[(String, String)], cycle: Tags) -> Self {
+        let mut tags: Tags = defaults
             .iter()
             .filter(|(k, _)| !cycle.iter().any(|(c, _)| c == k))
             .cloned()

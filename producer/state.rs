@@ -70,8 +70,11 @@ impl Batch {
     }
 
     /// An empty batch with room for `words` record words and `records`
-    /// records.
+    /// records, and an eighth more records: the batch becomes the
+    /// announced state, which incremental cycles append to (see
+    /// [`TypeState::apply_patch`]).
     pub fn with_capacity(keyed: bool, words: usize, records: usize) -> Self {
+        let records = records + records / 8;
         Batch {
             words: Vec::with_capacity(words),
             recs: Vec::with_capacity(records),
@@ -282,6 +285,14 @@ impl PatchDiff {
     }
 }
 
+/// Makes room for `more` elements in `v`, and an eighth of its length
+/// more, if it has less.
+fn reserve<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more + v.len() / 8);
+    }
+}
+
 /// Garbage (words of replaced or removed records) past this fraction of
 /// the live words makes [`TypeState::apply_patch`] compact the arena.
 const COMPACT_AT: (usize, usize) = (1, 4);
@@ -305,16 +316,25 @@ impl TypeState {
                     .map(|&(_, r, _)| upserts.record(r).len()),
             )
             .sum();
-        let spare = self.batch.words.capacity() - self.batch.words.len();
-        if spare < new_words {
-            // Room for this diff and an eighth of the type more: growing
-            // by doubling would reserve as much again as the type holds.
-            self.batch
-                .words
-                .reserve_exact(new_words + self.total_words / 8);
-        }
+        // Room for this diff and an eighth of the type more, where it is
+        // short: growing by doubling would reserve as much again as the
+        // type holds.
+        let new_recs = diff.added.len() + diff.changed.len();
+        let new_keys: usize = diff
+            .added
+            .iter()
+            .map(|&(_, r)| r)
+            .chain(diff.changed.iter().map(|&(_, r, _)| r))
+            .map(|r| upserts.key(r).len())
+            .sum();
+        reserve(&mut self.batch.words, new_words);
+        reserve(&mut self.batch.keys, new_keys);
+        reserve(&mut self.batch.recs, new_recs);
+        reserve(&mut self.ordinal_of, new_recs);
         let limit = diff.limit_after as usize;
         if self.rec_at.len() < limit {
+            let more = limit - self.rec_at.len();
+            reserve(&mut self.rec_at, more);
             self.rec_at.resize(limit, NONE);
         }
         for &(o, r) in &diff.added {
@@ -491,8 +511,10 @@ pub(crate) struct Duplicate {
 /// types without a key merge identical records (they are one record).
 pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<TypeDiff, Duplicate> {
     let n = batch.recs.len();
-    let mut table: HashTable<u32> = HashTable::with_capacity(n);
-    let mut ordinal_of = vec![NONE; n];
+    // An eighth more room in the state's tables, for incremental cycles.
+    let mut table: HashTable<u32> = HashTable::with_capacity(n + n / 8);
+    let mut ordinal_of = Vec::with_capacity(n + n / 8);
+    ordinal_of.resize(n, NONE);
     let mut seen = vec![false; prev.rec_at.len()];
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
@@ -542,7 +564,8 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
     added.sort_unstable();
     changed.sort_unstable();
     free.extend(removed.iter().map(|&(o, _)| o));
-    let mut rec_at = vec![NONE; limit as usize];
+    let mut rec_at = Vec::with_capacity(limit as usize + limit as usize / 8);
+    rec_at.resize(limit as usize, NONE);
     let mut count = 0;
     let mut total_words = 0;
     for (r, &o) in ordinal_of.iter().enumerate() {

@@ -63,10 +63,12 @@ pub async fn produce(
         seed,
     } = *workload;
     let store = BlobStore::local(dir.join("store"))?;
+    let steps = Arc::new(Steps::default());
     let producer = ProducerBuilder::new(store)
         .producer_id("bench")
         .snapshot_every(snapshot_every)
         .primary_key::<movie::Owned>(&["id"])
+        .listener(steps.clone())
         .build()?;
     let mut data = Dataset::new(records, seed);
     let mut cycles = Vec::new();
@@ -105,7 +107,17 @@ pub async fn produce(
     // change, after the full cycles.
     let incremental = if snapshot_every > 1 {
         let edits = data.advance(5, change, churn.unwrap_or(0.0));
-        Some(incremental_cycle(&producer, &data, &edits).await?)
+        steps.0.lock().map_err(|_| anyhow!("poisoned"))?.clear();
+        let mut figures = incremental_cycle(&producer, &data, &edits).await?;
+        let steps: serde_json::Map<String, serde_json::Value> = steps
+            .0
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .iter()
+            .map(|(step, seconds)| (step.clone(), json!(seconds)))
+            .collect();
+        figures["steps"] = serde_json::Value::Object(steps);
+        Some(figures)
     } else {
         None
     };
@@ -114,6 +126,20 @@ pub async fn produce(
         json!({ "cycles": cycles, "peak_rss_bytes": peak, "incremental": incremental })
     );
     Ok(())
+}
+
+/// The duration of each step of the producer's cycles, as they finish.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<(String, f64)>>);
+
+impl burrow::producer::CycleListener for Steps {
+    fn on_event(&self, event: &burrow::producer::CycleEvent<'_>) {
+        if let burrow::producer::CycleEvent::StepDone { step, duration } = event {
+            if let Ok(mut steps) = self.0.lock() {
+                steps.push((step.to_string(), duration.as_secs_f64()));
+            }
+        }
+    }
 }
 
 /// Resident memory now (`VmRSS`), in bytes.

@@ -165,14 +165,16 @@ struct TypeOps {
 }
 
 impl TypeOps {
-    fn key(&self, op: Op) -> (&[u8], u64) {
+    fn key_bytes(&self, op: Op) -> &[u8] {
         match op {
-            Op::Upsert(r) => (self.upserts.key(r), self.upserts.seeded(r)),
-            Op::Delete(k) => {
-                let key = self.deletes.key(k);
-                (key, seeded_hash(key))
-            }
+            Op::Upsert(r) => self.upserts.key(r),
+            Op::Delete(k) => self.deletes.key(k),
         }
+    }
+
+    fn key(&self, op: Op) -> (&[u8], u64) {
+        let key = self.key_bytes(op);
+        (key, seeded_hash(key))
     }
 
     /// The last operation on each key, in the order the operations came.
@@ -182,7 +184,7 @@ impl TypeOps {
         for (i, &op) in self.ops.iter().enumerate() {
             let (key, hash) = self.key(op);
             let i = i as u32;
-            match table.find_mut(hash, |&q| self.key(self.ops[q as usize]).0 == key) {
+            match table.find_mut(hash, |&q| self.key_bytes(self.ops[q as usize]) == key) {
                 Some(q) => {
                     last[*q as usize] = false;
                     *q = i;

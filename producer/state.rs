@@ -29,8 +29,6 @@ pub(crate) struct Rec {
     key_start: u64,
     /// The key hash of the format (unseeded xxh3): what blobs carry.
     pub hash: u64,
-    /// The key hash of the producer's in-memory tables ([`seeded_hash`]).
-    seeded: u64,
     len: u32,
     key_len: u32,
 }
@@ -86,23 +84,17 @@ impl Batch {
     /// Records the last `len` words of `words` as a record with `key`.
     pub fn push(&mut self, start: usize, key: &[u8]) {
         let len = self.words.len() - start;
-        let (key_start, key_len, hash, seeded) = if self.keyed {
+        let (key_start, key_len, hash) = if self.keyed {
             let at = self.keys.len();
             self.keys.extend_from_slice(key);
             (
                 at as u64,
                 key.len() as u32,
                 crate::schema::record::key_hash(key),
-                seeded_hash(key),
             )
         } else {
             let bytes = crate::schema::record::words_as_bytes(&self.words[start..]);
-            (
-                0,
-                0,
-                crate::schema::record::key_hash(bytes),
-                seeded_hash(bytes),
-            )
+            (0, 0, crate::schema::record::key_hash(bytes))
         };
         self.recs.push(Rec {
             start: start as u64,
@@ -110,7 +102,6 @@ impl Batch {
             key_start,
             key_len,
             hash,
-            seeded,
         });
     }
 
@@ -153,10 +144,13 @@ impl Batch {
         self.recs[r as usize].hash
     }
 
-    /// Record `r`'s key hash for in-memory tables ([`seeded_hash`]).
+    /// Record `r`'s key hash for in-memory tables ([`seeded_hash`]),
+    /// computed from its key bytes: not stored, so that a record costs no
+    /// more memory than before seeding (the tables call it once per
+    /// insert and probe, and again only when they grow).
     #[inline]
     pub fn seeded(&self, r: u32) -> u64 {
-        self.recs[r as usize].seeded
+        seeded_hash(self.key(r))
     }
 
     /// How many records the batch holds.

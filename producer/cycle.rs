@@ -185,7 +185,11 @@ impl Producer {
         let prev_entry = last.map(|a| &a.entry);
         let cycles_since = last.map_or(0, |a| a.cycles_since_snapshot + 1);
         let with_snapshot = prev_entry.is_none() || cycles_since >= config.snapshot_every;
-        let deltas: Vec<_> = changed.iter().map(|c| c.deltas()).collect();
+        // The first cycle of a chain writes no delta.
+        let deltas: Vec<_> = match prev_entry {
+            Some(_) => changed.iter().map(|c| c.deltas()).collect(),
+            None => Vec::new(),
+        };
         let next: Vec<&TypeState> = diffs.iter().map(|d| &d.next).collect();
         let (version, blobs) = write_and_publish(
             config,

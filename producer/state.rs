@@ -68,11 +68,8 @@ impl Batch {
     }
 
     /// An empty batch with room for `words` record words and `records`
-    /// records, and an eighth more records: the batch becomes the
-    /// announced state, which incremental cycles append to (see
-    /// [`TypeState::apply_patch`]).
+    /// records.
     pub fn with_capacity(keyed: bool, words: usize, records: usize) -> Self {
-        let records = records + records / 8;
         Batch {
             words: Vec::with_capacity(words),
             recs: Vec::with_capacity(records),
@@ -505,10 +502,8 @@ pub(crate) struct Duplicate {
 /// types without a key merge identical records (they are one record).
 pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<TypeDiff, Duplicate> {
     let n = batch.recs.len();
-    // An eighth more room in the state's tables, for incremental cycles.
-    let mut table: HashTable<u32> = HashTable::with_capacity(n + n / 8);
-    let mut ordinal_of = Vec::with_capacity(n + n / 8);
-    ordinal_of.resize(n, NONE);
+    let mut table: HashTable<u32> = HashTable::with_capacity(n);
+    let mut ordinal_of = vec![NONE; n];
     let mut seen = vec![false; prev.rec_at.len()];
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
@@ -558,8 +553,7 @@ pub(crate) fn identify(prev: &TypeState, batch: Batch, keyed: bool) -> Result<Ty
     added.sort_unstable();
     changed.sort_unstable();
     free.extend(removed.iter().map(|&(o, _)| o));
-    let mut rec_at = Vec::with_capacity(limit as usize + limit as usize / 8);
-    rec_at.resize(limit as usize, NONE);
+    let mut rec_at = vec![NONE; limit as usize];
     let mut count = 0;
     let mut total_words = 0;
     for (r, &o) in ordinal_of.iter().enumerate() {

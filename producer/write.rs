@@ -69,7 +69,17 @@ impl<'a> Changed<'a> {
         Some(TypeDeltas {
             created: self.created,
             forward: self.part(Direction::Forward),
-            reverse: self.part(Direction::Reverse),
+            // A type the cycle creates is dropped going back: no part.
+            reverse: if self.created {
+                TypeDelta {
+                    removed: Vec::new(),
+                    set: Vec::new(),
+                    count_after: 0,
+                    limit_after: 0,
+                }
+            } else {
+                self.part(Direction::Reverse)
+            },
         })
     }
 

@@ -474,13 +474,16 @@ pub(super) async fn write_and_publish(
         // Each blob is compressed here, so the puts, the announcement's
         // byte counts and the report all see the stored objects.
         let written = blocking(|| {
-            write_blobs(config, &req, |name, raw| {
-                Ok(Stored {
-                    name,
-                    raw_bytes: raw.len() as u64,
-                    bytes: config.compression.compress(raw)?,
+            write_blobs(config, &req)?
+                .into_iter()
+                .map(|(name, raw)| {
+                    Ok(Stored {
+                        name,
+                        raw_bytes: raw.len() as u64,
+                        bytes: config.compression.compress(raw)?,
+                    })
                 })
-            })
+                .collect::<Result<Vec<_>, Error>>()
         })
         .map_err(cycle_err(CycleStep::WriteBlobs, version))?;
         match publish(config, &written).await {

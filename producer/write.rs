@@ -274,60 +274,51 @@ fn header<'a>(
     }
 }
 
-/// Builds the blobs of one cycle, the delta and reverse delta (unless
-/// this is the first cycle) and the snapshot if one is due, each on a
-/// thread of its own and handed to `finish` there (the cycle compresses
-/// it), so that a cycle's blobs are built on both cores. Returns what
-/// `finish` made of each, in that order.
-pub(super) fn write_blobs<T: Send>(
+/// Builds the blobs of one cycle: the delta and reverse delta (unless this
+/// is the first cycle), then the snapshot if one is due.
+pub(super) fn write_blobs(
     config: &Config,
     req: &WriteRequest<'_>,
-    finish: impl Fn(BlobName, Bytes) -> Result<T, Error> + Sync,
-) -> Result<Vec<T>, Error> {
+) -> Result<Vec<(BlobName, Bytes)>, Error> {
     let version = req.version;
     let head = |from, to, cycle| header(config, req.dataset_id, from, to, cycle);
-    let finish = &finish;
-    std::thread::scope(|s| {
-        let mut jobs = Vec::new();
-        if let Some(prev) = req.prev_version {
-            jobs.push(s.spawn(move || {
-                let head = head(prev, version, req.cycle);
-                let forward = delta_blob(config, Direction::Forward, &head, req)?;
-                finish(BlobName::Delta(prev, version), Bytes::from(forward))
-            }));
-            jobs.push(s.spawn(move || {
-                let head = head(version, prev, req.prev_cycle.unwrap_or(req.cycle));
-                let reverse = delta_blob(config, Direction::Reverse, &head, req)?;
-                finish(BlobName::Reverse(version, prev), Bytes::from(reverse))
-            }));
-        }
-        if let Some(states) = req.snapshot {
-            jobs.push(s.spawn(move || {
-                let sources: Vec<SnapshotTypeSource<'_>> = config
-                    .types
-                    .iter()
-                    .zip(states)
-                    .enumerate()
-                    .map(|(slot, (t, &next))| SnapshotTypeSource {
-                        slot: slot as u16,
-                        info: &t.info,
-                        key_fields: &t.key_fields,
-                        ordinal_limit: next.ordinal_limit(),
-                        record_count: next.count,
-                        total_words: next.total_words,
-                        records: next,
-                        indexes: &t.indexes,
-                    })
-                    .collect();
-                let snapshot = write_snapshot(&head(0, version, req.cycle), &sources)?;
-                finish(BlobName::Snapshot(version), Bytes::from(snapshot))
-            }));
-        }
-        jobs.into_iter()
-            .map(|job| {
-                job.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    let mut out = Vec::new();
+    if let Some(prev) = req.prev_version {
+        let forward = delta_blob(
+            config,
+            Direction::Forward,
+            &head(prev, version, req.cycle),
+            req,
+        )?;
+        out.push((BlobName::Delta(prev, version), Bytes::from(forward)));
+        let back_to = req.prev_cycle.unwrap_or(req.cycle);
+        let reverse = delta_blob(
+            config,
+            Direction::Reverse,
+            &head(version, prev, back_to),
+            req,
+        )?;
+        out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
+    }
+    if let Some(states) = req.snapshot {
+        let sources: Vec<SnapshotTypeSource<'_>> = config
+            .types
+            .iter()
+            .zip(states)
+            .enumerate()
+            .map(|(slot, (t, &next))| SnapshotTypeSource {
+                slot: slot as u16,
+                info: &t.info,
+                key_fields: &t.key_fields,
+                ordinal_limit: next.ordinal_limit(),
+                record_count: next.count,
+                total_words: next.total_words,
+                records: next,
+                indexes: &t.indexes,
             })
-            .collect()
-    })
+            .collect();
+        let snapshot = write_snapshot(&head(0, version, req.cycle), &sources)?;
+        out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
+    }
+    Ok(out)
 }

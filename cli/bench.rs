@@ -172,10 +172,12 @@ fn num(v: &Value, key: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("child output has no number {key:?}: {v}"))
 }
 
-/// One producer child's four cycles.
+/// One producer child's four cycles (and, in the deltas-only run, its
+/// incremental cycle).
 struct Produced {
     cycles: Vec<Value>,
     peak: f64,
+    incremental: Value,
 }
 
 impl Produced {
@@ -224,6 +226,7 @@ fn produce(args: &BenchRun, dir: &Path, snapshot_every: u32) -> anyhow::Result<P
     Ok(Produced {
         cycles,
         peak: num(&v, "peak_rss_bytes")?,
+        incremental: v["incremental"].clone(),
     })
 }
 
@@ -515,6 +518,27 @@ async fn bench(args: &BenchRun, work: &Path) -> anyhow::Result<Report> {
             collect(&snapshots, 1..4, "seconds"),
         )
         .vs("producer_snapshot_cycle"),
+        Figure::new(
+            "incremental_cycle",
+            "incremental cycle (upserts of the same change)",
+            Unit::Seconds,
+            deltas
+                .iter()
+                .map(|p| num(&p.incremental, "seconds"))
+                .collect::<anyhow::Result<_>>()?,
+        )
+        .vs("producer_delta_cycle")
+        .target("<= 60 ms at 1M", None, Some(0.06)),
+        Figure::new(
+            "incremental_anon_peak",
+            "incremental cycle: peak memory growth over the process's",
+            Unit::Bytes,
+            deltas
+                .iter()
+                .map(|p| num(&p.incremental, "peak_growth_bytes"))
+                .collect::<anyhow::Result<_>>()?,
+        )
+        .target("<= 64 MiB", None, Some(64.0 * 1024.0 * 1024.0)),
         Figure::new(
             "producer_peak_rss",
             "producer peak RSS (deltas only)",

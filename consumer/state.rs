@@ -802,6 +802,35 @@ impl ReadState {
         &self.header
     }
 
+    /// The header tags of the cycle that made this state: the producer's
+    /// own and those set for that cycle (`Populate::tag`), as written.
+    pub fn tags(&self) -> &[(String, String)] {
+        &self.header.tags
+    }
+
+    /// The value of header tag `key` of the cycle that made this state.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.header
+            .tags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// When the cycle that made this state began (from the producer's
+    /// clock): what a read service reports as its data's age.
+    pub fn cycle_started_at(&self) -> std::time::SystemTime {
+        let micros = self.header.cycle_start_micros;
+        let offset = std::time::Duration::from_micros(micros.unsigned_abs());
+        let at = if micros >= 0 {
+            std::time::UNIX_EPOCH.checked_add(offset)
+        } else {
+            std::time::UNIX_EPOCH.checked_sub(offset)
+        };
+        at.unwrap_or(std::time::UNIX_EPOCH)
+    }
+
     /// Every type in the state.
     pub fn types(&self) -> &[TypeData] {
         &self.types

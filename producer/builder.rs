@@ -7,7 +7,7 @@
 //! a cycle never meets a bad one. The resulting [`Config`] is immutable and
 //! shared by every cycle.
 
-use super::{CycleEvent, CycleListener, Producer, Validator};
+use super::{CycleEvent, CycleListener, Producer, RecordValidator, Validator};
 use crate::announcer::AnnouncementLog;
 use crate::blobstore::resilience::{Clock, SystemClock};
 use crate::blobstore::{BlobStore, Compression};
@@ -54,6 +54,7 @@ pub struct ProducerBuilder {
     max_record_bytes: u64,
     types: Vec<Result<RegisteredType, Error>>,
     validators: Vec<Arc<dyn Validator>>,
+    record_validators: Vec<Arc<dyn RecordValidator>>,
     listeners: Vec<Arc<dyn CycleListener>>,
     tags: Vec<(String, String)>,
     dataset_id: Option<DatasetId>,
@@ -81,6 +82,7 @@ impl ProducerBuilder {
             max_record_bytes: 64 << 20,
             types: Vec::new(),
             validators: Vec::new(),
+            record_validators: Vec::new(),
             listeners: Vec::new(),
             tags: Vec::new(),
             dataset_id: None,
@@ -264,6 +266,13 @@ impl ProducerBuilder {
         self
     }
 
+    /// Adds a validator that sees the cycle's records; these run after
+    /// the [`Self::validator`]s, in the order added.
+    pub fn record_validator(mut self, validator: impl RecordValidator + 'static) -> Self {
+        self.record_validators.push(Arc::new(validator));
+        self
+    }
+
     /// The producer. Fails with the error of a type that could not be
     /// registered (a primary key that cannot be resolved), or with
     /// [`Error::Config`] if `snapshot_every` is 0, the producer id is
@@ -357,6 +366,7 @@ impl ProducerBuilder {
                 max_record_bytes: self.max_record_bytes,
                 types,
                 validators: self.validators,
+                record_validators: self.record_validators,
                 listeners: self.listeners,
                 tags: self.tags,
                 dataset_id: self.dataset_id,
@@ -382,6 +392,7 @@ pub(super) struct Config {
     pub(super) max_record_bytes: u64,
     pub(super) types: Vec<RegisteredType>,
     pub(super) validators: Vec<Arc<dyn Validator>>,
+    pub(super) record_validators: Vec<Arc<dyn RecordValidator>>,
     pub(super) listeners: Vec<Arc<dyn CycleListener>>,
     pub(super) tags: Vec<(String, String)>,
     pub(super) schema: DatasetSchema,

@@ -9,19 +9,25 @@
 use super::blocking::blocking;
 use super::builder::Config;
 use super::populate::Populate;
+use super::state::Changed;
 use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
-use super::write::{write_blobs, WriteRequest};
-use super::{Announced, CycleEvent, CycleReport, CycleStep, Producer, ProducerError, TypeChange};
+use super::validate::CycleDiff;
+use super::write::{full_changes, write_blobs, WriteRequest};
+use super::{
+    Announced, CycleEvent, CycleReport, CycleStamp, CycleStep, Producer, ProducerError, Tags,
+    TypeChange,
+};
 use crate::announcer::{AnnounceError, AnnounceKind, Announcement};
 use crate::blobstore::{BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
+use crate::schema::checksum::TypeChecksum;
 use crate::schema::DatasetId;
 use bytes::Bytes;
 use std::time::Instant;
 use tracing::Instrument;
 
 /// Wraps an error of `step` into [`ProducerError::Cycle`].
-fn cycle_err(step: CycleStep, version: u64) -> impl FnOnce(Error) -> Error {
+pub(super) fn cycle_err(step: CycleStep, version: u64) -> impl FnOnce(Error) -> Error {
     move |source| {
         ProducerError::Cycle {
             step,
@@ -33,13 +39,20 @@ fn cycle_err(step: CycleStep, version: u64) -> impl FnOnce(Error) -> Error {
 }
 
 /// Times the steps of one cycle and reports each to the listeners.
-struct StepTimer<'a> {
+pub(super) struct StepTimer<'a> {
     config: &'a Config,
     since: Instant,
 }
 
-impl StepTimer<'_> {
-    fn done(&mut self, step: CycleStep) {
+impl<'a> StepTimer<'a> {
+    pub(super) fn new(config: &'a Config) -> Self {
+        StepTimer {
+            config,
+            since: Instant::now(),
+        }
+    }
+
+    pub(super) fn done(&mut self, step: CycleStep) {
         let duration = self.since.elapsed();
         self.since = Instant::now();
         tracing::debug!(%step, ?duration, "cycle step done");
@@ -54,8 +67,18 @@ impl Producer {
         F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
     {
         let span = tracing::info_span!("cycle", producer = %self.config.producer_id);
+        self.observed(self.cycle(populate).instrument(span)).await
+    }
+
+    /// Runs a cycle (full or incremental) and reports it: metrics, the
+    /// listeners' outcome event, and the retention run after an
+    /// announcement.
+    pub(super) async fn observed(
+        &self,
+        cycle: impl std::future::Future<Output = Result<CycleReport, Error>>,
+    ) -> Result<CycleReport, Error> {
         let started = Instant::now();
-        let mut result = self.cycle(populate).instrument(span).await;
+        let mut result = cycle.await;
         let config = &*self.config;
         if let Ok(report) = &mut result {
             // The outcome known before this cycle's own run starts.
@@ -96,10 +119,7 @@ impl Producer {
     {
         let config = &*self.config;
         let started = Instant::now();
-        let mut timer = StepTimer {
-            config,
-            since: started,
-        };
+        let mut timer = StepTimer::new(config);
         let cycle_start_micros = config.clock.unix_micros();
         let mut guard = self.announced.lock().await;
         let last = guard.as_ref();
@@ -119,8 +139,9 @@ impl Producer {
         timer.done(CycleStep::Mint);
 
         // 2. Populate.
-        let batches =
+        let (batches, tags) =
             blocking(|| run_populate(config, last.map(|a| a.types.as_slice()), version, populate))?;
+        let stamp = CycleStamp::new(cycle_start_micros, &config.tags, tags);
         let populate_time = started.elapsed();
         timer.done(CycleStep::Populate);
 
@@ -144,41 +165,60 @@ impl Producer {
 
         // 4. No change: no version. (A type created or dropped is a change.)
         if last.is_some() && diffs.iter().all(TypeDiff::is_empty) && unregistered.is_empty() {
-            return Ok(CycleReport {
-                version: last_version,
-                published: false,
+            return Ok(unchanged_report(
+                last_version,
                 changes,
-                blobs: Vec::new(),
-                stored_blobs: Vec::new(),
                 populate_time,
-                total_time: started.elapsed(),
-                announcement: None,
-                last_gc: None,
-            });
+                started,
+            ));
         }
 
         // 5. Validate.
-        validate(config, version, &changes)?;
+        let changed: Vec<_> = diffs
+            .iter()
+            .zip(prev_types)
+            .map(|(d, prev)| full_changes(d, prev))
+            .collect();
+        validate(config, version, &changes, &changed)?;
         timer.done(CycleStep::Validate);
 
         // 6. Write and publish; bump past names taken by orphans.
         let prev_entry = last.map(|a| &a.entry);
         let cycles_since = last.map_or(0, |a| a.cycles_since_snapshot + 1);
         let with_snapshot = prev_entry.is_none() || cycles_since >= config.snapshot_every;
+        // The first cycle of a chain writes no delta.
+        let deltas: Vec<_> = match prev_entry {
+            Some(_) => changed.iter().map(|c| c.deltas()).collect(),
+            None => Vec::new(),
+        };
+        let next: Vec<&TypeState> = diffs.iter().map(|d| &d.next).collect();
+        // Every registered type is in the new state.
+        let next_sums: Vec<TypeChecksum> = config
+            .types
+            .iter()
+            .zip(&diffs)
+            .map(|(t, d)| TypeChecksum {
+                type_id: t.info.type_id,
+                checksum: d.next.checksum,
+            })
+            .collect();
         let (version, blobs) = write_and_publish(
             config,
             WriteRequest {
                 dataset_id,
                 version,
                 prev_version: prev_entry.map(|e| e.version),
-                diffs: &diffs,
-                prev_types,
+                types: &deltas,
                 unregistered,
-                with_snapshot,
-                cycle_start_micros,
+                snapshot: with_snapshot.then_some(next.as_slice()),
+                cycle: &stamp,
+                prev_cycle: last.map(|a| &a.cycle),
+                prev_types,
+                next_sums: &next_sums,
             },
         )
         .await?;
+        drop((deltas, changed));
         timer.done(CycleStep::Publish);
 
         // 7. Announce.
@@ -193,35 +233,75 @@ impl Producer {
         )
         .await?;
         timer.done(CycleStep::Announce);
-        let announcement = Some(entry.clone());
         *guard = Some(Announced {
-            entry,
+            entry: entry.clone(),
             cycles_since_snapshot: if with_snapshot { 0 } else { cycles_since },
             types: diffs.into_iter().map(|d| d.next).collect(),
             // Dropped by this cycle.
             unregistered: Vec::new(),
+            cycle: stamp,
         });
-        Ok(CycleReport {
-            version,
-            published: true,
+        Ok(published_report(
+            entry,
             changes,
-            blobs: blobs.iter().map(|b| (b.name, b.raw_bytes)).collect(),
-            stored_blobs: blobs
-                .iter()
-                .map(|b| (b.name, b.bytes.len() as u64))
-                .collect(),
+            &blobs,
             populate_time,
-            total_time: started.elapsed(),
-            announcement,
-            last_gc: None,
-        })
+            started,
+        ))
+    }
+}
+
+/// The report of a cycle that announced `entry`.
+pub(super) fn published_report(
+    entry: Announcement,
+    changes: Vec<TypeChange>,
+    blobs: &[Stored],
+    populate_time: std::time::Duration,
+    started: Instant,
+) -> CycleReport {
+    CycleReport {
+        version: entry.version,
+        published: true,
+        changes,
+        blobs: blobs.iter().map(|b| (b.name, b.raw_bytes)).collect(),
+        stored_blobs: blobs
+            .iter()
+            .map(|b| (b.name, b.bytes.len() as u64))
+            .collect(),
+        populate_time,
+        total_time: started.elapsed(),
+        announcement: Some(entry),
+        last_gc: None,
+    }
+}
+
+/// The report of a cycle that changed nothing: `version` stays current.
+pub(super) fn unchanged_report(
+    version: u64,
+    changes: Vec<TypeChange>,
+    populate_time: std::time::Duration,
+    started: Instant,
+) -> CycleReport {
+    CycleReport {
+        version,
+        published: false,
+        changes,
+        blobs: Vec::new(),
+        stored_blobs: Vec::new(),
+        populate_time,
+        total_time: started.elapsed(),
+        announcement: None,
+        last_gc: None,
     }
 }
 
 /// Step 1: reads the log's newest entry and checks that this producer is
 /// still the primary one. Returns the newest entry (the announce step
 /// appends after it).
-async fn mint(config: &Config, last: Option<&Announced>) -> Result<Option<Announcement>, Error> {
+pub(super) async fn mint(
+    config: &Config,
+    last: Option<&Announced>,
+) -> Result<Option<Announcement>, Error> {
     let last_version = last.map_or(0, |a| a.entry.version);
     let newest = config
         .log
@@ -277,13 +357,14 @@ fn run_populate<F>(
     prev: Option<&[TypeState]>,
     version: u64,
     populate: F,
-) -> Result<Vec<Batch>, Error>
+) -> Result<(Vec<Batch>, Tags), Error>
 where
     F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
 {
     let mut pop = Populate::new(config, prev);
     populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
-    Ok(pop.into_batches())
+    let tags = pop.take_tags();
+    Ok((pop.into_batches(), tags))
 }
 
 /// Step 3: identifies each type's records against its last announced
@@ -343,25 +424,48 @@ fn changes(
         .collect()
 }
 
-/// Step 5: runs the validators in order; the first refusal stops the cycle.
-fn validate(config: &Config, version: u64, changes: &[TypeChange]) -> Result<(), Error> {
+/// Step 5: runs the count validators, then the record validators, each in
+/// order; the first refusal stops the cycle.
+pub(super) fn validate(
+    config: &Config,
+    version: u64,
+    changes: &[TypeChange],
+    diffs: &[Changed<'_>],
+) -> Result<(), Error> {
+    let refused = |validator: &str, reason| {
+        cycle_err(CycleStep::Validate, version)(
+            ProducerError::Validation {
+                validator: validator.to_string(),
+                version,
+                reason,
+            }
+            .into(),
+        )
+    };
     for v in &config.validators {
-        v.validate(version, changes).map_err(|reason| {
-            cycle_err(CycleStep::Validate, version)(
-                ProducerError::Validation {
-                    validator: v.name().to_string(),
-                    version,
-                    reason,
-                }
-                .into(),
-            )
-        })?;
+        v.validate(version, changes)
+            .map_err(|reason| refused(v.name(), reason))?;
     }
-    Ok(())
+    if config.record_validators.is_empty() {
+        return Ok(());
+    }
+    let cycle = CycleDiff {
+        version,
+        changes,
+        types: &config.types,
+        diffs,
+    };
+    blocking(|| {
+        for v in &config.record_validators {
+            v.validate(&cycle)
+                .map_err(|reason| refused(v.name(), reason))?;
+        }
+        Ok(())
+    })
 }
 
 /// A blob of the cycle as stored (compressed or not).
-struct Stored {
+pub(super) struct Stored {
     name: BlobName,
     /// Its size as mapped (decompressed).
     raw_bytes: u64,
@@ -373,7 +477,7 @@ struct Stored {
 /// an orphan of a cycle that died before announcing: the version is bumped
 /// past it and the blobs rewritten (at most 16 times). Returns the version
 /// published and its blobs.
-async fn write_and_publish(
+pub(super) async fn write_and_publish(
     config: &Config,
     mut req: WriteRequest<'_>,
 ) -> Result<(u64, Vec<Stored>), Error> {
@@ -452,7 +556,7 @@ async fn put(store: &BlobStore, name: &BlobName, bytes: &Bytes) -> Result<(), Er
 }
 
 /// Step 7: appends the announce entry of `version` after `newest`.
-async fn announce(
+pub(super) async fn announce(
     config: &Config,
     dataset_id: DatasetId,
     newest: Option<&Announcement>,

@@ -32,6 +32,32 @@
 //! [`Producer::restore`] rebuilds the last announced state from the store,
 //! so a restarted producer's next cycle is a delta on the chain.
 //!
+//! **Incremental cycles** ([`Producer::run_incremental_cycle`], module
+//! `incremental`) replace steps 2 and 3: the caller upserts and deletes
+//! records by primary key ([`Incremental`]), the changes are diffed against
+//! the last announced state without touching it, the delta and reverse
+//! delta (never a snapshot) are validated, published and announced as in a
+//! full cycle, and only then are the changes applied to the state in place
+//! (appended to the type's arena, its tables updated; the arena is
+//! compacted in place once garbage passes a quarter of the live words).
+//! Time and memory follow the changes, not the dataset. Full and
+//! incremental cycles alternate on one chain; snapshots come from full
+//! cycles (an incremental cycle counts towards `snapshot_every`).
+//!
+//! **Validators** ([`Validator`], [`RecordValidator`]) run on both kinds
+//! of cycle, the record validators seeing the changed records and the new
+//! state ([`CycleDiff`]).
+//!
+//! **Header tags** are the producer's ([`ProducerBuilder::header_tag`])
+//! with the cycle's over them ([`Populate::tag`], [`Incremental::tag`]).
+//! Every blob's header carries the start time and tags of the cycle that
+//! made the state at its `toVersion`: a reverse delta carries the previous
+//! cycle's, so a consumer's state tells its data's age on any path.
+//!
+//! The producer's in-memory key tables hash keys with a per-process random
+//! seed (`state::seeded_hash`), so that keys chosen to collide cannot make
+//! a cycle quadratic; the blob's key index keeps the format's xxh3.
+//!
 //! The dataset's identity ([`crate::schema::dataset_id`]) is minted by the
 //! first cycle of a new dataset (no state, empty log), written into every
 //! blob header and announcement from then on, taken back from the log by
@@ -52,6 +78,7 @@
 //! - `state`: the last announced state of each type and the per-cycle diff
 //!   (identify).
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
+//! - `incremental`: [`Producer::run_incremental_cycle`] and [`Incremental`].
 //! - `write`: the bytes of the delta, reverse delta (one function, two
 //!   directions) and snapshot.
 //! - `restore`: [`Producer::restore`].
@@ -65,6 +92,7 @@ mod blocking;
 mod builder;
 mod cycle;
 mod dynamic;
+mod incremental;
 mod populate;
 mod restore;
 mod retention;
@@ -73,9 +101,13 @@ pub mod validate;
 mod write;
 
 pub use builder::ProducerBuilder;
+pub use incremental::Incremental;
 pub use populate::Populate;
 pub use retention::GcOutcome;
-pub use validate::{FnValidator, RecordCountChangeLimit, TypeChange, Validator};
+pub use validate::{
+    CycleDiff, FnRecordValidator, FnValidator, Record, RecordChanges, RecordCountChangeLimit,
+    RecordValidator, TypeChange, Validator,
+};
 
 use crate::announcer::Announcement;
 use crate::blobstore::BlobName;
@@ -250,6 +282,21 @@ pub enum ProducerError {
         /// The newest version the log announces.
         version: u64,
     },
+    /// An incremental cycle upserted or deleted a record of a type without
+    /// a primary key: such a record has no identity but its content.
+    #[error(
+        "{type_name} has no primary key: incremental cycles cannot upsert or delete its records"
+    )]
+    NotKeyed {
+        /// The type's display name.
+        type_name: String,
+    },
+    /// An incremental cycle ran on a producer with no announced state (a
+    /// new dataset): its first cycle must be a full one.
+    #[error(
+        "an incremental cycle needs an announced state: run a full cycle first (or restore one)"
+    )]
+    NoState,
     /// The producer cannot rebuild (or no longer matches) the log's state:
     /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]
@@ -269,6 +316,39 @@ struct Announced {
     /// Types the announced state holds that this producer does not
     /// register (found by restore): the next cycle drops them.
     unregistered: Vec<state::UnregisteredType>,
+    /// The cycle that made the state: the next cycle's reverse delta,
+    /// which leads back to it, carries its start time and tags.
+    cycle: CycleStamp,
+}
+
+/// Header tags, as (key, value) pairs in written order.
+type Tags = Vec<(String, String)>;
+
+/// When a cycle began and the header tags it wrote.
+#[derive(Debug, Clone, Default)]
+struct CycleStamp {
+    start_micros: i64,
+    tags: Tags,
+}
+
+impl CycleStamp {
+    /// The tags of a cycle: the producer's own ([`ProducerBuilder::header_tag`])
+    /// with the cycle's over them (a cycle's tag replaces a producer's tag
+    /// of the same key; of a key set twice in a cycle, the last value).
+    fn new(start_micros: i64, defaults: &[(String, String)], cycle: Tags) -> Self {
+        let mut tags: Tags = defaults
+            .iter()
+            .filter(|(k, _)| !cycle.iter().any(|(c, _)| c == k))
+            .cloned()
+            .collect();
+        for (k, v) in cycle {
+            match tags.iter_mut().find(|(t, _)| *t == k) {
+                Some(slot) => slot.1 = v,
+                None => tags.push((k, v)),
+            }
+        }
+        CycleStamp { start_micros, tags }
+    }
 }
 
 /// Publishes a dataset. `Send + Sync`; cycles run one at a time.

@@ -36,6 +36,8 @@ pub struct Populate<'a> {
     work: RecordWork,
     /// Key fields resolved once per cycle, for keys read by reflection.
     resolved: Vec<Option<ResolvedKey>>,
+    /// This cycle's header tags ([`Populate::tag`]).
+    tags: Vec<(String, String)>,
 }
 
 impl<'a> Populate<'a> {
@@ -61,7 +63,20 @@ impl<'a> Populate<'a> {
             scratch_words: 64,
             work: RecordWork::default(),
             resolved: config.types.iter().map(|_| None).collect(),
+            tags: Vec::new(),
         }
+    }
+
+    /// Sets a header tag for this cycle's blobs only (a `source` batch, an
+    /// input's date), over the producer's own tags of the same key.
+    /// Consumers read it from their state (`ReadState::tags`).
+    pub fn tag(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.tags.push((key.into(), value.into()));
+    }
+
+    /// This cycle's header tags, in the order set.
+    pub(super) fn take_tags(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.tags)
     }
 
     /// The records added, one batch per registered type.
@@ -69,7 +84,12 @@ impl<'a> Populate<'a> {
         self.batches
     }
 
-    fn type_index<T: RecordType>(&self) -> Result<usize, Error> {
+    /// How many records type `t`'s batch holds so far.
+    pub(super) fn records_in(&self, t: usize) -> u32 {
+        self.batches[t].len()
+    }
+
+    pub(super) fn type_index<T: RecordType>(&self) -> Result<usize, Error> {
         let id = TypeId::of::<T>();
         self.config
             .types

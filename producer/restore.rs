@@ -25,7 +25,7 @@ use super::blocking::blocking;
 use super::builder::Config;
 use super::builder::RegisteredType;
 use super::state::{Batch, TypeState, UnregisteredType};
-use super::{Announced, Producer, ProducerError};
+use super::{Announced, CycleStamp, Producer, ProducerError};
 use crate::announcer::Announcement;
 use crate::blobstore::BlobName;
 use crate::consumer::{plan, Plan, ReadState, Step, TypeData};
@@ -92,6 +92,13 @@ impl Producer {
             Ok::<_, Error>((types, unregistered))
         })?;
         let version = head.version;
+        // The state's own cycle, from the header of the (snapshot or
+        // forward delta) blob that made it.
+        let header = read.header();
+        let cycle = CycleStamp {
+            start_micros: header.cycle_start_micros,
+            tags: header.tags.clone(),
+        };
         *guard = Some(Announced {
             entry: Announcement {
                 seq: newest.seq,
@@ -101,6 +108,7 @@ impl Producer {
             cycles_since_snapshot: restored.cycles_since_snapshot(config),
             types,
             unregistered,
+            cycle,
         });
         tracing::info!(
             version,

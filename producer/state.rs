@@ -27,10 +27,27 @@ pub(crate) const NONE: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rec {
     start: u64,
-    len: u32,
     key_start: u64,
-    key_len: u32,
+    /// The key hash of the format (unseeded xxh3): what blobs carry.
     pub hash: u64,
+    len: u32,
+    key_len: u32,
+}
+
+/// The hash builder of the producer's in-memory tables: seeded at random
+/// once per process (foldhash, through hashbrown's default hasher), so
+/// that keys chosen to collide under the format's fixed xxh3 cannot make
+/// a cycle's probes quadratic. The blob's key index keeps xxh3: it is part
+/// of the format and every consumer must compute it.
+fn seeds() -> &'static hashbrown::DefaultHashBuilder {
+    static SEEDS: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(Default::default)
+}
+
+/// The seeded hash of key bytes (see [`seeds`]).
+pub(crate) fn seeded_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    seeds().hash_one(key)
 }
 
 /// One cycle's records of one type.
@@ -86,6 +103,24 @@ impl Batch {
         });
     }
 
+    /// Appends a copy of record `r` of `other` (a batch of the same
+    /// type); returns its index here.
+    fn push_from(&mut self, other: &Batch, r: u32) -> u32 {
+        let rec = other.recs[r as usize];
+        let start = self.words.len();
+        self.words.extend_from_slice(other.record(r));
+        let key_start = self.keys.len();
+        if self.keyed {
+            self.keys.extend_from_slice(other.key(r));
+        }
+        self.recs.push(Rec {
+            start: start as u64,
+            key_start: key_start as u64,
+            ..rec
+        });
+        (self.recs.len() - 1) as u32
+    }
+
     #[inline]
     pub fn record(&self, r: u32) -> &[u64] {
         let rec = &self.recs[r as usize];
@@ -106,6 +141,20 @@ impl Batch {
     pub fn hash(&self, r: u32) -> u64 {
         self.recs[r as usize].hash
     }
+
+    /// Record `r`'s key hash for in-memory tables ([`seeded_hash`]),
+    /// computed from its key bytes: not stored, so that a record costs no
+    /// more memory than before seeding (the tables call it once per
+    /// insert and probe, and again only when they grow).
+    #[inline]
+    pub fn seeded(&self, r: u32) -> u64 {
+        seeded_hash(self.key(r))
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> u32 {
+        self.recs.len() as u32
+    }
 }
 
 /// The last announced state of one type.
@@ -121,6 +170,9 @@ pub(crate) struct TypeState {
     free: BTreeSet<u32>,
     pub count: u32,
     pub total_words: usize,
+    /// Words of `batch` no live record uses (records an incremental cycle
+    /// replaced or removed): see [`TypeState::apply_patch`].
+    garbage_words: usize,
     /// Whether the announced state holds the type (a type registered but
     /// never announced, or absent from the restored state, does not).
     pub present: bool,
@@ -140,6 +192,7 @@ impl TypeState {
             free: BTreeSet::new(),
             count: 0,
             total_words: 0,
+            garbage_words: 0,
             present: false,
             checksum: 0,
         }
@@ -157,10 +210,22 @@ impl TypeState {
         }
     }
 
-    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+    /// The record index of `key`, given its [`seeded_hash`].
+    pub fn find(&self, seeded: u64, key: &[u8]) -> Option<u32> {
         self.table
-            .find(hash, |&q| self.batch.key(q) == key)
+            .find(seeded, |&q| self.batch.key(q) == key)
             .copied()
+    }
+
+    /// The ordinal of live record `r` of the batch.
+    pub fn ordinal_of(&self, r: u32) -> u32 {
+        self.ordinal_of[r as usize]
+    }
+
+    /// The free ordinals below the ordinal limit, lowest first: where new
+    /// keys go.
+    pub fn free_ordinals(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
     }
 
     /// Rebuilds a state of type `type_id` from restored records, given by
@@ -177,7 +242,7 @@ impl TypeState {
         let mut sum = 0u64;
         for (r, &o) in ordinal_of.iter().enumerate() {
             rec_at[o as usize] = r as u32;
-            table.insert_unique(batch.hash(r as u32), r as u32, |&q| batch.hash(q));
+            table.insert_unique(batch.seeded(r as u32), r as u32, |&q| batch.seeded(q));
             let record = batch.record(r as u32);
             total_words += record.len();
             sum = sum.wrapping_add(checksum::entry(type_id, o, checksum::record_hash(record)));
@@ -193,9 +258,177 @@ impl TypeState {
             table,
             free,
             total_words,
+            garbage_words: 0,
             present: true,
             checksum: sum,
         }
+    }
+}
+
+/// What an incremental cycle changes in one type: the records of its
+/// upserts batch (`new`) against the last announced state (`old`).
+/// Computed without touching the state ([`crate::producer`]'s incremental
+/// cycle), applied to it only once the version is announced
+/// ([`TypeState::apply_patch`]).
+#[derive(Default)]
+pub(crate) struct PatchDiff {
+    /// (ordinal, record in the upserts), sorted by ordinal.
+    pub added: Vec<(u32, u32)>,
+    /// (ordinal, record in the upserts, record in the state), sorted.
+    pub changed: Vec<(u32, u32, u32)>,
+    /// (ordinal, record in the state), sorted.
+    pub removed: Vec<(u32, u32)>,
+    /// The type was not in the last announced state: this cycle creates it.
+    pub created: bool,
+    pub count_after: u32,
+    pub limit_after: u32,
+}
+
+impl PatchDiff {
+    /// No record changed and the type was already there.
+    pub fn is_empty(&self) -> bool {
+        !self.created && self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Makes room for `more` elements in `v`, and an eighth of its length
+/// more, if it has less.
+fn reserve<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more + v.len() / 8);
+    }
+}
+
+/// Garbage (words of replaced or removed records) past this fraction of
+/// the live words makes [`TypeState::apply_patch`] compact the arena.
+const COMPACT_AT: (usize, usize) = (1, 4);
+
+impl TypeState {
+    /// Applies an announced incremental cycle's `diff` in place: the new
+    /// records are copied from `upserts` to the end of the arena, the old
+    /// ones become garbage, and `rec_at`, `ordinal_of`, the key table and
+    /// the free ordinals follow. Work in proportion to the diff, except
+    /// when garbage passes a quarter of the live words: the arena is then
+    /// compacted in place (see [`Self::compact`]), in proportion to the
+    /// type once every so many cycles.
+    pub fn apply_patch(&mut self, upserts: &Batch, diff: &PatchDiff) {
+        let new_words: usize = diff
+            .added
+            .iter()
+            .map(|&(_, r)| upserts.record(r).len())
+            .chain(
+                diff.changed
+                    .iter()
+                    .map(|&(_, r, _)| upserts.record(r).len()),
+            )
+            .sum();
+        // Room for this diff and an eighth of the type more, where it is
+        // short: growing by doubling would reserve as much again as the
+        // type holds.
+        let new_recs = diff.added.len() + diff.changed.len();
+        let new_keys: usize = diff
+            .added
+            .iter()
+            .map(|&(_, r)| r)
+            .chain(diff.changed.iter().map(|&(_, r, _)| r))
+            .map(|r| upserts.key(r).len())
+            .sum();
+        reserve(&mut self.batch.words, new_words);
+        reserve(&mut self.batch.keys, new_keys);
+        reserve(&mut self.batch.recs, new_recs);
+        reserve(&mut self.ordinal_of, new_recs);
+        let limit = diff.limit_after as usize;
+        if self.rec_at.len() < limit {
+            let more = limit - self.rec_at.len();
+            reserve(&mut self.rec_at, more);
+            self.rec_at.resize(limit, NONE);
+        }
+        for &(o, r) in &diff.added {
+            let nr = self.batch.push_from(upserts, r);
+            self.ordinal_of.push(o);
+            self.rec_at[o as usize] = nr;
+            self.free.remove(&o);
+            let batch = &self.batch;
+            self.table
+                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.count += 1;
+            self.total_words += upserts.record(r).len();
+        }
+        for &(o, r, old) in &diff.changed {
+            let nr = self.batch.push_from(upserts, r);
+            self.ordinal_of.push(o);
+            self.rec_at[o as usize] = nr;
+            self.forget(old);
+            let batch = &self.batch;
+            self.table
+                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.total_words += upserts.record(r).len();
+        }
+        for &(o, old) in &diff.removed {
+            self.rec_at[o as usize] = NONE;
+            self.forget(old);
+            self.free.insert(o);
+            self.count -= 1;
+        }
+        self.present = true;
+        if self.garbage_words * COMPACT_AT.1 > self.total_words * COMPACT_AT.0 {
+            self.compact();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn garbage_words_for_test(&self) -> usize {
+        self.garbage_words
+    }
+
+    /// Takes record `r` out of the key table and the live words.
+    fn forget(&mut self, r: u32) {
+        if let Ok(entry) = self.table.find_entry(self.batch.seeded(r), |&q| q == r) {
+            entry.remove();
+        }
+        self.ordinal_of[r as usize] = NONE;
+        let len = self.batch.record(r).len();
+        self.total_words -= len;
+        self.garbage_words += len;
+    }
+
+    /// Moves the live records to the front of the arena, in arena order,
+    /// and renumbers them: no second arena is allocated, so compaction
+    /// needs no memory beyond what the type already holds.
+    fn compact(&mut self) {
+        let batch = &mut self.batch;
+        let (mut words, mut keys, mut n) = (0usize, 0usize, 0usize);
+        for r in 0..batch.recs.len() {
+            let o = self.ordinal_of[r];
+            if o == NONE {
+                continue;
+            }
+            let rec = batch.recs[r];
+            let (start, len) = (rec.start as usize, rec.len as usize);
+            batch.words.copy_within(start..start + len, words);
+            let (key_start, key_len) = (rec.key_start as usize, rec.key_len as usize);
+            batch.keys.copy_within(key_start..key_start + key_len, keys);
+            batch.recs[n] = Rec {
+                start: words as u64,
+                key_start: keys as u64,
+                ..rec
+            };
+            self.ordinal_of[n] = o;
+            self.rec_at[o as usize] = n as u32;
+            words += len;
+            keys += key_len;
+            n += 1;
+        }
+        batch.words.truncate(words);
+        batch.keys.truncate(keys);
+        batch.recs.truncate(n);
+        self.ordinal_of.truncate(n);
+        self.table.clear();
+        for r in 0..n as u32 {
+            self.table
+                .insert_unique(batch.seeded(r), r, |&q| batch.seeded(q));
+        }
+        self.garbage_words = 0;
     }
 }
 
@@ -235,6 +468,76 @@ impl TypeDiff {
     }
 }
 
+/// The records a cycle changed in one type, as ordinals and record
+/// indices: `added` (ordinal, record in `new`), `changed` (ordinal, record
+/// in `new`, record in `prev`), `removed` (ordinal, record in `prev`). A
+/// full cycle's `new` is its whole next state; an incremental cycle's is
+/// its upserts. What the blob writer writes and validators read.
+pub(crate) struct Changed<'a> {
+    pub added: &'a [(u32, u32)],
+    pub changed: &'a [(u32, u32, u32)],
+    pub removed: &'a [(u32, u32)],
+    pub created: bool,
+    /// The last announced state.
+    pub prev: &'a TypeState,
+    /// The new state, when the cycle built it whole (a full cycle); an
+    /// incremental cycle's new state is `prev` with the changes over it.
+    pub next: Option<&'a TypeState>,
+    pub new: &'a Batch,
+    /// (record count, ordinal limit) before and after.
+    pub before: (u32, u32),
+    pub after: (u32, u32),
+}
+
+impl Changed<'_> {
+    /// The type's state checksum after the cycle
+    /// ([`crate::schema::checksum`]): the new state's, or the last
+    /// announced one's moved by the records that left, changed and
+    /// arrived (in proportion to the change).
+    pub fn checksum_after(&self, type_id: u64) -> u64 {
+        if let Some(next) = self.next {
+            return next.checksum;
+        }
+        let term =
+            |words: &[u64], o: u32| checksum::entry(type_id, o, checksum::record_hash(words));
+        let old = &self.prev.batch;
+        let mut sum = if self.prev.present {
+            self.prev.checksum
+        } else {
+            0
+        };
+        for &(o, r) in self.removed {
+            sum = sum.wrapping_sub(term(old.record(r), o));
+        }
+        for &(o, r, before) in self.changed {
+            sum = sum
+                .wrapping_sub(term(old.record(before), o))
+                .wrapping_add(term(self.new.record(r), o));
+        }
+        for &(o, r) in self.added {
+            sum = sum.wrapping_add(term(self.new.record(r), o));
+        }
+        sum
+    }
+
+    /// The record at `ordinal` in the new state.
+    pub fn record_after(&self, ordinal: u32) -> Option<&[u64]> {
+        if let Some(next) = self.next {
+            return next.get(ordinal).map(|(words, _)| words);
+        }
+        if let Ok(i) = self.added.binary_search_by_key(&ordinal, |x| x.0) {
+            return Some(self.new.record(self.added[i].1));
+        }
+        if let Ok(i) = self.changed.binary_search_by_key(&ordinal, |x| x.0) {
+            return Some(self.new.record(self.changed[i].1));
+        }
+        if self.removed.binary_search_by_key(&ordinal, |x| x.0).is_ok() {
+            return None;
+        }
+        self.prev.get(ordinal).map(|(words, _)| words)
+    }
+}
+
 /// A key seen twice in one cycle.
 pub(crate) struct Duplicate {
     pub key: Vec<u8>,
@@ -256,7 +559,7 @@ pub(crate) fn identify(
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
     for r in 0..n as u32 {
-        let hash = batch.hash(r);
+        let hash = batch.seeded(r);
         let key = batch.key(r);
         if table.find(hash, |&q| batch.key(q) == key).is_some() {
             if keyed {
@@ -264,7 +567,7 @@ pub(crate) fn identify(
             }
             continue; // identical record of a type without a key: one record
         }
-        table.insert_unique(hash, r, |&q| batch.hash(q));
+        table.insert_unique(hash, r, |&q| batch.seeded(q));
         match prev.find(hash, key) {
             Some(pr) => {
                 let o = prev.ordinal_of[pr as usize];
@@ -338,6 +641,7 @@ pub(crate) fn identify(
             free,
             count,
             total_words,
+            garbage_words: 0,
             present: true,
             checksum: sum,
         },

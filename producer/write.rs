@@ -5,8 +5,9 @@
 //! The forward delta (previous → new) and the reverse delta (new →
 //! previous) are mirror images: what one removes the other sets, and a
 //! changed record is set to its new bytes going forward and to its old
-//! bytes going back. Both are built by [`delta_blob`], called once per
-//! [`Direction`], so the two cannot disagree on what a cycle changed.
+//! bytes going back. Both are built from one [`Changed`] (the records a
+//! full or an incremental cycle changed), one [`Direction`] each, so the
+//! two cannot disagree on what a cycle changed.
 //!
 //! The same mirror holds for whole types: a type the cycle creates (newly
 //! registered) is set from nothing going forward and dropped going back; a
@@ -15,7 +16,8 @@
 //! an empty type, with its name and key fields.
 
 use super::builder::Config;
-use super::state::{TypeDiff, TypeState, UnregisteredType};
+use super::state::{Changed, TypeDiff, TypeState, UnregisteredType};
+use super::CycleStamp;
 use crate::blobstore::BlobName;
 use crate::error::Error;
 use crate::error::FormatError;
@@ -41,44 +43,93 @@ enum Direction {
 /// One type's part of a delta in one direction: the ordinals it removes
 /// (with the key hash of the record that leaves) and the ordinals it sets
 /// (with their record and key hash), each sorted by ordinal.
-struct TypeDelta<'a> {
+pub(super) struct TypeDelta<'a> {
     removed: Vec<(u32, u64)>,
     set: Vec<(u32, &'a [u64], u64)>,
-    /// The state the delta leads to.
-    after: &'a TypeState,
+    /// The type's record count and ordinal limit once applied.
+    count_after: u32,
+    limit_after: u32,
 }
 
-/// One type's delta in `direction`, given its diff against `prev`.
-fn type_delta<'a>(diff: &'a TypeDiff, prev: &'a TypeState, direction: Direction) -> TypeDelta<'a> {
-    let next = &diff.next;
-    // `from` is the state the delta is applied to, `to` the one it makes;
-    // `leaving` are ordinals in `from` only, `arriving` ordinals in `to` only.
-    let (from, to, leaving, arriving) = match direction {
-        Direction::Forward => (prev, next, &diff.removed, &diff.added),
-        Direction::Reverse => (next, prev, &diff.added, &diff.removed),
-    };
-    let removed = leaving
-        .iter()
-        .map(|&(o, r)| (o, from.batch.hash(r)))
-        .collect();
-    let mut set: Vec<(u32, &[u64], u64)> = arriving
-        .iter()
-        .map(|&(o, r)| (o, to.batch.record(r), to.batch.hash(r)))
-        .chain(diff.changed.iter().map(|&(o, in_next, in_prev)| {
-            let r = match direction {
-                Direction::Forward => in_next,
-                Direction::Reverse => in_prev,
-            };
-            // A changed record keeps its key: no hash (see
-            // `TypeDelta.keyHashes`).
-            (o, to.batch.record(r), 0)
-        }))
-        .collect();
-    set.sort_unstable_by_key(|x| x.0);
-    TypeDelta {
-        removed,
-        set,
-        after: to,
+/// What a cycle changes in one type, in both directions.
+pub(super) struct TypeDeltas<'a> {
+    /// The type was not in the last announced state: the forward delta
+    /// creates it, the reverse delta drops it.
+    created: bool,
+    forward: TypeDelta<'a>,
+    reverse: TypeDelta<'a>,
+}
+
+impl<'a> Changed<'a> {
+    /// The forward and reverse parts; `None` if nothing changed.
+    pub(super) fn deltas(&self) -> Option<TypeDeltas<'a>> {
+        if !self.created
+            && self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+        {
+            return None;
+        }
+        Some(TypeDeltas {
+            created: self.created,
+            forward: self.part(Direction::Forward),
+            // A type the cycle creates is dropped going back: no part.
+            reverse: if self.created {
+                TypeDelta {
+                    removed: Vec::new(),
+                    set: Vec::new(),
+                    count_after: 0,
+                    limit_after: 0,
+                }
+            } else {
+                self.part(Direction::Reverse)
+            },
+        })
+    }
+
+    fn part(&self, direction: Direction) -> TypeDelta<'a> {
+        let old = &self.prev.batch;
+        // `from` holds the records that leave, `to` those that arrive.
+        let (from, to, leaving, arriving, after) = match direction {
+            Direction::Forward => (old, self.new, self.removed, self.added, self.after),
+            Direction::Reverse => (self.new, old, self.added, self.removed, self.before),
+        };
+        let removed = leaving.iter().map(|&(o, r)| (o, from.hash(r))).collect();
+        let mut set: Vec<(u32, &[u64], u64)> = arriving
+            .iter()
+            .map(|&(o, r)| (o, to.record(r), to.hash(r)))
+            .chain(self.changed.iter().map(|&(o, in_new, in_old)| {
+                let r = match direction {
+                    Direction::Forward => in_new,
+                    Direction::Reverse => in_old,
+                };
+                // A changed record keeps its key: no hash (see
+                // `TypeDelta.keyHashes`).
+                (o, to.record(r), 0)
+            }))
+            .collect();
+        set.sort_unstable_by_key(|x| x.0);
+        TypeDelta {
+            removed,
+            set,
+            count_after: after.0,
+            limit_after: after.1,
+        }
+    }
+}
+
+/// A full cycle's [`Changed`]: its diff against `prev`.
+pub(super) fn full_changes<'a>(diff: &'a TypeDiff, prev: &'a TypeState) -> Changed<'a> {
+    Changed {
+        added: &diff.added,
+        changed: &diff.changed,
+        removed: &diff.removed,
+        created: diff.created,
+        prev,
+        next: Some(&diff.next),
+        new: &diff.next.batch,
+        before: (prev.count, prev.ordinal_limit()),
+        after: (diff.next.count, diff.next.ordinal_limit()),
     }
 }
 
@@ -90,7 +141,7 @@ struct Entry<'a> {
     name: &'a str,
     key_fields: &'a [String],
     /// `None`: the entry drops the type.
-    part: Option<TypeDelta<'a>>,
+    part: Option<&'a TypeDelta<'a>>,
 }
 
 /// The entry that re-creates `state` on a state without the type: every
@@ -101,7 +152,8 @@ fn recreate(state: &TypeState) -> TypeDelta<'_> {
         set: (0..state.ordinal_limit())
             .filter_map(|o| state.get(o).map(|(words, hash)| (o, words, hash)))
             .collect(),
-        after: state,
+        count_after: state.count,
+        limit_after: state.ordinal_limit(),
     }
 }
 
@@ -112,21 +164,22 @@ fn delta_blob(
     head: &HeaderInfo<'_>,
     req: &WriteRequest<'_>,
 ) -> Result<Vec<u8>, Error> {
+    let recreated: Vec<TypeDelta<'_>> = match direction {
+        Direction::Forward => Vec::new(),
+        Direction::Reverse => req
+            .unregistered
+            .iter()
+            .map(|u| recreate(&u.state))
+            .collect(),
+    };
     let mut entries: Vec<Entry<'_>> = Vec::new();
-    for (slot, ((t, d), prev)) in config
-        .types
-        .iter()
-        .zip(req.diffs)
-        .zip(req.prev_types)
-        .enumerate()
-    {
-        if d.is_empty() {
-            continue;
-        }
+    for (slot, (t, d)) in config.types.iter().zip(req.types).enumerate() {
+        let Some(d) = d else { continue };
         // A type this cycle creates is dropped going back.
         let part = match (d.created, direction) {
             (true, Direction::Reverse) => None,
-            _ => Some(type_delta(d, prev, direction)),
+            (_, Direction::Reverse) => Some(&d.reverse),
+            (_, Direction::Forward) => Some(&d.forward),
         };
         entries.push(Entry {
             slot: slot as u16,
@@ -143,10 +196,7 @@ fn delta_blob(
             type_id: u.type_id,
             name: &u.name,
             key_fields: &u.key_fields,
-            part: match direction {
-                Direction::Forward => None,
-                Direction::Reverse => Some(recreate(&u.state)),
-            },
+            part: recreated.get(j),
         });
     }
     let sources: Vec<DeltaTypeSource<'_>> = entries
@@ -158,8 +208,8 @@ fn delta_blob(
                 key_fields: e.key_fields,
                 removed: &part.removed,
                 set: &part.set,
-                record_count_after: part.after.count,
-                ordinal_limit_after: part.after.ordinal_limit(),
+                record_count_after: part.count_after,
+                ordinal_limit_after: part.limit_after,
                 dropped: false,
                 slot: e.slot,
             },
@@ -270,13 +320,52 @@ pub(super) struct WriteRequest<'a> {
     pub version: u64,
     /// The last announced version; `None` on the first cycle (no deltas).
     pub prev_version: Option<u64>,
-    pub diffs: &'a [TypeDiff],
-    pub prev_types: &'a [TypeState],
+    /// Each registered type's change, `None` where nothing changed.
+    pub types: &'a [Option<TypeDeltas<'a>>],
     /// Types the last announced state holds that this producer does not
     /// register: this cycle drops them.
     pub unregistered: &'a [UnregisteredType],
-    pub with_snapshot: bool,
-    pub cycle_start_micros: i64,
+    /// The new state of each registered type, when the cycle writes a
+    /// snapshot (full cycles only: an incremental cycle never does).
+    pub snapshot: Option<&'a [&'a TypeState]>,
+    /// This cycle's start and tags, in the header of its snapshot and
+    /// delta.
+    pub cycle: &'a CycleStamp,
+    /// The start and tags of the cycle that made the last announced state,
+    /// in the header of the reverse delta, which leads back to it.
+    pub prev_cycle: Option<&'a CycleStamp>,
+    /// The last announced state of each registered type: what the forward
+    /// delta is read back against, and the checksums the reverse delta
+    /// claims.
+    pub prev_types: &'a [TypeState],
+    /// The state checksum of every type the new state holds
+    /// ([`crate::schema::checksum`]), claimed by the forward delta and the
+    /// snapshot.
+    pub next_sums: &'a [TypeChecksum],
+}
+
+/// The header of a blob from `from` to `to`, stamped with `cycle`: the
+/// cycle that made the state at `to` (for a reverse delta, the previous
+/// cycle), so that a consumer's state tells its data's age on any path.
+fn header<'a>(
+    config: &'a Config,
+    dataset_id: DatasetId,
+    from: u64,
+    to: u64,
+    cycle: &'a CycleStamp,
+    type_checksums: &'a [TypeChecksum],
+) -> HeaderInfo<'a> {
+    HeaderInfo {
+        dataset_id,
+        from_version: from,
+        to_version: to,
+        producer_id: &config.producer_id,
+        cycle_start_micros: cycle.start_micros,
+        schema: &config.schema,
+        tags: &cycle.tags,
+        type_checksums,
+        max_list_shift: config.max_list_shift,
+    }
 }
 
 /// Builds the blobs of one cycle: the delta and reverse delta (unless this
@@ -286,18 +375,7 @@ pub(super) fn write_blobs(
     req: &WriteRequest<'_>,
 ) -> Result<Vec<(BlobName, Bytes)>, Error> {
     let version = req.version;
-    // The checksums of the state each blob makes: the new state (every
-    // registered type holds it after the cycle) or, going back, the
-    // previous one.
-    let next_sums: Vec<TypeChecksum> = config
-        .types
-        .iter()
-        .zip(req.diffs)
-        .map(|(t, d)| TypeChecksum {
-            type_id: t.info.type_id,
-            checksum: d.next.checksum,
-        })
-        .collect();
+    // Going back, the reverse delta claims the previous state's checksums.
     let prev_sums: Vec<TypeChecksum> = config
         .types
         .iter()
@@ -310,54 +388,45 @@ pub(super) fn write_blobs(
             checksum: s.checksum,
         })
         .collect();
-    let head = |from, to, type_checksums| HeaderInfo {
-        dataset_id: req.dataset_id,
-        from_version: from,
-        to_version: to,
-        producer_id: &config.producer_id,
-        cycle_start_micros: req.cycle_start_micros,
-        schema: &config.schema,
-        tags: &config.tags,
-        type_checksums,
-        max_list_shift: config.max_list_shift,
-    };
+    let head = |from, to, cycle, sums| header(config, req.dataset_id, from, to, cycle, sums);
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
         let forward = delta_blob(
             config,
             Direction::Forward,
-            &head(prev, version, &next_sums),
+            &head(prev, version, req.cycle, req.next_sums),
             req,
         )?;
         let name = BlobName::Delta(prev, version);
-        check_forward(config, req, &forward, &name, &next_sums)?;
+        check_forward(config, req, &forward, &name, req.next_sums)?;
         out.push((name, Bytes::from(forward)));
+        let back_to = req.prev_cycle.unwrap_or(req.cycle);
         let reverse = delta_blob(
             config,
             Direction::Reverse,
-            &head(version, prev, &prev_sums),
+            &head(version, prev, back_to, &prev_sums),
             req,
         )?;
         out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
     }
-    if req.with_snapshot {
+    if let Some(states) = req.snapshot {
         let sources: Vec<SnapshotTypeSource<'_>> = config
             .types
             .iter()
-            .zip(req.diffs)
+            .zip(states)
             .enumerate()
-            .map(|(slot, (t, d))| SnapshotTypeSource {
+            .map(|(slot, (t, &next))| SnapshotTypeSource {
                 slot: slot as u16,
                 info: &t.info,
                 key_fields: &t.key_fields,
-                ordinal_limit: d.next.ordinal_limit(),
-                record_count: d.next.count,
-                total_words: d.next.total_words,
-                records: &d.next,
+                ordinal_limit: next.ordinal_limit(),
+                record_count: next.count,
+                total_words: next.total_words,
+                records: next,
                 indexes: &t.indexes,
             })
             .collect();
-        let snapshot = write_snapshot(&head(0, version, &next_sums), &sources)?;
+        let snapshot = write_snapshot(&head(0, version, req.cycle, req.next_sums), &sources)?;
         out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
     }
     Ok(out)
@@ -415,18 +484,30 @@ mod tests {
         .ok()
         .unwrap();
         let prev = vec![first.next];
-        let write = |diffs: &[TypeDiff]| {
+        let stamp = CycleStamp::new(0, &[], Vec::new());
+        // The cycle's blobs, with the new state's checksum claimed `skew`
+        // away from what the cycle computed.
+        let write = |diff: &TypeDiff, skew: u64| {
+            let changed = full_changes(diff, &prev[0]);
+            let deltas = vec![changed.deltas()];
+            let next = [&diff.next];
+            let sums = [TypeChecksum {
+                type_id,
+                checksum: diff.next.checksum.wrapping_add(skew),
+            }];
             write_blobs(
                 config,
                 &WriteRequest {
                     dataset_id: DatasetId::mint(),
                     version: 2,
                     prev_version: Some(1),
-                    diffs,
-                    prev_types: &prev,
+                    types: &deltas,
                     unregistered: &[],
-                    with_snapshot: true,
-                    cycle_start_micros: 0,
+                    snapshot: Some(&next),
+                    cycle: &stamp,
+                    prev_cycle: None,
+                    prev_types: &prev,
+                    next_sums: &sums,
                 },
             )
         };
@@ -440,12 +521,9 @@ mod tests {
             .ok()
             .unwrap()
         };
-        let blobs = write(&[next()]).unwrap();
+        let blobs = write(&next(), 0).unwrap();
         assert_eq!(blobs.len(), 3, "delta, reverse delta and snapshot");
-
-        let mut wrong = next();
-        wrong.next.checksum = wrong.next.checksum.wrapping_add(1);
-        let err = write(&[wrong]).unwrap_err().to_string();
+        let err = write(&next(), 1).unwrap_err().to_string();
         assert!(
             err.contains("delta/")
                 && err.contains("Movie")

@@ -250,6 +250,31 @@ impl Dataset {
         edits
     }
 
+    /// Adds `edits` (what [`Dataset::advance`] did) to an incremental
+    /// cycle: an upsert of each changed and added record, a delete of each
+    /// removed one.
+    pub fn add_edits(
+        &self,
+        edits: &Edits,
+        inc: &mut crate::producer::Incremental<'_>,
+    ) -> crate::Result<()> {
+        let mut title = String::with_capacity(40);
+        for &i in edits.changed.iter().chain(&edits.added) {
+            let Some(&g) = self.records.get(&i) else {
+                continue;
+            };
+            write_title(&mut title, i, g);
+            inc.upsert::<movie::Owned>(|m| {
+                fill(m, i, &title, year(i), &tags(i));
+                Ok(())
+            })?;
+        }
+        for i in &edits.removed {
+            inc.delete::<movie::Owned, _>(i)?;
+        }
+        Ok(())
+    }
+
     /// Adds every record through the producer's generated-builder path.
     pub fn populate(&self, p: &mut Populate<'_>) -> crate::Result<()> {
         let mut title = String::with_capacity(40);

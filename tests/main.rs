@@ -39,6 +39,7 @@ mod gc_retention;
 mod golden;
 mod hostile;
 mod hostile_v2;
+mod incremental;
 mod index;
 mod limits;
 mod load;

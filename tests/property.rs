@@ -4,7 +4,9 @@
 //! key never changes ordinal and freed ordinals are reused first. Types
 //! come and go: restarts register the second type (Probe) or not, so it
 //! appears (created by a delta) and disappears (dropped by a delta), and
-//! every consumer agrees on whether it is there and what it holds.
+//! every consumer agrees on whether it is there and what it holds. Cycles
+//! are full or incremental (upserts and deletes by key, with an unchanged
+//! upsert, a superseded upsert and a delete of an absent key mixed in).
 
 use crate::common::*;
 use burrow::blobstore::BlobStore;
@@ -21,6 +23,8 @@ enum Op {
         adds: u8,
         changes: Vec<u16>,
         removes: Vec<u16>,
+        /// Published by an incremental cycle rather than a full one.
+        incremental: bool,
     },
     NoChange,
     /// Drop the producer and restore a new one from the store, registering
@@ -35,8 +39,8 @@ type ProbeModel = Option<BTreeMap<String, i64>>;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..12, prop::collection::vec(any::<u16>(), 0..6), prop::collection::vec(any::<u16>(), 0..6))
-            .prop_map(|(adds, changes, removes)| Op::Cycle { adds, changes, removes }),
+        6 => (0u8..12, prop::collection::vec(any::<u16>(), 0..6), prop::collection::vec(any::<u16>(), 0..6), any::<bool>())
+            .prop_map(|(adds, changes, removes, incremental)| Op::Cycle { adds, changes, removes, incremental }),
         1 => Just(Op::NoChange),
         2 => any::<bool>().prop_map(|probe| Op::Restart { probe }),
     ]
@@ -81,6 +85,44 @@ async fn publish_all(
                     r.set_big(*big);
                     Ok(())
                 })?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Publishes the change from (`model_before`, `probes_before`) to
+/// (`model`, `probes`) as one incremental cycle, with changes that are no
+/// change mixed in: an unchanged upsert, an upsert superseded by a later
+/// one, a delete of a key never published.
+async fn publish_incremental_all(
+    producer: &Producer,
+    (model_before, probes_before): (&Model, &ProbeModel),
+    (model, probes): (&Model, &ProbeModel),
+) -> burrow::Result<burrow::producer::CycleReport> {
+    producer
+        .run_incremental_cycle(|inc| {
+            if let Some((id, value)) = model.iter().next() {
+                upsert_movie(inc, *id, &movie_value(*id, 9999))?;
+                upsert_movie(inc, *id, value)?;
+            }
+            add_changes(inc, model_before, model)?;
+            inc.delete::<movie::Owned, _>(&u64::MAX)?;
+            if let Some(probes) = probes {
+                let empty = BTreeMap::new();
+                let before = probes_before.as_ref().unwrap_or(&empty);
+                for (name, big) in probes {
+                    if before.get(name) != Some(big) {
+                        inc.upsert::<probe::Owned>(|mut r| {
+                            r.set_name(name.as_str());
+                            r.set_big(*big);
+                            Ok(())
+                        })?;
+                    }
+                }
+                for name in before.keys().filter(|n| !probes.contains_key(*n)) {
+                    inc.delete::<probe::Owned, _>(name.as_str())?;
+                }
             }
             Ok(())
         })
@@ -135,6 +177,8 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
 
     for (step, op) in ops.into_iter().enumerate() {
         let generation = step as u64 + 1;
+        let model_before = model.clone();
+        let mut incremental_cycle = false;
         match op {
             Op::Restart { probe } => {
                 producer = build_with(&store, snapshot_every, probe);
@@ -164,7 +208,9 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
                 adds,
                 changes,
                 removes,
+                incremental,
             } => {
+                incremental_cycle = incremental;
                 let ids: Vec<u64> = model.keys().copied().collect();
                 for c in changes {
                     if !ids.is_empty() {
@@ -190,7 +236,13 @@ async fn run(ops: Vec<Op>, snapshot_every: u32) {
                 }
             }
         }
-        let report = publish_all(&producer, &model, &probes).await.unwrap();
+        let report = if incremental_cycle {
+            publish_incremental_all(&producer, (&model_before, &probe_state), (&model, &probes))
+                .await
+                .unwrap()
+        } else {
+            publish_all(&producer, &model, &probes).await.unwrap()
+        };
         if !report.published {
             assert_eq!(probes, probe_state, "a type coming or going publishes");
             continue;

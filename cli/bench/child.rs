@@ -63,10 +63,12 @@ pub async fn produce(
         seed,
     } = *workload;
     let store = BlobStore::local(dir.join("store"))?;
+    let steps = Arc::new(Steps::default());
     let producer = ProducerBuilder::new(store)
         .producer_id("bench")
         .snapshot_every(snapshot_every)
         .primary_key::<movie::Owned>(&["id"])
+        .listener(steps.clone())
         .build()?;
     let mut data = Dataset::new(records, seed);
     let mut cycles = Vec::new();
@@ -100,11 +102,85 @@ pub async fn produce(
             "delta_bytes_stored": stored(|n| matches!(n, BlobName::Delta(..))),
         }));
     }
+    let peak = peak_rss()?;
+    // The deltas-only run also times an incremental cycle of the same
+    // change, after the full cycles.
+    let incremental = if snapshot_every > 1 {
+        let edits = data.advance(5, change, churn.unwrap_or(0.0));
+        steps.0.lock().map_err(|_| anyhow!("poisoned"))?.clear();
+        let mut figures = incremental_cycle(&producer, &data, &edits).await?;
+        let steps: serde_json::Map<String, serde_json::Value> = steps
+            .0
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .iter()
+            .map(|(step, seconds)| (step.clone(), json!(seconds)))
+            .collect();
+        figures["steps"] = serde_json::Value::Object(steps);
+        Some(figures)
+    } else {
+        None
+    };
     println!(
         "{}",
-        json!({ "cycles": cycles, "peak_rss_bytes": peak_rss()? })
+        json!({ "cycles": cycles, "peak_rss_bytes": peak, "incremental": incremental })
     );
     Ok(())
+}
+
+/// The duration of each step of the producer's cycles, as they finish.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<(String, f64)>>);
+
+impl burrow::producer::CycleListener for Steps {
+    fn on_event(&self, event: &burrow::producer::CycleEvent<'_>) {
+        if let burrow::producer::CycleEvent::StepDone { step, duration } = event {
+            if let Ok(mut steps) = self.0.lock() {
+                steps.push((step.to_string(), duration.as_secs_f64()));
+            }
+        }
+    }
+}
+
+/// Resident memory now (`VmRSS`), in bytes.
+fn rss_now() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))
+}
+
+/// Runs one incremental cycle of `edits` and measures it: its time, and
+/// the growth of the process's peak resident memory over its resident
+/// memory just before (the peak is reset first through
+/// `/proc/self/clear_refs`). The producer maps no file during a cycle, so
+/// the growth is anonymous memory: the cycle's own allocations beyond what
+/// the allocator already held.
+async fn incremental_cycle(
+    producer: &burrow::producer::Producer,
+    data: &Dataset,
+    edits: &burrow::testing::workload::Edits,
+) -> anyhow::Result<serde_json::Value> {
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
+    let (_, anon_before) = rss_split()?;
+    let before = rss_now()?;
+    let started = Instant::now();
+    let report = producer
+        .run_incremental_cycle(|inc| data.add_edits(edits, inc))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = peak_rss()?;
+    anyhow::ensure!(report.published, "the incremental cycle published nothing");
+    Ok(json!({
+        "seconds": seconds,
+        "upserts": edits.changed.len() + edits.added.len(),
+        "deletes": edits.removed.len(),
+        "anon_before_bytes": anon_before,
+        "peak_growth_bytes": peak.saturating_sub(before),
+    }))
 }
 
 /// Opens a consumer whose cache already holds the blobs, and looks one

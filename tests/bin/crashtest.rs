@@ -3,13 +3,18 @@
 //! armed by `BURROW_FAILPOINT` (see `burrow::testing::failpoint`).
 //!
 //! ```text
-//! burrow-crashtest produce <store-dir> <from-generation> <to-generation>
+//! burrow-crashtest produce <store-dir> <from-generation> <to-generation> [incremental]
 //! burrow-crashtest consume <store-dir> <cache-dir>
 //! ```
 //!
 //! `produce` restores from the store and publishes generations `from..=to`
 //! of the crash model, printing `published <generation> <version>` after
-//! each. `consume` refreshes a consumer to the announced version and prints
+//! each. With `incremental`, each generation `g` is published by an
+//! incremental cycle of the changes from generation `g - 1` to `g` (a
+//! producer with no state publishes its first generation by a full cycle).
+//! Applied in order from any state between `from - 1` and `to`, these
+//! changes end at generation `to`: each key ends with the value of the
+//! last generation that changed it. `consume` refreshes a consumer to the announced version and prints
 //! `at <version>`.
 
 #[path = "crash_model.rs"]
@@ -28,15 +33,17 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     let result = match args.get(1).map(String::as_str) {
-        Some("produce") if args.len() == 5 => runtime.block_on(produce(
+        Some("produce") if args.len() == 5 || args.len() == 6 => runtime.block_on(produce(
             &args[2],
             args[3].parse().expect("from generation"),
             args[4].parse().expect("to generation"),
+            args.get(5).map(String::as_str) == Some("incremental"),
         )),
         Some("consume") if args.len() == 4 => runtime.block_on(consume(&args[2], &args[3])),
         _ => {
             eprintln!(
-                "usage: burrow-crashtest produce <store> <from> <to> | consume <store> <cache>"
+                "usage: burrow-crashtest produce <store> <from> <to> [incremental] | consume <store> \
+                 <cache>"
             );
             return ExitCode::from(2);
         }
@@ -50,16 +57,38 @@ fn main() -> ExitCode {
     }
 }
 
-async fn produce(store: &str, from: u64, to: u64) -> burrow::Result<()> {
+async fn produce(store: &str, from: u64, to: u64, incremental: bool) -> burrow::Result<()> {
     let store = BlobStore::local(store)?;
     let producer = ProducerBuilder::new(store)
         .producer_id("crash")
         .snapshot_every(3)
         .primary_key::<movie::Owned>(&["id"])
         .build()?;
-    producer.restore().await?;
+    let mut has_state = producer.restore().await?.is_some();
     for g in from..=to {
         let model = crash_model::generation(g);
+        if incremental && has_state {
+            let before = crash_model::generation(g.saturating_sub(1));
+            let report = producer
+                .run_incremental_cycle(|inc| {
+                    for (id, movie) in &model {
+                        if before.get(id) != Some(movie) {
+                            inc.upsert::<movie::Owned>(|m| {
+                                movie.fill(m);
+                                Ok(())
+                            })?;
+                        }
+                    }
+                    for id in before.keys().filter(|id| !model.contains_key(id)) {
+                        inc.delete::<movie::Owned, _>(id)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            println!("published {g} {}", report.version);
+            continue;
+        }
+        has_state = true;
         let report = producer
             .run_cycle(|p| {
                 for movie in model.values() {

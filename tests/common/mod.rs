@@ -10,7 +10,7 @@ pub mod tools;
 
 use burrow::blobstore::BlobStore;
 use burrow::consumer::{Consumer, ConsumerBuilder};
-use burrow::producer::{Populate, Producer, ProducerBuilder};
+use burrow::producer::{Incremental, Populate, Producer, ProducerBuilder};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::testing::workload::Movie;
 use std::collections::BTreeMap;
@@ -70,6 +70,49 @@ pub async fn publish(
     model: &Model,
 ) -> burrow::Result<burrow::producer::CycleReport> {
     producer.run_cycle(|p| add_model(p, model)).await
+}
+
+/// Upserts one Movie of a model into an incremental cycle.
+pub fn upsert_movie(
+    inc: &mut Incremental<'_>,
+    id: u64,
+    (title, year, tags): &(String, u32, Vec<String>),
+) -> burrow::Result<()> {
+    inc.upsert::<movie::Owned>(|mut m| {
+        m.set_id(id);
+        m.set_title(title.as_str());
+        m.set_year(*year);
+        let mut t = m.init_tags(tags.len() as u32);
+        for (i, tag) in tags.iter().enumerate() {
+            t.set(i as u32, tag.as_str());
+        }
+        Ok(())
+    })
+}
+
+/// Adds to an incremental cycle the changes from `from` to `to`: an
+/// upsert of each record new or changed, a delete of each one gone.
+pub fn add_changes(inc: &mut Incremental<'_>, from: &Model, to: &Model) -> burrow::Result<()> {
+    for (id, value) in to {
+        if from.get(id) != Some(value) {
+            upsert_movie(inc, *id, value)?;
+        }
+    }
+    for id in from.keys().filter(|id| !to.contains_key(id)) {
+        inc.delete::<movie::Owned, _>(id)?;
+    }
+    Ok(())
+}
+
+/// Publishes the change from `from` to `to` as one incremental cycle.
+pub async fn publish_incremental(
+    producer: &Producer,
+    from: &Model,
+    to: &Model,
+) -> burrow::Result<burrow::producer::CycleReport> {
+    producer
+        .run_incremental_cycle(|inc| add_changes(inc, from, to))
+        .await
 }
 
 /// Reads every record of a consumer's state into a model, checking that

@@ -373,9 +373,9 @@ pub struct PublishArgs {
     #[arg(long, value_name = "DIR")]
     pub import_path: Vec<PathBuf>,
 
-    /// How the producer stores blobs: zstd (level 3), zstd:LEVEL (1 to 19)
+    /// How the producer stores blobs: zstd (level 1), zstd:LEVEL (1 to 19)
     /// or none. Consumers read every setting.
-    #[arg(long, value_name = "zstd[:LEVEL]|none", default_value = "zstd:3")]
+    #[arg(long, value_name = "zstd[:LEVEL]|none", default_value = "zstd:1")]
     pub compression: String,
 
     /// Leave retention to `burrow gc`: delete nothing after the

@@ -3,23 +3,16 @@
 //! cycle succeeds and chains on.
 
 use crate::common::*;
-use burrow::blobstore::BlobStore;
-use burrow::testing::faults::FaultyStore;
 use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_at_each_step_of_a_cycle() {
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix({
-            std::fs::create_dir_all(dir.path().join("store")).unwrap();
-            dir.path().join("store")
-        })
-        .unwrap(),
-    );
-    let faulty = Arc::new(FaultyStore::new(local.clone()));
-    let producer_store = BlobStore::new(faulty.clone(), "");
-    let clean_store = BlobStore::new(local, "");
+    let FaultyLocal {
+        faults: faulty,
+        faulty: producer_store,
+        clean: clean_store,
+    } = faulty_local(dir.path());
     let producer = producer(&producer_store, "p");
     let reader = consumer(&clean_store, &dir.path().join("cache"));
 
@@ -96,15 +89,11 @@ impl burrow::producer::CycleListener for Recorder {
 #[tokio::test]
 async fn listeners_see_steps_and_outcomes_and_validators_refuse() {
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix({
-            std::fs::create_dir_all(dir.path().join("store")).unwrap();
-            dir.path().join("store")
-        })
-        .unwrap(),
-    );
-    let faulty = Arc::new(FaultyStore::new(local));
-    let store = BlobStore::new(faulty.clone(), "");
+    let FaultyLocal {
+        faults: faulty,
+        faulty: store,
+        ..
+    } = faulty_local(dir.path());
     let recorder = Arc::new(Recorder::default());
     let producer = burrow::producer::ProducerBuilder::new(store.clone())
         .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(&["id"])

@@ -11,7 +11,6 @@ use burrow::blobstore::{BlobName, BlobStore};
 use burrow::producer::{FnValidator, Producer, ProducerBuilder, ProducerError};
 use burrow::schema::examples::movies_capnp::movie;
 use burrow::schema::examples::probe_capnp::probe;
-use burrow::testing::faults::FaultyStore;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -257,16 +256,11 @@ async fn types_without_a_key_and_producers_without_a_state_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_or_failed_incremental_cycle_leaves_the_announced_state() {
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix({
-            std::fs::create_dir_all(dir.path().join("store")).unwrap();
-            dir.path().join("store")
-        })
-        .unwrap(),
-    );
-    let faulty = Arc::new(FaultyStore::new(local.clone()));
-    let producer_store = BlobStore::new(faulty.clone(), "");
-    let clean_store = BlobStore::new(local, "");
+    let FaultyLocal {
+        faults: faulty,
+        faulty: producer_store,
+        clean: clean_store,
+    } = faulty_local(dir.path());
     let refuse = Arc::new(AtomicBool::new(false));
     let refusing = refuse.clone();
     let producer = ProducerBuilder::new(producer_store)

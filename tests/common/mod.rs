@@ -192,3 +192,28 @@ pub fn cached_blob(cache: &Path, name: &burrow::blobstore::BlobName) -> std::pat
     );
     datasets[0].join(name.cache_file_name())
 }
+
+/// A local store at `<dir>/store` seen two ways: through a
+/// [`FaultyStore`] that fails the calls a test chooses, and directly (a
+/// clean view of the same files, for consumers and checks).
+pub struct FaultyLocal {
+    /// The fault injector.
+    pub faults: std::sync::Arc<burrow::testing::faults::FaultyStore>,
+    /// The store through the faults.
+    pub faulty: BlobStore,
+    /// The same files without faults.
+    pub clean: BlobStore,
+}
+
+pub fn faulty_local(dir: &Path) -> FaultyLocal {
+    let root = dir.join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let local =
+        std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root).unwrap());
+    let faults = std::sync::Arc::new(burrow::testing::faults::FaultyStore::new(local.clone()));
+    FaultyLocal {
+        faulty: BlobStore::new(faults.clone(), ""),
+        clean: BlobStore::new(local, ""),
+        faults,
+    }
+}

@@ -382,6 +382,17 @@ pub struct PublishArgs {
     /// announcement.
     #[arg(long)]
     pub no_gc: bool,
+
+    /// Publish the file's records as upserts on the last announced
+    /// version (an incremental cycle: records not in the file stay), instead
+    /// of as the whole dataset.
+    #[arg(long)]
+    pub incremental: bool,
+
+    /// With --incremental: a file (same format rules as --input) whose
+    /// records give the keys to delete; only their key fields are read.
+    #[arg(long, value_name = "FILE", requires = "incremental")]
+    pub deletes: Option<PathBuf>,
 }
 
 /// The formats `burrow publish` reads.

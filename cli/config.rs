@@ -165,6 +165,11 @@ pub struct PublishConfig {
     pub compression: Compression,
     /// Whether the producer runs retention after its announcement.
     pub gc: bool,
+    /// Upserts (and deletes) on the last announced version, instead of
+    /// the whole dataset.
+    pub incremental: bool,
+    /// With `incremental`: the file of keys to delete, and its format.
+    pub deletes: Option<(PathBuf, InputFormat)>,
 }
 
 /// `burrow schema [--capnp]`: which file, and where the types are read
@@ -646,6 +651,20 @@ fn publish(a: PublishArgs) -> Result<PublishConfig> {
         .compression
         .parse()
         .map_err(|reason| anyhow::anyhow!("invalid --compression {:?}: {reason}", a.compression))?;
+    let deletes = match a.deletes {
+        Some(path) => {
+            if !path.is_file() {
+                bail!("invalid --deletes {}: not a file", path.display());
+            }
+            let format = match a.format {
+                Some(InputFormatArg::Jsonl) => InputFormat::Jsonl,
+                Some(InputFormatArg::Csv) => InputFormat::Csv,
+                None => input_format(&path)?,
+            };
+            Some((path, format))
+        }
+        None => None,
+    };
     Ok(PublishConfig {
         schema: a.schema,
         type_name: a.type_name.trim().to_string(),
@@ -657,6 +676,8 @@ fn publish(a: PublishArgs) -> Result<PublishConfig> {
         import_paths: a.import_path,
         compression,
         gc: !a.no_gc,
+        incremental: a.incremental,
+        deletes,
     })
 }
 

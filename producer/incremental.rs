@@ -158,6 +158,68 @@ impl<'a> Incremental<'a> {
     }
 }
 
+impl Incremental<'_> {
+    /// The index of the registered type of node id `type_id`, which must
+    /// have a primary key.
+    fn keyed_position(&self, type_id: u64) -> Result<usize, Error> {
+        let t = self
+            .upserts
+            .type_position(type_id)
+            .ok_or_else(|| ProducerError::UnknownType {
+                type_name: format!("{type_id:#018x}"),
+            })?;
+        if self.config.types[t].key.is_none() {
+            return Err(ProducerError::NotKeyed {
+                type_name: self.config.types[t].info.name.clone(),
+            }
+            .into());
+        }
+        Ok(t)
+    }
+
+    /// Adds or replaces the record of its key, for a type given by node
+    /// id (any registered type: [`ProducerBuilder::node_type`] or
+    /// generated), from the words of a single-segment message whose root
+    /// is the record, as [`Populate::add_canonical`] takes them.
+    ///
+    /// [`ProducerBuilder::node_type`]: crate::producer::ProducerBuilder::node_type
+    pub fn upsert_canonical(&mut self, type_id: u64, words: &[u64]) -> Result<(), Error> {
+        let t = self.keyed_position(type_id)?;
+        self.upserts.add_canonical(type_id, words)?;
+        self.ops[t].push(Op::Upsert(self.upserts.records_in(t) - 1));
+        Ok(())
+    }
+
+    /// Deletes the record whose key the key fields of `words` hold (a
+    /// message of the type, as [`Incremental::upsert_canonical`] takes
+    /// one; its other fields are ignored), for a type given by node id.
+    /// A key the state does not hold is a no-op.
+    pub fn delete_canonical(&mut self, type_id: u64, words: &[u64]) -> Result<(), Error> {
+        let t = self.keyed_position(type_id)?;
+        let registered = &self.config.types[t];
+        let bad = |source: capnp::Error| ProducerError::BadRecord {
+            type_name: registered.info.name.clone(),
+            source,
+        };
+        let message = crate::schema::record::record_message(words, 4 * words.len() as u64 + 64);
+        let root = message
+            .get_root::<capnp::any_pointer::Reader<'_>>()
+            .map_err(bad)?;
+        let mut canonical = Vec::new();
+        crate::schema::record::append_canonical(root, None, &mut Vec::new(), &mut canonical)
+            .map_err(bad)?;
+        let spec = registered.key.as_ref().expect("keyed_position checked");
+        self.key.clear();
+        (registered.key_of)(spec, &canonical, &mut self.key).map_err(bad)?;
+        let deletes = &mut self.deletes[t];
+        let start = deletes.bytes.len();
+        deletes.bytes.extend_from_slice(self.key.as_bytes());
+        deletes.at.push((start, self.key.as_bytes().len()));
+        self.ops[t].push(Op::Delete((deletes.at.len() - 1) as u32));
+        Ok(())
+    }
+}
+
 /// One type's changes as the closure left them.
 struct TypeOps {
     upserts: Batch,

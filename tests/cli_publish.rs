@@ -576,3 +576,72 @@ fn a_compiled_schema_and_an_incompatible_change() {
     let out = burrow(&by_source, &["--json", "versions"]);
     assert_eq!(json_lines(&out).len(), 1, "nothing announced");
 }
+
+/// Invariant: `--incremental` publishes the file's records as upserts and
+/// `--deletes` as deletes on the last announced version (records in
+/// neither stay), as a delta a consumer follows to the same records as a
+/// whole-dataset publish of the result; a key both upserted and deleted,
+/// and an incremental publish on an empty store, are refused with nothing
+/// announced.
+#[test]
+fn incremental_publish_upserts_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let first = write("first.jsonl", &jsonl(&model(0..30, 0)));
+    let upserts = write(
+        "upserts.jsonl",
+        &jsonl(&model(25..35, 1)), // 25..30 changed, 30..35 new
+    );
+    let deletes = write(
+        "deletes.jsonl",
+        "{\"id\": 3}\n{\"id\": 4, \"title\": \"ignored\"}\n{\"id\": 99}\n",
+    );
+
+    // Nothing published yet: refused.
+    let out = publish(&store, &upserts, &["--incremental"]);
+    assert_fails(&out, "publish the whole dataset first");
+
+    let out = publish(&store, &first, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deletes_arg = deletes.to_str().unwrap();
+    let out = publish(
+        &store,
+        &upserts,
+        &["--incremental", "--deletes", deletes_arg],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("version 2") && said.contains("(5 added, 5 changed, 2 removed)"),
+        "{said}"
+    );
+
+    // The same records as a whole-dataset publish of the expected model.
+    let mut expected = model(0..30, 0);
+    expected.extend(model(25..35, 1));
+    expected.remove(&3);
+    expected.remove(&4);
+    let whole_store = dir.path().join("whole");
+    let whole = write("whole.jsonl", &jsonl(&expected));
+    assert!(publish(&whole_store, &whole, &[]).status.success());
+    assert_eq!(
+        dump(&store, &dir.path().join("cache")),
+        dump(&whole_store, &dir.path().join("cache-whole"))
+    );
+
+    // A key both upserted and deleted: refused, nothing announced.
+    let both = write("both.jsonl", "{\"id\": 26}\n");
+    let out = publish(
+        &store,
+        &upserts,
+        &["--incremental", "--deletes", both.to_str().unwrap()],
+    );
+    assert_fails(&out, "both.jsonl:1: deletes a key that");
+    let versions = burrow(&store, &["versions", "--json"]);
+    assert_eq!(json_lines(&versions).len(), 2, "{}", text(&versions.stdout));
+}

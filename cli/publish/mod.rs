@@ -14,6 +14,13 @@
 //!    nothing, if the file holds the records already published). The
 //!    file is the whole dataset: a record left out of it is removed.
 //!
+//! With `--incremental`, step 3 is an incremental cycle on the last
+//! announced version (`Producer::run_incremental_cycle`): the file's
+//! records are upserts (records not in it stay), and `--deletes FILE`
+//! names keys to delete (only each line's key fields are read). A key both
+//! upserted and deleted is refused, and a store with nothing published
+//! yet is refused: the first version is a whole dataset.
+//!
 //! Records, keys, ordinals, blobs and the announcement are what a Rust
 //! producer of generated code makes from the same values (the producer
 //! canonicalizes both the same way; tests/cli_publish.rs compares them).
@@ -37,18 +44,35 @@ struct Records {
     words: Vec<u64>,
     /// Per record: where its words end in `words`.
     ends: Vec<usize>,
+    /// Each key's encoded bytes and the line it is on.
+    seen: HashMap<Vec<u8>, u64>,
 }
 
-/// Reads and checks every record of the input.
-fn read_records(cfg: &PublishConfig, loaded: &schema::RecordSchema) -> Result<Records> {
-    let name = cfg.input.display().to_string();
+impl Records {
+    fn each(&self) -> impl Iterator<Item = &[u64]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.words[s..e])
+    }
+}
+
+/// Reads and checks every record of `path` (of `format`); with
+/// `keys_only`, only the key fields of each line are read (a deletes
+/// file).
+fn read_records(
+    cfg: &PublishConfig,
+    loaded: &schema::RecordSchema,
+    path: &std::path::Path,
+    format: crate::config::InputFormat,
+    keys_only: bool,
+) -> Result<Records> {
+    let name = path.display().to_string();
     let type_id = loaded.info.type_id;
     let builder = RecordBuilder::new(
         &loaded.dynamic,
         type_id,
         BuildOptions {
             ignore_unknown_fields: cfg.ignore_unknown_fields,
-            scalars_from_strings: cfg.format == crate::config::InputFormat::Csv,
+            scalars_from_strings: format == crate::config::InputFormat::Csv,
         },
     )?;
     let key_names: Vec<&str> = cfg.key.iter().map(String::as_str).collect();
@@ -62,11 +86,17 @@ fn read_records(cfg: &PublishConfig, loaded: &schema::RecordSchema) -> Result<Re
     let mut records = Records {
         words: Vec::new(),
         ends: Vec::new(),
+        seen: HashMap::new(),
     };
     let mut key = Vec::new();
-    let mut reader = input::open(&cfg.input)?;
-    input::read(&name, &mut *reader, cfg.format, &mut |line| {
+    let mut reader = input::open(path)?;
+    input::read(&name, &mut *reader, format, &mut |mut line| {
         let number = line.number;
+        if keys_only {
+            if let Some(object) = line.value.as_object_mut() {
+                object.retain(|field, _| cfg.key.contains(field));
+            }
+        }
         if let Some(object) = line.value.as_object() {
             for field in &cfg.key {
                 if object.get(field).is_none_or(serde_json::Value::is_null) {
@@ -91,6 +121,7 @@ fn read_records(cfg: &PublishConfig, loaded: &schema::RecordSchema) -> Result<Re
         records.ends.push(records.words.len());
         Ok(())
     })?;
+    records.seen = seen;
     Ok(records)
 }
 
@@ -100,8 +131,27 @@ pub async fn run(cfg: &PublishConfig, store: BlobStore, out: &mut Out) -> Result
     progress.set(&format!("loading schema {}...", cfg.schema.display()));
     let loaded = schema::load(cfg)?;
     progress.set(&format!("reading {}...", cfg.input.display()));
-    let records = read_records(cfg, &loaded)?;
+    let records = read_records(cfg, &loaded, &cfg.input, cfg.format, false)?;
     let count = records.ends.len();
+    let deletes = match &cfg.deletes {
+        Some((path, format)) => {
+            progress.set(&format!("reading {}...", path.display()));
+            let deletes = read_records(cfg, &loaded, path, *format, true)?;
+            // A key both upserted and deleted is ambiguous: refused.
+            for (key, line) in &deletes.seen {
+                if let Some(upsert_line) = records.seen.get(key) {
+                    bail!(
+                        "{}:{line}: deletes a key that {}:{upsert_line} upserts; give each \
+                         key once",
+                        path.display(),
+                        cfg.input.display()
+                    );
+                }
+            }
+            Some(deletes)
+        }
+        None => None,
+    };
 
     let key_names: Vec<&str> = cfg.key.iter().map(String::as_str).collect();
     let type_id = loaded.info.type_id;
@@ -117,18 +167,38 @@ pub async fn run(cfg: &PublishConfig, store: BlobStore, out: &mut Out) -> Result
         .restore()
         .await
         .with_context(|| format!("cannot restore the producer from store {where_}"))?;
-    progress.set(&format!("publishing {count} records..."));
-    let report = producer
-        .run_cycle(move |p| {
-            let mut start = 0;
-            for &end in &records.ends {
-                p.add_canonical(type_id, &records.words[start..end])?;
-                start = end;
-            }
-            Ok(())
-        })
-        .await
-        .context("the cycle failed; nothing was announced")?;
+    let report = if cfg.incremental {
+        if restored.is_none() {
+            bail!(
+                "--incremental needs a published version to change, and store {where_} has \
+                 none: publish the whole dataset first (without --incremental)"
+            );
+        }
+        progress.set(&format!("publishing {count} upserts..."));
+        producer
+            .run_incremental_cycle(|inc| {
+                for words in records.each() {
+                    inc.upsert_canonical(type_id, words)?;
+                }
+                for words in deletes.iter().flat_map(Records::each) {
+                    inc.delete_canonical(type_id, words)?;
+                }
+                Ok(())
+            })
+            .await
+            .context("the incremental cycle failed; nothing was announced")?
+    } else {
+        progress.set(&format!("publishing {count} records..."));
+        producer
+            .run_cycle(|p| {
+                for words in records.each() {
+                    p.add_canonical(type_id, words)?;
+                }
+                Ok(())
+            })
+            .await
+            .context("the cycle failed; nothing was announced")?
+    };
     // The announcement's retention run finishes before the process exits.
     producer.wait_for_gc().await;
     progress.clear();
@@ -147,6 +217,7 @@ pub async fn run(cfg: &PublishConfig, store: BlobStore, out: &mut Out) -> Result
             "type": type_name,
             "input": cfg.input.display().to_string(),
             "records": count,
+            "incremental": cfg.incremental,
             "version": report.version,
             "previous_version": restored,
             "published": report.published,
@@ -163,16 +234,26 @@ pub async fn run(cfg: &PublishConfig, store: BlobStore, out: &mut Out) -> Result
             .filter_map(|(what, s)| s.map(|s| format!("{what} {}", output::bytes(s))))
             .collect::<Vec<_>>()
             .join(", ");
+        let what = match &deletes {
+            _ if !cfg.incremental => "records".to_string(),
+            Some(d) => format!("upserts and {} deletes", d.ends.len()),
+            None => "upserts".to_string(),
+        };
         out.line(&format!(
-            "published version {} of {where_}: {count} {type_name} records ({added} added, \
+            "published version {} of {where_}: {count} {type_name} {what} ({added} added, \
              {changed} changed, {removed} removed); {blobs}; {}",
             report.version,
             output::duration(report.total_time)
         ))?;
     } else {
         out.line(&format!(
-            "no change: version {} of {where_} already holds these {count} records",
-            report.version
+            "no change: version {} of {where_} already holds these {count} records{}",
+            report.version,
+            if cfg.incremental {
+                " (and not the deleted keys)"
+            } else {
+                ""
+            }
         ))?;
     }
     Ok(())

@@ -64,6 +64,7 @@ pub struct ProducerBuilder {
     format_version: u16,
     max_list_shift: u8,
     compression: Compression,
+    work_dir: Option<std::path::PathBuf>,
     /// Secondary indexes declared, by type id: attached to their types at
     /// [`ProducerBuilder::build`].
     indexes: Vec<(u64, String, IndexDef)>,
@@ -92,6 +93,7 @@ impl ProducerBuilder {
             format_version: crate::schema::envelope::FORMAT_VERSION,
             max_list_shift: crate::schema::blob::MAX_LIST_SHIFT,
             compression: Compression::default(),
+            work_dir: None,
             indexes: Vec::new(),
         }
     }
@@ -121,6 +123,19 @@ impl ProducerBuilder {
     /// chain may change it from one cycle to the next.
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
+        self
+    }
+
+    /// Where the producer keeps its scratch files: blobs spooled while
+    /// they are written and the record arenas of its state (default: the
+    /// system's temporary directory). Put it on a disk file system, not
+    /// tmpfs: the files' pages are what the kernel may write back and
+    /// drop, instead of the producer's heap. Every scratch file is
+    /// unlinked as it is created, so a crash leaves nothing behind (see
+    /// `producer/workdir.rs`); `build` refuses a directory it cannot
+    /// create one in.
+    pub fn work_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
         self
     }
 
@@ -354,6 +369,7 @@ impl ProducerBuilder {
                 "register at least one with primary_key::<T>() or record_type::<T>()".into(),
             ));
         }
+        let work_dir = super::workdir::WorkDir::new(self.work_dir)?;
         let infos: Vec<TypeInfo> = types.iter().map(|t| t.info.clone()).collect();
         let schema = DatasetSchema::of(&infos)
             .map_err(|e| config("record types", format!("cannot read their schema: {e}")))?;
@@ -375,6 +391,7 @@ impl ProducerBuilder {
                 retention: self.retention,
                 max_list_shift: self.max_list_shift,
                 compression: self.compression,
+                work_dir,
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -408,6 +425,8 @@ pub(super) struct Config {
     pub(super) max_list_shift: u8,
     /// How each blob is stored.
     pub(super) compression: Compression,
+    /// Where scratch files go.
+    pub(super) work_dir: super::workdir::WorkDir,
 }
 
 impl Config {

@@ -98,6 +98,7 @@ mod restore;
 mod retention;
 mod state;
 pub mod validate;
+mod workdir;
 mod write;
 
 pub use builder::ProducerBuilder;

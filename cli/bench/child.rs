@@ -50,6 +50,98 @@ pub fn peak_rss() -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmHWM in /proc/self/status"))
 }
 
+/// Anonymous and file-backed resident memory now (`RssAnon`, and
+/// `RssFile` + `RssShmem`, of `/proc/self/status`), in bytes.
+fn rss_kinds() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| anyhow!("no {name} in /proc/self/status"))
+    };
+    Ok((field("RssAnon")?, field("RssFile")? + field("RssShmem")?))
+}
+
+/// The peaks of anonymous and of file-backed resident memory, sampled
+/// every millisecond by a thread of its own. The kernel keeps only the
+/// peak of the two together (`VmHWM`): pages of mapped files (the
+/// producer's spooled blobs and record arenas) are the page cache's, which
+/// the kernel can write back and drop, so the producer's own memory is the
+/// anonymous peak. A spike shorter than a sample can be missed; the
+/// allocations that make a peak (a type's records, a blob) take tens of
+/// milliseconds to fault in at 1M records.
+pub struct MemSampler {
+    anon: Arc<std::sync::atomic::AtomicU64>,
+    file: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemSampler {
+    pub fn start() -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let (anon0, file0) = rss_kinds()?;
+        let anon = Arc::new(AtomicU64::new(anon0));
+        let file = Arc::new(AtomicU64::new(file0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (anon, file, stop) = (anon.clone(), file.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("mem-sampler".into())
+                .spawn(move || {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while !stop.load(Relaxed) {
+                        if let Ok((a, f)) = rss_kinds() {
+                            anon.fetch_max(a, Relaxed);
+                            file.fetch_max(f, Relaxed);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                })
+                .context("starting the memory sampler")?
+        };
+        Ok(MemSampler {
+            anon,
+            file,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts the peaks again from the memory now; returns the anonymous
+    /// memory now.
+    pub fn reset(&self) -> anyhow::Result<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (a, f) = rss_kinds()?;
+        self.anon.store(a, Relaxed);
+        self.file.store(f, Relaxed);
+        Ok(a)
+    }
+
+    /// (anonymous, file-backed) peaks since the start or the last reset,
+    /// the memory now included.
+    pub fn peaks(&self) -> anyhow::Result<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (a, f) = rss_kinds()?;
+        Ok((
+            self.anon.fetch_max(a, Relaxed).max(a),
+            self.file.fetch_max(f, Relaxed).max(f),
+        ))
+    }
+}
+
+impl Drop for MemSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs the four cycles of the workload on a local store in `dir/store`.
 pub async fn produce(
     dir: &Path,
@@ -62,6 +154,7 @@ pub async fn produce(
         churn,
         seed,
     } = *workload;
+    let sampler = MemSampler::start()?;
     let store = BlobStore::local(dir.join("store"))?;
     let steps = Arc::new(Steps::default());
     let producer = ProducerBuilder::new(store)
@@ -103,12 +196,13 @@ pub async fn produce(
         }));
     }
     let peak = peak_rss()?;
+    let (anon_peak, file_peak) = sampler.peaks()?;
     // The deltas-only run also times an incremental cycle of the same
     // change, after the full cycles.
     let incremental = if snapshot_every > 1 {
         let edits = data.advance(5, change, churn.unwrap_or(0.0));
         steps.0.lock().map_err(|_| anyhow!("poisoned"))?.clear();
-        let mut figures = incremental_cycle(&producer, &data, &edits).await?;
+        let mut figures = incremental_cycle(&producer, &data, &edits, &sampler).await?;
         let steps: serde_json::Map<String, serde_json::Value> = steps
             .0
             .lock()
@@ -123,7 +217,13 @@ pub async fn produce(
     };
     println!(
         "{}",
-        json!({ "cycles": cycles, "peak_rss_bytes": peak, "incremental": incremental })
+        json!({
+            "cycles": cycles,
+            "peak_rss_bytes": peak,
+            "peak_anon_bytes": anon_peak,
+            "peak_file_bytes": file_peak,
+            "incremental": incremental,
+        })
     );
     Ok(())
 }
@@ -153,19 +253,21 @@ fn rss_now() -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))
 }
 
-/// Runs one incremental cycle of `edits` and measures it: its time, and
-/// the growth of the process's peak resident memory over its resident
-/// memory just before (the peak is reset first through
-/// `/proc/self/clear_refs`). The producer maps no file during a cycle, so
-/// the growth is anonymous memory: the cycle's own allocations beyond what
-/// the allocator already held.
+/// Runs one incremental cycle of `edits` and measures it: its time, the
+/// growth of the process's anonymous memory at its peak over the
+/// anonymous memory just before ([`MemSampler`]: the cycle's own
+/// allocations beyond what the allocator already held), and, as before,
+/// the growth of the whole resident peak (`VmHWM`, reset through
+/// `/proc/self/clear_refs`), which also counts pages of the state's
+/// mapped arenas the cycle touches.
 async fn incremental_cycle(
     producer: &burrow::producer::Producer,
     data: &Dataset,
     edits: &burrow::testing::workload::Edits,
+    sampler: &MemSampler,
 ) -> anyhow::Result<serde_json::Value> {
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
-    let (_, anon_before) = rss_split()?;
+    let anon_before = sampler.reset()?;
     let before = rss_now()?;
     let started = Instant::now();
     let report = producer
@@ -173,12 +275,14 @@ async fn incremental_cycle(
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss()?;
+    let (anon_peak, _) = sampler.peaks()?;
     anyhow::ensure!(report.published, "the incremental cycle published nothing");
     Ok(json!({
         "seconds": seconds,
         "upserts": edits.changed.len() + edits.added.len(),
         "deletes": edits.removed.len(),
         "anon_before_bytes": anon_before,
+        "anon_growth_bytes": anon_peak.saturating_sub(anon_before),
         "peak_growth_bytes": peak.saturating_sub(before),
     }))
 }

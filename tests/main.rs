@@ -16,6 +16,7 @@ mod cli_notify;
 mod cli_pin;
 #[cfg(feature = "cli")]
 mod cli_publish;
+mod colliding_keys;
 mod common;
 mod compression;
 mod conformance;

@@ -79,6 +79,65 @@ impl<'a> Populate<'a> {
         std::mem::take(&mut self.tags)
     }
 
+    /// Adds records from `parts` threads at once, so that building and
+    /// canonicalizing a cycle's records uses every core: `fill(i, part)`
+    /// runs on a thread of its own for each `i` in `0..parts`, and adds
+    /// records to `part`, a populate of its own with every method of this
+    /// one (records of any registered type, tags). Each caller splits its
+    /// records among the parts (by index range, by key hash, by input
+    /// file): every record must be added by exactly one part, as if added
+    /// here, and a key added by two parts is the usual duplicate-key error
+    /// at identify.
+    ///
+    /// Once every part returns, their records follow those already added
+    /// here, part 0's first, so the order (which decides the ordinals new
+    /// keys take) depends only on how the caller split the records, not on
+    /// the threads' timing; their tags follow this populate's in the same
+    /// order. The first error of a part (lowest `i`) is returned and no
+    /// record of any part is added. A panic in a part is resumed here.
+    ///
+    /// Records cost one more copy each (from the part's arena into this
+    /// one's); `parts` of 1 runs `fill` on this thread with no copy.
+    /// `std::thread::available_parallelism` is the usual choice.
+    pub fn parallel<F>(&mut self, parts: usize, fill: F) -> Result<(), Error>
+    where
+        F: Fn(usize, &mut Populate<'_>) -> Result<(), Error> + Sync,
+    {
+        if parts <= 1 {
+            return fill(0, self);
+        }
+        let config = self.config;
+        // A part's key fields resolved by reflection are not `Send`: only
+        // its records and tags come back.
+        type Part = (Vec<Batch>, Vec<(String, String)>);
+        let done: Vec<Result<Part, Error>> = std::thread::scope(|scope| {
+            let fill = &fill;
+            let threads: Vec<_> = (0..parts)
+                .map(|i| {
+                    scope.spawn(move || {
+                        let mut part = Populate::new(config, None);
+                        fill(i, &mut part).map(|()| (part.batches, part.tags))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let done = done.into_iter().collect::<Result<Vec<_>, Error>>()?;
+        for (batches, tags) in done {
+            for (into, from) in self.batches.iter_mut().zip(&batches) {
+                into.append(from);
+            }
+            self.tags.extend(tags);
+        }
+        Ok(())
+    }
+
     /// The records added, one batch per registered type.
     pub(super) fn into_batches(self) -> Vec<Batch> {
         self.batches

@@ -103,6 +103,14 @@ impl Batch {
         });
     }
 
+    /// Appends a copy of every record of `other` (a batch of the same
+    /// type), in its order.
+    pub fn append(&mut self, other: &Batch) {
+        for r in 0..other.len() {
+            self.push_from(other, r);
+        }
+    }
+
     /// Appends a copy of record `r` of `other` (a batch of the same
     /// type); returns its index here.
     fn push_from(&mut self, other: &Batch, r: u32) -> u32 {

@@ -48,6 +48,7 @@ mod load;
 mod metrics_http;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod notify;
+mod parallel_populate;
 mod producer_blocking;
 mod producer_pin;
 mod producer_restore;

@@ -164,13 +164,18 @@ pub async fn produce(
         .listener(steps.clone())
         .build()?;
     let mut data = Dataset::new(records, seed);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cycles = Vec::new();
     for cycle in 1..=4u32 {
         if cycle > 1 {
             data.advance(u64::from(cycle), change, churn.unwrap_or(0.0));
         }
         let started = Instant::now();
-        let report = producer.run_cycle(|p| data.populate(p)).await?;
+        // Both cores build records (`Populate::parallel`), as a producer
+        // on this machine would.
+        let report = producer
+            .run_cycle(|p| data.populate_parallel(p, threads))
+            .await?;
         let seconds = started.elapsed().as_secs_f64();
         let size =
             |f: fn(&BlobName) -> bool| report.blobs.iter().find(|(n, _)| f(n)).map(|(_, b)| *b);
@@ -220,6 +225,7 @@ pub async fn produce(
         json!({
             "cycles": cycles,
             "peak_rss_bytes": peak,
+            "populate_threads": threads,
             "peak_anon_bytes": anon_peak,
             "peak_file_bytes": file_peak,
             "incremental": incremental,

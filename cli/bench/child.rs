@@ -170,6 +170,7 @@ pub async fn produce(
         if cycle > 1 {
             data.advance(u64::from(cycle), change, churn.unwrap_or(0.0));
         }
+        steps.0.lock().map_err(|_| anyhow!("poisoned"))?.clear();
         let started = Instant::now();
         // Both cores build records (`Populate::parallel`), as a producer
         // on this machine would.
@@ -198,6 +199,7 @@ pub async fn produce(
             "reverse_bytes": size(|n| matches!(n, BlobName::Reverse(..))),
             "snapshot_bytes_stored": stored(|n| matches!(n, BlobName::Snapshot(_))),
             "delta_bytes_stored": stored(|n| matches!(n, BlobName::Delta(..))),
+            "steps": steps.take()?,
         }));
     }
     let peak = peak_rss()?;
@@ -208,14 +210,7 @@ pub async fn produce(
         let edits = data.advance(5, change, churn.unwrap_or(0.0));
         steps.0.lock().map_err(|_| anyhow!("poisoned"))?.clear();
         let mut figures = incremental_cycle(&producer, &data, &edits, &sampler).await?;
-        let steps: serde_json::Map<String, serde_json::Value> = steps
-            .0
-            .lock()
-            .map_err(|_| anyhow!("poisoned"))?
-            .iter()
-            .map(|(step, seconds)| (step.clone(), json!(seconds)))
-            .collect();
-        figures["steps"] = serde_json::Value::Object(steps);
+        figures["steps"] = steps.take()?;
         Some(figures)
     } else {
         None
@@ -237,6 +232,18 @@ pub async fn produce(
 /// The duration of each step of the producer's cycles, as they finish.
 #[derive(Default)]
 struct Steps(std::sync::Mutex<Vec<(String, f64)>>);
+
+impl Steps {
+    /// The steps done since the last call, as a JSON object of seconds.
+    fn take(&self) -> anyhow::Result<serde_json::Value> {
+        let done = std::mem::take(&mut *self.0.lock().map_err(|_| anyhow!("poisoned"))?);
+        Ok(serde_json::Value::Object(
+            done.into_iter()
+                .map(|(step, seconds)| (step, json!(seconds)))
+                .collect(),
+        ))
+    }
+}
 
 impl burrow::producer::CycleListener for Steps {
     fn on_event(&self, event: &burrow::producer::CycleEvent<'_>) {

@@ -90,14 +90,15 @@ impl<'a> Populate<'a> {
     /// at identify.
     ///
     /// Once every part returns, their records follow those already added
-    /// here, part 0's first, so the order (which decides the ordinals new
+    /// here in part order, so the order (which decides the ordinals new
     /// keys take) depends only on how the caller split the records, not on
     /// the threads' timing; their tags follow this populate's in the same
     /// order. The first error of a part (lowest `i`) is returned and no
     /// record of any part is added. A panic in a part is resumed here.
     ///
-    /// Records cost one more copy each (from the part's arena into this
-    /// one's); `parts` of 1 runs `fill` on this thread with no copy.
+    /// Part 0 runs on this thread and adds to this populate directly; the
+    /// other parts' records are copied here once they are done (one bulk
+    /// copy of each part's arena). `parts` of 1 is `fill(0, self)`.
     /// `std::thread::available_parallelism` is the usual choice.
     pub fn parallel<F>(&mut self, parts: usize, fill: F) -> Result<(), Error>
     where
@@ -108,28 +109,33 @@ impl<'a> Populate<'a> {
         }
         let config = self.config;
         // A part's key fields resolved by reflection are not `Send`: only
-        // its records and tags come back.
+        // its records and tags come back. Part 0 adds to this populate
+        // itself, on this thread: its records are never copied.
         type Part = (Vec<Batch>, Vec<(String, String)>);
-        let done: Vec<Result<Part, Error>> = std::thread::scope(|scope| {
-            let fill = &fill;
-            let threads: Vec<_> = (0..parts)
-                .map(|i| {
-                    scope.spawn(move || {
-                        let mut part = Populate::new(config, None);
-                        fill(i, &mut part).map(|()| (part.batches, part.tags))
+        let (own, others): (Result<(), Error>, Vec<Result<Part, Error>>) =
+            std::thread::scope(|scope| {
+                let fill = &fill;
+                let threads: Vec<_> = (1..parts)
+                    .map(|i| {
+                        scope.spawn(move || {
+                            let mut part = Populate::new(config, None);
+                            fill(i, &mut part).map(|()| (part.batches, part.tags))
+                        })
                     })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| {
-                    t.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
-        let done = done.into_iter().collect::<Result<Vec<_>, Error>>()?;
-        for (batches, tags) in done {
+                    .collect();
+                let own = fill(0, self);
+                let others = threads
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect();
+                (own, others)
+            });
+        own?;
+        let others = others.into_iter().collect::<Result<Vec<_>, Error>>()?;
+        for (batches, tags) in others {
             for (into, from) in self.batches.iter_mut().zip(&batches) {
                 into.append(from);
             }

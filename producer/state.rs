@@ -106,9 +106,14 @@ impl Batch {
     /// Appends a copy of every record of `other` (a batch of the same
     /// type), in its order.
     pub fn append(&mut self, other: &Batch) {
-        for r in 0..other.len() {
-            self.push_from(other, r);
-        }
+        let (words, keys) = (self.words.len() as u64, self.keys.len() as u64);
+        self.words.extend_from_slice(&other.words);
+        self.keys.extend_from_slice(&other.keys);
+        self.recs.extend(other.recs.iter().map(|rec| Rec {
+            start: rec.start + words,
+            key_start: rec.key_start + keys,
+            ..*rec
+        }));
     }
 
     /// Appends a copy of record `r` of `other` (a batch of the same

@@ -80,7 +80,9 @@
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
 //! - `incremental`: [`Producer::run_incremental_cycle`] and [`Incremental`].
 //! - `write`: the bytes of the delta, reverse delta (one function, two
-//!   directions) and snapshot.
+//!   directions) and snapshot, streamed into spool files.
+//! - `spool`: the unlinked scratch files each blob is spooled to,
+//!   compressed into and uploaded from, so that no blob is whole in memory.
 //! - `restore`: [`Producer::restore`].
 //! - `retention`: the background retention run after each announcement
 //!   (see [`crate::gc`]).
@@ -96,6 +98,7 @@ mod incremental;
 mod populate;
 mod restore;
 mod retention;
+mod spool;
 mod state;
 pub mod validate;
 mod workdir;
@@ -132,7 +135,8 @@ pub enum CycleStep {
     Identify,
     /// Running the validators on the cycle's changes.
     Validate,
-    /// Encoding the delta, reverse delta and snapshot in memory.
+    /// Encoding the delta, reverse delta and snapshot into spool files of
+    /// the work directory, and compressing them.
     WriteBlobs,
     /// Putting the blobs in the store (create-only).
     Publish,
@@ -298,6 +302,21 @@ pub enum ProducerError {
         "an incremental cycle needs an announced state: run a full cycle first (or restore one)"
     )]
     NoState,
+    /// A blob could not be spooled in the producer's work directory (a
+    /// full disk, the directory removed or unwritable): the cycle stops at
+    /// its write step, nothing is put.
+    #[error("{blob}: cannot {op} its spool file in the work directory {}: {source}", dir.display())]
+    Spool {
+        /// The blob being written (`snapshot/...`, `delta/...`).
+        blob: String,
+        /// The work directory ([`ProducerBuilder::work_dir`]).
+        dir: std::path::PathBuf,
+        /// What failed (`create`, `write`, `read`, `map`, `compress into`).
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The producer cannot rebuild (or no longer matches) the log's state:
     /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]

@@ -275,7 +275,7 @@ mod tests {
                         for b in 0..(i % 3) as u32 {
                             let mut book = books.reborrow().get(b);
                             book.set_title(format!("book {b} of {i}").as_str());
-                            book.set_pages(100 + b as u32);
+                            book.set_pages(100 + b);
                         }
                         s.reborrow().get_location().set_room("east");
                         s.get_owner().set_library(i as u32);

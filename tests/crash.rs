@@ -275,13 +275,19 @@ async fn producer_killed_at_every_step() {
     // Kills between upload parts leave temporary uploads, never a blob:
     // gc sweeps them, and the store still verifies.
     let left = burrow::gc::find_leftovers(&store).await.unwrap();
-    eprintln!("crash figures: {} temporary uploads left by the kills", left.len());
+    eprintln!(
+        "crash figures: {} temporary uploads left by the kills",
+        left.len()
+    );
     let swept = burrow::gc::sweep_leftovers(&store, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(swept.len(), left.len());
     assert_eq!(burrow::gc::find_leftovers(&store).await.unwrap(), vec![]);
-    assert!(burrow::verify::verify_store(&store).await.unwrap().is_clean());
+    assert!(burrow::verify::verify_store(&store)
+        .await
+        .unwrap()
+        .is_clean());
 }
 
 /// Invariant: the same, for incremental cycles: a producer killed at any

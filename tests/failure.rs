@@ -147,7 +147,10 @@ async fn listeners_see_steps_and_outcomes_and_validators_refuse() {
 }
 
 /// A producer of the Movie workload spooling in `work`.
-fn producer_in(store: &burrow::blobstore::BlobStore, work: &std::path::Path) -> burrow::producer::Producer {
+fn producer_in(
+    store: &burrow::blobstore::BlobStore,
+    work: &std::path::Path,
+) -> burrow::producer::Producer {
     burrow::producer::ProducerBuilder::new(store.clone())
         .producer_id("p")
         .retention(None)

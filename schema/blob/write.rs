@@ -21,9 +21,9 @@
 //! that want the bytes (tests, tools, fuzzing). The skeleton and the pool
 //! of interned leaves stay in memory. The records area goes out as it is
 //! made: a list's elements are placed a window at a time
-//! ([`WINDOW_WORDS`]) while the children each record places are appended
+//! (`WINDOW_WORDS`, 1 MiB) while the children each record places are appended
 //! to a small buffer, written out in order once it holds
-//! [`PENDING_WORDS`]; each window is then written at its place (the
+//! `PENDING_WORDS` (1 MiB); each window is then written at its place (the
 //! elements come before their children in the body but are finished
 //! after them). What a list pointer or the `Records` struct says is only
 //! known once what precedes its target is written, so those few words are

@@ -5,6 +5,11 @@
 //! only replaces the last announced state after the announce step
 //! succeeded; every step before that returns an error naming itself
 //! ([`ProducerError::Cycle`]) and leaves the state untouched.
+//!
+//! The write step spools each blob and its compressed object into files
+//! of the work directory (`spool.rs`); the publish step uploads from those
+//! files, a part at a time above the store's part size, so the cycle's
+//! memory does not grow with its blobs.
 
 use super::blocking::blocking;
 use super::builder::Config;

@@ -17,9 +17,13 @@
 //!    version is returned.
 //! 5. **Validate**: validators see the changes; a failure stops the cycle.
 //! 6. **Publish** the delta, the reverse delta and, on the first cycle and
-//!    every `snapshot_every` cycles, the snapshot, each with a create-only
-//!    put. If a name is already taken (an orphan of a producer that died
-//!    before announcing), the version is bumped and the blobs rewritten.
+//!    every `snapshot_every` cycles, the snapshot: each is streamed into a
+//!    spool file of the work directory, compressed into another, and put
+//!    from it create-only (one put up to the store's part size, a
+//!    multipart upload above it; module `spool`), so that no blob is ever
+//!    whole in memory. If a name is already taken (an orphan of a producer
+//!    that died before announcing), the version is bumped and the blobs
+//!    rewritten.
 //! 7. **Announce** with a create-only put of the next log entry (if an
 //!    operator's pin or unpin took that entry during the cycle, the
 //!    announcement goes after it and carries its pin: a pin holds consumers

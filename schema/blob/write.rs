@@ -28,7 +28,8 @@
 //! after them). What a list pointer or the `Records` struct says is only
 //! known once what precedes its target is written, so those few words are
 //! reserved and written last. Memory is thus bounded by the skeleton, the
-//! pool and two 1 MiB buffers, whatever the number of records.
+//! pool, two 1 MiB buffers and a word per list, whatever the number of
+//! records.
 //!
 //! The envelope and the segment table, at the front, need the body's
 //! length and xxh3-128 checksum, known only at the end: the segment table
@@ -37,6 +38,10 @@
 //! order, so it cannot be hashed on the way out without buffering the
 //! children of a whole list), then the envelope is written over the first
 //! 64 bytes.
+//!
+//! The failpoint `mid-blob-write` (`crate::failpoint`, a no-op unless the
+//! `failpoints` feature is on) marks the end of each list: the crash
+//! tests kill a producer there, with a blob partly spooled.
 
 use super::MAX_LIST_ELEMENTS;
 use crate::error::FormatError;

@@ -28,9 +28,11 @@
 //! - The envelope checksum covers the decompressed (mapped) bytes; the
 //!   frame carries no checksum of its own.
 //!
-//! The producer compresses each blob of a cycle before its put
-//! ([`Compression::compress`], on the producer's blocking path); the
-//! announcement's byte counts are the stored sizes, which is what a
+//! The producer compresses each blob of a cycle before its put, streaming
+//! its spool file into a second one ([`Compression::compress_stream`], on
+//! the producer's blocking path, in bounded memory; see
+//! `producer/spool.rs`); the announcement's byte counts are the stored
+//! sizes, which is what a
 //! consumer's plan fetches. The consumer's cache decompresses while it
 //! streams into its temp file ([`FrameDecoder`], used by
 //! [`super::cache`]); whole-blob readers (restore, `verify`, `inspect`)
@@ -172,26 +174,67 @@ impl Compression {
         let Compression::Zstd { level } = *self else {
             return Ok(blob);
         };
-        let failed = |e: std::io::Error| -> Error {
-            Error::Config {
-                what: "compression".into(),
-                reason: format!("zstd level {level} failed: {e}"),
-            }
-        };
         // The output grows as it is written, so no second blob-sized
         // buffer is reserved up front.
-        let mut encoder =
-            zstd::stream::write::Encoder::new(Vec::with_capacity(blob.len() / 4 + 64), level)
-                .map_err(failed)?;
-        encoder.include_contentsize(true).map_err(failed)?;
-        encoder.include_checksum(false).map_err(failed)?;
-        encoder
-            .set_pledged_src_size(Some(blob.len() as u64))
-            .map_err(failed)?;
-        encoder.write_all(&blob).map_err(failed)?;
-        let out = encoder.finish().map_err(failed)?;
+        let out = Vec::with_capacity(blob.len() / 4 + 64);
+        let out = self
+            .compress_stream(&blob[..], blob.len() as u64, out)
+            .map_err(|e| Error::Config {
+                what: "compression".into(),
+                reason: format!("zstd level {level} failed: {e}"),
+            })?;
         Ok(Bytes::from(out))
     }
+
+    /// Streams the raw blob read from `src` (exactly `len` bytes) into
+    /// `dst` as the object to store: the same bytes without compression,
+    /// else one zstd frame declaring its content size (the only encoder
+    /// settings a producer uses: [`Compression::compress`] runs through
+    /// here too). Memory is zstd's own state and window, whatever `len`;
+    /// the producer streams a spool file into another this way
+    /// (`producer/spool.rs`). Returns `dst`, flushed. An error is the
+    /// reader's, the writer's or zstd's; `src` ending before `len` bytes
+    /// is one. CPU work: call it off the async workers.
+    pub fn compress_stream<R: std::io::Read, W: Write>(
+        &self,
+        src: R,
+        len: u64,
+        mut dst: W,
+    ) -> std::io::Result<W> {
+        let mut src = src.take(len);
+        let copied = match *self {
+            Compression::None => {
+                let n = std::io::copy(&mut src, &mut dst)?;
+                dst.flush()?;
+                n
+            }
+            Compression::Zstd { level } => {
+                let mut encoder = zstd::stream::write::Encoder::new(dst, level)?;
+                encoder.include_contentsize(true)?;
+                encoder.include_checksum(false)?;
+                encoder.set_pledged_src_size(Some(len))?;
+                let n = std::io::copy(&mut src, &mut encoder)?;
+                if n != len {
+                    return Err(short(n, len));
+                }
+                dst = encoder.finish()?;
+                dst.flush()?;
+                n
+            }
+        };
+        if copied != len {
+            return Err(short(copied, len));
+        }
+        Ok(dst)
+    }
+}
+
+/// The error of a source that ended before the length it was given.
+fn short(read: u64, len: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the blob ended after {read} of its {len} bytes"),
+    )
 }
 
 /// What is wrong with a compressed blob. Always inside a

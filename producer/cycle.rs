@@ -5,10 +5,16 @@
 //! only replaces the last announced state after the announce step
 //! succeeded; every step before that returns an error naming itself
 //! ([`ProducerError::Cycle`]) and leaves the state untouched.
+//!
+//! The write step spools each blob and its compressed object into files
+//! of the work directory (`spool.rs`); the publish step uploads from those
+//! files, a part at a time above the store's part size, so the cycle's
+//! memory does not grow with its blobs.
 
 use super::blocking::blocking;
 use super::builder::Config;
 use super::populate::Populate;
+use super::spool::Spool;
 use super::state::Changed;
 use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
 use super::validate::CycleDiff;
@@ -22,7 +28,6 @@ use crate::blobstore::{BlobName, BlobStore, StoreError};
 use crate::error::{Error, FormatError};
 use crate::schema::checksum::TypeChecksum;
 use crate::schema::DatasetId;
-use bytes::Bytes;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -264,10 +269,7 @@ pub(super) fn published_report(
         published: true,
         changes,
         blobs: blobs.iter().map(|b| (b.name, b.raw_bytes)).collect(),
-        stored_blobs: blobs
-            .iter()
-            .map(|b| (b.name, b.bytes.len() as u64))
-            .collect(),
+        stored_blobs: blobs.iter().map(|b| (b.name, b.object.len())).collect(),
         populate_time,
         total_time: started.elapsed(),
         announcement: Some(entry),
@@ -464,13 +466,13 @@ pub(super) fn validate(
     })
 }
 
-/// A blob of the cycle as stored (compressed or not).
+/// A blob of the cycle as stored (compressed or not), spooled.
 pub(super) struct Stored {
     name: BlobName,
     /// Its size as mapped (decompressed).
     raw_bytes: u64,
-    /// The object put in the store.
-    bytes: Bytes,
+    /// The object to put in the store, in its spool file.
+    object: Spool,
 }
 
 /// Step 6: writes the blobs and publishes them. A name already taken is
@@ -485,16 +487,17 @@ pub(super) async fn write_and_publish(
     loop {
         attempts += 1;
         let version = req.version;
-        // Each blob is compressed here, so the puts, the announcement's
-        // byte counts and the report all see the stored objects.
+        // Each blob is compressed here, spool to spool, so the puts, the
+        // announcement's byte counts and the report all see the stored
+        // objects. A raw spool is dropped (freed) once compressed.
         let written = blocking(|| {
             write_blobs(config, &req)?
                 .into_iter()
                 .map(|(name, raw)| {
                     Ok(Stored {
                         name,
-                        raw_bytes: raw.len() as u64,
-                        bytes: config.compression.compress(raw)?,
+                        raw_bytes: raw.len(),
+                        object: raw.compressed(config.compression, &config.work_dir)?,
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()
@@ -519,8 +522,8 @@ pub(super) async fn write_and_publish(
 /// writes and fsyncs run on tokio's blocking pool: see `blocking`.)
 async fn publish(config: &Config, blobs: &[Stored]) -> Result<(), Error> {
     crate::failpoint::hit("before-publish");
-    for Stored { name, bytes, .. } in blobs {
-        put(&config.store, name, bytes).await?;
+    for Stored { name, object, .. } in blobs {
+        put(&config.store, name, object).await?;
         crate::failpoint::hit(match name {
             BlobName::Delta(..) => "after-delta-put",
             BlobName::Reverse(..) => "after-reverse-put",
@@ -530,26 +533,34 @@ async fn publish(config: &Config, blobs: &[Stored]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Puts one blob create-only: up to the store's part size as one put,
-/// above it as a multipart upload in parts of that size, moved into place
-/// create-only (`blobstore/upload.rs`), so that a blob of any size the
-/// store takes goes up and a racing writer can never replace it.
-async fn put(store: &BlobStore, name: &BlobName, bytes: &Bytes) -> Result<(), Error> {
+/// Puts one blob create-only from its spool: up to the store's part size
+/// read into memory and sent as one put, above it as a multipart upload
+/// fed one part at a time from the file and moved into place create-only
+/// (`blobstore/upload.rs`), so that a blob of any size the store takes
+/// goes up in bounded memory and a racing writer can never replace it.
+async fn put(store: &BlobStore, name: &BlobName, object: &Spool) -> Result<(), Error> {
     let part = store.upload_options().part_size.max(1);
-    if bytes.len() <= part {
-        return Ok(store.create(name, vec![bytes.clone()]).await?);
+    let len = object.len();
+    if len <= part as u64 {
+        let bytes = blocking(|| object.read_chunk(0, len as usize))?;
+        return Ok(store.create(name, vec![bytes]).await?);
     }
     let mut writer = store.writer(name);
-    for start in (0..bytes.len()).step_by(part) {
-        if let Err(e) = writer
-            .write(bytes.slice(start..(start + part).min(bytes.len())))
-            .await
-        {
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(part as u64) as usize;
+        let sent = match blocking(|| object.read_chunk(at, n)) {
+            Ok(chunk) => writer.write(chunk).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             if let Err(abort) = writer.abort().await {
                 tracing::warn!(blob = %name, error = %abort, "cannot abort the upload; gc sweeps it");
             }
-            return Err(e.into());
+            return Err(e);
         }
+        at += n as u64;
+        crate::failpoint::hit("after-upload-part");
     }
     writer.finish().await?;
     Ok(())
@@ -570,7 +581,7 @@ pub(super) async fn announce(
         blobs
             .iter()
             .find(|b| kind(&b.name))
-            .map_or(0, |b| b.bytes.len() as u64)
+            .map_or(0, |b| b.object.len())
     };
     let entry = Announcement {
         dataset_id,

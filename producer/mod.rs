@@ -17,9 +17,13 @@
 //!    version is returned.
 //! 5. **Validate**: validators see the changes; a failure stops the cycle.
 //! 6. **Publish** the delta, the reverse delta and, on the first cycle and
-//!    every `snapshot_every` cycles, the snapshot, each with a create-only
-//!    put. If a name is already taken (an orphan of a producer that died
-//!    before announcing), the version is bumped and the blobs rewritten.
+//!    every `snapshot_every` cycles, the snapshot: each is streamed into a
+//!    spool file of the work directory, compressed into another, and put
+//!    from it create-only (one put up to the store's part size, a
+//!    multipart upload above it; module `spool`), so that no blob is ever
+//!    whole in memory. If a name is already taken (an orphan of a producer
+//!    that died before announcing), the version is bumped and the blobs
+//!    rewritten.
 //! 7. **Announce** with a create-only put of the next log entry (if an
 //!    operator's pin or unpin took that entry during the cycle, the
 //!    announcement goes after it and carries its pin: a pin holds consumers
@@ -80,7 +84,9 @@
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
 //! - `incremental`: [`Producer::run_incremental_cycle`] and [`Incremental`].
 //! - `write`: the bytes of the delta, reverse delta (one function, two
-//!   directions) and snapshot.
+//!   directions) and snapshot, streamed into spool files.
+//! - `spool`: the unlinked scratch files each blob is spooled to,
+//!   compressed into and uploaded from, so that no blob is whole in memory.
 //! - `restore`: [`Producer::restore`].
 //! - `retention`: the background retention run after each announcement
 //!   (see [`crate::gc`]).
@@ -96,6 +102,7 @@ mod incremental;
 mod populate;
 mod restore;
 mod retention;
+mod spool;
 mod state;
 pub mod validate;
 mod workdir;
@@ -132,7 +139,8 @@ pub enum CycleStep {
     Identify,
     /// Running the validators on the cycle's changes.
     Validate,
-    /// Encoding the delta, reverse delta and snapshot in memory.
+    /// Encoding the delta, reverse delta and snapshot into spool files of
+    /// the work directory, and compressing them.
     WriteBlobs,
     /// Putting the blobs in the store (create-only).
     Publish,
@@ -298,6 +306,21 @@ pub enum ProducerError {
         "an incremental cycle needs an announced state: run a full cycle first (or restore one)"
     )]
     NoState,
+    /// A blob could not be spooled in the producer's work directory (a
+    /// full disk, the directory removed or unwritable): the cycle stops at
+    /// its write step, nothing is put.
+    #[error("{blob}: cannot {op} its spool file in the work directory {}: {source}", dir.display())]
+    Spool {
+        /// The blob being written (`snapshot/...`, `delta/...`).
+        blob: String,
+        /// The work directory ([`ProducerBuilder::work_dir`]).
+        dir: std::path::PathBuf,
+        /// What failed (`create`, `write`, `read`, `map`, `compress into`).
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The producer cannot rebuild (or no longer matches) the log's state:
     /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]

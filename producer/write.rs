@@ -1,6 +1,12 @@
-//! Blob writing: turning a cycle's diffs into the bytes of its delta,
-//! reverse delta and snapshot (no I/O; publishing them is the cycle's
-//! publish step).
+//! Blob writing: turning a cycle's diffs into its delta, reverse delta and
+//! snapshot, each streamed into a spool file of the work directory
+//! (`spool.rs`; the format's streaming writer, `schema/blob/write.rs`), so
+//! that no blob is ever whole in memory. Compressing and publishing them
+//! is the cycle's (`cycle.rs`).
+//!
+//! The forward delta is read back before anything is published, through
+//! a read-only map of its spool: the last announced state plus it must
+//! sum to the new state's checksums.
 //!
 //! The forward delta (previous → new) and the reverse delta (new →
 //! previous) are mirror images: what one removes the other sets, and a
@@ -16,6 +22,7 @@
 //! an empty type, with its name and key fields.
 
 use super::builder::Config;
+use super::spool::Spool;
 use super::state::{Changed, TypeDiff, TypeState, UnregisteredType};
 use super::CycleStamp;
 use crate::blobstore::BlobName;
@@ -23,12 +30,11 @@ use crate::error::Error;
 use crate::error::FormatError;
 use crate::schema::blob::OpenBlob;
 use crate::schema::blob::{
-    write_delta, write_snapshot, DeltaTypeSource, HeaderInfo, SnapshotTypeSource,
+    stream_delta, stream_snapshot, DeltaTypeSource, HeaderInfo, SnapshotTypeSource,
 };
 use crate::schema::checksum::{self, PriorRecords, TypeChecksum};
 use crate::schema::envelope::BlobKind;
 use crate::schema::DatasetId;
-use bytes::Bytes;
 use std::sync::Arc;
 
 /// Which way a delta goes.
@@ -157,13 +163,15 @@ fn recreate(state: &TypeState) -> TypeDelta<'_> {
     }
 }
 
-/// The delta blob between `prev_version` and `version` in `direction`.
+/// The delta blob `name` between `prev_version` and `version` in
+/// `direction`, spooled.
 fn delta_blob(
     config: &Config,
     direction: Direction,
+    name: &BlobName,
     head: &HeaderInfo<'_>,
     req: &WriteRequest<'_>,
-) -> Result<Vec<u8>, Error> {
+) -> Result<Spool, Error> {
     let recreated: Vec<TypeDelta<'_>> = match direction {
         Direction::Forward => Vec::new(),
         Direction::Reverse => req
@@ -230,7 +238,9 @@ fn delta_blob(
         Direction::Forward => BlobKind::Delta,
         Direction::Reverse => BlobKind::Reverse,
     };
-    Ok(write_delta(kind, head, &sources)?)
+    let mut spool = Spool::new(&config.work_dir, name)?;
+    stream_delta(kind, head, &sources, &mut spool)?;
+    Ok(spool)
 }
 
 /// The records of the last announced state, by type id, as the checksum
@@ -275,12 +285,14 @@ impl PriorRecords for PrevRecords<'_> {
 fn check_forward(
     config: &Config,
     req: &WriteRequest<'_>,
-    bytes: &[u8],
+    spool: &Spool,
     name: &BlobName,
     next_sums: &[TypeChecksum],
 ) -> Result<(), Error> {
     let label = name.to_string();
-    let blob = Arc::new(OpenBlob::from_bytes(bytes, &label)?);
+    let blob = Arc::new(OpenBlob::from_mmap(spool.map()?, &label)?);
+    // What was spooled is what the writer checksummed.
+    blob.verify()?;
     let (_, sections) = blob.delta()?;
     let mut prior = PrevRecords { config, req };
     let before = |type_id: u64| prior_sum(config, req, type_id);
@@ -368,12 +380,13 @@ fn header<'a>(
     }
 }
 
-/// Builds the blobs of one cycle: the delta and reverse delta (unless this
-/// is the first cycle), then the snapshot if one is due.
+/// Builds the blobs of one cycle, each spooled (raw, as mapped): the
+/// delta and reverse delta (unless this is the first cycle), then the
+/// snapshot if one is due.
 pub(super) fn write_blobs(
     config: &Config,
     req: &WriteRequest<'_>,
-) -> Result<Vec<(BlobName, Bytes)>, Error> {
+) -> Result<Vec<(BlobName, Spool)>, Error> {
     let version = req.version;
     // Going back, the reverse delta claims the previous state's checksums.
     let prev_sums: Vec<TypeChecksum> = config
@@ -391,23 +404,26 @@ pub(super) fn write_blobs(
     let head = |from, to, cycle, sums| header(config, req.dataset_id, from, to, cycle, sums);
     let mut out = Vec::new();
     if let Some(prev) = req.prev_version {
+        let name = BlobName::Delta(prev, version);
         let forward = delta_blob(
             config,
             Direction::Forward,
+            &name,
             &head(prev, version, req.cycle, req.next_sums),
             req,
         )?;
-        let name = BlobName::Delta(prev, version);
         check_forward(config, req, &forward, &name, req.next_sums)?;
-        out.push((name, Bytes::from(forward)));
+        out.push((name, forward));
         let back_to = req.prev_cycle.unwrap_or(req.cycle);
+        let name = BlobName::Reverse(version, prev);
         let reverse = delta_blob(
             config,
             Direction::Reverse,
+            &name,
             &head(version, prev, back_to, &prev_sums),
             req,
         )?;
-        out.push((BlobName::Reverse(version, prev), Bytes::from(reverse)));
+        out.push((name, reverse));
     }
     if let Some(states) = req.snapshot {
         let sources: Vec<SnapshotTypeSource<'_>> = config
@@ -426,8 +442,14 @@ pub(super) fn write_blobs(
                 indexes: &t.indexes,
             })
             .collect();
-        let snapshot = write_snapshot(&head(0, version, req.cycle, req.next_sums), &sources)?;
-        out.push((BlobName::Snapshot(version), Bytes::from(snapshot)));
+        let name = BlobName::Snapshot(version);
+        let mut snapshot = Spool::new(&config.work_dir, &name)?;
+        stream_snapshot(
+            &head(0, version, req.cycle, req.next_sums),
+            &sources,
+            &mut snapshot,
+        )?;
+        out.push((name, snapshot));
     }
     Ok(out)
 }

@@ -6,7 +6,9 @@
 //!   message) into an element of a struct list: the struct's sections
 //!   into the element, each child subtree either after the list (in
 //!   canonical pre-order) or, for an interned leaf, at the one copy the
-//!   writer keeps ([`Interner`]).
+//!   writer keeps ([`Interner`]). It sees one element and an append
+//!   callback, never the whole body, so that the writer can stream a
+//!   blob to a file in bounded memory (`schema/blob/write.rs`).
 //! - [`canonical_record`] is its inverse: the canonical message of an
 //!   element, byte for byte what the producer placed (so that a restored
 //!   producer compares records by bytes as before).
@@ -332,27 +334,39 @@ pub struct InternPlan<'a> {
     pub pool_at: usize,
 }
 
-/// Places the canonical record `src` into the element at `elem` of
-/// `out` (its `data` data words and `ptrs` pointers already allocated and
-/// zeroed), appending its non-interned subtrees to `out` in order.
+/// Places the canonical record `src` into the list element `elem` (its
+/// `data` data words, then its pointers; zeroed), which sits at word
+/// `elem_at` of the segment. Each non-interned child subtree is handed to
+/// `append`, in pointer order, which stores it after everything placed so
+/// far and returns the segment word it now starts at; an interned leaf is
+/// pointed at its one copy in the pool instead.
+///
+/// The element is a slice, not a window into the whole body, so that a
+/// writer can stream the records area: it holds the elements of a list
+/// (or part of one) in memory, writes the children out as they are
+/// appended, and writes the elements where they belong once they are
+/// placed. Pointers are relative, positions are absolute within the
+/// segment: a child's pointer is its position minus the pointer's own.
 pub fn place_record(
     src: &[u64],
-    out: &mut Vec<u64>,
-    elem: usize,
+    elem: &mut [u64],
+    elem_at: usize,
     data: u16,
-    ptrs: u16,
     plan: &InternPlan<'_>,
+    mut append: impl FnMut(&[u64]) -> usize,
 ) -> Result<(), WireError> {
     let (root, kids) = children(src)?;
     let (d, n) = (root.data_words() as usize, root.ptr_count() as usize);
-    if d > data as usize || n > ptrs as usize {
+    let data = data as usize;
+    let ptrs = elem.len().saturating_sub(data);
+    if d > data || n > ptrs {
         return Err(format!(
             "record struct of {d} data words and {n} pointers exceeds its list's {data} and {ptrs}"
         ));
     }
-    out[elem..elem + d].copy_from_slice(&src[1..1 + d]);
+    elem[..d].copy_from_slice(&src[1..1 + d]);
     for child in kids {
-        let at = elem + data as usize + child.index;
+        let at = data + child.index;
         let block = &src[child.block.clone()];
         let pooled = if child.index < 64 && (plan.fields >> child.index) & 1 == 1 {
             match leaf_words(src, 1 + d + child.index)? {
@@ -364,13 +378,9 @@ pub fn place_record(
         };
         let place = match pooled {
             Some(p) => plan.pool_at + p as usize,
-            None => {
-                let place = out.len();
-                out.extend_from_slice(block);
-                place
-            }
+            None => append(block),
         };
-        out[at] = relocated(child.ptr, at, place);
+        elem[at] = relocated(child.ptr, elem_at + at, place);
     }
     Ok(())
 }
@@ -617,6 +627,31 @@ mod tests {
         out
     }
 
+    /// [`place_record`] into a body held whole in memory: the element at word
+    /// `elem` of `out` (`data + ptrs` words, allocated and zeroed), children
+    /// appended to `out`.
+    fn place_record_in(
+        src: &[u64],
+        out: &mut Vec<u64>,
+        elem: usize,
+        data: u16,
+        ptrs: u16,
+        plan: &InternPlan<'_>,
+    ) -> Result<(), WireError> {
+        let words = data as usize + ptrs as usize;
+        let mut element = out
+            .get(elem..elem + words)
+            .ok_or_else(|| format!("element at word {elem} runs past the body"))?
+            .to_vec();
+        place_record(src, &mut element, elem, data, plan, |block| {
+            let at = out.len();
+            out.extend_from_slice(block);
+            at
+        })?;
+        out[elem..elem + words].copy_from_slice(&element);
+        Ok(())
+    }
+
     fn movie(id: u64, title: &str, tags: &[&str]) -> Vec<u64> {
         use crate::schema::movies_capnp::movie;
         canonical::<movie::Owned>(|mut m| {
@@ -651,7 +686,7 @@ mod tests {
         let first = out.len();
         out.resize(first + n * 4, 0);
         for (i, r) in records.iter().enumerate() {
-            place_record(r, &mut out, first + i * 4, 2, 2, &plan).unwrap();
+            place_record_in(r, &mut out, first + i * 4, 2, 2, &plan).unwrap();
         }
         (out, first)
     }
@@ -734,7 +769,7 @@ mod tests {
             let first = out.len();
             out.resize(first + records.len() * 4, 0);
             for (i, r) in records.iter().enumerate() {
-                place_record(r, &mut out, first + i * 4, data, ptrs, &plan).unwrap();
+                place_record_in(r, &mut out, first + i * 4, data, ptrs, &plan).unwrap();
             }
             for (i, r) in records.iter().enumerate() {
                 let mut back = Vec::new();

@@ -26,9 +26,15 @@
 //! | `fetch-before-rename` | a temp file is whole, fsynced and verified |
 //! | `fetch-after-rename` | the blob has its final name; directory not fsynced |
 
+/// How many of [`NAMES`], from the first, are the producer's (the rest
+/// are the consumer's).
+pub const PRODUCER_POINTS: usize = 9;
+
 /// Every failpoint name, for tests that run each one.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 12] = [
+    "mid-blob-write",
     "before-publish",
+    "after-upload-part",
     "after-delta-put",
     "after-reverse-put",
     "after-snapshot-put",

@@ -4,6 +4,12 @@
 //! equal to the model; a cache holds only whole, verified blobs after a
 //! restart, and the temp files of interrupted fetches are gone.
 //!
+//! The producer's points include kills while a blob is being spooled
+//! (`mid-blob-write`) and between the parts of a multipart upload
+//! (`after-upload-part`: the crash process uploads in 512-byte parts, so
+//! every blob goes up in several); the temporary uploads those leave are
+//! never read as blobs, and gc sweeps them.
+//!
 //! The processes are `burrow-crashtest` (tests/bin/crashtest.rs): the real
 //! producer and consumer code. They are killed at failpoints
 //! (`BURROW_FAILPOINT`, see `burrow::testing::failpoint`) and, to reach the points
@@ -16,6 +22,7 @@ mod crash_model;
 use burrow::blobstore::{BlobCache, BlobStore};
 use burrow::consumer::{Consumer, ConsumerBuilder, ReadState};
 use burrow::schema::examples::movies_capnp::movie;
+use burrow::testing::failpoint::PRODUCER_POINTS;
 use burrow::testing::workload::{Movie, Rng};
 use crash_model::{generation, generation_of, CrashModel};
 use std::os::unix::process::ExitStatusExt;
@@ -193,7 +200,7 @@ async fn producer_killed_at_every_step() {
     let mut exercised = 0;
     let mut not_reached = 0;
     let mut inconsistent = Vec::new();
-    let producer_points = &burrow::testing::failpoint::NAMES[..7];
+    let producer_points = &burrow::testing::failpoint::NAMES[..PRODUCER_POINTS];
     let mut runs: Vec<String> = Vec::new();
     for name in producer_points {
         // The killed process publishes three generations: with a snapshot
@@ -265,6 +272,22 @@ async fn producer_killed_at_every_step() {
         "only {exercised} failpoint kills happened"
     );
     assert!(inconsistent.is_empty(), "{inconsistent:#?}");
+    // Kills between upload parts leave temporary uploads, never a blob:
+    // gc sweeps them, and the store still verifies.
+    let left = burrow::gc::find_leftovers(&store).await.unwrap();
+    eprintln!(
+        "crash figures: {} temporary uploads left by the kills",
+        left.len()
+    );
+    let swept = burrow::gc::sweep_leftovers(&store, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), left.len());
+    assert_eq!(burrow::gc::find_leftovers(&store).await.unwrap(), vec![]);
+    assert!(burrow::verify::verify_store(&store)
+        .await
+        .unwrap()
+        .is_clean());
 }
 
 /// Invariant: the same, for incremental cycles: a producer killed at any
@@ -282,7 +305,7 @@ async fn producer_killed_during_incremental_cycles() {
     let mut exercised = 0;
     let mut inconsistent = Vec::new();
     // An incremental cycle writes no snapshot: its failpoint is never hit.
-    let points: Vec<&str> = burrow::testing::failpoint::NAMES[..7]
+    let points: Vec<&str> = burrow::testing::failpoint::NAMES[..PRODUCER_POINTS]
         .iter()
         .copied()
         .filter(|n| *n != "after-snapshot-put")
@@ -343,7 +366,7 @@ async fn consumer_killed_while_fetching() {
     let mut exercised = 0;
     let mut inconsistent = Vec::new();
     let mut temp_files_left = 0;
-    for name in &burrow::testing::failpoint::NAMES[7..] {
+    for name in &burrow::testing::failpoint::NAMES[PRODUCER_POINTS..] {
         for n in 1..=2 {
             let spec = format!("{name}@{n}");
             let cache = dir.path().join(format!("cache-{name}-{n}"));

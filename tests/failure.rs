@@ -145,3 +145,62 @@ async fn listeners_see_steps_and_outcomes_and_validators_refuse() {
         "failed at announce"
     );
 }
+
+/// A producer of the Movie workload spooling in `work`.
+fn producer_in(
+    store: &burrow::blobstore::BlobStore,
+    work: &std::path::Path,
+) -> burrow::producer::Producer {
+    burrow::producer::ProducerBuilder::new(store.clone())
+        .producer_id("p")
+        .retention(None)
+        .work_dir(work)
+        .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(&["id"])
+        .build()
+        .unwrap()
+}
+
+/// Invariant: a blob that cannot be spooled (the work directory removed
+/// after the producer was built) fails the cycle at its "write blobs"
+/// step, naming the blob and the directory; nothing is put or announced,
+/// the producer stays at its last announced state, and once the directory
+/// is back the next cycle chains on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_dir_removed_fails_the_cycle_at_write_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = burrow::blobstore::BlobStore::local(dir.path().join("store")).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let producer = producer_in(&store, &work);
+    let reader = consumer(&store, &dir.path().join("cache"));
+    let mut model: Model = (0..200).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    let stored_before = std::fs::read_dir(dir.path().join("store/delta"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+
+    std::fs::remove_dir(&work).unwrap();
+    model.insert(7, movie_value(7, 1));
+    let err = publish(&producer, &model).await.unwrap_err().to_string();
+    assert!(
+        err.contains("failed at step write blobs")
+            && err.contains("delta/")
+            && err.contains(&work.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(producer.version().await, Some(v1));
+    let stored_after = std::fs::read_dir(dir.path().join("store/delta"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored_after, stored_before, "nothing was put");
+    reader.refresh().await.unwrap();
+    assert_eq!(reader.version(), Some(v1));
+
+    std::fs::create_dir(&work).unwrap();
+    let v2 = publish(&producer, &model).await.unwrap().version;
+    assert_eq!(v2, v1 + 1);
+    reader.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&reader), model);
+    // The spools left no file behind.
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+}

@@ -95,3 +95,53 @@ async fn a_full_disk_during_a_fetch_leaves_the_consumer_serving() {
     c.refresh().await.unwrap();
     assert_eq!(snapshot_of(&c), model);
 }
+
+/// Invariant: a producer whose work directory fills up while it spools a
+/// blob fails the cycle at its "write blobs" step with an error that says
+/// the disk is full and names the blob and the directory; it stays at its
+/// last announced state, and once there is room the next cycle chains on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_work_dir_fails_the_cycle_at_write_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let mount = match Tmpfs::mount(&work, "256k") {
+        Ok(m) => m,
+        Err(why) => panic!(
+            "this test needs to mount a 256 KiB tmpfs for the work directory, which needs \
+             root (run the tests as root): {why}"
+        ),
+    };
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let producer = burrow::producer::ProducerBuilder::new(store.clone())
+        .producer_id("p")
+        .retention(None)
+        .compression(burrow::blobstore::Compression::None)
+        .work_dir(&work)
+        .primary_key::<burrow::schema::examples::movies_capnp::movie::Owned>(&["id"])
+        .build()
+        .unwrap();
+    let mut model: Model = (0..50).map(|i| (i, movie_value(i, 0))).collect();
+    let v1 = publish(&producer, &model).await.unwrap().version;
+    // Version 2: a snapshot (the first cycle's was small) would not fit,
+    // nor would its delta: thousands of new records.
+    for i in 50..20_000 {
+        model.insert(i, movie_value(i, 0));
+    }
+    let err = publish(&producer, &model).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("failed at step write blobs")
+            && text.contains("delta/")
+            && text.contains(&work.display().to_string())
+            && text.to_lowercase().contains("no space left"),
+        "{text}"
+    );
+    assert_eq!(producer.version().await, Some(v1));
+    // Room again (the tmpfs unmounted: the directory is on the disk).
+    drop(mount);
+    let v2 = publish(&producer, &model).await.unwrap().version;
+    assert_eq!(v2, v1 + 1);
+    let c = consumer(&store, &dir.path().join("cache"));
+    c.refresh().await.unwrap();
+    assert_eq!(snapshot_of(&c), model);
+}

@@ -1,7 +1,9 @@
 //! Writing and reading blob bodies: snapshots and deltas.
 //!
-//! [`write`](mod@write) builds bodies ([`write_snapshot`],
-//! [`write_delta`]); [`read`](mod@read) holds a blob's bytes
+//! [`write`](mod@write) builds bodies, streamed into a [`BlobSink`] (a
+//! producer's spool file: [`stream_snapshot`], [`stream_delta`]) or in
+//! memory ([`write_snapshot`], [`write_delta`]: the same writer into a
+//! vector); [`read`](mod@read) holds a blob's bytes
 //! ([`OpenBlob`]) and exposes its lists in place. Both sides' names are
 //! re-exported here (`schema::blob::OpenBlob`, ...).
 //!
@@ -41,8 +43,9 @@ pub use read::{
     SnapshotSection, MAX_INDEXES,
 };
 pub use write::{
-    index_slots, write_delta, write_snapshot, DatasetSchema, DeltaTypeSource, HeaderInfo,
-    SnapshotRecords, SnapshotTypeSource, MAX_LIST_SHIFT,
+    index_slots, stream_delta, stream_snapshot, write_delta, write_snapshot, BlobSink,
+    DatasetSchema, DeltaTypeSource, HeaderInfo, SnapshotRecords, SnapshotTypeSource,
+    MAX_LIST_SHIFT,
 };
 
 /// Cap'n Proto's bound on list elements (exclusive).

@@ -11,11 +11,43 @@
 //! record be copied once, from the canonical message the producer keeps,
 //! with its leaves interned, into exactly the layout the reader checks
 //! ([`wire::check_records`]).
+//!
+//! # Streaming
+//!
+//! There is one writer, and it streams: [`stream_snapshot`] and
+//! [`stream_delta`] write into a [`BlobSink`] by position (the producer's
+//! spool file, `producer/spool.rs`); [`write_snapshot`] and
+//! [`write_delta`] run the same code into a `Vec<u8>` for the callers
+//! that want the bytes (tests, tools, fuzzing). The skeleton and the pool
+//! of interned leaves stay in memory. The records area goes out as it is
+//! made: a list's elements are placed a window at a time
+//! (`WINDOW_WORDS`, 1 MiB) while the children each record places are appended
+//! to a small buffer, written out in order once it holds
+//! `PENDING_WORDS` (1 MiB); each window is then written at its place (the
+//! elements come before their children in the body but are finished
+//! after them). What a list pointer or the `Records` struct says is only
+//! known once what precedes its target is written, so those few words are
+//! reserved and written last. Memory is thus bounded by the skeleton, the
+//! pool, two 1 MiB buffers and a word per list, whatever the number of
+//! records.
+//!
+//! The envelope and the segment table, at the front, need the body's
+//! length and xxh3-128 checksum, known only at the end: the segment table
+//! is written then, and the checksum is computed by reading the body back
+//! from the sink in bounded chunks (the body is not written in byte
+//! order, so it cannot be hashed on the way out without buffering the
+//! children of a whole list), then the envelope is written over the first
+//! 64 bytes.
+//!
+//! The failpoint `mid-blob-write` (`crate::failpoint`, a no-op unless the
+//! `failpoints` feature is on) marks the end of each list: the crash
+//! tests kill a producer there, with a blob partly spooled.
 
 use super::MAX_LIST_ELEMENTS;
 use crate::error::FormatError;
 use crate::schema::burrow_capnp::{delta, header, snapshot, type_delta, type_snapshot};
 use crate::schema::dataset_id::DatasetId;
+use crate::schema::envelope::Envelope;
 use crate::schema::envelope::{BlobKind, ENVELOPE_LEN};
 use crate::schema::index::{self, BuiltIndex, IndexDef, NodeIndex};
 use crate::schema::key_index::KeyIndexBuilder;
@@ -258,8 +290,8 @@ pub struct SnapshotTypeSource<'a> {
     /// Number of records (non-hole ordinals); sizes the key index, and the
     /// writer refuses more keyed records than this.
     pub record_count: u32,
-    /// Sum of the words of every record (canonical messages); sizes the
-    /// blob up front.
+    /// Sum of the words of every record (canonical messages). A size
+    /// hint: the streaming writer no longer sizes the blob up front.
     pub total_words: usize,
     /// The pointer of the body's `Records` struct that holds the type's
     /// lists (the producer numbers its types; see `TypeSnapshot.recordsSlot`).
@@ -369,11 +401,24 @@ fn list_shift(stride: usize, limit: u8) -> u8 {
 /// The largest `listShift`: lists of at most 2^28 elements.
 pub const MAX_LIST_SHIFT: u8 = 28;
 
-/// Writes a whole snapshot blob (envelope and body).
+/// Writes a whole snapshot blob (envelope and body) in memory: what
+/// [`stream_snapshot`] streams, into a vector.
 pub fn write_snapshot(
     head: &HeaderInfo<'_>,
     types: &[SnapshotTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    stream_snapshot(head, types, &mut out)?;
+    Ok(out)
+}
+
+/// Streams a snapshot blob into `sink` (see [`BlobSink`]); returns its
+/// length in bytes.
+pub fn stream_snapshot<S: BlobSink>(
+    head: &HeaderInfo<'_>,
+    types: &[SnapshotTypeSource<'_>],
+    sink: &mut S,
+) -> Result<u64, S::Error> {
     let sources: Vec<ListSource<'_>> = types.iter().map(snapshot_source).collect();
     let sizes = sources
         .iter()
@@ -414,12 +459,16 @@ pub fn write_snapshot(
             write_indexes(b, &built[i])?;
         }
     }
-    let extra: usize = types
-        .iter()
-        .map(|t| t.total_words + t.ordinal_limit as usize)
-        .sum();
-    let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
-    Ok(frame_words(BlobKind::Snapshot, 0, head.to_version, body))
+    stream_body(
+        &message,
+        &sources,
+        &sizes,
+        head.max_list_shift,
+        BlobKind::Snapshot,
+        0,
+        head.to_version,
+        sink,
+    )
 }
 
 /// Builds the type's secondary indexes from its records.
@@ -615,35 +664,162 @@ fn intern_fields(t: &ListSource<'_>) -> Result<u64, FormatError> {
     Ok(mask)
 }
 
-/// Appends the records area to the skeleton message and frames the body:
-/// the pool of interned leaves, then the `Records` struct, then each
-/// type's lists in slot order, in canonical pre-order (the layout
-/// [`wire::check_records`] accepts).
-fn finish_body(
+/// Where a blob is written: a file the producer spools to, or memory
+/// (`Vec<u8>`).
+///
+/// # Contract
+///
+/// - `write_at` writes `bytes` at byte `offset` of the blob, past its
+///   current end if need be; bytes never written read as zeros (a file's
+///   hole, a vector's zero fill).
+/// - `read_at` fills `buf` from byte `offset`, all of which was written
+///   (or lies in a gap below the end) before.
+/// - The writer writes each byte at most twice (a reserved word is
+///   written once, when it is known), and reads the body back once, in
+///   order, to checksum it.
+/// - An error (a full disk, a directory gone) stops the write at once;
+///   the sink then holds part of a blob and must be discarded.
+pub trait BlobSink {
+    /// What a failed write or read is; a [`FormatError`] of the records
+    /// converts into it.
+    type Error: From<FormatError>;
+    /// Writes `bytes` at byte `offset`.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// Reads `buf.len()` bytes at byte `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+}
+
+impl BlobSink for Vec<u8> {
+    type Error = FormatError;
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FormatError> {
+        let at = usize::try_from(offset).map_err(|_| too_large("blob bytes", usize::MAX, 0))?;
+        let end = at + bytes.len();
+        if self.len() < end {
+            self.resize(end, 0);
+        }
+        self[at..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(at..at + buf.len()))
+            .ok_or_else(|| corrupt_write(format!("read past the blob's {} bytes", self.len())))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// The byte offset of the segment's first word: after the envelope and the
+/// one-word segment table.
+const SEGMENT_AT: u64 = ENVELOPE_LEN as u64 + 8;
+
+/// Children are written out once this many words are pending (1 MiB).
+const PENDING_WORDS: usize = 1 << 17;
+
+/// Elements are placed this many words at a time (1 MiB), then written.
+const WINDOW_WORDS: usize = 1 << 17;
+
+/// The body's checksum reads it back in chunks of this many bytes.
+const READ_BACK: usize = 1 << 20;
+
+/// The records area being streamed into a sink: positions are words of
+/// the segment; what is appended is held in `pending` and written out in
+/// order once it grows, and reserved words (a list's elements, its
+/// pointers) are written at their place once they are known.
+struct Stream<'s, S: BlobSink> {
+    sink: &'s mut S,
+    /// Words of the segment written, pending or reserved so far.
+    end: usize,
+    /// Appended words not yet written; they end at `end`.
+    pending: Vec<u64>,
+}
+
+impl<S: BlobSink> Stream<'_, S> {
+    fn byte(at: usize) -> u64 {
+        SEGMENT_AT + at as u64 * 8
+    }
+
+    /// Appends `words`; returns the word they start at.
+    fn append(&mut self, words: &[u64]) -> usize {
+        let at = self.end;
+        self.pending.extend_from_slice(words);
+        self.end += words.len();
+        at
+    }
+
+    fn flush(&mut self) -> Result<(), S::Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let at = self.end - self.pending.len();
+        self.sink.write_at(
+            Self::byte(at),
+            crate::schema::record::words_as_bytes(&self.pending),
+        )?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Reserves `n` words, written later with [`Stream::write`]; returns
+    /// the word they start at.
+    fn reserve(&mut self, n: usize) -> Result<usize, S::Error> {
+        self.flush()?;
+        let at = self.end;
+        self.end += n;
+        Ok(at)
+    }
+
+    /// Writes reserved words.
+    fn write(&mut self, at: usize, words: &[u64]) -> Result<(), S::Error> {
+        self.sink
+            .write_at(Self::byte(at), crate::schema::record::words_as_bytes(words))
+    }
+}
+
+/// Streams the body into `sink` and frames it: the skeleton (built by
+/// Cap'n Proto's builder, in memory), then the records area (the pool of
+/// interned leaves, the `Records` struct, then each type's lists in slot
+/// order, in canonical pre-order: the layout [`wire::check_records`]
+/// accepts), then the segment table and the envelope, which need the
+/// body's length and checksum. Returns the blob's length in bytes.
+///
+/// Memory: the skeleton, the pool, one window of elements
+/// ([`WINDOW_WORDS`]), the children pending ([`PENDING_WORDS`]) and each
+/// type's list pointers; never the records area.
+#[allow(clippy::too_many_arguments)]
+fn stream_body<S: BlobSink>(
     message: &capnp::message::Builder<capnp::message::HeapAllocator>,
     types: &[ListSource<'_>],
     sizes: &[(u16, u16)],
     max_shift: u8,
-    extra_words: usize,
-) -> Result<Vec<u64>, FormatError> {
+    kind: BlobKind,
+    from: u64,
+    to: u64,
+    sink: &mut S,
+) -> Result<u64, S::Error> {
     let segments = message.get_segments_for_output();
     if segments.len() != 1 {
-        return Err(corrupt_write("skeleton spans several segments".into()));
+        return Err(corrupt_write("skeleton spans several segments".into()).into());
     }
-    // The body: envelope (8 words), segment table (1 word), segment.
-    const SEG: usize = ENVELOPE_WORDS + 1;
-    let skeleton = segments[0];
-    let mut out: Vec<u64> = Vec::with_capacity(SEG + skeleton.len() / 8 + extra_words + 64);
-    out.resize(SEG, 0);
-    out.extend(
-        skeleton
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-    );
+    let mut skeleton: Vec<u64> = segments[0]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let mut s = Stream {
+        sink,
+        end: skeleton.len(),
+        pending: Vec::new(),
+    };
+    if types.is_empty() {
+        s.write(0, &skeleton)?;
+        return seal(s, kind, from, to);
+    }
     // The root's `records` pointer (pointer 2 of the root struct).
-    let root = wire::Ptr(out[SEG]);
-    let records_ptr =
-        SEG + 1 + root.offset() as usize + root.data_words() as usize + RECORDS_POINTER;
+    let root = wire::Ptr(skeleton[0]);
+    let records_ptr = 1 + root.offset() as usize + root.data_words() as usize + RECORDS_POINTER;
     let mut masks = Vec::with_capacity(types.len());
     let mut interner = wire::Interner::default();
     for t in types {
@@ -662,18 +838,18 @@ fn finish_body(
         }
         masks.push(mask);
     }
-    if types.is_empty() {
-        return Ok(seal_segment(out));
-    }
-    let pool_at = out.len();
-    out.extend_from_slice(interner.pool());
+    let pool_at = s.reserve(interner.pool().len())?;
+    s.write(pool_at, interner.pool())?;
     let slots = types.iter().map(|t| t.slot as usize + 1).max().unwrap_or(0);
     if slots > u16::MAX as usize {
-        return Err(too_large("record slots", slots, u16::MAX as usize));
+        return Err(too_large("record slots", slots, u16::MAX as usize).into());
     }
-    let records_at = out.len();
-    out[records_ptr] = wire::Ptr::to_struct((records_at - records_ptr - 1) as i64, 0, slots as u16);
-    out.resize(records_at + slots, 0);
+    let records_at = s.reserve(slots)?;
+    let mut records = vec![0u64; slots];
+    skeleton[records_ptr] =
+        wire::Ptr::to_struct((records_at - records_ptr - 1) as i64, 0, slots as u16);
+    s.write(0, &skeleton)?;
+    drop(skeleton);
     let mut order: Vec<usize> = (0..types.len()).collect();
     order.sort_by_key(|&i| types[i].slot);
     for w in order.windows(2) {
@@ -681,9 +857,11 @@ fn finish_body(
             return Err(corrupt_write(format!(
                 "{} and {} share records slot {}",
                 types[w[0]].name, types[w[1]].name, types[w[0]].slot
-            )));
+            ))
+            .into());
         }
     }
+    let mut window: Vec<u64> = Vec::new();
     for i in order {
         let t = &types[i];
         let (data, ptrs) = sizes[i];
@@ -691,72 +869,102 @@ fn finish_body(
         let shift = list_shift(stride, max_shift);
         let per_list = 1usize << shift;
         let lists = (t.len as usize).div_ceil(per_list);
-        let slot_ptr = records_at + t.slot as usize;
-        let lists_at = out.len();
-        out[slot_ptr] = wire::Ptr::to_list(
-            (lists_at - slot_ptr - 1) as i64,
+        let slot = t.slot as usize;
+        let lists_at = s.reserve(lists)?;
+        records[slot] = wire::Ptr::to_list(
+            (lists_at - (records_at + slot) - 1) as i64,
             wire::SIZE_POINTER,
             lists as u32,
         );
-        out.resize(lists_at + lists, 0);
+        let mut list_ptrs = vec![0u64; lists];
         let plan = wire::InternPlan {
             fields: masks[i],
             interner: &interner,
             pool_at,
         };
-        for k in 0..lists {
+        // Elements placed per window: at least one.
+        let per_window = (WINDOW_WORDS / stride.max(1)).max(1);
+        for (k, list_ptr) in list_ptrs.iter_mut().enumerate() {
             let first = k * per_list;
             let n = per_list.min(t.len as usize - first);
-            let tag_at = out.len();
-            let list_ptr = lists_at + k;
-            out[list_ptr] = wire::Ptr::to_list(
-                (tag_at - list_ptr - 1) as i64,
+            let tag_at = s.reserve(1 + n * stride)?;
+            *list_ptr = wire::Ptr::to_list(
+                (tag_at - (lists_at + k) - 1) as i64,
                 wire::SIZE_COMPOSITE,
                 (n * stride) as u32,
             );
-            out.push(wire::Ptr::to_struct(n as i64, data, ptrs));
-            let elems_at = out.len();
-            out.resize(elems_at + n * stride, 0);
-            for e in 0..n {
-                let Some(words) = (t.record)((first + e) as u32) else {
-                    continue;
-                };
-                // Positions are indices into `out` (segment positions
-                // plus SEG); pointers are relative, so that is the same.
-                wire::place_record(words, &mut out, elems_at + e * stride, data, ptrs, &plan)
-                    .map_err(|err| {
-                        corrupt_write(format!("{}: record {}: {err}", t.name, first + e))
-                    })?;
+            s.write(tag_at, &[wire::Ptr::to_struct(n as i64, data, ptrs)])?;
+            let elems_at = tag_at + 1;
+            for start in (0..n).step_by(per_window) {
+                let count = per_window.min(n - start);
+                window.clear();
+                window.resize(count * stride, 0);
+                for e in 0..count {
+                    let ordinal = first + start + e;
+                    let Some(words) = (t.record)(ordinal as u32) else {
+                        continue;
+                    };
+                    let at = elems_at + (start + e) * stride;
+                    let element = &mut window[e * stride..(e + 1) * stride];
+                    wire::place_record(words, element, at, data, &plan, |block| s.append(block))
+                        .map_err(|err| {
+                            corrupt_write(format!("{}: record {ordinal}: {err}", t.name))
+                        })?;
+                    if s.pending.len() >= PENDING_WORDS {
+                        s.flush()?;
+                    }
+                }
+                s.write(elems_at + start * stride, &window)?;
             }
+            crate::failpoint::hit("mid-blob-write");
         }
+        s.flush()?;
+        s.write(lists_at, &list_ptrs)?;
     }
-    if out.len() - SEG > u32::MAX as usize {
-        return Err(too_large("blob words", out.len() - SEG, u32::MAX as usize));
+    s.flush()?;
+    s.write(records_at, &records)?;
+    seal(s, kind, from, to)
+}
+
+/// Ends a body streamed through `s`: checks its size, writes the segment
+/// table, reads the body back to checksum it and writes the envelope (the
+/// body comes first in the file but last in time, so the checksum cannot
+/// be computed as it is written).
+fn seal<S: BlobSink>(
+    mut s: Stream<'_, S>,
+    kind: BlobKind,
+    from: u64,
+    to: u64,
+) -> Result<u64, S::Error> {
+    s.flush()?;
+    if s.end > u32::MAX as usize {
+        return Err(too_large("blob words", s.end, u32::MAX as usize).into());
     }
-    Ok(seal_segment(out))
+    let table = (s.end as u64) << 32;
+    s.sink.write_at(ENVELOPE_LEN as u64, &table.to_le_bytes())?;
+    let body_len = 8 + s.end as u64 * 8;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut chunk = vec![0u8; READ_BACK.min(body_len as usize)];
+    let mut at = 0u64;
+    while at < body_len {
+        let n = (body_len - at).min(READ_BACK as u64) as usize;
+        s.sink.read_at(ENVELOPE_LEN as u64 + at, &mut chunk[..n])?;
+        hasher.update(&chunk[..n]);
+        at += n as u64;
+    }
+    let envelope = Envelope {
+        kind,
+        from_version: from,
+        to_version: to,
+        body_len,
+        checksum: hasher.digest128(),
+    };
+    s.sink.write_at(0, &envelope.encode())?;
+    Ok(ENVELOPE_LEN as u64 + body_len)
 }
 
 /// The pointer index of `records` in the `Snapshot` and `Delta` roots.
 const RECORDS_POINTER: usize = 2;
-/// The envelope's length in words.
-const ENVELOPE_WORDS: usize = ENVELOPE_LEN / 8;
-
-/// Writes the one-segment table in front of the segment.
-fn seal_segment(mut out: Vec<u64>) -> Vec<u64> {
-    let words = (out.len() - ENVELOPE_WORDS - 1) as u64;
-    out[ENVELOPE_WORDS] = words << 32;
-    out
-}
-
-/// Frames a body written after `ENVELOPE_WORDS` reserved words.
-fn frame_words(kind: BlobKind, from: u64, to: u64, mut words: Vec<u64>) -> Vec<u8> {
-    let bytes = crate::schema::record::words_as_bytes(&words[ENVELOPE_WORDS..]);
-    let envelope = crate::schema::envelope::Envelope::seal(kind, from, to, bytes).encode();
-    for (i, chunk) in envelope.chunks_exact(8).enumerate() {
-        words[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-    }
-    crate::schema::record::words_as_bytes(&words).to_vec()
-}
 
 fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
     for (i, text) in texts.iter().enumerate() {
@@ -764,14 +972,28 @@ fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
     }
 }
 
-/// Writes a whole delta or reverse delta blob. `kind` is
+/// Writes a whole delta or reverse delta blob in memory. `kind` is
 /// [`BlobKind::Delta`] or [`BlobKind::Reverse`]; the envelope carries
-/// `from -> to` as given (for a reverse delta, `from > to`).
+/// `from -> to` as given (for a reverse delta, `from > to`). What
+/// [`stream_delta`] streams, into a vector.
 pub fn write_delta(
     kind: BlobKind,
     head: &HeaderInfo<'_>,
     types: &[DeltaTypeSource<'_>],
 ) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    stream_delta(kind, head, types, &mut out)?;
+    Ok(out)
+}
+
+/// Streams a delta or reverse delta blob into `sink` (see [`write_delta`]
+/// and [`BlobSink`]); returns its length in bytes.
+pub fn stream_delta<S: BlobSink>(
+    kind: BlobKind,
+    head: &HeaderInfo<'_>,
+    types: &[DeltaTypeSource<'_>],
+    sink: &mut S,
+) -> Result<u64, S::Error> {
     let sources: Vec<ListSource<'_>> = types.iter().map(delta_source).collect();
     let sizes = sources
         .iter()
@@ -794,12 +1016,16 @@ pub fn write_delta(
             write_type_delta(list.reborrow().get(i as u32), t, d + p, head.max_list_shift)?;
         }
     }
-    let extra: usize = types
-        .iter()
-        .map(|t| t.set.iter().map(|(_, r, _)| r.len()).sum::<usize>())
-        .sum();
-    let body = finish_body(&message, &sources, &sizes, head.max_list_shift, extra)?;
-    Ok(frame_words(kind, head.from_version, head.to_version, body))
+    stream_body(
+        &message,
+        &sources,
+        &sizes,
+        head.max_list_shift,
+        kind,
+        head.from_version,
+        head.to_version,
+        sink,
+    )
 }
 
 fn write_type_delta(

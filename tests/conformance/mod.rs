@@ -86,6 +86,7 @@ conformance!(
     store_cases::large_blob_is_create_only,
     store_cases::small_blob_through_writer_is_one_put,
     store_cases::producer_uploads_a_large_snapshot_in_parts,
+    store_cases::racing_producers_never_announce_each_others_large_blob,
     store_cases::aborted_writer_creates_nothing,
     store_cases::fetch_verifies_and_rejects_corrupt_blobs,
     store_cases::sweep_removes_only_leftover_uploads,

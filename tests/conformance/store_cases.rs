@@ -290,9 +290,9 @@ pub async fn check_accepts_a_working_store(b: &Backend) {
 }
 
 /// A producer's blob larger than the store's part size goes up as a
-/// multipart upload moved into place create-only, and reads back: a
-/// snapshot of 150,000 movies stored raw is about 10 MiB, two 5 MiB parts
-/// and a rest.
+/// multipart upload from its spool file, part by part, moved into place
+/// create-only, and reads back: a snapshot of 150,000 movies stored raw is
+/// about 10 MiB, two 5 MiB parts and a rest.
 pub async fn producer_uploads_a_large_snapshot_in_parts(b: &Backend) {
     use burrow::consumer::ConsumerBuilder;
     use burrow::producer::ProducerBuilder;
@@ -340,4 +340,67 @@ pub async fn producer_uploads_a_large_snapshot_in_parts(b: &Backend) {
         "{}: no temporary object is left",
         b.name
     );
+}
+
+/// Two producers racing to start one dataset, each with a snapshot larger
+/// than the part size (so each goes up in parts from its spool, to a
+/// temporary name, then is moved into place create-only): exactly one
+/// announces, and the blob it announced holds its own bytes (its header
+/// names it), never the other's; the loser's blob, if it made one, is
+/// under another name and holds the loser's.
+pub async fn racing_producers_never_announce_each_others_large_blob(b: &Backend) {
+    use burrow::blobstore::compress::decode_stored;
+    use burrow::producer::ProducerBuilder;
+    use burrow::schema::blob::OpenBlob;
+    use burrow::schema::examples::movies_capnp::movie;
+    use burrow::testing::workload::Dataset;
+    let producer = |id: &str| {
+        ProducerBuilder::new(b.store.clone())
+            .producer_id(id)
+            .retention(None)
+            .compression(burrow::blobstore::Compression::None)
+            .primary_key::<movie::Owned>(&["id"])
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (producer("one"), producer("two"));
+    let (d1, d2) = (Dataset::new(150_000, 1), Dataset::new(150_000, 2));
+    let (r1, r2) = tokio::join!(
+        one.run_cycle(|p| d1.populate(p)),
+        two.run_cycle(|p| d2.populate(p))
+    );
+    assert!(
+        r1.is_ok() != r2.is_ok(),
+        "{}: exactly one producer announces: {r1:?} {r2:?}",
+        b.name
+    );
+    let log = burrow::announcer::AnnouncementLog::new(b.store.clone());
+    let entry = log.latest().await.unwrap().expect("an announcement");
+    let winner = if r1.is_ok() { "one" } else { "two" };
+    assert_eq!(entry.producer_id, winner, "{}", b.name);
+    let max = u64::MAX;
+    let header_of = |bytes| {
+        let raw = decode_stored(bytes, "snapshot", max).unwrap();
+        let blob = OpenBlob::from_bytes(&raw, "snapshot").unwrap();
+        blob.header().unwrap().producer_id
+    };
+    let announced = b
+        .store
+        .get(&BlobName::Snapshot(entry.version))
+        .await
+        .unwrap();
+    assert!(
+        announced.len() > b.store.upload_options().part_size,
+        "{}: the snapshot spans parts",
+        b.name
+    );
+    assert_eq!(header_of(announced), winner, "{}", b.name);
+    for v in 1..=3u64 {
+        if v == entry.version {
+            continue;
+        }
+        if let Ok(other) = b.store.get(&BlobName::Snapshot(v)).await {
+            assert_ne!(header_of(other), winner, "{}: snapshot/{v}", b.name);
+        }
+    }
 }

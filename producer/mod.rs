@@ -88,6 +88,7 @@
 //! - `blocking`: how the blocking steps (populate, identify, blob writing,
 //!   restore's decoding) stay off the tokio worker threads.
 
+mod arena;
 mod blocking;
 mod builder;
 mod cycle;
@@ -305,6 +306,32 @@ pub enum ProducerError {
         /// What is missing or inconsistent.
         reason: String,
     },
+    /// A scratch file in the producer's work directory
+    /// ([`ProducerBuilder::work_dir`]) could not be created, grown or
+    /// mapped: the directory was removed, the disk is full, a file size
+    /// limit was hit. The cycle or restore that needed it fails; the
+    /// producer keeps its last announced state.
+    #[error("the producer's work directory {}: {action}: {source}", dir.display())]
+    WorkDir {
+        /// The work directory.
+        dir: std::path::PathBuf,
+        /// What the producer was doing with its scratch file.
+        action: String,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<arena::ArenaError> for Error {
+    fn from(e: arena::ArenaError) -> Self {
+        ProducerError::WorkDir {
+            dir: e.dir,
+            action: e.action,
+            source: e.source,
+        }
+        .into()
+    }
 }
 
 /// The producer's last announced state.

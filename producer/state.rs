@@ -9,6 +9,28 @@
 //! ordinals freed for the next cycle. The batch then becomes the next
 //! state as is: no record is copied.
 //!
+//! The batch's arenas (record words, record descriptors, key bytes) and a
+//! state's ordinal tables (`rec_at`, `ordinal_of`) are [`Arena`]s in the
+//! producer's work directory: past a few pages each one lives in an
+//! unlinked scratch file, mapped shared (`producer/arena.rs`). The last
+//! announced state and a full cycle's new batch, each as large as the
+//! dataset, are then page cache the kernel can write back and drop, not
+//! anonymous memory; only the key tables (`HashTable<u32>`, 4 bytes and a
+//! control byte a slot), the free ordinals and the per-cycle change lists
+//! stay on the heap. Records stay what they were on the heap: canonical
+//! words compared byte for byte with the next cycle's and handed to the
+//! blob writer as they are. Keeping the state as the published snapshot
+//! mapped back would save the scratch files but cost a rebuild of each
+//! record from the blob's layout every cycle; a restart does that once
+//! (restore, into arenas).
+//!
+//! Every arena operation that can grow returns an error rather than
+//! panicking: a full cycle's populate and identify, and restore, fail
+//! with [`super::ProducerError::WorkDir`] naming the directory, leaving
+//! the last announced state untouched; an incremental cycle makes room in
+//! the state's arenas ([`TypeState::reserve_patch`]) before it publishes,
+//! so that applying its changes after the announcement cannot fail.
+//!
 //! Types come and go with the producer's registrations. A registered type
 //! the last announced state did not hold (`present` false) is *created* by
 //! the next cycle, even with no records, so that a delta follower holds it

@@ -413,7 +413,10 @@ impl<T: Pod> Arena<T> {
             if let Err(e) = extend_map(&file, &mut map, bytes) {
                 spares.release(file, map);
                 return Err(place.error(
-                    format!("extending the scratch file of {} to {bytes} bytes", place.what),
+                    format!(
+                        "extending the scratch file of {} to {bytes} bytes",
+                        place.what
+                    ),
                     e,
                 ));
             }
@@ -446,7 +449,10 @@ impl<T: Pod> Arena<T> {
         })?;
         extend_map(file, map, bytes).map_err(|e| {
             place.error(
-                format!("growing the scratch file of {} to {bytes} bytes", place.what),
+                format!(
+                    "growing the scratch file of {} to {bytes} bytes",
+                    place.what
+                ),
                 e,
             )
         })?;

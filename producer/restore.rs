@@ -356,11 +356,7 @@ fn restore_unregistered(
     })
 }
 
-fn restore_type(
-    config: &Config,
-    t: &RegisteredType,
-    read: &ReadState,
-) -> Result<TypeState, Error> {
+fn restore_type(config: &Config, t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error> {
     let keyed = t.key.is_some();
     let Some(section) = read.raw_type(t.info.type_id) else {
         // An incremental cycle may create it: its arenas go to the work

@@ -127,7 +127,10 @@ async fn a_removed_work_dir_fails_the_cycle_by_name_and_the_next_one_chains_on()
     // the directory, and announces nothing.
     let err = publish(&producer, &model(1)).await.unwrap_err();
     assert_eq!(work_dir_of(&err), Some(work.as_path()), "{err}");
-    assert!(err.to_string().contains(&work.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&work.display().to_string()),
+        "{err}"
+    );
     assert!(matches!(
         err,
         Error::Producer(ProducerError::Cycle {

@@ -623,6 +623,8 @@ fn allocate(file: &File, from: usize, to: usize) -> io::Result<()> {
             }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = from;
     file.set_len(to as u64)
 }
 

@@ -168,3 +168,35 @@ async fn a_removed_work_dir_fails_the_cycle_by_name_and_the_next_one_chains_on()
     assert_eq!(snapshot_of(&fresh), third);
     assert_eq!(names_in(&work), Vec::<String>::new());
 }
+
+/// Invariant: a record the work directory could not take is not silently
+/// left out: the cycle fails even when the populate closure drops the
+/// error its `add` returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scratch_failure_the_closure_drops_still_fails_the_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path().join("store")).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let producer = build(&store, &work);
+    std::fs::remove_dir(&work).unwrap();
+    let first = model(0);
+    let mut dropped = None;
+    let err = producer
+        .run_cycle(|p| {
+            // The closure swallows the error (a caller skipping records it
+            // thinks are bad).
+            dropped = add_model(p, &first).err().map(|e| e.to_string());
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    let dropped = dropped.expect("an add failed");
+    assert!(dropped.contains(&work.display().to_string()), "{dropped}");
+    assert_eq!(work_dir_of(&err), Some(work.as_path()), "{err}");
+    let log = burrow::announcer::AnnouncementLog::new(store.clone());
+    assert!(log.latest().await.unwrap().is_none(), "nothing announced");
+
+    std::fs::create_dir(&work).unwrap();
+    assert_eq!(publish(&producer, &first).await.unwrap().version, 1);
+}

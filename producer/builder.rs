@@ -391,7 +391,7 @@ impl ProducerBuilder {
                 retention: self.retention,
                 max_list_shift: self.max_list_shift,
                 compression: self.compression,
-                work_dir,
+                work_dir: Arc::new(work_dir),
                 schema,
             }),
             announced: tokio::sync::Mutex::new(None),
@@ -425,8 +425,8 @@ pub(super) struct Config {
     pub(super) max_list_shift: u8,
     /// How each blob is stored.
     pub(super) compression: Compression,
-    /// Where scratch files go.
-    pub(super) work_dir: super::workdir::WorkDir,
+    /// Where scratch files go (shared with the record arenas made in it).
+    pub(super) work_dir: Arc<super::workdir::WorkDir>,
 }
 
 impl Config {

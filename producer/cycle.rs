@@ -16,7 +16,7 @@ use super::builder::Config;
 use super::populate::Populate;
 use super::spool::Spool;
 use super::state::Changed;
-use super::state::{self, Batch, TypeDiff, TypeState, UnregisteredType};
+use super::state::{self, Batch, IdentifyError, TypeDiff, TypeState, UnregisteredType};
 use super::validate::CycleDiff;
 use super::write::{full_changes, write_blobs, WriteRequest};
 use super::{
@@ -352,8 +352,9 @@ pub(super) async fn mint(
 }
 
 /// Step 2: hands the caller a [`Populate`] and returns the records it added,
-/// one batch per type. (The populate state is not `Send`: it lives only
-/// inside this synchronous function, never across an await.)
+/// one batch per type, in arenas in the work directory sized like the last
+/// state's. (The populate state is not `Send`: it lives only inside this
+/// synchronous function, never across an await.)
 fn run_populate<F>(
     config: &Config,
     prev: Option<&[TypeState]>,
@@ -363,10 +364,17 @@ fn run_populate<F>(
 where
     F: FnOnce(&mut Populate<'_>) -> Result<(), Error>,
 {
-    let mut pop = Populate::new(config, prev);
+    let failed = cycle_err(CycleStep::Populate, version);
+    let mut pop = Populate::new(config);
+    if let Some(prev) = prev {
+        pop.reserve_like(prev).map_err(|e| failed(e.into()))?;
+    }
     populate(&mut pop).map_err(cycle_err(CycleStep::Populate, version))?;
     let tags = pop.take_tags();
-    Ok((pop.into_batches(), tags))
+    let batches = pop
+        .into_batches()
+        .map_err(cycle_err(CycleStep::Populate, version))?;
+    Ok((batches, tags))
 }
 
 /// Step 3: identifies each type's records against its last announced
@@ -379,16 +387,16 @@ fn identify(
 ) -> Result<Vec<TypeDiff>, Error> {
     let mut diffs = Vec::with_capacity(config.types.len());
     for ((t, batch), prev) in config.types.iter().zip(batches).zip(prev_types) {
-        let diff =
-            state::identify(t.info.type_id, prev, batch, t.key.is_some()).map_err(|dup| {
-                cycle_err(CycleStep::Identify, version)(
-                    ProducerError::DuplicateKey {
-                        type_name: t.info.name.clone(),
-                        key: state::render_key(t.key.as_ref(), &dup.key),
-                    }
-                    .into(),
-                )
-            })?;
+        let diff = state::identify(t.info.type_id, prev, batch, t.key.is_some()).map_err(|e| {
+            cycle_err(CycleStep::Identify, version)(match e {
+                IdentifyError::Duplicate(key) => ProducerError::DuplicateKey {
+                    type_name: t.info.name.clone(),
+                    key: state::render_key(t.key.as_ref(), &key),
+                }
+                .into(),
+                IdentifyError::Scratch(e) => e.into(),
+            })
+        })?;
         diffs.push(diff);
     }
     Ok(diffs)

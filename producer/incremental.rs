@@ -32,6 +32,7 @@
 //! consumers that start between snapshots follow the deltas from the
 //! last one.
 
+use super::arena::ArenaError;
 use super::blocking::blocking;
 use super::builder::Config;
 use super::cycle::{
@@ -91,7 +92,7 @@ impl<'a> Incremental<'a> {
     fn new(config: &'a Config) -> Self {
         Incremental {
             config,
-            upserts: Populate::new(config, None),
+            upserts: Populate::new(config),
             ops: config.types.iter().map(|_| Vec::new()).collect(),
             deletes: config.types.iter().map(|_| Deletes::default()).collect(),
             key: KeyBuf::new(),
@@ -332,7 +333,7 @@ impl Producer {
         // 1. Mint (a producer with no state and an empty log has nothing
         // to change: its first cycle must be a full one).
         let newest = mint(config, guard.as_ref()).await?;
-        let Some(last) = guard.as_ref() else {
+        let Some(last) = guard.as_mut() else {
             return Err(cycle_err(CycleStep::Mint, 1)(ProducerError::NoState.into()));
         };
         let version = last.entry.version + 1;
@@ -352,6 +353,7 @@ impl Producer {
             let tags = upserts.take_tags();
             let ops = upserts
                 .into_batches()
+                .map_err(cycle_err(CycleStep::Populate, version))?
                 .into_iter()
                 .zip(deletes)
                 .zip(ops)
@@ -407,6 +409,22 @@ impl Producer {
                 started,
             ));
         }
+
+        // Room in the state's arenas for the changes, made now so that a
+        // scratch file that cannot grow fails the cycle before anything is
+        // published, and applying the changes after the announcement
+        // cannot fail. (Capacities only: the state's records are as
+        // announced.)
+        blocking(|| {
+            for ((state, ops), diff) in last.types.iter_mut().zip(&ops).zip(&diffs) {
+                if !diff.is_empty() {
+                    state.reserve_patch(&ops.upserts, diff)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e: ArenaError| cycle_err(CycleStep::Identify, version)(e.into()))?;
+        let last: &Announced = last;
 
         // 5. Validate.
         let changed: Vec<Changed<'_>> = diffs
@@ -486,6 +504,7 @@ impl Producer {
                 last.types.iter_mut().zip(&ops).zip(&diffs).zip(&sums)
             {
                 if !diff.is_empty() {
+                    // Room was reserved before publishing.
                     state.apply_patch(&ops.upserts, diff);
                     state.checksum = sum.unwrap_or(0);
                 }
@@ -513,9 +532,7 @@ mod tests {
     fn batch(records: &[(&[u8], u64)]) -> Batch {
         let mut b = Batch::new(true);
         for &(key, word) in records {
-            let start = b.words.len();
-            b.words.push(word);
-            b.push(start, key);
+            b.push_for_test(&[word], key);
         }
         b
     }
@@ -537,7 +554,11 @@ mod tests {
     fn state(records: &[(&[u8], u64)]) -> TypeState {
         let b = batch(records);
         let n = b.len();
-        TypeState::from_ordinals(1, b, (0..n).collect(), n)
+        let mut ordinals = b.arena("test ordinals");
+        for o in 0..n {
+            ordinals.push(o).unwrap();
+        }
+        TypeState::from_ordinals(1, b, ordinals, n).unwrap()
     }
 
     #[test]
@@ -580,6 +601,7 @@ mod tests {
         // from the next cycle on).
         assert_eq!(diff.added, vec![(3, 2)]);
         assert_eq!((diff.count_after, diff.limit_after), (3, 4));
+        prev.reserve_patch(&ops.upserts, &diff).unwrap();
         prev.apply_patch(&ops.upserts, &diff);
         assert_eq!(prev.count, 3);
         let at = |o: u32| prev.get(o).map(|(w, _)| w[0]);
@@ -617,6 +639,7 @@ mod tests {
                     .collect::<Vec<_>>(),
             );
             let diff = ops.diff(&s);
+            s.reserve_patch(&ops.upserts, &diff).unwrap();
             s.apply_patch(&ops.upserts, &diff);
             for n in 0..8 {
                 model[(i + n) % 64] = Some(round);

@@ -58,6 +58,20 @@
 //! made the state at its `toVersion`: a reverse delta carries the previous
 //! cycle's, so a consumer's state tells its data's age on any path.
 //!
+//! **The producer's state off the heap**: the records of the last
+//! announced state, of a full cycle's new batch and of a restored state
+//! are kept in record arenas mapped from unlinked scratch files of the
+//! work directory ([`ProducerBuilder::work_dir`], `arena`), so that the
+//! two datasets a full cycle holds are page cache the kernel can write
+//! back and drop, not anonymous memory; the key tables stay on the heap.
+//! Records stay canonical words, compared byte for byte and handed to the
+//! blob writer as they are (no rebuild from a published blob each cycle),
+//! and nothing is left on disk after a crash: a restart restores from the
+//! blobs. A scratch file that cannot be created or grown (the directory
+//! removed, a full disk) fails the cycle or restore with
+//! [`ProducerError::WorkDir`], naming the directory; the producer stays at
+//! its last announced state.
+//!
 //! The producer's in-memory key tables hash keys with a per-process random
 //! seed (`state::seeded_hash`), so that keys chosen to collide cannot make
 //! a cycle quadratic; the blob's key index keeps the format's xxh3.
@@ -81,6 +95,9 @@
 //!   `burrow publish` registers).
 //! - `state`: the last announced state of each type and the per-cycle diff
 //!   (identify).
+//! - `arena`: the growable arrays, mapped from scratch files, that hold
+//!   the records of batches and states.
+//! - `workdir`: the work directory and its unlinked scratch files.
 //! - `cycle`: [`Producer::run_cycle`], the steps above as one function each.
 //! - `incremental`: [`Producer::run_incremental_cycle`] and [`Incremental`].
 //! - `write`: the bytes of the delta, reverse delta (one function, two
@@ -94,6 +111,7 @@
 //! - `blocking`: how the blocking steps (populate, identify, blob writing,
 //!   restore's decoding) stay off the tokio worker threads.
 
+mod arena;
 mod blocking;
 mod builder;
 mod cycle;
@@ -328,6 +346,32 @@ pub enum ProducerError {
         /// What is missing or inconsistent.
         reason: String,
     },
+    /// A scratch file in the producer's work directory
+    /// ([`ProducerBuilder::work_dir`]) could not be created, grown or
+    /// mapped: the directory was removed, the disk is full, a file size
+    /// limit was hit. The cycle or restore that needed it fails; the
+    /// producer keeps its last announced state.
+    #[error("the producer's work directory {}: {action}: {source}", dir.display())]
+    WorkDir {
+        /// The work directory.
+        dir: std::path::PathBuf,
+        /// What the producer was doing with its scratch file.
+        action: String,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<arena::ArenaError> for Error {
+    fn from(e: arena::ArenaError) -> Self {
+        ProducerError::WorkDir {
+            dir: e.dir,
+            action: e.action,
+            source: e.source,
+        }
+        .into()
+    }
 }
 
 /// The producer's last announced state.

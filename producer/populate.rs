@@ -6,12 +6,19 @@
 //! primary key bytes ([`push_record`]). A record over the configured size
 //! limit, a record that does not read back, or a record of a type the
 //! builder did not register is an error naming the type.
+//!
+//! The batches' arenas are in the producer's work directory
+//! (`producer/arena.rs`): a scratch file that cannot grow fails the `add`
+//! with [`ProducerError::WorkDir`], and fails the cycle even if the
+//! closure drops that error (the record is not in the batch, so the cycle
+//! would otherwise publish a dataset without it).
 
+use super::arena::ArenaError;
 use super::builder::Config;
 use super::state::{Batch, TypeState};
 use super::ProducerError;
 use crate::error::Error;
-use crate::schema::record::{append_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
+use crate::schema::record::{with_canonical, KeyBuf, KeySpec, RecordType, ResolvedKey, TypeInfo};
 use std::any::TypeId;
 
 /// Buffers reused for every record of a populate.
@@ -20,6 +27,9 @@ struct RecordWork {
     /// Where records are canonicalized.
     canon: Vec<capnp::Word>,
     key: KeyBuf,
+    /// The first scratch file failure, which fails the cycle whatever the
+    /// closure does with the error it got.
+    failure: Option<ArenaError>,
 }
 
 /// Largest scratch buffer a populate reuses for building records (64 KiB).
@@ -41,23 +51,14 @@ pub struct Populate<'a> {
 }
 
 impl<'a> Populate<'a> {
-    /// A populate for one cycle. Each type's arena starts at the size of
-    /// its last announced state (`prev`), so it rarely grows.
-    pub(super) fn new(config: &'a Config, prev: Option<&[TypeState]>) -> Self {
+    /// A populate for one cycle, its batches in the work directory.
+    pub(super) fn new(config: &'a Config) -> Self {
         Populate {
             config,
             batches: config
                 .types
                 .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let prev = prev.map(|p| &p[i]);
-                    Batch::with_capacity(
-                        t.key.is_some(),
-                        prev.map_or(0, |p| p.total_words + p.total_words / 8),
-                        prev.map_or(0, |p| p.count as usize),
-                    )
-                })
+                .map(|t| Batch::in_dir(t.key.is_some(), &config.work_dir))
                 .collect(),
             build_scratch: Vec::new(),
             scratch_words: 64,
@@ -65,6 +66,15 @@ impl<'a> Populate<'a> {
             resolved: config.types.iter().map(|_| None).collect(),
             tags: Vec::new(),
         }
+    }
+
+    /// Sizes each type's arenas for its last announced state (`prev`) and
+    /// an eighth more, so that they rarely grow during the cycle.
+    pub(super) fn reserve_like(&mut self, prev: &[TypeState]) -> Result<(), ArenaError> {
+        for (batch, p) in self.batches.iter_mut().zip(prev) {
+            batch.reserve(p.total_words + p.total_words / 8, p.count as usize)?;
+        }
+        Ok(())
     }
 
     /// Sets a header tag for this cycle's blobs only (a `source` batch, an
@@ -118,8 +128,10 @@ impl<'a> Populate<'a> {
                 let threads: Vec<_> = (1..parts)
                     .map(|i| {
                         scope.spawn(move || {
-                            let mut part = Populate::new(config, None);
-                            fill(i, &mut part).map(|()| (part.batches, part.tags))
+                            let mut part = Populate::new(config);
+                            fill(i, &mut part)?;
+                            let tags = std::mem::take(&mut part.tags);
+                            Ok((part.into_batches()?, tags))
                         })
                     })
                     .collect();
@@ -137,16 +149,20 @@ impl<'a> Populate<'a> {
         let others = others.into_iter().collect::<Result<Vec<_>, Error>>()?;
         for (batches, tags) in others {
             for (into, from) in self.batches.iter_mut().zip(&batches) {
-                into.append(from);
+                into.append(from).map_err(Error::from)?;
             }
             self.tags.extend(tags);
         }
         Ok(())
     }
 
-    /// The records added, one batch per registered type.
-    pub(super) fn into_batches(self) -> Vec<Batch> {
-        self.batches
+    /// The records added, one batch per registered type; the first
+    /// scratch file failure of an `add`, if any (see the module doc).
+    pub(super) fn into_batches(self) -> Result<Vec<Batch>, Error> {
+        match self.work.failure {
+            Some(e) => Err(e.into()),
+            None => Ok(self.batches),
+        }
     }
 
     /// How many records type `t`'s batch holds so far.
@@ -303,6 +319,7 @@ fn push_record(
     let RecordWork {
         canon: scratch,
         key,
+        failure,
     } = work;
     let registered = &config.types[t];
     let bad = |source| ProducerError::BadRecord {
@@ -310,7 +327,19 @@ fn push_record(
         source,
     };
     let start = batch.words.len();
-    let added = append_canonical(root, size_bound_words, scratch, &mut batch.words).map_err(bad)?;
+    let mut scratch_failed = |e: ArenaError, batch: &mut Batch| -> Error {
+        batch.words.truncate(start);
+        failure.get_or_insert_with(|| e.duplicate());
+        e.into()
+    };
+    let added = with_canonical(root, size_bound_words, scratch, |segment| {
+        batch.words.extend_from_le_bytes(segment)
+    })
+    .map_err(bad)?;
+    let added = match added {
+        Ok(added) => added,
+        Err(e) => return Err(scratch_failed(e, batch)),
+    };
     let bytes = added as u64 * 8;
     if bytes > config.max_record_bytes {
         batch.words.truncate(start);
@@ -330,6 +359,7 @@ fn push_record(
             }
         }
     }
-    batch.push(start, key.as_bytes());
-    Ok(())
+    batch
+        .push(start, key.as_bytes())
+        .map_err(|e| scratch_failed(e, batch))
 }

@@ -74,13 +74,13 @@ impl Producer {
             let types = config
                 .types
                 .iter()
-                .map(|t| restore_type(t, &read))
+                .map(|t| restore_type(config, t, &read))
                 .collect::<Result<Vec<_>, Error>>()?;
             let unregistered = read
                 .types()
                 .iter()
                 .filter(|d| !config.types.iter().any(|t| t.info.type_id == d.type_id()))
-                .map(|d| restore_unregistered(d, &restored.last_blob))
+                .map(|d| restore_unregistered(config, d, &restored.last_blob))
                 .collect::<Result<Vec<_>, Error>>()?;
             check_restored(
                 config,
@@ -327,14 +327,18 @@ fn check_restored(
 /// cycle can drop it and write the reverse delta that re-creates it. Keys
 /// are read by the schema node `blob`'s header carries (there is no
 /// generated code for the type here).
-fn restore_unregistered(data: &TypeData, blob: &Arc<OpenBlob>) -> Result<UnregisteredType, Error> {
+fn restore_unregistered(
+    config: &Config,
+    data: &TypeData,
+    blob: &Arc<OpenBlob>,
+) -> Result<UnregisteredType, Error> {
     let keyed = !data.key_fields().is_empty();
     let node_key = if keyed {
         Some(blob.node_key(data.type_id(), data.key_fields())?)
     } else {
         None
     };
-    let state = read_back(data, keyed, |o, words, key| match &node_key {
+    let state = read_back(config, data, keyed, |o, words, key| match &node_key {
         Some(node_key) => node_key.encode(words, key).map_err(|reason| {
             FormatError::Corrupt {
                 blob: blob.name().to_string(),
@@ -352,10 +356,12 @@ fn restore_unregistered(data: &TypeData, blob: &Arc<OpenBlob>) -> Result<Unregis
     })
 }
 
-fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error> {
+fn restore_type(config: &Config, t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error> {
     let keyed = t.key.is_some();
     let Some(section) = read.raw_type(t.info.type_id) else {
-        return Ok(TypeState::empty(keyed));
+        // An incremental cycle may create it: its arenas go to the work
+        // directory too.
+        return Ok(TypeState::empty_in(keyed, &config.work_dir));
     };
     if section.key_fields() != t.key_fields.as_slice() {
         return Err(ProducerError::Restore {
@@ -369,7 +375,7 @@ fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error
         .into());
     }
     let mut buf = KeyBuf::new();
-    read_back(section, keyed, |o, words, key| {
+    read_back(config, section, keyed, |o, words, key| {
         if let Some(spec) = &t.key {
             buf.clear();
             (t.key_of)(spec, words, &mut buf).map_err(|e| {
@@ -383,34 +389,36 @@ fn restore_type(t: &RegisteredType, read: &ReadState) -> Result<TypeState, Error
 
 /// Reads every record of a type back with its ordinal, its key encoded by
 /// `encode_key` (which appends it to the buffer it is given; it is called
-/// only for a keyed type).
+/// only for a keyed type), into arenas in the work directory.
 fn read_back(
+    config: &Config,
     data: &TypeData,
     keyed: bool,
     mut encode_key: impl FnMut(u32, &[u64], &mut Vec<u8>) -> Result<(), Error>,
 ) -> Result<TypeState, Error> {
-    let mut batch = Batch::new(keyed);
-    let mut ordinal_of = Vec::with_capacity(data.record_count() as usize);
+    let mut batch = Batch::in_dir(keyed, &config.work_dir);
+    let mut ordinal_of = batch.arena("record ordinals");
+    ordinal_of.reserve_exact(data.record_count() as usize)?;
+    let mut words = Vec::new();
     let mut key = Vec::new();
     for o in 0..data.ordinal_limit() {
-        let start = batch.words.len();
-        if !data.canonical_record(o, &mut batch.words)? {
+        words.clear();
+        if !data.canonical_record(o, &mut words)? {
             continue;
         }
         key.clear();
         if keyed {
-            let words = std::mem::take(&mut batch.words);
-            let result = encode_key(o, &words[start..], &mut key);
-            batch.words = words;
-            result?;
+            encode_key(o, &words, &mut key)?;
         }
-        batch.push(start, &key);
-        ordinal_of.push(o);
+        let start = batch.words.len();
+        batch.words.extend_from_slice(&words)?;
+        batch.push(start, &key)?;
+        ordinal_of.push(o)?;
     }
     Ok(TypeState::from_ordinals(
         data.type_id(),
         batch,
         ordinal_of,
         data.ordinal_limit(),
-    ))
+    )?)
 }

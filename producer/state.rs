@@ -9,6 +9,28 @@
 //! ordinals freed for the next cycle. The batch then becomes the next
 //! state as is: no record is copied.
 //!
+//! The batch's arenas (record words, record descriptors, key bytes) and a
+//! state's ordinal tables (`rec_at`, `ordinal_of`) are [`Arena`]s in the
+//! producer's work directory: past a few pages each one lives in an
+//! unlinked scratch file, mapped shared (`producer/arena.rs`). The last
+//! announced state and a full cycle's new batch, each as large as the
+//! dataset, are then page cache the kernel can write back and drop, not
+//! anonymous memory; only the key tables (`HashTable<u32>`, 4 bytes and a
+//! control byte a slot), the free ordinals and the per-cycle change lists
+//! stay on the heap. Records stay what they were on the heap: canonical
+//! words compared byte for byte with the next cycle's and handed to the
+//! blob writer as they are. Keeping the state as the published snapshot
+//! mapped back would save the scratch files but cost a rebuild of each
+//! record from the blob's layout every cycle; a restart does that once
+//! (restore, into arenas).
+//!
+//! Every arena operation that can grow returns an error rather than
+//! panicking: a full cycle's populate and identify, and restore, fail
+//! with [`super::ProducerError::WorkDir`] naming the directory, leaving
+//! the last announced state untouched; an incremental cycle makes room in
+//! the state's arenas ([`TypeState::reserve_patch`]) before it publishes,
+//! so that applying its changes after the announcement cannot fail.
+//!
 //! Types come and go with the producer's registrations. A registered type
 //! the last announced state did not hold (`present` false) is *created* by
 //! the next cycle, even with no records, so that a delta follower holds it
@@ -16,15 +38,21 @@
 //! does not register (an [`UnregisteredType`], found by restore) is
 //! *dropped* by the next cycle. Either is a change: it makes a version.
 
+use super::arena::{Arena, ArenaError, Pod};
+use super::workdir::WorkDir;
 use crate::schema::checksum;
 use crate::schema::record::KeySpec;
 use hashbrown::HashTable;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// No ordinal / no record.
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// Where one record of a [`Batch`] is: its words, its key bytes, its key
+/// hash. 32 bytes, no padding.
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Rec {
     start: u64,
     key_start: u64,
@@ -33,6 +61,10 @@ pub(crate) struct Rec {
     len: u32,
     key_len: u32,
 }
+
+// SAFETY: integers only (no padding under `repr(C)`: three u64 then two
+// u32); every byte pattern, all zeros included, is a valid `Rec`.
+unsafe impl Pod for Rec {}
 
 /// The hash builder of the producer's in-memory tables: seeded at random
 /// once per process (foldhash, through hashbrown's default hasher), so
@@ -50,17 +82,18 @@ pub(crate) fn seeded_hash(key: &[u8]) -> u64 {
     seeds().hash_one(key)
 }
 
-/// One cycle's records of one type.
+/// One cycle's records of one type, in arenas (see the module doc).
 #[derive(Default)]
 pub(crate) struct Batch {
-    pub words: Vec<u64>,
-    pub recs: Vec<Rec>,
+    pub words: Arena<u64>,
+    pub recs: Arena<Rec>,
     /// Key bytes of keyed types (unkeyed types use the record bytes).
-    keys: Vec<u8>,
+    keys: Arena<u8>,
     keyed: bool,
 }
 
 impl Batch {
+    /// An empty batch on the heap (unit tests).
     pub fn new(keyed: bool) -> Self {
         Batch {
             keyed,
@@ -68,25 +101,44 @@ impl Batch {
         }
     }
 
-    /// An empty batch with room for `words` record words and `records`
-    /// records.
-    pub fn with_capacity(keyed: bool, words: usize, records: usize) -> Self {
+    /// An empty batch whose arenas move to scratch files of `work` once
+    /// past a few pages ([`Arena::in_dir`]).
+    pub fn in_dir(keyed: bool, work: &Arc<WorkDir>) -> Self {
         Batch {
-            words: Vec::with_capacity(words),
-            recs: Vec::with_capacity(records),
-            keys: Vec::with_capacity(if keyed { records * 8 } else { 0 }),
+            words: Arena::in_dir(work, "record words"),
+            recs: Arena::in_dir(work, "records"),
+            keys: Arena::in_dir(work, "key bytes"),
             keyed,
         }
     }
 
-    /// Records the last `len` words of `words` as a record with `key`.
-    pub fn push(&mut self, start: usize, key: &[u8]) {
+    /// Makes room for `words` more record words and `records` more
+    /// records (and their keys, at 8 bytes a key).
+    pub fn reserve(&mut self, words: usize, records: usize) -> Result<(), ArenaError> {
+        self.words.reserve_exact(words)?;
+        self.recs.reserve_exact(records)?;
+        if self.keyed {
+            self.keys.reserve_exact(records * 8)?;
+        }
+        Ok(())
+    }
+
+    /// An empty arena placed as this batch's are: for the ordinal tables
+    /// of the state the batch becomes.
+    pub fn arena<T: Pod>(&self, what: &'static str) -> Arena<T> {
+        self.recs.sibling(what)
+    }
+
+    /// Records the last `len` words of `words` as a record with `key`. On
+    /// failure the batch holds the records it held (the words from
+    /// `start` on are the caller's to truncate).
+    pub fn push(&mut self, start: usize, key: &[u8]) -> Result<(), ArenaError> {
         let len = self.words.len() - start;
+        let key_at = self.keys.len();
         let (key_start, key_len, hash) = if self.keyed {
-            let at = self.keys.len();
-            self.keys.extend_from_slice(key);
+            self.keys.extend_from_slice(key)?;
             (
-                at as u64,
+                key_at as u64,
                 key.len() as u32,
                 crate::schema::record::key_hash(key),
             )
@@ -94,44 +146,60 @@ impl Batch {
             let bytes = crate::schema::record::words_as_bytes(&self.words[start..]);
             (0, 0, crate::schema::record::key_hash(bytes))
         };
-        self.recs.push(Rec {
+        let pushed = self.recs.push(Rec {
             start: start as u64,
             len: len as u32,
             key_start,
             key_len,
             hash,
         });
+        if pushed.is_err() {
+            self.keys.truncate(key_at);
+        }
+        pushed
+    }
+
+    /// Appends a record of `words` with `key` (unit tests: a heap batch).
+    #[cfg(test)]
+    pub fn push_for_test(&mut self, words: &[u64], key: &[u8]) {
+        let start = self.words.len();
+        self.words.extend_from_slice(words).unwrap();
+        self.push(start, key).unwrap();
     }
 
     /// Appends a copy of every record of `other` (a batch of the same
     /// type), in its order.
-    pub fn append(&mut self, other: &Batch) {
+    pub fn append(&mut self, other: &Batch) -> Result<(), ArenaError> {
         let (words, keys) = (self.words.len() as u64, self.keys.len() as u64);
-        self.words.extend_from_slice(&other.words);
-        self.keys.extend_from_slice(&other.keys);
-        self.recs.extend(other.recs.iter().map(|rec| Rec {
-            start: rec.start + words,
-            key_start: rec.key_start + keys,
-            ..*rec
-        }));
+        self.words.extend_from_slice(&other.words)?;
+        self.keys.extend_from_slice(&other.keys)?;
+        self.recs.reserve_exact(other.recs.len())?;
+        for rec in other.recs.iter() {
+            self.recs.push(Rec {
+                start: rec.start + words,
+                key_start: rec.key_start + keys,
+                ..*rec
+            })?;
+        }
+        Ok(())
     }
 
     /// Appends a copy of record `r` of `other` (a batch of the same
     /// type); returns its index here.
-    fn push_from(&mut self, other: &Batch, r: u32) -> u32 {
+    fn push_from(&mut self, other: &Batch, r: u32) -> Result<u32, ArenaError> {
         let rec = other.recs[r as usize];
         let start = self.words.len();
-        self.words.extend_from_slice(other.record(r));
+        self.words.extend_from_slice(other.record(r))?;
         let key_start = self.keys.len();
         if self.keyed {
-            self.keys.extend_from_slice(other.key(r));
+            self.keys.extend_from_slice(other.key(r))?;
         }
         self.recs.push(Rec {
             start: start as u64,
             key_start: key_start as u64,
             ..rec
-        });
-        (self.recs.len() - 1) as u32
+        })?;
+        Ok((self.recs.len() - 1) as u32)
     }
 
     #[inline]
@@ -174,9 +242,9 @@ impl Batch {
 pub(crate) struct TypeState {
     pub batch: Batch,
     /// Record index in `batch` of each ordinal; `NONE` for a hole.
-    pub rec_at: Vec<u32>,
+    pub rec_at: Arena<u32>,
     /// Ordinal of each record in `batch`; `NONE` for a merged duplicate.
-    ordinal_of: Vec<u32>,
+    ordinal_of: Arena<u32>,
     /// Record indices by key.
     table: HashTable<u32>,
     /// Free ordinals below `rec_at.len()`.
@@ -195,12 +263,23 @@ pub(crate) struct TypeState {
 }
 
 impl TypeState {
-    /// A type the announced state does not hold.
+    /// A type the announced state does not hold, on the heap: one that
+    /// no cycle patches (a first cycle's previous state, unit tests).
     pub fn empty(keyed: bool) -> Self {
+        Self::empty_of(Batch::new(keyed))
+    }
+
+    /// A type the announced state does not hold, whose arenas (should an
+    /// incremental cycle create the type) move to scratch files of `work`.
+    pub fn empty_in(keyed: bool, work: &Arc<WorkDir>) -> Self {
+        Self::empty_of(Batch::in_dir(keyed, work))
+    }
+
+    fn empty_of(batch: Batch) -> Self {
         TypeState {
-            batch: Batch::new(keyed),
-            rec_at: Vec::new(),
-            ordinal_of: Vec::new(),
+            rec_at: batch.arena("ordinal index"),
+            ordinal_of: batch.arena("record ordinals"),
+            batch,
             table: HashTable::new(),
             free: BTreeSet::new(),
             count: 0,
@@ -242,14 +321,15 @@ impl TypeState {
     }
 
     /// Rebuilds a state of type `type_id` from restored records, given by
-    /// ordinal.
+    /// ordinal (`ordinal_of`: the ordinal of each record of `batch`).
     pub fn from_ordinals(
         type_id: u64,
         batch: Batch,
-        ordinal_of: Vec<u32>,
+        ordinal_of: Arena<u32>,
         ordinal_limit: u32,
-    ) -> Self {
-        let mut rec_at = vec![NONE; ordinal_limit as usize];
+    ) -> Result<Self, ArenaError> {
+        let mut rec_at = batch.arena("ordinal index");
+        rec_at.resize(ordinal_limit as usize, NONE)?;
         let mut table = HashTable::with_capacity(batch.recs.len());
         let mut total_words = 0;
         let mut sum = 0u64;
@@ -263,7 +343,7 @@ impl TypeState {
         let free = (0..ordinal_limit)
             .filter(|&o| rec_at[o as usize] == NONE)
             .collect();
-        TypeState {
+        Ok(TypeState {
             count: ordinal_of.len() as u32,
             batch,
             rec_at,
@@ -274,7 +354,7 @@ impl TypeState {
             garbage_words: 0,
             present: true,
             checksum: sum,
-        }
+        })
     }
 }
 
@@ -304,19 +384,43 @@ impl PatchDiff {
     }
 }
 
-/// Makes room for `more` elements in `v`, and an eighth of its length
-/// more, if it has less.
-fn reserve<T>(v: &mut Vec<T>, more: usize) {
-    if v.capacity() - v.len() < more {
-        v.reserve_exact(more + v.len() / 8);
-    }
-}
-
 /// Garbage (words of replaced or removed records) past this fraction of
 /// the live words makes [`TypeState::apply_patch`] compact the arena.
 const COMPACT_AT: (usize, usize) = (1, 4);
 
 impl TypeState {
+    /// Makes room in the arenas for `diff` (records of `upserts`), so
+    /// that [`Self::apply_patch`] does not grow them: the incremental
+    /// cycle calls it before it publishes, while a scratch file that
+    /// cannot grow can still fail the cycle. Changes no record (only
+    /// capacities).
+    pub fn reserve_patch(&mut self, upserts: &Batch, diff: &PatchDiff) -> Result<(), ArenaError> {
+        let new = || {
+            diff.added
+                .iter()
+                .map(|&(_, r)| r)
+                .chain(diff.changed.iter().map(|&(_, r, _)| r))
+        };
+        let new_words: usize = new().map(|r| upserts.record(r).len()).sum();
+        let new_keys: usize = if self.batch.keyed {
+            new().map(|r| upserts.key(r).len()).sum()
+        } else {
+            0
+        };
+        let new_recs = diff.added.len() + diff.changed.len();
+        // Room for this diff, and an eighth of the type more where it is
+        // short ([`Arena::reserve`]): doubling would reserve as much again
+        // as the type holds.
+        self.batch.words.reserve(new_words)?;
+        self.batch.keys.reserve(new_keys)?;
+        self.batch.recs.reserve(new_recs)?;
+        self.ordinal_of.reserve(new_recs)?;
+        let limit = diff.limit_after as usize;
+        self.rec_at
+            .reserve(limit.saturating_sub(self.rec_at.len()))?;
+        Ok(())
+    }
+
     /// Applies an announced incremental cycle's `diff` in place: the new
     /// records are copied from `upserts` to the end of the arena, the old
     /// ones become garbage, and `rec_at`, `ordinal_of`, the key table and
@@ -324,41 +428,19 @@ impl TypeState {
     /// when garbage passes a quarter of the live words: the arena is then
     /// compacted in place (see [`Self::compact`]), in proportion to the
     /// type once every so many cycles.
+    ///
+    /// [`Self::reserve_patch`] must have made room for this `diff` (it is
+    /// the step that can fail): then no arena grows here, and nothing
+    /// fails after the version is announced.
     pub fn apply_patch(&mut self, upserts: &Batch, diff: &PatchDiff) {
-        let new_words: usize = diff
-            .added
-            .iter()
-            .map(|&(_, r)| upserts.record(r).len())
-            .chain(
-                diff.changed
-                    .iter()
-                    .map(|&(_, r, _)| upserts.record(r).len()),
-            )
-            .sum();
-        // Room for this diff and an eighth of the type more, where it is
-        // short: growing by doubling would reserve as much again as the
-        // type holds.
-        let new_recs = diff.added.len() + diff.changed.len();
-        let new_keys: usize = diff
-            .added
-            .iter()
-            .map(|&(_, r)| r)
-            .chain(diff.changed.iter().map(|&(_, r, _)| r))
-            .map(|r| upserts.key(r).len())
-            .sum();
-        reserve(&mut self.batch.words, new_words);
-        reserve(&mut self.batch.keys, new_keys);
-        reserve(&mut self.batch.recs, new_recs);
-        reserve(&mut self.ordinal_of, new_recs);
+        const RESERVED: &str = "room reserved by reserve_patch";
         let limit = diff.limit_after as usize;
         if self.rec_at.len() < limit {
-            let more = limit - self.rec_at.len();
-            reserve(&mut self.rec_at, more);
-            self.rec_at.resize(limit, NONE);
+            self.rec_at.resize(limit, NONE).expect(RESERVED);
         }
         for &(o, r) in &diff.added {
-            let nr = self.batch.push_from(upserts, r);
-            self.ordinal_of.push(o);
+            let nr = self.batch.push_from(upserts, r).expect(RESERVED);
+            self.ordinal_of.push(o).expect(RESERVED);
             self.rec_at[o as usize] = nr;
             self.free.remove(&o);
             let batch = &self.batch;
@@ -368,8 +450,8 @@ impl TypeState {
             self.total_words += upserts.record(r).len();
         }
         for &(o, r, old) in &diff.changed {
-            let nr = self.batch.push_from(upserts, r);
-            self.ordinal_of.push(o);
+            let nr = self.batch.push_from(upserts, r).expect(RESERVED);
+            self.ordinal_of.push(o).expect(RESERVED);
             self.rec_at[o as usize] = nr;
             self.forget(old);
             let batch = &self.batch;
@@ -551,9 +633,18 @@ impl Changed<'_> {
     }
 }
 
-/// A key seen twice in one cycle.
-pub(crate) struct Duplicate {
-    pub key: Vec<u8>,
+/// Why a batch cannot become the next state.
+pub(crate) enum IdentifyError {
+    /// A key seen twice in one cycle (its bytes).
+    Duplicate(Vec<u8>),
+    /// The new state's ordinal tables could not be made.
+    Scratch(ArenaError),
+}
+
+impl From<ArenaError> for IdentifyError {
+    fn from(e: ArenaError) -> Self {
+        IdentifyError::Scratch(e)
+    }
 }
 
 /// Identifies `batch` of type `type_id` against `prev`. Keyed types
@@ -564,11 +655,13 @@ pub(crate) fn identify(
     prev: &TypeState,
     batch: Batch,
     keyed: bool,
-) -> Result<TypeDiff, Duplicate> {
+) -> Result<TypeDiff, IdentifyError> {
     let n = batch.recs.len();
     let mut table: HashTable<u32> = HashTable::with_capacity(n);
-    let mut ordinal_of = vec![NONE; n];
-    let mut seen = vec![false; prev.rec_at.len()];
+    let mut ordinal_of: Arena<u32> = batch.arena("record ordinals");
+    ordinal_of.resize(n, NONE)?;
+    // One bit per ordinal of the last state: seen again this cycle.
+    let mut seen = vec![0u64; prev.rec_at.len().div_ceil(64)];
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
     for r in 0..n as u32 {
@@ -576,7 +669,7 @@ pub(crate) fn identify(
         let key = batch.key(r);
         if table.find(hash, |&q| batch.key(q) == key).is_some() {
             if keyed {
-                return Err(Duplicate { key: key.to_vec() });
+                return Err(IdentifyError::Duplicate(key.to_vec()));
             }
             continue; // identical record of a type without a key: one record
         }
@@ -584,7 +677,7 @@ pub(crate) fn identify(
         match prev.find(hash, key) {
             Some(pr) => {
                 let o = prev.ordinal_of[pr as usize];
-                seen[o as usize] = true;
+                seen[o as usize / 64] |= 1 << (o % 64);
                 ordinal_of[r as usize] = o;
                 if prev.batch.record(pr) != batch.record(r) {
                     changed.push((o, r, pr));
@@ -597,7 +690,7 @@ pub(crate) fn identify(
         .rec_at
         .iter()
         .enumerate()
-        .filter(|&(o, &r)| r != NONE && !seen[o])
+        .filter(|&(o, &r)| r != NONE && seen[o / 64] & (1 << (o % 64)) == 0)
         .map(|(o, &r)| (o as u32, r))
         .collect();
     let mut free = prev.free.clone();
@@ -617,7 +710,8 @@ pub(crate) fn identify(
     added.sort_unstable();
     changed.sort_unstable();
     free.extend(removed.iter().map(|&(o, _)| o));
-    let mut rec_at = vec![NONE; limit as usize];
+    let mut rec_at: Arena<u32> = batch.arena("ordinal index");
+    rec_at.resize(limit as usize, NONE)?;
     let mut count = 0;
     let mut total_words = 0;
     for (r, &o) in ordinal_of.iter().enumerate() {

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub(crate) struct WorkDir {
     dir: PathBuf,
+    /// Scratch files released by dropped record arenas, for the next ones
+    /// to reuse (see `producer/arena.rs`).
+    pub(super) spares: super::arena::Spares,
 }
 
 /// Distinguishes the scratch files of one process.
@@ -43,7 +46,10 @@ impl WorkDir {
             Ok(_) => return Err(config("is not a directory".into())),
             Err(e) => return Err(config(e.to_string())),
         }
-        let work = WorkDir { dir };
+        let work = WorkDir {
+            dir,
+            spares: Default::default(),
+        };
         work.scratch("probe")
             .map_err(|e| config(format!("cannot create a scratch file: {e}")))?;
         if on_tmpfs(&work.dir) {

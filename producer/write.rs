@@ -470,15 +470,15 @@ mod tests {
             let mut m = message.init_root::<movie::Builder>();
             m.set_id(id);
             m.set_title(title);
-            let start = b.words.len();
+            let mut words = Vec::new();
             crate::schema::record::append_canonical(
                 message.get_root_as_reader().unwrap(),
                 None,
                 &mut Vec::new(),
-                &mut b.words,
+                &mut words,
             )
             .unwrap();
-            b.push(start, &id.to_be_bytes());
+            b.push_for_test(&words, &id.to_be_bytes());
         }
         b
     }

@@ -317,6 +317,26 @@ pub fn append_canonical(
     scratch: &mut Vec<capnp::Word>,
     out: &mut Vec<u64>,
 ) -> capnp::Result<usize> {
+    with_canonical(root, size_bound_words, scratch, |seg| {
+        let start = out.len();
+        out.extend(
+            seg.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        );
+        out.len() - start
+    })
+}
+
+/// Canonicalizes the message rooted at `root` in `scratch` and hands its
+/// one segment's bytes (a whole number of little-endian words) to `take`,
+/// for a caller whose output is not a `Vec` (the producer's record
+/// arenas, whose growth can fail and is reported by `take`'s result).
+pub(crate) fn with_canonical<R>(
+    root: capnp::any_pointer::Reader<'_>,
+    size_bound_words: Option<usize>,
+    scratch: &mut Vec<capnp::Word>,
+    take: impl FnOnce(&[u8]) -> R,
+) -> capnp::Result<R> {
     // The canonical form is never larger than the message it comes from, so
     // a caller that knows the message's size saves a traversal.
     let size = match size_bound_words {
@@ -340,13 +360,7 @@ pub fn append_canonical(
             "canonical record spans more than one segment".into(),
         ));
     }
-    let seg = segments[0];
-    let start = out.len();
-    out.extend(
-        seg.chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-    );
-    Ok(out.len() - start)
+    Ok(take(segments[0]))
 }
 #[allow(dead_code)]
 fn _assert_send_sync() {

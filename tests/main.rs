@@ -68,3 +68,4 @@ mod type_filter;
 mod verify;
 #[cfg(target_os = "linux")]
 mod warm_up;
+mod work_dir;

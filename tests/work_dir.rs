@@ -107,6 +107,7 @@ fn work_dir_of(e: &Error) -> Option<&Path> {
     match e {
         Error::Producer(ProducerError::Cycle { source, .. }) => work_dir_of(source),
         Error::Producer(ProducerError::WorkDir { dir, .. }) => Some(dir),
+        Error::Producer(ProducerError::Spool { dir, .. }) => Some(dir),
         _ => None,
     }
 }
@@ -144,14 +145,23 @@ async fn a_removed_work_dir_fails_the_cycle_by_name_and_the_next_one_chains_on()
     assert_eq!(work_dir_of(&err), Some(work.as_path()), "{err}");
     follower.refresh().await.unwrap();
     assert_eq!(follower.version(), Some(v1));
-    // An incremental cycle of a few changes needs no new file: its
-    // upserts fit on the heap and the state's scratch files are open.
+    // An incremental cycle of a few changes builds its upserts on the
+    // heap, but spools its delta and reverse delta: it fails at its write
+    // step, naming the directory, and announces nothing.
     let second = model(2);
-    let v2 = publish_incremental(&producer, &first, &second)
+    let err = publish_incremental(&producer, &first, &second)
         .await
-        .unwrap()
-        .version;
-    assert_eq!(v2, v1 + 1);
+        .unwrap_err();
+    assert_eq!(work_dir_of(&err), Some(work.as_path()), "{err}");
+    assert!(matches!(
+        err,
+        Error::Producer(ProducerError::Cycle {
+            step: burrow::producer::CycleStep::WriteBlobs,
+            ..
+        })
+    ));
+    assert_eq!(producer.version().await, Some(v1));
+    let v2 = v1;
 
     // The directory is back: the next full cycle chains on from the last
     // announced state.

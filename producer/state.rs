@@ -9,15 +9,50 @@
 //! ordinals freed for the next cycle. The batch then becomes the next
 //! state as is: no record is copied.
 //!
+//! # Identifying on every core
+//!
+//! A full cycle identifies the whole dataset: a hash, a probe of the last
+//! state and a probe and insert of the new key table per record, which on
+//! one thread is most of a cycle that changed little. A large batch
+//! ([`PARALLEL_FROM`] records on) is identified in three phases:
+//!
+//! 1. over contiguous chunks of the batch, one thread each, reading only:
+//!    each record's seeded hash, its record in the last state (the state
+//!    is only read) and whether its words differ from that one's;
+//! 2. over runs of key-table shards, one thread each: the key table is
+//!    [`SHARDS`] hash tables, a key's chosen by bits of its seeded hash
+//!    ([`shard_of`]), so equal keys always meet in the same shard and each
+//!    thread inserts, and finds the duplicates of, its shards' records
+//!    alone, with no lock and no shared table;
+//! 3. on one thread, in record order, linear and cheap: seen ordinals,
+//!    added and changed lists, removals, free ordinals taken and freed,
+//!    the ordinal tables and the checksum, exactly as a single thread
+//!    would.
+//!
+//! Why the result does not depend on the thread count: phase 1 computes a
+//! function of each record alone; phase 2 inserts each shard's records
+//! in record order whichever thread owns it, so each table holds the
+//! first record of each key, merges the same identical records (a type
+//! without a key), and finds, per shard, the lowest record repeating an
+//! earlier key; the lowest of those over all shards is the duplicate a
+//! single thread meets first, so the error names the same key. Ordinals
+//! are only given in phase 3, in record order. Shards, not one table
+//! under a lock or threads taking keys from a shared queue, because they
+//! need no synchronisation beyond the threads' join and give the same
+//! tables every time. Small batches stay on one thread: starting threads
+//! costs more than it saves. Types are identified one after the other,
+//! each on every core.
+//!
 //! The batch's arenas (record words, record descriptors, key bytes) and a
 //! state's ordinal tables (`rec_at`, `ordinal_of`) are [`Arena`]s in the
 //! producer's work directory: past a few pages each one lives in an
 //! unlinked scratch file, mapped shared (`producer/arena.rs`). The last
 //! announced state and a full cycle's new batch, each as large as the
 //! dataset, are then page cache the kernel can write back and drop, not
-//! anonymous memory; only the key tables (`HashTable<u32>`, 4 bytes and a
-//! control byte a slot), the free ordinals and the per-cycle change lists
-//! stay on the heap. Records stay what they were on the heap: canonical
+//! anonymous memory; only the key tables (`HashTable<u32>` shards, 4
+//! bytes and a control byte a slot), the free ordinals, the per-cycle
+//! change lists and, while a cycle identifies, its probe results (16
+//! bytes a record) stay on the heap. Records stay what they were on the heap: canonical
 //! words compared byte for byte with the next cycle's and handed to the
 //! blob writer as they are. Keeping the state as the published snapshot
 //! mapped back would save the scratch files but cost a rebuild of each

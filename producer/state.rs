@@ -819,7 +819,10 @@ fn identify_on(
     // Phase 2, over runs of shards: each thread inserts the records of
     // its shards, in record order, into their tables. A key seen twice
     // is found by the thread of its shard; the lowest such record of all
-    // threads is the one a single thread would have met first.
+    // threads is the one a single thread would have met first. Each
+    // thread reads every probe in order and skips other shards' records:
+    // a sequential read of 16 bytes a record, cheaper than grouping the
+    // records by shard first.
     let mut table = KeyTable::new();
     let per_thread = SHARDS.div_ceil(threads);
     let parts: Vec<_> = table.shards.chunks_mut(per_thread).enumerate().collect();

@@ -9,15 +9,50 @@
 //! ordinals freed for the next cycle. The batch then becomes the next
 //! state as is: no record is copied.
 //!
+//! # Identifying on every core
+//!
+//! A full cycle identifies the whole dataset: a hash, a probe of the last
+//! state and a probe and insert of the new key table per record, which on
+//! one thread is most of a cycle that changed little. A large batch
+//! ([`PARALLEL_FROM`] records on) is identified in three phases:
+//!
+//! 1. over contiguous chunks of the batch, one thread each, reading only:
+//!    each record's seeded hash, its record in the last state (the state
+//!    is only read) and whether its words differ from that one's;
+//! 2. over runs of key-table shards, one thread each: the key table is
+//!    [`SHARDS`] hash tables, a key's chosen by bits of its seeded hash
+//!    ([`shard_of`]), so equal keys always meet in the same shard and each
+//!    thread inserts, and finds the duplicates of, its shards' records
+//!    alone, with no lock and no shared table;
+//! 3. on one thread, in record order, linear and cheap: seen ordinals,
+//!    added and changed lists, removals, free ordinals taken and freed,
+//!    the ordinal tables and the checksum, exactly as a single thread
+//!    would.
+//!
+//! Why the result does not depend on the thread count: phase 1 computes a
+//! function of each record alone; phase 2 inserts each shard's records
+//! in record order whichever thread owns it, so each table holds the
+//! first record of each key, merges the same identical records (a type
+//! without a key), and finds, per shard, the lowest record repeating an
+//! earlier key; the lowest of those over all shards is the duplicate a
+//! single thread meets first, so the error names the same key. Ordinals
+//! are only given in phase 3, in record order. Shards, not one table
+//! under a lock or threads taking keys from a shared queue, because they
+//! need no synchronisation beyond the threads' join and give the same
+//! tables every time. Small batches stay on one thread: starting threads
+//! costs more than it saves. Types are identified one after the other,
+//! each on every core.
+//!
 //! The batch's arenas (record words, record descriptors, key bytes) and a
 //! state's ordinal tables (`rec_at`, `ordinal_of`) are [`Arena`]s in the
 //! producer's work directory: past a few pages each one lives in an
 //! unlinked scratch file, mapped shared (`producer/arena.rs`). The last
 //! announced state and a full cycle's new batch, each as large as the
 //! dataset, are then page cache the kernel can write back and drop, not
-//! anonymous memory; only the key tables (`HashTable<u32>`, 4 bytes and a
-//! control byte a slot), the free ordinals and the per-cycle change lists
-//! stay on the heap. Records stay what they were on the heap: canonical
+//! anonymous memory; only the key tables (`HashTable<u32>` shards, 4
+//! bytes and a control byte a slot), the free ordinals, the per-cycle
+//! change lists and, while a cycle identifies, its probe results (16
+//! bytes a record) stay on the heap. Records stay what they were on the heap: canonical
 //! words compared byte for byte with the next cycle's and handed to the
 //! blob writer as they are. Keeping the state as the published snapshot
 //! mapped back would save the scratch files but cost a rebuild of each
@@ -80,6 +115,60 @@ fn seeds() -> &'static hashbrown::DefaultHashBuilder {
 pub(crate) fn seeded_hash(key: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     seeds().hash_one(key)
+}
+
+/// How many shards a key table has ([`KeyTable`]): a power of two, enough
+/// for every core of any machine the producer runs on to take its share.
+const SHARDS: usize = 64;
+
+/// The shard of a [`seeded_hash`]: bits 40..46. hashbrown indexes its
+/// buckets with the low bits and tags its control bytes with the top
+/// seven, so the shard takes bits neither uses (a table of 2^40 buckets
+/// aside): sharding by the top bits would leave every key of a shard the
+/// same tag, and each probe would compare keys it could have skipped.
+#[inline]
+fn shard_of(seeded: u64) -> usize {
+    (seeded >> 40) as usize & (SHARDS - 1)
+}
+
+/// Record indices by key: [`SHARDS`] hash tables, a key's in the shard of
+/// its [`seeded_hash`] ([`shard_of`]). Equal keys have equal hashes, so
+/// each shard can be built, and checked for duplicates, on its own thread
+/// ([`identify`]); a probe goes to one shard and costs what it would in a
+/// single table.
+struct KeyTable {
+    shards: Vec<HashTable<u32>>,
+}
+
+impl KeyTable {
+    fn new() -> Self {
+        KeyTable {
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+        }
+    }
+
+    /// The record whose key `eq` accepts, given its seeded hash.
+    #[inline]
+    fn find(&self, seeded: u64, eq: impl FnMut(&u32) -> bool) -> Option<u32> {
+        self.shards[shard_of(seeded)].find(seeded, eq).copied()
+    }
+
+    /// Inserts record `r` of `batch` (whose key is not in the table).
+    fn insert(&mut self, batch: &Batch, r: u32) {
+        let seeded = batch.seeded(r);
+        self.shards[shard_of(seeded)].insert_unique(seeded, r, |&q| batch.seeded(q));
+    }
+
+    /// Takes record `r` (with seeded hash `seeded`) out of the table.
+    fn remove(&mut self, seeded: u64, r: u32) {
+        if let Ok(entry) = self.shards[shard_of(seeded)].find_entry(seeded, |&q| q == r) {
+            entry.remove();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.shards.iter_mut().for_each(HashTable::clear);
+    }
 }
 
 /// One cycle's records of one type, in arenas (see the module doc).
@@ -246,7 +335,7 @@ pub(crate) struct TypeState {
     /// Ordinal of each record in `batch`; `NONE` for a merged duplicate.
     ordinal_of: Arena<u32>,
     /// Record indices by key.
-    table: HashTable<u32>,
+    table: KeyTable,
     /// Free ordinals below `rec_at.len()`.
     free: BTreeSet<u32>,
     pub count: u32,
@@ -280,7 +369,7 @@ impl TypeState {
             rec_at: batch.arena("ordinal index"),
             ordinal_of: batch.arena("record ordinals"),
             batch,
-            table: HashTable::new(),
+            table: KeyTable::new(),
             free: BTreeSet::new(),
             count: 0,
             total_words: 0,
@@ -304,9 +393,7 @@ impl TypeState {
 
     /// The record index of `key`, given its [`seeded_hash`].
     pub fn find(&self, seeded: u64, key: &[u8]) -> Option<u32> {
-        self.table
-            .find(seeded, |&q| self.batch.key(q) == key)
-            .copied()
+        self.table.find(seeded, |&q| self.batch.key(q) == key)
     }
 
     /// The ordinal of live record `r` of the batch.
@@ -330,12 +417,12 @@ impl TypeState {
     ) -> Result<Self, ArenaError> {
         let mut rec_at = batch.arena("ordinal index");
         rec_at.resize(ordinal_limit as usize, NONE)?;
-        let mut table = HashTable::with_capacity(batch.recs.len());
+        let mut table = KeyTable::new();
         let mut total_words = 0;
         let mut sum = 0u64;
         for (r, &o) in ordinal_of.iter().enumerate() {
             rec_at[o as usize] = r as u32;
-            table.insert_unique(batch.seeded(r as u32), r as u32, |&q| batch.seeded(q));
+            table.insert(&batch, r as u32);
             let record = batch.record(r as u32);
             total_words += record.len();
             sum = sum.wrapping_add(checksum::entry(type_id, o, checksum::record_hash(record)));
@@ -443,9 +530,7 @@ impl TypeState {
             self.ordinal_of.push(o).expect(RESERVED);
             self.rec_at[o as usize] = nr;
             self.free.remove(&o);
-            let batch = &self.batch;
-            self.table
-                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.table.insert(&self.batch, nr);
             self.count += 1;
             self.total_words += upserts.record(r).len();
         }
@@ -454,9 +539,7 @@ impl TypeState {
             self.ordinal_of.push(o).expect(RESERVED);
             self.rec_at[o as usize] = nr;
             self.forget(old);
-            let batch = &self.batch;
-            self.table
-                .insert_unique(batch.seeded(nr), nr, |&q| batch.seeded(q));
+            self.table.insert(&self.batch, nr);
             self.total_words += upserts.record(r).len();
         }
         for &(o, old) in &diff.removed {
@@ -478,9 +561,7 @@ impl TypeState {
 
     /// Takes record `r` out of the key table and the live words.
     fn forget(&mut self, r: u32) {
-        if let Ok(entry) = self.table.find_entry(self.batch.seeded(r), |&q| q == r) {
-            entry.remove();
-        }
+        self.table.remove(self.batch.seeded(r), r);
         self.ordinal_of[r as usize] = NONE;
         let len = self.batch.record(r).len();
         self.total_words -= len;
@@ -520,8 +601,7 @@ impl TypeState {
         self.ordinal_of.truncate(n);
         self.table.clear();
         for r in 0..n as u32 {
-            self.table
-                .insert_unique(batch.seeded(r), r, |&q| batch.seeded(q));
+            self.table.insert(batch, r);
         }
         self.garbage_words = 0;
     }
@@ -647,45 +727,165 @@ impl From<ArenaError> for IdentifyError {
     }
 }
 
+/// Batches below this many records are identified on one thread:
+/// starting threads would cost more than they save.
+const PARALLEL_FROM: usize = 1 << 16;
+
 /// Identifies `batch` of type `type_id` against `prev`. Keyed types
 /// refuse duplicate keys; types without a key merge identical records
-/// (they are one record).
+/// (they are one record). Uses every core for a large batch (see the
+/// module doc); the result does not depend on how many.
 pub(crate) fn identify(
     type_id: u64,
     prev: &TypeState,
     batch: Batch,
     keyed: bool,
 ) -> Result<TypeDiff, IdentifyError> {
+    let threads = if (batch.len() as usize) < PARALLEL_FROM {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    };
+    identify_on(type_id, prev, batch, keyed, threads)
+}
+
+/// What phase 1 of [`identify_on`] learns of one record of the batch.
+#[derive(Clone, Copy)]
+struct Probe {
+    /// The key's [`seeded_hash`].
+    seeded: u64,
+    /// The record of the same key in the last announced state, or `NONE`.
+    prev: u32,
+    /// Whether its words differ from that record's.
+    differs: bool,
+}
+
+/// Runs `work` on each of `parts` (at least one) on a thread of its own,
+/// the first on this one; the results in the order of `parts`.
+fn on_threads<P: Send, R: Send>(parts: Vec<P>, work: impl Fn(P) -> R + Sync) -> Vec<R> {
+    let mut parts = parts.into_iter();
+    let first = parts.next();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts.map(|p| scope.spawn(|| work(p))).collect();
+        let mut out = Vec::with_capacity(handles.len() + 1);
+        out.extend(first.map(&work));
+        for handle in handles {
+            match handle.join() {
+                Ok(r) => out.push(r),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
+/// [`identify`] on `threads` threads (at least one; unit tests choose).
+fn identify_on(
+    type_id: u64,
+    prev: &TypeState,
+    batch: Batch,
+    keyed: bool,
+    threads: usize,
+) -> Result<TypeDiff, IdentifyError> {
     let n = batch.recs.len();
-    let mut table: HashTable<u32> = HashTable::with_capacity(n);
+    let threads = threads.clamp(1, SHARDS);
+    // Phase 1, over contiguous chunks of the batch, reading only: each
+    // record's hash, its match in `prev`, whether it changed; and how
+    // many records each shard will hold.
+    let mut probes = vec![
+        Probe {
+            seeded: 0,
+            prev: NONE,
+            differs: false,
+        };
+        n
+    ];
+    let chunk = n.div_ceil(threads).max(1);
+    let parts: Vec<_> = probes.chunks_mut(chunk).enumerate().collect();
+    let counts = on_threads(parts, |(i, part)| {
+        let mut counts = [0usize; SHARDS];
+        for (j, probe) in part.iter_mut().enumerate() {
+            let r = (i * chunk + j) as u32;
+            let key = batch.key(r);
+            probe.seeded = seeded_hash(key);
+            counts[shard_of(probe.seeded)] += 1;
+            if let Some(pr) = prev.find(probe.seeded, key) {
+                probe.prev = pr;
+                probe.differs = prev.batch.record(pr) != batch.record(r);
+            }
+        }
+        counts
+    });
+    // Phase 2, over runs of shards: each thread inserts the records of
+    // its shards, in record order, into their tables. A key seen twice
+    // is found by the thread of its shard; the lowest such record of all
+    // threads is the one a single thread would have met first. Each
+    // thread reads every probe in order and skips other shards' records:
+    // a sequential read of 16 bytes a record, cheaper than grouping the
+    // records by shard first.
+    let mut table = KeyTable::new();
+    let per_thread = SHARDS.div_ceil(threads);
+    let parts: Vec<_> = table.shards.chunks_mut(per_thread).enumerate().collect();
+    let found = on_threads(parts, |(i, shards)| {
+        let first = i * per_thread;
+        for (s, shard) in shards.iter_mut().enumerate() {
+            let size = counts.iter().map(|c| c[first + s]).sum();
+            shard.reserve(size, |&q| probes[q as usize].seeded);
+        }
+        // Records of a type without a key merged into an identical earlier
+        // one; for a keyed type, the first duplicate ends the work.
+        let mut repeats = Vec::new();
+        for (r, probe) in probes.iter().enumerate() {
+            let Some(shard) = shard_of(probe.seeded)
+                .checked_sub(first)
+                .and_then(|s| shards.get_mut(s))
+            else {
+                continue;
+            };
+            let key = batch.key(r as u32);
+            if shard.find(probe.seeded, |&q| batch.key(q) == key).is_some() {
+                repeats.push(r as u32);
+                if keyed {
+                    break;
+                }
+                continue;
+            }
+            shard.insert_unique(probe.seeded, r as u32, |&q| probes[q as usize].seeded);
+        }
+        repeats
+    });
+    if keyed {
+        if let Some(r) = found.iter().filter_map(|f| f.first()).min() {
+            return Err(IdentifyError::Duplicate(batch.key(*r).to_vec()));
+        }
+    }
+    let mut merged = vec![0u64; n.div_ceil(64)];
+    for &r in found.iter().flatten() {
+        merged[r as usize / 64] |= 1 << (r % 64);
+    }
+    // Phase 3, in record order: ordinals, changes, removals, the checksum.
     let mut ordinal_of: Arena<u32> = batch.arena("record ordinals");
     ordinal_of.resize(n, NONE)?;
     // One bit per ordinal of the last state: seen again this cycle.
     let mut seen = vec![0u64; prev.rec_at.len().div_ceil(64)];
     let mut added_recs = Vec::new();
     let mut changed = Vec::new();
-    for r in 0..n as u32 {
-        let hash = batch.seeded(r);
-        let key = batch.key(r);
-        if table.find(hash, |&q| batch.key(q) == key).is_some() {
-            if keyed {
-                return Err(IdentifyError::Duplicate(key.to_vec()));
-            }
-            continue; // identical record of a type without a key: one record
+    for (r, probe) in probes.iter().enumerate() {
+        if merged[r / 64] & (1 << (r % 64)) != 0 {
+            continue;
         }
-        table.insert_unique(hash, r, |&q| batch.seeded(q));
-        match prev.find(hash, key) {
-            Some(pr) => {
-                let o = prev.ordinal_of[pr as usize];
-                seen[o as usize / 64] |= 1 << (o % 64);
-                ordinal_of[r as usize] = o;
-                if prev.batch.record(pr) != batch.record(r) {
-                    changed.push((o, r, pr));
-                }
-            }
-            None => added_recs.push(r),
+        if probe.prev == NONE {
+            added_recs.push(r as u32);
+            continue;
+        }
+        let o = prev.ordinal_of[probe.prev as usize];
+        seen[o as usize / 64] |= 1 << (o % 64);
+        ordinal_of[r] = o;
+        if probe.differs {
+            changed.push((o, r as u32, probe.prev));
         }
     }
+    drop(probes);
     let removed: Vec<(u32, u32)> = prev
         .rec_at
         .iter()
@@ -760,5 +960,261 @@ pub(crate) fn render_key(spec: Option<&KeySpec>, key: &[u8]) -> String {
     match spec {
         Some(spec) => spec.render(key),
         None => format!("{} bytes of record", key.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// splitmix64: reproducible random numbers without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A batch of records `[id, value]`; a keyed type's key is the id.
+    fn batch_of(keyed: bool, records: &[(u64, u64)]) -> Batch {
+        let mut batch = Batch::new(keyed);
+        for &(id, value) in records {
+            batch.push_for_test(&[id, value], &id.to_le_bytes());
+        }
+        batch
+    }
+
+    /// What identifying a batch must give, computed the plain way: maps
+    /// of owned keys, one record at a time.
+    struct Expected {
+        added: Vec<(u32, u32)>,
+        changed: Vec<(u32, u32, u32)>,
+        removed: Vec<(u32, u32)>,
+        ordinal_of: Vec<u32>,
+        free: Vec<u32>,
+        limit: u32,
+        checksum: u64,
+    }
+
+    fn reference(
+        type_id: u64,
+        prev: &TypeState,
+        batch: &Batch,
+        keyed: bool,
+    ) -> Result<Expected, Vec<u8>> {
+        let mut before: HashMap<Vec<u8>, (u32, u32)> = HashMap::new();
+        for o in 0..prev.ordinal_limit() {
+            let pr = prev.rec_at[o as usize];
+            if pr != NONE {
+                before.insert(prev.batch.key(pr).to_vec(), (o, pr));
+            }
+        }
+        let mut keys = HashSet::new();
+        let mut kept = HashSet::new();
+        let mut ordinal_of = vec![NONE; batch.len() as usize];
+        let (mut added_recs, mut changed) = (Vec::new(), Vec::new());
+        for r in 0..batch.len() {
+            let key = batch.key(r);
+            if !keys.insert(key.to_vec()) {
+                if keyed {
+                    return Err(key.to_vec());
+                }
+                continue;
+            }
+            match before.get(key) {
+                Some(&(o, pr)) => {
+                    kept.insert(o);
+                    ordinal_of[r as usize] = o;
+                    if prev.batch.record(pr) != batch.record(r) {
+                        changed.push((o, r, pr));
+                    }
+                }
+                None => added_recs.push(r),
+            }
+        }
+        let mut removed: Vec<_> = before
+            .values()
+            .filter(|(o, _)| !kept.contains(o))
+            .copied()
+            .collect();
+        removed.sort_unstable();
+        let mut free: BTreeSet<u32> = prev.free_ordinals().collect();
+        let mut limit = prev.ordinal_limit();
+        let mut added = Vec::new();
+        for r in added_recs {
+            let o = free.pop_first().unwrap_or_else(|| {
+                limit += 1;
+                limit - 1
+            });
+            ordinal_of[r as usize] = o;
+            added.push((o, r));
+        }
+        added.sort_unstable();
+        changed.sort_unstable();
+        free.extend(removed.iter().map(|&(o, _)| o));
+        let checksum = (0..batch.len())
+            .filter(|&r| ordinal_of[r as usize] != NONE)
+            .map(|r| {
+                let o = ordinal_of[r as usize];
+                checksum::entry(type_id, o, checksum::record_hash(batch.record(r)))
+            })
+            .fold(0u64, u64::wrapping_add);
+        Ok(Expected {
+            added,
+            changed,
+            removed,
+            ordinal_of,
+            free: free.into_iter().collect(),
+            limit,
+            checksum,
+        })
+    }
+
+    /// Checks a diff against the reference's, and the next state's key
+    /// table, ordinal tables and counts against its records.
+    fn check(diff: &TypeDiff, expected: &Expected, threads: usize) {
+        assert_eq!(diff.added, expected.added, "added, {threads} threads");
+        assert_eq!(diff.changed, expected.changed, "changed, {threads} threads");
+        assert_eq!(diff.removed, expected.removed, "removed, {threads} threads");
+        let next = &diff.next;
+        assert_eq!(
+            next.checksum, expected.checksum,
+            "checksum, {threads} threads"
+        );
+        assert_eq!(next.ordinal_limit(), expected.limit);
+        assert_eq!(next.free_ordinals().collect::<Vec<_>>(), expected.free);
+        let mut live = 0;
+        for r in 0..next.batch.len() {
+            let o = next.ordinal_of(r);
+            assert_eq!(o, expected.ordinal_of[r as usize], "ordinal of record {r}");
+            let key = next.batch.key(r);
+            let found = next
+                .find(seeded_hash(key), key)
+                .expect("a live key is found");
+            if o != NONE {
+                live += 1;
+                assert_eq!(found, r, "the table holds record {r}");
+                assert_eq!(next.rec_at[o as usize], r);
+            } else {
+                // A merged duplicate: its key is the record it merged into.
+                assert_ne!(next.ordinal_of(found), NONE);
+            }
+        }
+        assert_eq!(next.count, live);
+    }
+
+    /// Random cycles of one type, identified on `threads` threads and
+    /// checked against the reference: ids from a small space, so keys
+    /// leave and come back (taking freed ordinals); values from a smaller
+    /// one, so some records stay the same and others change.
+    fn random_cycles(keyed: bool, threads: usize, seed: u64) {
+        let mut rng = Rng(seed);
+        let mut prev = TypeState::empty(keyed);
+        for cycle in 0..6 {
+            let size = 1500 + rng.below(2500) as usize;
+            let records: Vec<(u64, u64)> = if keyed {
+                let mut ids: Vec<u64> = (0..6000)
+                    .filter(|_| rng.below(6000) < size as u64)
+                    .collect();
+                // Shuffled, so that ordinals are not in record order.
+                for i in (1..ids.len()).rev() {
+                    ids.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                ids.into_iter().map(|id| (id, rng.below(4))).collect()
+            } else {
+                // Few distinct records: many identical ones to merge.
+                (0..size).map(|_| (rng.below(900), rng.below(3))).collect()
+            };
+            let expected = reference(7, &prev, &batch_of(keyed, &records), keyed)
+                .unwrap_or_else(|_| panic!("cycle {cycle} has no duplicate key"));
+            let diff = identify_on(7, &prev, batch_of(keyed, &records), keyed, threads)
+                .unwrap_or_else(|_| panic!("cycle {cycle} has no duplicate key"));
+            check(&diff, &expected, threads);
+            if cycle > 0 {
+                assert!(!diff.added.is_empty() && !diff.removed.is_empty());
+                if keyed {
+                    assert!(!diff.changed.is_empty());
+                }
+            }
+            prev = diff.next;
+        }
+    }
+
+    #[test]
+    fn parallel_identify_equals_the_reference_for_any_thread_count() {
+        for threads in [1, 2, 3, 8] {
+            for seed in [1, 2, 3] {
+                random_cycles(true, threads, seed);
+                random_cycles(false, threads, seed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_the_same_on_any_thread_count() {
+        let mut records: Vec<(u64, u64)> = (0..4000).map(|id| (id, 0)).collect();
+        // Two keys repeated far apart, in different chunks and shards that
+        // two threads split: the one repeated first is the one to name.
+        let later = 100u64;
+        let first = (200..4000)
+            .find(|&id| {
+                let shard = |id: u64| shard_of(seeded_hash(&id.to_le_bytes()));
+                shard(id) / (SHARDS / 2) != shard(later) / (SHARDS / 2)
+            })
+            .expect("a key in the other half of the shards");
+        records[3900] = (later, 1);
+        records[2500] = (first, 1);
+        let expected = reference(7, &TypeState::empty(true), &batch_of(true, &records), true);
+        assert_eq!(expected.err(), Some(first.to_le_bytes().to_vec()));
+        for threads in [1, 2, 3, 8] {
+            let prev = TypeState::empty(true);
+            match identify_on(7, &prev, batch_of(true, &records), true, threads) {
+                Err(IdentifyError::Duplicate(key)) => {
+                    assert_eq!(key, first.to_le_bytes(), "{threads} threads");
+                }
+                _ => panic!("{threads} threads: the duplicate key is not reported"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_seeded_hash_spreads_keys_that_collide_under_xxh3() {
+        // Ids whose format hash (xxh3-64 of the id's little-endian bytes)
+        // shares its low 14 bits, as tests/colliding_keys.rs searches.
+        let xxh3 = |id: u64| xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes());
+        let target = xxh3(0) & 0x3fff;
+        let ids: Vec<u64> = (0..)
+            .filter(|&id| xxh3(id) & 0x3fff == target)
+            .take(2000)
+            .collect();
+        let seeded: Vec<u64> = ids
+            .iter()
+            .map(|id| seeded_hash(&id.to_le_bytes()))
+            .collect();
+        let buckets: HashSet<u64> = seeded.iter().map(|h| h & 0xfff).collect();
+        assert!(
+            buckets.len() > 1000,
+            "{} distinct low 12 bits",
+            buckets.len()
+        );
+        let shards: HashSet<usize> = seeded.iter().map(|&h| shard_of(h)).collect();
+        assert_eq!(shards.len(), SHARDS, "every shard holds some of 2000 keys");
+        // And the tags hashbrown keeps (top 7 bits) vary within a shard.
+        let tags: HashSet<u64> = seeded
+            .iter()
+            .filter(|&&h| shard_of(h) == shard_of(seeded[0]))
+            .map(|h| h >> 57)
+            .collect();
+        assert!(tags.len() > 5, "{} distinct tags in one shard", tags.len());
     }
 }

@@ -23,46 +23,41 @@ pub fn wall_ns() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Resident memory of this process from `/proc/self/smaps_rollup`, in
-/// bytes: (resident, anonymous). File-backed is the difference.
-pub fn rss_split() -> anyhow::Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup")
-        .context("reading /proc/self/smaps_rollup")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        text.lines()
+/// Fields of `/proc/self/<file>` given in kB (`Rss:   1234 kB`), in
+/// bytes, in the order of `names`.
+fn proc_fields<const N: usize>(file: &str, names: [&str; N]) -> anyhow::Result<[u64; N]> {
+    let path = format!("/proc/self/{file}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut out = [0u64; N];
+    for (value, name) in out.iter_mut().zip(names) {
+        *value = text
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.trim().strip_suffix("kB"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .ok_or_else(|| anyhow!("no {name} in /proc/self/smaps_rollup"))
-    };
-    Ok((field("Rss")?, field("Anonymous")?))
+            .ok_or_else(|| anyhow!("no {name} in {path}"))?;
+    }
+    Ok(out)
+}
+
+/// Resident memory of this process from `/proc/self/smaps_rollup`, in
+/// bytes: (resident, anonymous). File-backed is the difference.
+pub fn rss_split() -> anyhow::Result<(u64, u64)> {
+    let [rss, anon] = proc_fields("smaps_rollup", ["Rss", "Anonymous"])?;
+    Ok((rss, anon))
 }
 
 /// The peak resident memory of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/self/status"))
+    Ok(proc_fields("status", ["VmHWM"])?[0])
 }
 
 /// Anonymous and file-backed resident memory now (`RssAnon`, and
 /// `RssFile` + `RssShmem`, of `/proc/self/status`), in bytes.
 fn rss_kinds() -> anyhow::Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| anyhow!("no {name} in /proc/self/status"))
-    };
-    Ok((field("RssAnon")?, field("RssFile")? + field("RssShmem")?))
+    let [anon, file, shmem] = proc_fields("status", ["RssAnon", "RssFile", "RssShmem"])?;
+    Ok((anon, file + shmem))
 }
 
 /// The peaks of anonymous and of file-backed resident memory, sampled
@@ -257,13 +252,7 @@ impl burrow::producer::CycleListener for Steps {
 
 /// Resident memory now (`VmRSS`), in bytes.
 fn rss_now() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))
+    Ok(proc_fields("status", ["VmRSS"])?[0])
 }
 
 /// Runs one incremental cycle of `edits` and measures it: its time, the

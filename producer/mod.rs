@@ -324,21 +324,6 @@ pub enum ProducerError {
         "an incremental cycle needs an announced state: run a full cycle first (or restore one)"
     )]
     NoState,
-    /// A blob could not be spooled in the producer's work directory (a
-    /// full disk, the directory removed or unwritable): the cycle stops at
-    /// its write step, nothing is put.
-    #[error("{blob}: cannot {op} its spool file in the work directory {}: {source}", dir.display())]
-    Spool {
-        /// The blob being written (`snapshot/...`, `delta/...`).
-        blob: String,
-        /// The work directory ([`ProducerBuilder::work_dir`]).
-        dir: std::path::PathBuf,
-        /// What failed (`create`, `write`, `read`, `map`, `compress into`).
-        op: &'static str,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The producer cannot rebuild (or no longer matches) the log's state:
     /// no version is reachable, or the log it announced to is gone.
     #[error("cannot restore: {reason}")]
@@ -348,9 +333,11 @@ pub enum ProducerError {
     },
     /// A scratch file in the producer's work directory
     /// ([`ProducerBuilder::work_dir`]) could not be created, grown or
-    /// mapped: the directory was removed, the disk is full, a file size
-    /// limit was hit. The cycle or restore that needed it fails; the
-    /// producer keeps its last announced state.
+    /// mapped, or a blob's spool file could not be created, written, read
+    /// or mapped: the directory was removed, the disk is full, a file size
+    /// limit was hit. The cycle or restore that needed it fails (a spool
+    /// at step "write blobs", `action` naming the blob; nothing is put);
+    /// the producer keeps its last announced state.
     #[error("the producer's work directory {}: {action}: {source}", dir.display())]
     WorkDir {
         /// The work directory.

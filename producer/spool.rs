@@ -17,7 +17,7 @@
 //! A spool is never renamed or read by anyone else: it has no name from
 //! the moment it is created, and its space is freed when it is dropped,
 //! or when the process dies however it dies. A failed spool write (a full
-//! disk, the work directory removed) is [`ProducerError::Spool`], naming
+//! disk, the work directory removed) is [`ProducerError::WorkDir`], naming
 //! the blob and the work directory; the cycle stops at its write step.
 
 use super::workdir::WorkDir;
@@ -171,10 +171,9 @@ fn spool_error(
     op: &'static str,
     source: std::io::Error,
 ) -> Error {
-    ProducerError::Spool {
-        blob: blob.to_string(),
+    ProducerError::WorkDir {
         dir: dir.to_path_buf(),
-        op,
+        action: format!("{blob}: cannot {op} its spool file"),
         source,
     }
     .into()
@@ -296,7 +295,6 @@ mod tests {
             key_fields: key,
             ordinal_limit: records.0.len() as u32,
             record_count: records.0.iter().flatten().count() as u32,
-            total_words: 0,
             slot,
             records,
             indexes: &[],
@@ -392,7 +390,6 @@ mod tests {
             key_fields: &[],
             ordinal_limit: 20_000,
             record_count: records.0.iter().flatten().count() as u32,
-            total_words: 0,
             slot: 0,
             records: &records,
             indexes: &[],

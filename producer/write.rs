@@ -437,7 +437,6 @@ pub(super) fn write_blobs(
                 key_fields: &t.key_fields,
                 ordinal_limit: next.ordinal_limit(),
                 record_count: next.count,
-                total_words: next.total_words,
                 records: next,
                 indexes: &t.indexes,
             })

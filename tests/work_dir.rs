@@ -107,7 +107,6 @@ fn work_dir_of(e: &Error) -> Option<&Path> {
     match e {
         Error::Producer(ProducerError::Cycle { source, .. }) => work_dir_of(source),
         Error::Producer(ProducerError::WorkDir { dir, .. }) => Some(dir),
-        Error::Producer(ProducerError::Spool { dir, .. }) => Some(dir),
         _ => None,
     }
 }

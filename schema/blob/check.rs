@@ -300,7 +300,6 @@ mod tests {
             key_fields: &key_fields,
             ordinal_limit: 11,
             record_count: 10,
-            total_words: 200,
             slot: 0,
             records: &records,
             indexes: &[],

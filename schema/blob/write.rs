@@ -290,9 +290,6 @@ pub struct SnapshotTypeSource<'a> {
     /// Number of records (non-hole ordinals); sizes the key index, and the
     /// writer refuses more keyed records than this.
     pub record_count: u32,
-    /// Sum of the words of every record (canonical messages). A size
-    /// hint: the streaming writer no longer sizes the blob up front.
-    pub total_words: usize,
     /// The pointer of the body's `Records` struct that holds the type's
     /// lists (the producer numbers its types; see `TypeSnapshot.recordsSlot`).
     pub slot: u16,
@@ -1117,7 +1114,6 @@ mod tests {
             key_fields: &[],
             ordinal_limit: 1,
             record_count: 1,
-            total_words: 4,
             slot: 0,
             records: &record,
             indexes: &[],
